@@ -1,0 +1,58 @@
+# deephash: `make help` lists the targets.
+SHELL := /bin/bash
+VENV ?= .venv
+PYTHON ?= python3
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.deephash-installed
+# The torch/torchvision pair installed first when none is present (a matching pair is required:
+# a mismatched torchvision fails to import). Override for another CUDA/CPU build, e.g.
+#   make install TORCH_SPEC="torch==2.5.1 torchvision==0.20.1"
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+PYTEST_ARGS ?=
+export WANDB_SILENT ?= true
+
+.DEFAULT_GOAL := help
+.PHONY: help install demo test test-full bench reproduce reproduce-smoke lint format clean
+
+help: ## list the targets
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(PY)
+	@$(PY) -c "import torch, torchvision" 2>/dev/null || $(PY) -m pip install $(TORCH_SPEC)
+	$(PY) -m pip install -e ".[dev]"
+	@touch $(STAMP)
+
+install: $(STAMP) ## create .venv (if missing) and install deephash with its dev extras
+
+demo: $(STAMP) ## train, index and evaluate on the bundled digits (offline, CPU, a few minutes)
+	WANDB_MODE=$${WANDB_MODE:-offline} $(PY) -m deephash.train experiment=demo
+
+test: $(STAMP) ## run the test suite (offline, < 15 minutes on 2 cores; skips tests marked slow)
+	WANDB_MODE=offline $(PY) -m pytest -q $(PYTEST_ARGS)
+
+test-full: $(STAMP) ## run every test, the slow ones included
+	WANDB_MODE=offline $(PY) -m pytest -q -m "" $(PYTEST_ARGS)
+
+bench: $(STAMP) ## retrieval speed benchmark (1M synthetic items by default; BENCH_ARGS="--n-database 100000")
+	$(PY) -m deephash.bench $(BENCH_ARGS)
+
+reproduce: $(STAMP) ## regenerate the paper's results (needs datasets, ImageNet weights, ideally a GPU)
+	$(PY) -m experiments.reproduce $(REPRODUCE_ARGS)
+
+reproduce-smoke: $(STAMP) ## the reproduction pipeline, every stage, on the bundled digits (CPU, < 10 minutes)
+	WANDB_MODE=$${WANDB_MODE:-offline} $(PY) -m experiments.reproduce --smoke $(REPRODUCE_ARGS)
+
+lint: $(STAMP) ## ruff lint and format check
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(STAMP) ## apply ruff formatting and safe fixes
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+clean: ## remove run outputs and caches (keeps .venv and data)
+	rm -rf outputs multirun reports wandb .pytest_cache .ruff_cache bench.json
+	find . -name __pycache__ -type d -prune -not -path "./$(VENV)/*" -exec rm -rf {} +

@@ -1,0 +1,9 @@
+"""deephash: deep supervised hashing for image retrieval.
+
+Re-implements *Deep Learning of Binary Hash Codes for Fast Image Retrieval*
+(Lin, Yang, Hsiao, Chen, CVPR Workshops 2015): a latent sigmoid layer H between
+F7 and F8 of an ImageNet CNN, trained point-wise with softmax cross-entropy;
+codes are H >= 0.5; retrieval is Hamming coarse search re-ranked by L2 on F7.
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,158 @@
+"""Common interface of the classical hashing baselines, and their save/load format.
+
+Every method learns (or draws) its parameters from training features ``X: (n, d)`` in ``fit`` and maps
+any features to ``codes: (n, bits) bool`` in ``encode``; the codes enter retrieval and evaluation like
+the deep model's. A fitted method is a handful of arrays, saved with ``np.savez``.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+from typing import Any, ClassVar, Protocol, runtime_checkable
+
+import numpy as np
+
+from deephash.utils.errors import ConfigError, DataError, DeephashError
+from deephash.utils.io import atomic_write_bytes
+
+FORMAT_VERSION = 1
+
+
+@runtime_checkable
+class HashMethod(Protocol):
+    """What retrieval and evaluation need from a baseline."""
+
+    name: str
+    bits: int
+
+    def fit(self, X: np.ndarray) -> HashMethod:
+        """Learn the hash functions from training features ``X: (n, d)``; returns ``self``."""
+        ...
+
+    def encode(self, X: np.ndarray) -> np.ndarray:
+        """Binary codes ``(n, bits) bool`` of features ``X: (n, d)``."""
+        ...
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the fitted parameters to ``path`` (npz), atomically."""
+        ...
+
+
+def validate_bits(bits: object) -> int:
+    if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) or bits < 1:
+        raise ConfigError(f"bits must be an integer >= 1, got {bits!r}")
+    return int(bits)
+
+
+def as_features(X: Any, what: str = "features") -> np.ndarray:
+    """``X`` as a finite float ``(n, d)`` array (float32 kept, anything else float64)."""
+    X = np.asarray(X)
+    if X.ndim != 2 or X.shape[0] == 0 or X.shape[1] == 0:
+        raise DataError(f"{what} must be a non-empty 2-D array (n, d), got shape {X.shape}")
+    if not (np.issubdtype(X.dtype, np.number) or X.dtype == bool) or np.iscomplexobj(X):
+        raise DataError(f"{what} must be real numbers, got dtype {X.dtype}")
+    if X.dtype not in (np.float32, np.float64):
+        X = X.astype(np.float64)
+    if not np.isfinite(X).all():
+        raise DataError(f"{what} contain NaN or infinite values")
+    return X
+
+
+class BaseHash:
+    """Shared validation, fitted-state bookkeeping and npz persistence.
+
+    Subclasses set ``name``, list their fitted arrays in ``state_keys`` (attributes, ``None`` until
+    fitted) and return their constructor arguments from ``params``.
+    """
+
+    name: ClassVar[str]
+    state_keys: ClassVar[tuple[str, ...]]
+
+    def __init__(self, bits: int, seed: int = 0) -> None:
+        self.bits = validate_bits(bits)
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+            raise ConfigError(f"seed must be an integer, got {seed!r}")
+        self.seed = int(seed)
+        self.dim: int | None = None  # feature dimension seen by fit
+        for key in self.state_keys:
+            setattr(self, key, None)
+
+    def params(self) -> dict[str, int | float]:
+        """Constructor arguments, saved with the state so ``load_method`` rebuilds the same method."""
+        return {"bits": self.bits, "seed": self.seed}
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v}" for k, v in self.params().items())
+        return f"{type(self).__name__}({args})"
+
+    @property
+    def fitted(self) -> bool:
+        return self.dim is not None
+
+    def _train_features(self, X: Any) -> np.ndarray:
+        X = as_features(X, "training features")
+        n, d = X.shape
+        if n < 2:
+            raise DataError(f"{self.name} needs at least 2 training samples, got {n}")
+        return X
+
+    def _check_pca_bits(self, X: np.ndarray) -> None:
+        """PCA-based codes use one principal direction per bit, so bits are capped by the data's rank."""
+        n, d = X.shape
+        if self.bits > d:
+            raise ConfigError(f"{self.name} needs bits <= feature dimension ({d}), got {self.bits}")
+        if self.bits >= n:
+            raise ConfigError(f"{self.name} needs more training samples than bits, got {n} samples for {self.bits} bits")
+
+    def _query_features(self, X: Any) -> np.ndarray:
+        if not self.fitted:
+            raise DeephashError(f"{self.name} is not fitted: call fit() or load_method() first")
+        X = as_features(X)
+        if X.shape[1] != self.dim:
+            raise DataError(f"{self.name} was fitted on {self.dim}-d features, got {X.shape[1]}-d")
+        return X
+
+    def save(self, path: str | os.PathLike) -> Path:
+        if not self.fitted:
+            raise DeephashError(f"{self.name} is not fitted: nothing to save")
+        arrays: dict[str, np.ndarray] = {
+            "format_version": np.asarray(FORMAT_VERSION),
+            "method": np.asarray(self.name),
+            "dim": np.asarray(self.dim),
+        }
+        arrays.update({f"param_{k}": np.asarray(v) for k, v in self.params().items()})
+        arrays.update({f"state_{k}": np.asarray(getattr(self, k)) for k in self.state_keys})
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)
+        return atomic_write_bytes(path, buffer.getvalue())
+
+    def _set_state(self, dim: int, state: dict[str, np.ndarray]) -> None:
+        missing = sorted(set(self.state_keys) - set(state))
+        if missing:
+            raise ValueError(f"missing arrays {missing}")
+        for key in self.state_keys:
+            setattr(self, key, state[key])
+        self.dim = dim
+
+
+class LinearHash(BaseHash):
+    """Codes are the signs of affine projections: ``((X - mean) @ projection) >= 0``.
+
+    LSH, PCAH and ITQ differ only in how they choose ``projection: (d, bits)``.
+    """
+
+    state_keys = ("mean", "projection")
+
+    def project(self, X: np.ndarray) -> np.ndarray:
+        """Real-valued projections ``(n, bits)`` whose signs are the codes."""
+        X = self._query_features(X)
+        return (X - self.mean.astype(X.dtype)) @ self.projection.astype(X.dtype)
+
+    def encode(self, X: np.ndarray) -> np.ndarray:
+        return self.project(X) >= 0
+
+    def _set_fitted(self, mean: np.ndarray, projection: np.ndarray) -> LinearHash:
+        self._set_state(mean.shape[0], {"mean": mean, "projection": projection})
+        return self

@@ -1,0 +1,23 @@
+"""PCA hashing: the signs of the top ``bits`` principal components (Wang et al. 2010)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from deephash.baselines.base import LinearHash
+from deephash.baselines.pca import principal_components
+
+
+class PCAH(LinearHash):
+    """Bit ``j`` is the sign of the mean-centred projection on the ``j``-th principal direction.
+
+    Bits come in decreasing order of variance.
+    """
+
+    name = "pcah"
+
+    def fit(self, X: np.ndarray) -> PCAH:
+        X = self._train_features(X)
+        self._check_pca_bits(X)
+        mean, components, _ = principal_components(X, self.bits)
+        return self._set_fitted(mean, components)

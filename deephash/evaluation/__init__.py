@@ -1,0 +1,49 @@
+"""Evaluation: retrieval metrics (pure functions) and report writers (CSV + PNG)."""
+
+from deephash.evaluation.metrics import (
+    average_precision,
+    average_precision_at_k,
+    bit_balance,
+    count_relevant,
+    empty_ball_fraction,
+    hamming_ball_precision,
+    hamming_ranking,
+    map_at_k,
+    mean_average_precision,
+    pr_curve_hamming,
+    precision_at_k,
+    precision_curve,
+    precision_within_radius,
+    ranked_relevance,
+    relevance_matrix,
+    retrieval_metrics,
+)
+from deephash.evaluation.plots import (
+    write_bit_balance,
+    write_pr_curve,
+    write_precision_curves,
+    write_retrieval_grid,
+)
+
+__all__ = [
+    "average_precision",
+    "average_precision_at_k",
+    "bit_balance",
+    "count_relevant",
+    "empty_ball_fraction",
+    "hamming_ball_precision",
+    "hamming_ranking",
+    "map_at_k",
+    "mean_average_precision",
+    "pr_curve_hamming",
+    "precision_at_k",
+    "precision_curve",
+    "precision_within_radius",
+    "ranked_relevance",
+    "relevance_matrix",
+    "retrieval_metrics",
+    "write_bit_balance",
+    "write_pr_curve",
+    "write_precision_curves",
+    "write_retrieval_grid",
+]

@@ -1,0 +1,31 @@
+"""Optional regularisers on the latent activations, from the authors' follow-up work (SSDH, Yang et al. 2017).
+
+Both default to weight 0, i.e. the plain softmax cross-entropy of the 2015 paper.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def forcing_binary_loss(latent: torch.Tensor) -> torch.Tensor:
+    """Push each activation away from 0.5: ``-mean((h - 0.5)^2)``; minimal at h in {0, 1}."""
+    return -((latent - 0.5) ** 2).mean()
+
+
+def balanced_bits_loss(latent: torch.Tensor) -> torch.Tensor:
+    """50% fire rate: push each code's mean activation towards 0.5: ``mean((mean_j(h) - 0.5)^2)``."""
+    return ((latent.mean(dim=1) - 0.5) ** 2).mean()
+
+
+def bit_balance_stats(latent: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Batch statistics of the latent layer: how often bits fire and how binary the activations are."""
+    codes = (latent >= 0.5).float()
+    fire = codes.mean(dim=0)  # per-bit fraction of ones
+    return {
+        "fire_rate_mean": fire.mean(),
+        "fire_rate_min": fire.min(),
+        "fire_rate_max": fire.max(),
+        "dead_bits": ((fire == 0) | (fire == 1)).float().sum(),
+        "binariness": (2 * (latent - 0.5).abs()).mean(),  # 1 = fully saturated
+    }

@@ -1,0 +1,100 @@
+"""Entry point: ``python -m deephash.train`` / ``deephash-train`` (Hydra; config ``conf/train.yaml``).
+
+Composition only: the work lives in importable functions (``train(cfg) -> metrics``).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import pytorch_lightning as pl
+from omegaconf import DictConfig
+
+from deephash.config import validate_train_config
+from deephash.cli import run_with_user_errors
+from deephash.runs import finish_loggers, instantiate_callbacks, instantiate_loggers, record_failure
+from deephash.utils.io import update_json
+from deephash.utils.logging import get_logger
+
+log = get_logger(__name__)
+CONFIG_PATH = str(Path(__file__).resolve().parent.parent / "conf")
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Fit, test and (``cfg.evaluate``) evaluate retrieval; returns the run's metrics (also in metrics.json)."""
+    validate_train_config(cfg)
+    output_dir = Path(cfg.paths.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    pl.seed_everything(cfg.seed, workers=True)
+
+    datamodule: pl.LightningDataModule = hydra.utils.instantiate(cfg.data)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    model: pl.LightningModule = hydra.utils.instantiate(
+        cfg.model, num_classes=datamodule.num_classes, in_channels=datamodule.in_channels
+    )
+    loggers = instantiate_loggers(cfg.get("logger"), cfg)
+    callbacks = instantiate_callbacks(cfg.get("callbacks"))
+    trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    if trainer.is_global_zero:
+        datamodule.save_splits(output_dir)
+
+    log.info("training %s/%s with %d-bit codes in %s", cfg.model.backbone, datamodule.name, cfg.model.bits, output_dir)
+    start = time.perf_counter()
+    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    train_seconds = time.perf_counter() - start
+
+    best_ckpt = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    best_score = trainer.checkpoint_callback.best_model_score if trainer.checkpoint_callback else None
+    val_acc = float(best_score) if best_score is not None else _metric(trainer, "val/acc")
+    test_acc = None
+    if cfg.get("test"):
+        results = trainer.test(model, datamodule=datamodule, ckpt_path=best_ckpt or None, verbose=False)
+        test_acc = float(results[0]["test/acc"]) if results else None
+
+    metrics: dict[str, Any] = {
+        "status": "completed",
+        "dataset": datamodule.name,
+        "backbone": cfg.model.backbone,
+        "bits": int(cfg.model.bits),
+        "seed": int(cfg.seed),
+        "val_acc": val_acc,
+        "test_acc": test_acc,
+        "epochs": int(trainer.current_epoch),
+        "global_step": int(trainer.global_step),
+        "train_seconds": round(train_seconds, 3),
+        "best_checkpoint": best_ckpt,
+        "last_checkpoint": str(output_dir / "checkpoints" / "last.ckpt"),
+        "protocol": datamodule.describe(),
+    }
+    if trainer.is_global_zero:
+        update_json(output_dir / "metrics.json", metrics)
+
+    if cfg.get("evaluate"):
+        from deephash.evaluate import evaluate_checkpoint
+
+        metrics.update(
+            evaluate_checkpoint(cfg, best_ckpt or metrics["last_checkpoint"], datamodule, trainer, loggers)
+        )
+    finish_loggers(loggers, metrics)
+    return metrics
+
+
+def _metric(trainer: pl.Trainer, key: str) -> float | None:
+    value = trainer.callback_metrics.get(key)
+    return float(value) if value is not None else None
+
+
+@hydra.main(config_path=CONFIG_PATH, config_name="train", version_base="1.3")
+def main(cfg: DictConfig) -> float | None:
+    metrics = run_with_user_errors(train, cfg, on_failure=record_failure)
+    # hydra sweepers (e.g. Optuna) optimise the scalar the task returns
+    key = cfg.get("optimized_metric")
+    return metrics.get(key) if key else None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,149 @@
+"""LatentHashNet shapes, code thresholding, weight loading and learning-rate groups."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+
+from deephash.models.backbones import build_backbone
+from deephash.models.latent_hash import LatentHashNet, codes_from_latent
+from deephash.models.losses import balanced_bits_loss, bit_balance_stats, forcing_binary_loss
+from deephash.models.module import HashModule
+from deephash.utils.errors import ConfigError
+
+
+@pytest.mark.parametrize(
+    ("backbone", "size", "f7_dim"),
+    [("alexnet", 227, 4096), ("vgg16", 64, 4096), ("resnet50", 64, 2048), ("smallcnn", 8, 256)],
+)
+def test_forward_shapes_every_backbone(backbone: str, size: int, f7_dim: int) -> None:
+    torch.manual_seed(0)
+    channels = 1 if backbone == "smallcnn" else 3
+    net = LatentHashNet(backbone, bits=12, num_classes=5, in_channels=channels).eval()
+    x = torch.randn(2, channels, size, size)
+    out = net(x)
+    assert out.logits.shape == (2, 5)
+    assert out.latent.shape == (2, 12)
+    assert out.f7.shape == (2, f7_dim)
+    assert torch.all((out.latent >= 0) & (out.latent <= 1))
+    codes, f7 = net.encode(x)
+    assert codes.dtype == torch.bool and codes.shape == (2, 12)
+    assert torch.equal(codes, out.latent >= 0.5)
+    assert torch.equal(f7, out.f7)
+
+
+def test_alexnet_f7_is_relu7_of_torchvision() -> None:
+    """F7 equals torchvision AlexNet's classifier output just before fc8."""
+    from torchvision.models import alexnet
+
+    torch.manual_seed(0)
+    reference = alexnet(weights=None).eval()
+    backbone = build_backbone("alexnet", None)
+    backbone.features.load_state_dict(
+        {k: v for k, v in _remap_alexnet(reference.state_dict()).items()}, strict=True
+    )
+    backbone.features.eval()
+    x = torch.randn(1, 3, 227, 227)
+    with torch.no_grad():
+        trunk = torch.flatten(reference.avgpool(reference.features(x)), 1)
+        expected = reference.classifier[:6](trunk)  # drop6, fc6, relu6, drop7, fc7, relu7
+        assert torch.allclose(backbone.features(x), expected, atol=1e-5)
+
+
+def _remap_alexnet(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    out = {}
+    for k, v in state.items():
+        if k.startswith("features."):
+            out["trunk." + k[len("features.") :]] = v
+        elif k.startswith("classifier.") and not k.startswith("classifier.6."):
+            out["head." + k[len("classifier.") :]] = v
+    return out
+
+
+def test_codes_threshold_at_half() -> None:
+    latent = torch.tensor([[0.49, 0.5, 0.51, 0.0, 1.0]])
+    assert codes_from_latent(latent).tolist() == [[False, True, True, False, True]]
+
+
+def test_weights_from_local_state_dict(tmp_path) -> None:
+    from torchvision.models import alexnet
+
+    torch.manual_seed(1)
+    source = alexnet(weights=None)
+    path = tmp_path / "alexnet.pth"
+    torch.save(source.state_dict(), path)
+    backbone = build_backbone("alexnet", str(path))
+    assert torch.equal(backbone.features.trunk[0].weight, source.features[0].weight)
+    assert torch.equal(backbone.features.head[1].weight, source.classifier[1].weight)
+
+
+def test_missing_weights_file_is_a_clear_error(tmp_path) -> None:
+    with pytest.raises(ConfigError, match="model.weights file not found: .*nope.pth"):
+        build_backbone("alexnet", str(tmp_path / "nope.pth"))
+
+
+def test_corrupt_weights_file_is_a_clear_error(tmp_path) -> None:
+    path = tmp_path / "bad.pth"
+    path.write_bytes(b"not a checkpoint")
+    with pytest.raises(ConfigError, match="cannot load model.weights"):
+        build_backbone("alexnet", str(path))
+
+
+def test_unknown_backbone_lists_choices() -> None:
+    with pytest.raises(ConfigError, match="unknown backbone 'lenet'; expected one of: alexnet, vgg16, resnet50, smallcnn"):
+        build_backbone("lenet")
+
+
+@pytest.mark.parametrize("bits", [0, 4097, 12.5, "48", True])
+def test_bits_must_be_integer_in_range(bits) -> None:
+    with pytest.raises(ConfigError, match=r"model.bits must be an integer in 1..4096"):
+        LatentHashNet("smallcnn", bits=bits, num_classes=3, in_channels=1)
+
+
+def test_lr_groups_follow_multipliers() -> None:
+    sgd = functools.partial(torch.optim.SGD, lr=0.001, momentum=0.9, weight_decay=5e-4)
+    module = HashModule(
+        "smallcnn",
+        bits=16,
+        num_classes=4,
+        in_channels=1,
+        optimizer=sgd,
+        lr_mult={"backbone": 1.0, "latent": 1.0, "classifier": 10.0},
+    )
+    optimizer = module.configure_optimizers()
+    groups = {g["name"]: g for g in optimizer.param_groups}
+    assert groups["backbone/weight"]["lr"] == pytest.approx(0.001)
+    assert groups["latent/weight"]["lr"] == pytest.approx(0.001)
+    assert groups["classifier/weight"]["lr"] == pytest.approx(0.01)
+    assert groups["classifier/bias"]["lr"] == pytest.approx(0.02)
+    assert groups["classifier/bias"]["weight_decay"] == 0.0
+    assert groups["backbone/weight"]["weight_decay"] == pytest.approx(5e-4)
+    counted = sum(p.numel() for g in optimizer.param_groups for p in g["params"])
+    assert counted == sum(p.numel() for p in module.net.parameters())
+
+
+def test_unknown_lr_group_is_rejected() -> None:
+    with pytest.raises(ConfigError, match="model.lr_mult has unknown groups \\['fc8'\\]"):
+        HashModule("smallcnn", bits=8, num_classes=3, in_channels=1, lr_mult={"fc8": 10.0})
+
+
+def test_optional_ssdh_terms() -> None:
+    binary = torch.tensor([[0.0, 1.0], [1.0, 0.0]])
+    undecided = torch.full((2, 2), 0.5)
+    assert forcing_binary_loss(binary) < forcing_binary_loss(undecided)
+    assert balanced_bits_loss(binary) == 0  # each code fires half its bits
+    assert balanced_bits_loss(torch.ones(2, 2)) == pytest.approx(0.25)
+    stats = bit_balance_stats(torch.tensor([[0.9, 0.1], [0.8, 0.2]]))
+    assert stats["dead_bits"] == 2  # bit 0 always fires, bit 1 never
+    assert stats["fire_rate_mean"] == pytest.approx(0.5)
+
+
+def test_channels_last_gives_same_output() -> None:
+    torch.manual_seed(0)
+    a = HashModule("smallcnn", bits=8, num_classes=3, in_channels=1).eval()
+    b = HashModule("smallcnn", bits=8, num_classes=3, in_channels=1, channels_last=True).eval()
+    b.net.load_state_dict(a.net.state_dict())
+    x = torch.randn(2, 1, 8, 8)
+    assert torch.allclose(a(x).logits, b(x).logits, atol=1e-6)
