@@ -68,7 +68,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "train_seconds": round(train_seconds, 3),
         "best_checkpoint": best_ckpt,
         "last_checkpoint": str(output_dir / "checkpoints" / "last.ckpt"),
-        "protocol": datamodule.describe(),
+        "protocol": datamodule.describe()["protocol"],
+        "data": datamodule.describe(),
     }
     if trainer.is_global_zero:
         update_json(output_dir / "metrics.json", metrics)

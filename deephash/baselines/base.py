@@ -93,7 +93,7 @@ class BaseHash:
 
     def _train_features(self, X: Any) -> np.ndarray:
         X = as_features(X, "training features")
-        n, d = X.shape
+        n = X.shape[0]
         if n < 2:
             raise DataError(f"{self.name} needs at least 2 training samples, got {n}")
         return X
@@ -104,7 +104,9 @@ class BaseHash:
         if self.bits > d:
             raise ConfigError(f"{self.name} needs bits <= feature dimension ({d}), got {self.bits}")
         if self.bits >= n:
-            raise ConfigError(f"{self.name} needs more training samples than bits, got {n} samples for {self.bits} bits")
+            raise ConfigError(
+                f"{self.name} needs more training samples than bits, got {n} samples for {self.bits} bits"
+            )
 
     def _query_features(self, X: Any) -> np.ndarray:
         if not self.fitted:

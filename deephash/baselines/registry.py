@@ -43,7 +43,9 @@ def load_method(path: str | os.PathLike) -> HashMethod:
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
         raise IndexFormatError(f"{os.fspath(path)} is not a saved hashing method ({err})") from None
     if "method" not in arrays or int(arrays.get("format_version", -1)) != FORMAT_VERSION:
-        raise IndexFormatError(f"{os.fspath(path)} is not a saved hashing method (format version {FORMAT_VERSION})")
+        raise IndexFormatError(
+            f"{os.fspath(path)} is not a saved hashing method (format version {FORMAT_VERSION})"
+        )
     name = str(arrays["method"])
     if name not in METHODS:
         raise IndexFormatError(f"{os.fspath(path)} holds unknown hashing method {name!r}")

@@ -32,7 +32,9 @@ class SH(BaseHash):
         mn = Y.min(axis=0) - _EPS
         mx = Y.max(axis=0) + _EPS
         modes = select_modes(mx - mn, self.bits)
-        self._set_state(X.shape[1], {"mean": mean, "components": components, "mn": mn, "mx": mx, "modes": modes})
+        self._set_state(
+            X.shape[1], {"mean": mean, "components": components, "mn": mn, "mx": mx, "modes": modes}
+        )
         return self
 
     def project(self, X: np.ndarray) -> np.ndarray:

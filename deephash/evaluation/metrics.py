@@ -39,12 +39,22 @@ def relevance_matrix(query_labels: np.ndarray, ranked_labels: np.ndarray) -> np.
     return ranked_labels == query_labels[:, None]
 
 
-def ranked_relevance(query_labels: np.ndarray, ranking: np.ndarray, db_labels: np.ndarray) -> np.ndarray:
-    """Relevance of a ranking given as database indices.
+def ranked_relevance(
+    query_labels: np.ndarray, ranking: np.ndarray, db_labels: np.ndarray, chunk: int | None = None
+) -> np.ndarray:
+    """Relevance of a ranking given as database indices, gathered in row blocks (no (q, n) label copy).
 
     query_labels: (q,); ranking: (q, n) int64 indices into db_labels: (N,) -> (q, n) bool.
     """
-    return relevance_matrix(query_labels, np.asarray(db_labels)[np.asarray(ranking)])
+    query_labels, ranking, db_labels = np.asarray(query_labels), np.asarray(ranking), np.asarray(db_labels)
+    if query_labels.ndim != 1 or ranking.ndim != 2 or len(query_labels) != len(ranking):
+        raise ValueError(
+            f"expected query_labels (q,) and ranking (q, n), got {query_labels.shape} and {ranking.shape}"
+        )
+    rel = np.empty(ranking.shape, dtype=bool)
+    for rows in _row_blocks(*ranking.shape, chunk):
+        np.equal(db_labels[ranking[rows]], query_labels[rows, None], out=rel[rows])
+    return rel
 
 
 def count_relevant(query_labels: np.ndarray, db_labels: np.ndarray) -> np.ndarray:
@@ -174,7 +184,8 @@ def _precision_sums(block: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def hamming_ranking(hamming_dist: np.ndarray, k: int | None = None, chunk: int | None = None) -> np.ndarray:
     """Database indices sorted by (distance, index) ascending: (q, n) int -> (q, n) int64, or (q, k).
 
-    With ``k`` only the top k columns are computed (partition, then sort), in O(n) per query.
+    With ``k`` only the top k columns are kept. Hamming distances (< 2**16) use a linear-time radix
+    sort; larger integer distances are partitioned then the top k sorted.
     """
     dist = _check_dist(hamming_dist)
     if k is not None and int(k) < 1:
@@ -185,9 +196,11 @@ def hamming_ranking(hamming_dist: np.ndarray, k: int | None = None, chunk: int |
     small = dist.size > 0 and dist.min() >= 0 and dist.max() <= np.iinfo(np.uint16).max
     for rows in _row_blocks(q, n, chunk):
         block = dist[rows]
-        if width == n:
-            # numpy's stable sort is a radix sort on 16-bit ints: much faster than timsort on int64.
-            out[rows] = np.argsort(block.astype(np.uint16) if small else block, axis=1, kind="stable")
+        if small:
+            # numpy's stable sort is a linear-time radix sort on 16-bit ints, faster than any partition.
+            out[rows] = np.argsort(block.astype(np.uint16), axis=1, kind="stable")[:, :width]
+        elif width == n:
+            out[rows] = np.argsort(block, axis=1, kind="stable")
         else:
             # A unique key per item makes the partition exact under the (distance, index) order.
             key = block.astype(np.int64) * n + np.arange(n)

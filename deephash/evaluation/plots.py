@@ -48,7 +48,7 @@ def write_precision_curves(
         ax.set_xscale("log")
     ax.set(xlabel="Number of retrieved images", ylabel="Precision", title=title, ylim=(0.0, 1.02))
     ax.grid(True, alpha=0.3)
-    ax.legend(loc="lower left")
+    ax.legend(loc="best")
     return csv_out, _write_png(fig, png_path)
 
 
@@ -89,7 +89,7 @@ def write_pr_curve(
     ax_r.set(xlabel="Hamming radius", ylabel="Precision", ylim=(0.0, 1.02))
     for ax in (ax_pr, ax_r):
         ax.grid(True, alpha=0.3)
-        ax.legend(loc="lower left")
+        ax.legend(loc="best")
     fig.suptitle(title)
     return csv_out, _write_png(fig, png_path)
 

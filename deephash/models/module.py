@@ -53,7 +53,9 @@ class HashModule(pl.LightningModule):
         super().__init__()
         if scheduler_interval not in ("step", "epoch"):
             raise ConfigError(f"model.scheduler_interval must be 'step' or 'epoch', got {scheduler_interval!r}")
-        unknown = set(lr_mult or {}) - set(DEFAULT_LR_MULT)
+        # plain types only: checkpoints are loaded with weights_only=True, which refuses OmegaConf objects
+        lr_mult = {str(k): float(v) for k, v in (lr_mult or {}).items()}
+        unknown = set(lr_mult) - set(DEFAULT_LR_MULT)
         if unknown:
             raise ConfigError(
                 f"model.lr_mult has unknown groups {sorted(unknown)}; expected keys among {sorted(DEFAULT_LR_MULT)}"
@@ -67,7 +69,7 @@ class HashModule(pl.LightningModule):
         self.forward_fn = torch.compile(self.net) if compile else self.net
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
-        self.lr_mult = {**DEFAULT_LR_MULT, **dict(lr_mult or {})}
+        self.lr_mult = {**DEFAULT_LR_MULT, **lr_mult}
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")

@@ -1,0 +1,49 @@
+"""Retrieval: packed binary codes, the persistent index store, and Hamming / hierarchical / L2 search."""
+
+from deephash.retrieval.codes import (
+    FAST_CODE_BYTES,
+    check_packed,
+    code_bytes,
+    hamming_distance_matrix,
+    iter_hamming_distances,
+    pack_codes,
+    pad_codes,
+    padded_code_bytes,
+    unpack_codes,
+)
+from deephash.retrieval.search import (
+    HammingIndex,
+    HierarchicalResult,
+    euclidean_search,
+    hamming_radius_search,
+    hamming_search,
+    hierarchical_search,
+    l2_distances,
+    select_topk,
+)
+from deephash.retrieval.store import IndexStore, IndexWriter, load_index, save_index, sha256_file
+
+__all__ = [
+    "FAST_CODE_BYTES",
+    "check_packed",
+    "code_bytes",
+    "hamming_distance_matrix",
+    "iter_hamming_distances",
+    "pack_codes",
+    "pad_codes",
+    "padded_code_bytes",
+    "unpack_codes",
+    "HammingIndex",
+    "HierarchicalResult",
+    "euclidean_search",
+    "hamming_radius_search",
+    "hamming_search",
+    "hierarchical_search",
+    "l2_distances",
+    "select_topk",
+    "IndexStore",
+    "IndexWriter",
+    "load_index",
+    "save_index",
+    "sha256_file",
+]

@@ -1,0 +1,293 @@
+"""RetrievalDataModule: a LightningDataModule over a pool (train source + test source) and its splits."""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from deephash.data.protocols import PROTOCOLS, SPLITS, make_splits
+from deephash.data.sources import Pool, Source
+from deephash.data.transforms import TRANSFORMS, ImageTransform, imagenet_transform, native_transform
+from deephash.utils.errors import ConfigError
+from deephash.utils.io import atomic_write_bytes, atomic_write_json
+from deephash.utils.logging import get_logger
+
+log = get_logger(__name__)
+
+
+class SplitDataset(Dataset):
+    """Items ``(image (C,H,W) float, label int, pool index int)`` of one split."""
+
+    def __init__(self, pool: Pool, indices: np.ndarray, transform: ImageTransform) -> None:
+        self.pool = pool
+        self.indices = np.asarray(indices, dtype=np.int64)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, k: int) -> tuple[torch.Tensor, int, int]:
+        p = int(self.indices[k])
+        return self.transform(self.pool.image(p)), int(self.pool.labels[p]), p
+
+
+class RetrievalDataModule(pl.LightningDataModule):
+    """Base datamodule; subclasses set the class attributes and implement ``_load_sources``.
+
+    Args are validated here (one-line ConfigError). ``setup`` loads the sources and computes
+    ``splits`` (sorted int64 pool indices per split) with ``deephash.data.protocols.make_splits``.
+    """
+
+    name: ClassVar[str] = ""
+    protocols: ClassVar[tuple[str, ...]] = ("paper",)
+    native_channels: ClassVar[int] = 3
+    native_size: ClassVar[tuple[int, int] | None] = None  # None: resized to image_size under "native"
+    native_mean: ClassVar[tuple[float, ...]] = (0.5, 0.5, 0.5)
+    native_std: ClassVar[tuple[float, ...]] = (0.5, 0.5, 0.5)
+    native_flip: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        root: str | None = None,
+        batch_size: int = 32,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        persistent_workers: bool = False,
+        seed: int = 0,
+        protocol: str = "paper",
+        n_queries: int = 1000,
+        val_size: float | int = 0.1,
+        download: bool = False,
+        transform: str = "imagenet",
+        image_size: int = 227,
+        resize: int = 256,
+    ) -> None:
+        super().__init__()
+        check_int("batch_size", batch_size, 1)
+        if eval_batch_size is not None:
+            check_int("eval_batch_size", eval_batch_size, 1)
+        check_int("num_workers", num_workers, 0)
+        check_int("seed", seed, 0)
+        check_int("n_queries", n_queries, 1)
+        check_int("image_size", image_size, 1)
+        check_int("resize", resize, 1)
+        for flag, value in (("pin_memory", pin_memory), ("persistent_workers", persistent_workers)):
+            if not isinstance(value, bool):
+                raise ConfigError(f"data.{flag} must be true or false, got {value!r}")
+        if not isinstance(download, bool):
+            raise ConfigError(f"data.download must be true or false, got {download!r}")
+        if protocol not in PROTOCOLS:
+            raise ConfigError(f"data.protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
+        if protocol not in self.protocols:
+            raise ConfigError(
+                f"data.protocol {protocol!r} is not available for {self.name}; choose one of {', '.join(self.protocols)}"
+            )
+        if transform not in TRANSFORMS:
+            raise ConfigError(f"data.transform must be one of {', '.join(TRANSFORMS)}, got {transform!r}")
+        if transform == "imagenet" and image_size > resize:
+            raise ConfigError(f"data.image_size={image_size} must not exceed data.resize={resize}")
+        check_val_size(val_size)
+
+        self.root = root
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size if eval_batch_size is not None else batch_size * 4
+        self.num_workers = num_workers
+        self.pin_memory = pin_memory
+        self.persistent_workers = persistent_workers and num_workers > 0
+        self.seed = seed
+        self.protocol = protocol
+        self.n_queries = n_queries
+        self.val_size = val_size
+        self.download = download
+        self.transform = transform
+        self.image_size = image_size
+        self.resize = resize
+
+        self.train_transform = self._make_transform(train=True)
+        self.eval_transform = self._make_transform(train=False)
+        self.pool: Pool | None = None
+        self.splits: dict[str, np.ndarray] | None = None
+        self._class_names: list[str] | None = None
+
+    # ---- hooks for subclasses --------------------------------------------------------------
+    def _load_sources(self) -> tuple[Source, Source, list[str]]:
+        """Return ``(train source, test source, class names)``; raise DataError if files are missing."""
+        raise NotImplementedError
+
+    def _download(self) -> None:
+        """Fetch the dataset into ``root`` (called from ``prepare_data`` only when download=True)."""
+
+    def _split_options(self) -> dict[str, Any]:
+        """Extra keyword arguments for ``make_splits``."""
+        return {}
+
+    # ---- Lightning API -------------------------------------------------------------------
+    def prepare_data(self) -> None:
+        if self.download:
+            self._download()
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits is not None:
+            return
+        pool = self._load_pool()
+        self.splits = make_splits(
+            self.protocol,
+            pool.train.labels,
+            pool.test.labels,
+            n_queries=self.n_queries,
+            val_size=self.val_size,
+            seed=self.seed,
+            **self._split_options(),
+        )
+        log.info("data: %s", self.describe())
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.dataset("train", train=True), self.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self.encode_dataloader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self.encode_dataloader("test")
+
+    def predict_dataloader(self) -> list[DataLoader]:
+        return [self.encode_dataloader("query"), self.encode_dataloader("database")]
+
+    def encode_dataloader(self, split: str) -> DataLoader:
+        """Evaluation transform, fixed order, ``eval_batch_size``."""
+        return self._loader(self.dataset(split), self.eval_batch_size, shuffle=False)
+
+    # ---- dataset access --------------------------------------------------------------------
+    @property
+    def class_names(self) -> list[str]:
+        self._load_pool()
+        assert self._class_names is not None
+        return list(self._class_names)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def in_channels(self) -> int:
+        return 3 if self.transform == "imagenet" else self.native_channels
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        """``(H, W)`` of the tensors the model receives."""
+        if self.transform == "native" and self.native_size is not None:
+            return self.native_size
+        return (self.image_size, self.image_size)
+
+    def dataset(self, split: str, train: bool = False) -> SplitDataset:
+        """Items of ``split``; ``train=True`` applies the training augmentation."""
+        indices = self._split(split)
+        assert self.pool is not None
+        return SplitDataset(self.pool, indices, self.train_transform if train else self.eval_transform)
+
+    def labels(self, split: str) -> np.ndarray:
+        """``(n,) int64`` labels of ``split``, in the split's (sorted pool index) order."""
+        indices = self._split(split)
+        assert self.pool is not None
+        return self.pool.labels[indices]
+
+    def sample_ids(self, split: str) -> list[str]:
+        indices = self._split(split)
+        assert self.pool is not None
+        return [self.pool.sample_id(int(p)) for p in indices]
+
+    def describe(self) -> dict[str, Any]:
+        sizes = {k: int(len(v)) for k, v in (self.splits or {}).items()}
+        return {
+            "dataset": self.name,
+            "protocol": self.protocol,
+            "seed": self.seed,
+            "num_classes": self.num_classes,
+            "transform": self.transform,
+            "input": [self.in_channels, *self.input_size],
+            "sizes": sizes,
+        }
+
+    def save_splits(self, run_dir: str | os.PathLike) -> None:
+        """Write ``splits.npz`` (one int64 array per split) and ``classes.json`` into ``run_dir``."""
+        self.setup()
+        assert self.splits is not None
+        buffer = io.BytesIO()
+        np.savez(buffer, **self.splits)
+        run_dir = Path(run_dir)
+        atomic_write_bytes(run_dir / "splits.npz", buffer.getvalue())
+        names = self.class_names
+        atomic_write_json(
+            run_dir / "classes.json",
+            {
+                "class_names": names,
+                "class_to_idx": {n: i for i, n in enumerate(names)},
+                "dataset": self.name,
+                "protocol": self.protocol,
+                "seed": self.seed,
+            },
+        )
+
+    # ---- internals -------------------------------------------------------------------------
+    def _root_dir(self) -> str:
+        if not self.root:
+            raise ConfigError(f"data.root must be set: the directory holding the {self.name} dataset")
+        return os.fspath(self.root)
+
+    def _load_pool(self) -> Pool:
+        if self.pool is None:
+            train, test, class_names = self._load_sources()
+            self.pool = Pool(train, test)
+            self._class_names = list(class_names)
+        return self.pool
+
+    def _split(self, split: str) -> np.ndarray:
+        if split not in SPLITS:
+            raise ConfigError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+        self.setup()
+        assert self.splits is not None
+        return self.splits[split]
+
+    def _make_transform(self, train: bool) -> ImageTransform:
+        if self.transform == "imagenet":
+            return imagenet_transform(train, image_size=self.image_size, resize=self.resize)
+        size = None if self.native_size is not None else (self.image_size, self.image_size)
+        return native_transform(
+            train, mean=self.native_mean, std=self.native_std, flip=self.native_flip, size=size
+        )
+
+    def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            drop_last=False,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.persistent_workers,
+            generator=torch.Generator().manual_seed(self.seed) if shuffle else None,
+        )
+
+
+def check_int(name: str, value: Any, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"data.{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def check_val_size(val_size: Any) -> None:
+    ok = not isinstance(val_size, bool) and (
+        (isinstance(val_size, int) and val_size >= 0)
+        or (isinstance(val_size, float) and 0.0 <= val_size < 1.0)
+    )
+    if not ok:
+        raise ConfigError(
+            f"data.val_size must be a fraction in [0, 1) or a count >= 0 of the training data, got {val_size!r}"
+        )

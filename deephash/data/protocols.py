@@ -1,0 +1,110 @@
+"""Evaluation protocols: which pool items are train, val, test, query and database.
+
+Pool indices: ``0..n_train-1`` are the train source, ``n_train..n_train+n_test-1`` the test source.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.model_selection import train_test_split
+
+from deephash.utils.errors import ConfigError
+
+PROTOCOLS = ("paper", "cifar_1k5k", "cifar_10k50k")
+SPLITS = ("train", "val", "test", "query", "database")
+
+
+def make_splits(
+    protocol: str,
+    train_labels: np.ndarray,
+    test_labels: np.ndarray,
+    *,
+    n_queries: int,
+    val_size: float | int,
+    seed: int,
+    train_per_class: int = 500,
+) -> dict[str, np.ndarray]:
+    """Sorted ``int64`` pool indices for each of ``SPLITS``; the same inputs give the same splits.
+
+    * ``paper`` (Lin et al., section 4.3): query = ``n_queries`` random test images, database = the
+      whole training set, val = ``val_size`` of the training set, train = the rest, test = test set.
+    * ``cifar_1k5k``: from the whole pool, query = ``n_queries / num_classes`` random images per class,
+      train = ``train_per_class`` per class from the rest (val carved from it), database = all but
+      the queries, test = query.
+    * ``cifar_10k50k``: query = test = the whole test set, database = the train set (``n_queries`` unused).
+    """
+    train_labels = np.asarray(train_labels, dtype=np.int64)
+    test_labels = np.asarray(test_labels, dtype=np.int64)
+    n_train, n_test = len(train_labels), len(test_labels)
+    n_pool = n_train + n_test
+    # independent streams: changing n_queries does not move the val split and vice versa
+    query_rng = np.random.default_rng([seed, 0])
+    test_part = np.arange(n_train, n_pool, dtype=np.int64)
+
+    if protocol == "paper":
+        if n_queries > n_test:
+            raise ConfigError(f"data.n_queries={n_queries} but the test set has only {n_test} images")
+        query = query_rng.choice(test_part, size=n_queries, replace=False)
+        training = np.arange(n_train, dtype=np.int64)
+        database, test = training, test_part
+    elif protocol == "cifar_10k50k":
+        training = np.arange(n_train, dtype=np.int64)
+        query, database, test = test_part, training, test_part
+    elif protocol == "cifar_1k5k":
+        query, training = _per_class_draw(
+            np.concatenate([train_labels, test_labels]), n_queries, train_per_class, query_rng
+        )
+        database = np.setdiff1d(np.arange(n_pool, dtype=np.int64), query)
+        test = query
+    else:
+        raise ConfigError(f"data.protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
+
+    all_labels = np.concatenate([train_labels, test_labels])
+    val, train = _carve_val(training, all_labels[training], val_size, seed)
+    splits = {"train": train, "val": val, "test": test, "query": query, "database": database}
+    return {k: np.sort(np.asarray(splits[k], dtype=np.int64)) for k in SPLITS}
+
+
+def _per_class_draw(
+    labels: np.ndarray, n_queries: int, train_per_class: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """``n_queries / num_classes`` query and ``train_per_class`` train indices per class, disjoint."""
+    classes = np.unique(labels)
+    if n_queries % len(classes):
+        raise ConfigError(
+            f"protocol cifar_1k5k needs data.n_queries divisible by the {len(classes)} classes, got {n_queries}"
+        )
+    if train_per_class < 1:
+        raise ConfigError(f"data.train_per_class must be an integer >= 1, got {train_per_class}")
+    per_class = n_queries // len(classes)
+    query, training = [], []
+    for c in classes:
+        members = rng.permutation(np.flatnonzero(labels == c))
+        if len(members) < per_class + train_per_class:
+            raise ConfigError(
+                f"protocol cifar_1k5k needs {per_class} query + {train_per_class} train images of class {c}, "
+                f"the pool has {len(members)}"
+            )
+        query.append(members[:per_class])
+        training.append(members[per_class : per_class + train_per_class])
+    return np.concatenate(query), np.sort(np.concatenate(training))
+
+
+def _carve_val(
+    training: np.ndarray, labels: np.ndarray, val_size: float | int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Split ``training`` into (val, train), stratified by class when every class allows it."""
+    n = len(training)
+    n_val = round(val_size * n) if isinstance(val_size, float) else int(val_size)
+    if n_val == 0:
+        return np.empty(0, dtype=np.int64), training
+    if n_val >= n:
+        raise ConfigError(f"data.val_size={val_size} leaves no training images (the training data has {n})")
+    random_state = int(np.random.default_rng([seed, 1]).integers(2**32))
+    try:
+        train, val = train_test_split(training, test_size=n_val, stratify=labels, random_state=random_state)
+    except ValueError:
+        # a class with a single image, or fewer val slots than classes: fall back to a plain random draw
+        perm = np.random.default_rng(random_state).permutation(training)
+        val, train = perm[:n_val], perm[n_val:]
+    return np.asarray(val, dtype=np.int64), np.asarray(train, dtype=np.int64)

@@ -1,0 +1,63 @@
+"""Image -> tensor transforms.
+
+``imagenet`` is the paper's recipe (Caffe's ImageNet pipeline): warp to ``resize x resize``, random
+``image_size`` crop + horizontal flip for training, centre crop for evaluation, ImageNet mean/std,
+gray replicated to 3 channels. ``native`` keeps the dataset's size and channels: ToTensor + the
+dataset's own mean/std.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from PIL import Image
+from torchvision import transforms as T
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+TRANSFORMS = ("imagenet", "native")
+
+ImageTransform = Callable[[Image.Image], torch.Tensor]
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any PIL mode -> RGB (gray is replicated to 3 channels)."""
+    return img if img.mode == "RGB" else img.convert("RGB")
+
+
+def imagenet_transform(train: bool, *, image_size: int = 227, resize: int = 256) -> ImageTransform:
+    """The paper's preprocessing; output ``(3, image_size, image_size)`` float."""
+    crop = [T.RandomCrop(image_size), T.RandomHorizontalFlip()] if train else [T.CenterCrop(image_size)]
+    return T.Compose(
+        [
+            T.Lambda(to_rgb),
+            # a square warp like Caffe's 256x256 ImageNet images, not a shorter-side resize
+            T.Resize((resize, resize)),
+            *crop,
+            T.ToTensor(),
+            T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ]
+    )
+
+
+def native_transform(
+    train: bool,
+    *,
+    mean: Sequence[float],
+    std: Sequence[float],
+    flip: bool = False,
+    size: tuple[int, int] | None = None,
+) -> ImageTransform:
+    """ToTensor + per-dataset normalisation, channels as the source gives them.
+
+    ``size`` resizes (only for datasets without a native size, e.g. image folders); ``flip`` adds a
+    random horizontal flip in training (right for natural images, wrong for digits).
+    """
+    steps: list[Callable] = []
+    if size is not None:
+        steps.append(T.Resize(size))
+    if train and flip:
+        steps.append(T.RandomHorizontalFlip())
+    steps += [T.ToTensor(), T.Normalize(tuple(mean), tuple(std))]
+    return T.Compose(steps)

@@ -1,0 +1,376 @@
+"""Search over packed codes and F7 features: Hamming k-NN, Hamming radius, hierarchical, exhaustive L2.
+
+Every result is ordered by ``(distance, database index)`` ascending, ties going to the lower index,
+exactly as a stable sort of the brute-force distances would order them. Where a query has fewer
+results than asked for, the missing slots hold index ``-1``, L2 distance ``inf`` and Hamming
+distance ``-1``. L2 distances are plain Euclidean distances (paper eq. 2, not squared), computed in
+float32 as ``sqrt(max(|q|^2 - 2 q.x + |x|^2, 0))`` by one shared kernel, so exhaustive and
+hierarchical search rank identical vectors identically.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import faiss
+import numpy as np
+
+from deephash.retrieval.codes import (
+    check_packed,
+    code_bytes,
+    hamming_distance_matrix,
+    pad_codes,
+    padded_code_bytes,
+)
+from deephash.utils.errors import ConfigError, IndexFormatError
+
+# Ids buffer of FAISS's counting k-NN: (query batch) x (bits + 1 buckets) x k int64 ids.
+_COUNTING_BUDGET_BYTES = 256 << 20
+_RANGE_QUERY_BATCH = 256
+
+
+def select_topk(dist: np.ndarray, idx: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``min(k, m)`` smallest ``(dist, idx)`` pairs of each row, in that order.
+
+    dist: (q, m) numeric; idx: (q, m) int64 -> (q, min(k, m)) each. Ties at the k-th distance keep
+    the lowest indices, like a stable sort by (dist, idx).
+    """
+    m = dist.shape[1]
+    if k < m:
+        cand = np.argpartition(dist, k - 1, axis=1)[:, :k]
+        kth = np.take_along_axis(dist, cand, axis=1).max(axis=1)
+        # argpartition picks an arbitrary subset of the items tied at the k-th distance: rows where
+        # that group straddles the cut are re-selected by a full (dist, idx) sort.
+        tied = np.flatnonzero((dist <= kth[:, None]).sum(axis=1) > k)
+        if tied.size:
+            cand[tied] = np.lexsort((idx[tied], dist[tied]), axis=-1)[:, :k]
+        dist, idx = np.take_along_axis(dist, cand, axis=1), np.take_along_axis(idx, cand, axis=1)
+    order = np.lexsort((idx, dist), axis=-1)
+    return np.take_along_axis(dist, order, axis=1), np.take_along_axis(idx, order, axis=1)
+
+
+def _pad_columns(arr: np.ndarray, k: int, fill: float) -> np.ndarray:
+    """(q, m) -> (q, k), appending ``fill`` columns when m < k."""
+    if arr.shape[1] >= k:
+        return arr
+    out = np.full((arr.shape[0], k), fill, dtype=arr.dtype)
+    out[:, : arr.shape[1]] = arr
+    return out
+
+
+def _check_k(k: int, name: str = "k") -> int:
+    if int(k) != k or k <= 0:
+        raise ConfigError(f"{name} must be a positive integer, got {k}")
+    return int(k)
+
+
+class HammingIndex:
+    """Exact Hamming search over packed codes, wrapping ``faiss.IndexBinaryFlat``.
+
+    codes_packed: (n, ceil(bits / 8)) uint8. Codes are zero padded to the next size in
+    ``FAST_CODE_BYTES`` (``pad=True``), which leaves distances unchanged and lets FAISS use a
+    specialised kernel (e.g. 48-bit codes run on the 8-byte popcount instead of a byte loop).
+    """
+
+    def __init__(self, codes_packed: np.ndarray, bits: int, *, pad: bool = True) -> None:
+        self.bits = int(bits)
+        self.codes = check_packed(codes_packed, self.bits, "database codes")
+        self.code_bytes = code_bytes(self.bits)
+        self.padded_bytes = padded_code_bytes(self.code_bytes) if pad else self.code_bytes
+        self.faiss_index = faiss.IndexBinaryFlat(self.padded_bytes * 8)
+        # The counting k-NN (hammings_knn_mc) fills one bucket per distance in scan order and reads
+        # the buckets in increasing distance, so it returns exactly the (distance, index) order
+        # (faiss documents the same for its database-parallel variant); the default heap search
+        # only guarantees the distances, not which of the items tied at the k-th distance it keeps.
+        self.faiss_index.use_heap = False
+        self._default_batch = self.faiss_index.query_batch_size
+        self.faiss_index.add(pad_codes(self.codes, self.padded_bytes))
+
+    @property
+    def ntotal(self) -> int:
+        return int(self.faiss_index.ntotal)
+
+    def _queries(self, query_packed: np.ndarray) -> np.ndarray:
+        queries = np.asarray(query_packed)
+        if queries.ndim != 2 or queries.dtype != np.uint8 or queries.shape[1] != self.code_bytes:
+            raise IndexFormatError(
+                f"queries are {queries.dtype} {queries.shape} but the index holds {self.bits}-bit codes "
+                f"packed as (n, {self.code_bytes}) uint8"
+            )
+        return pad_codes(check_packed(queries, self.bits, "query codes"), self.padded_bytes)
+
+    def search(self, query_packed: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The k nearest codes of each query.
+
+        query_packed: (q, ceil(bits / 8)) uint8 -> (dist (q, k) int32, idx (q, k) int64), ordered by
+        (distance, index); slots beyond the database size hold distance -1 and index -1.
+        """
+        queries, k = self._queries(query_packed), _check_k(k)
+        kk = min(k, self.ntotal)
+        if kk == 0 or len(queries) == 0:
+            return np.full((len(queries), k), -1, np.int32), np.full((len(queries), k), -1, np.int64)
+        per_query = (8 * self.padded_bytes + 1) * kk * 8
+        if per_query > _COUNTING_BUDGET_BYTES:
+            dist, idx = self._exact_knn(queries, kk)
+        else:
+            self.faiss_index.query_batch_size = max(
+                1, min(self._default_batch, _COUNTING_BUDGET_BYTES // per_query)
+            )
+            dist, idx = self.faiss_index.search(queries, kk)
+            # Cheap guard on the order promised above: rows that break it are redone exactly.
+            bad = (np.diff(dist, axis=1) < 0) | ((np.diff(dist, axis=1) == 0) & (np.diff(idx, axis=1) <= 0))
+            rows = np.flatnonzero(bad.any(axis=1))
+            if rows.size:
+                dist[rows], idx[rows] = self._exact_knn(queries[rows], kk)
+        return _pad_columns(dist.astype(np.int32, copy=False), k, -1), _pad_columns(idx, k, -1)
+
+    def _exact_knn(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """numpy k-NN for k too large for the counting buckets: the key dist * n + idx is unique."""
+        n = self.ntotal
+        dist_out = np.empty((len(queries), k), np.int32)
+        idx_out = np.empty((len(queries), k), np.int64)
+        step = max(1, (1 << 25) // n)
+        for q0 in range(0, len(queries), step):
+            dist = hamming_distance_matrix(queries[q0 : q0 + step, : self.code_bytes], self.codes)
+            key = dist.astype(np.int64) * n + np.arange(n)
+            if k < n:
+                key = np.take_along_axis(key, np.argpartition(key, k - 1, axis=1)[:, :k], axis=1)
+            key.sort(axis=1)
+            dist_out[q0 : q0 + step], idx_out[q0 : q0 + step] = key // n, key % n
+        return dist_out, idx_out
+
+    def _range_sorted(self, padded_queries: np.ndarray, radius: int) -> tuple[np.ndarray, ...]:
+        """FAISS range search on already padded queries -> (lims, dist int32, idx int64) by (query, dist, idx)."""
+        # IndexBinaryFlat.range_search keeps d < radius (strict); ours is inclusive, hence radius + 1.
+        lims, dist, idx = self.faiss_index.range_search(padded_queries, int(radius) + 1)
+        lims = lims.astype(np.int64)
+        dist = dist.astype(np.int32)
+        owner = np.repeat(np.arange(len(padded_queries)), np.diff(lims))
+        order = np.lexsort((idx, dist, owner))
+        return lims, dist[order], idx[order]
+
+    def range_search(self, query_packed: np.ndarray, radius: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Every database item within Hamming distance ``radius`` (inclusive) of each query.
+
+        query_packed: (q, ceil(bits / 8)) uint8 -> per query ``(dist (m,) int32, idx (m,) int64)``,
+        ordered by (distance, index).
+        """
+        queries = self._queries(query_packed)
+        if int(radius) != radius or radius < 0:
+            raise ConfigError(f"radius must be a non-negative integer, got {radius}")
+        results: list[tuple[np.ndarray, np.ndarray]] = []
+        for q0 in range(0, len(queries), _RANGE_QUERY_BATCH):
+            lims, dist, idx = self._range_sorted(queries[q0 : q0 + _RANGE_QUERY_BATCH], radius)
+            results.extend((dist[a:b], idx[a:b]) for a, b in zip(lims[:-1], lims[1:]))
+        return results
+
+
+def hamming_search(
+    db_packed: np.ndarray, query_packed: np.ndarray, bits: int, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """One-off ``HammingIndex(db_packed, bits).search(query_packed, k)``."""
+    return HammingIndex(db_packed, bits).search(query_packed, k)
+
+
+def hamming_radius_search(
+    db_packed: np.ndarray, query_packed: np.ndarray, bits: int, radius: int
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """One-off ``HammingIndex(db_packed, bits).range_search(query_packed, radius)``."""
+    return HammingIndex(db_packed, bits).range_search(query_packed, radius)
+
+
+def l2_distances(queries: np.ndarray, rows: np.ndarray, query_sqnorms: np.ndarray | None = None) -> np.ndarray:
+    """Fast approximate Euclidean distances through BLAS: sqrt(max(|q|^2 - 2 q.x + |x|^2, 0)).
+
+    queries: (q, d) float32; rows: (c, d) float32 -> (q, c) float32. Cancellation makes the result
+    inexact for near neighbours (a copy of the query lands at ~1e-3 instead of 0), so searches only
+    use it to shortlist candidates and then call ``exact_l2``.
+    """
+    if query_sqnorms is None:
+        query_sqnorms = np.einsum("ij,ij->i", queries, queries)
+    sq = queries @ rows.T
+    sq *= -2
+    sq += query_sqnorms[:, None]
+    sq += np.einsum("ij,ij->i", rows, rows)[None, :]
+    np.maximum(sq, 0, out=sq)
+    return np.sqrt(sq, out=sq)
+
+
+def exact_l2(queries: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Euclidean distances from direct differences. queries: (q, d); rows: (q, m, d) -> (q, m) float32.
+
+    Each distance depends only on its own (query, row) pair, so it is the same whatever the chunking.
+    """
+    diff = rows - queries[:, None, :]
+    return np.sqrt(np.einsum("qmd,qmd->qm", diff, diff))
+
+
+def _shortlist(k: int) -> int:
+    """Candidates kept from the fast BLAS distances before the exact re-computation."""
+    return k + max(16, k // 8)
+
+
+def _refine(db_f7: np.ndarray, queries: np.ndarray, cand: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top k among shortlisted candidates.
+
+    db_f7: (n, d); queries: (q, d) float32; cand: (q, m) int64 indices, -1 for none -> (l2 (q, min(k, m))
+    float32, pos (q, min(k, m)) int64 column of each result in ``cand``), ordered by (L2, index).
+    """
+    q, m = cand.shape
+    l2 = np.full((q, m), np.inf, np.float32)
+    step = max(1, (1 << 24) // max(1, m * db_f7.shape[1]))
+    for q0 in range(0, q, step):
+        block = cand[q0 : q0 + step]
+        valid = block >= 0
+        uniq, inverse = np.unique(block[valid], return_inverse=True)
+        rows = np.asarray(db_f7[uniq], dtype=np.float32)  # one sorted gather: sequential memmap reads
+        gathered = np.zeros(block.shape + (db_f7.shape[1],), np.float32)
+        gathered[valid] = rows[inverse]
+        l2[q0 : q0 + step][valid] = exact_l2(queries[q0 : q0 + step], gathered)[valid]
+    # invalid slots get an index past every real one, so they sort last
+    key_idx = np.where(cand >= 0, cand, np.iinfo(np.int64).max)
+    cols = np.broadcast_to(np.arange(m), cand.shape)
+    order = np.lexsort((key_idx, l2), axis=-1)[:, :k]
+    return np.take_along_axis(l2, order, axis=1), np.take_along_axis(cols, order, axis=1)
+
+
+def _check_features(db_f7: np.ndarray, query_f7: np.ndarray, n: int | None = None) -> np.ndarray:
+    """Validate (n, d) database and (q, d) query features; returns the queries as float32."""
+    if db_f7.ndim != 2 or np.ndim(query_f7) != 2 or db_f7.shape[1] != np.shape(query_f7)[1]:
+        raise ConfigError(
+            f"expected database F7 (n, d) and query F7 (q, d), got {db_f7.shape} and {np.shape(query_f7)}"
+        )
+    if n is not None and db_f7.shape[0] != n:
+        raise IndexFormatError(f"database F7 has {db_f7.shape[0]} rows but the Hamming index holds {n} codes")
+    return np.ascontiguousarray(query_f7, dtype=np.float32)
+
+
+def euclidean_search(
+    db_f7: np.ndarray, query_f7: np.ndarray, k: int, chunk_size: int = 65536
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exhaustive L2 search, streaming the database in chunks of ``chunk_size`` rows.
+
+    db_f7: (n, d) float16/float32 array or memmap (each chunk is converted to float32); query_f7: (q, d)
+    -> (l2 (q, k) float32, idx (q, k) int64) ordered by (distance, index). A running shortlist is kept
+    from BLAS distances, then its distances are recomputed exactly (``exact_l2``) and cut to k.
+    """
+    queries, k = _check_features(db_f7, query_f7), _check_k(k)
+    chunk_size = _check_k(chunk_size, "chunk_size")
+    qnorms = np.einsum("ij,ij->i", queries, queries)
+    best_d = np.empty((len(queries), 0), np.float32)
+    best_i = np.empty((len(queries), 0), np.int64)
+    for start in range(0, db_f7.shape[0], chunk_size):
+        rows = np.asarray(db_f7[start : start + chunk_size], dtype=np.float32)
+        dist = l2_distances(queries, rows, qnorms)
+        idx = np.broadcast_to(np.arange(start, start + len(rows), dtype=np.int64), dist.shape)
+        best_d, best_i = select_topk(np.hstack([best_d, dist]), np.hstack([best_i, idx]), _shortlist(k))
+    l2, pos = _refine(db_f7, queries, best_i, k)
+    return _pad_columns(l2, k, np.inf), _pad_columns(np.take_along_axis(best_i, pos, axis=1), k, -1)
+
+
+@dataclass
+class HierarchicalResult:
+    """Hierarchical search output; missing slots hold idx -1, l2 inf, hamming -1.
+
+    l2: (q, k) float32; idx: (q, k) int64; hamming: (q, k) int32 of the returned items;
+    pool_sizes: (q,) int64, the number of candidates re-ranked for each query.
+    """
+
+    l2: np.ndarray
+    idx: np.ndarray
+    hamming: np.ndarray
+    pool_sizes: np.ndarray
+
+
+def _pool_limits(
+    k: int, min_pool: int | None, max_pool: int | None, pool_size: int | None
+) -> tuple[int, int, int]:
+    min_pool = k if min_pool is None else _check_k(min_pool, "min_pool")
+    pool_size = max(min_pool, 1000) if pool_size is None else _check_k(pool_size, "pool_size")
+    max_pool = max(10_000, pool_size) if max_pool is None else _check_k(max_pool, "max_pool")
+    if not min_pool <= pool_size <= max_pool:
+        raise ConfigError(
+            f"hierarchical search needs min_pool <= pool_size <= max_pool, got {min_pool}, {pool_size}, {max_pool}"
+        )
+    return min_pool, max_pool, pool_size
+
+
+def hierarchical_search(
+    index: HammingIndex,
+    db_f7: np.ndarray,
+    query_packed: np.ndarray,
+    query_f7: np.ndarray,
+    k: int,
+    radius: int = 2,
+    min_pool: int | None = None,
+    max_pool: int | None = None,
+    pool_size: int | None = None,
+    chunk_size: int = 65536,
+) -> HierarchicalResult:
+    """Coarse-to-fine search (paper section 3.2): a Hamming candidate pool re-ranked by L2 on F7.
+
+    index: Hamming index over the n database codes; db_f7: (n, d) float16/float32 array or memmap;
+    query_packed: (q, ceil(bits / 8)) uint8; query_f7: (q, d).
+
+    Pool rule, per query:
+      1. the pool is every item within Hamming distance ``radius`` (inclusive; the paper says "lower
+         than a threshold");
+      2. if it holds fewer than ``min_pool`` (default k) or more than ``max_pool`` (default
+         max(10000, pool_size)) items, it is replaced by the ``pool_size`` (default max(min_pool, 1000))
+         nearest codes, ties by index. A too-small pool is thus always contained in its replacement.
+    Only the pool's F7 rows are read (in index order, ``chunk_size`` rows at a time) and ranked by
+    (L2, index); the top k are returned, fewer when the pool is smaller than k.
+    """
+    k = _check_k(k)
+    min_pool, max_pool, pool_size = _pool_limits(k, min_pool, max_pool, pool_size)
+    if int(radius) != radius or radius < 0:
+        raise ConfigError(f"radius must be a non-negative integer, got {radius}")
+    queries = index._queries(query_packed)
+    query32 = _check_features(db_f7, query_f7, index.ntotal)
+    if len(queries) != len(query32):
+        raise ConfigError(f"got {len(queries)} query codes but {len(query32)} query F7 rows")
+    q, width = len(queries), _shortlist(k)
+    cand = np.full((q, width), -1, np.int64)
+    cand_ham = np.full((q, width), -1, np.int32)
+    pool_sizes = np.zeros(q, np.int64)
+    for q0 in range(0, q, _RANGE_QUERY_BATCH):
+        block = queries[q0 : q0 + _RANGE_QUERY_BATCH]
+        lims, dist, idx = index._range_sorted(block, radius)
+        pools = [(dist[a:b], idx[a:b]) for a, b in zip(lims[:-1], lims[1:])]
+        sizes = np.diff(lims)
+        fallback = np.flatnonzero((sizes < min_pool) | (sizes > max_pool))
+        near_d, near_i = index.search(block[fallback, : index.code_bytes], pool_size)
+        for row, j in enumerate(fallback):
+            keep = near_i[row] >= 0
+            pools[j] = (near_d[row][keep], near_i[row][keep])
+        for j, (pool_ham, pool_idx) in enumerate(pools):
+            pool_sizes[q0 + j] = len(pool_idx)
+            top, top_ham = _shortlist_pool(db_f7, query32[q0 + j], pool_ham, pool_idx, width, chunk_size)
+            cand[q0 + j, : len(top)], cand_ham[q0 + j, : len(top)] = top, top_ham
+    l2, pos = _refine(db_f7, query32, cand, k)
+    idx, ham = np.take_along_axis(cand, pos, axis=1), np.take_along_axis(cand_ham, pos, axis=1)
+    return HierarchicalResult(
+        l2=_pad_columns(l2, k, np.inf),
+        idx=_pad_columns(idx, k, -1),
+        hamming=_pad_columns(ham, k, -1),
+        pool_sizes=pool_sizes,
+    )
+
+
+def _shortlist_pool(
+    db_f7: np.ndarray, query: np.ndarray, pool_ham: np.ndarray, pool_idx: np.ndarray, width: int, chunk_size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The ``width`` pool items nearest to one query by fast L2, ties by index -> (idx, hamming)."""
+    if len(pool_idx) <= width:
+        return pool_idx, pool_ham
+    order = np.argsort(pool_idx)
+    pool_idx, pool_ham = pool_idx[order], pool_ham[order]
+    l2 = np.concatenate(
+        [
+            l2_distances(query[None, :], np.asarray(db_f7[pool_idx[s : s + chunk_size]], dtype=np.float32))[0]
+            for s in range(0, len(pool_idx), chunk_size)
+        ]
+    )
+    # pool_idx is increasing, so a stable sort by L2 orders by (L2, index).
+    top = np.argsort(l2, kind="stable")[:width]
+    return pool_idx[top], pool_ham[top]

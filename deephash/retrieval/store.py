@@ -1,0 +1,372 @@
+"""Persistent index directory: packed codes, float16 F7 features, labels and ids, with a manifest.
+
+Layout of ``<path>/``::
+
+    manifest.json   format_version, bits, code_bytes, feature_dim, count, dtypes, file sizes/sha256, meta
+    codes.npy       (n, ceil(bits / 8)) uint8 packed codes
+    f7.npy          (n, d) float16 F7 features (memory-mapped on load)
+    labels.npy      (n,) int64 class labels
+    ids.txt         n item ids, one per line
+
+A save writes everything into a temporary sibling ``.<name>.tmp-XXXX`` (manifest last) and renames it
+to ``path``; an existing index is renamed aside first and removed once the new one is in place. An
+interrupted save therefore never leaves a loadable half-written index at ``path``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from deephash.retrieval.codes import check_packed, code_bytes
+from deephash.retrieval.search import HammingIndex
+from deephash.utils.errors import ConfigError, IndexFormatError
+from deephash.utils.io import atomic_write_json
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+CODES, F7, LABELS, IDS = "codes.npy", "f7.npy", "labels.npy", "ids.txt"
+DTYPES = {"codes": "uint8", "f7": "float16", "labels": "int64"}
+_F7_WRITE_ROWS = 65536
+
+
+def sha256_file(path: str | os.PathLike, block: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in ``block``-byte pieces."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(block):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclass
+class IndexStore:
+    """A loaded index. codes: (n, ceil(bits / 8)) uint8; f7: (n, d) float16 (memmap by default);
+    labels: (n,) int64; ids: n strings; manifest: the parsed manifest.json."""
+
+    path: Path
+    codes: np.ndarray
+    f7: np.ndarray
+    labels: np.ndarray
+    ids: list[str]
+    bits: int
+    manifest: dict[str, Any]
+    _hamming: HammingIndex | None = field(default=None, repr=False)
+
+    @property
+    def count(self) -> int:
+        return len(self.codes)
+
+    @property
+    def feature_dim(self) -> int:
+        return int(self.f7.shape[1])
+
+    @property
+    def hamming_index(self) -> HammingIndex:
+        """The FAISS Hamming index over ``codes``, built on first use."""
+        if self._hamming is None:
+            self._hamming = HammingIndex(self.codes, self.bits)
+        return self._hamming
+
+
+class IndexWriter:
+    """Streams an index of ``n`` items to disk without holding the features in RAM.
+
+    Rows may be written in any order and in blocks of any size; ``commit()`` checks every row was
+    written, writes the manifest and moves the directory into place. Used as a context manager, an
+    exception (or leaving without ``commit()``) removes the temporary directory.
+    """
+
+    def __init__(
+        self, path: str | os.PathLike, n: int, bits: int, feature_dim: int, meta: dict[str, Any] | None = None
+    ) -> None:
+        if n < 0 or feature_dim <= 0:
+            raise ConfigError(f"an index needs n >= 0 items and feature_dim > 0, got n={n}, d={feature_dim}")
+        self.path = Path(path)
+        self.n, self.bits, self.feature_dim = int(n), int(bits), int(feature_dim)
+        self.code_bytes = code_bytes(self.bits)
+        self.meta = dict(meta or {})
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.tmp-", dir=self.path.parent))
+        self.tmp.chmod(0o755)  # mkdtemp makes it private; the published index should not be
+        self._codes = np.lib.format.open_memmap(self.tmp / CODES, "w+", np.uint8, (self.n, self.code_bytes))
+        self._f7 = np.lib.format.open_memmap(self.tmp / F7, "w+", np.float16, (self.n, self.feature_dim))
+        self._labels = np.lib.format.open_memmap(self.tmp / LABELS, "w+", np.int64, (self.n,))
+        self._ids: list[str | None] = [None] * self.n
+        self._written = np.zeros(self.n, dtype=bool)
+        self._done = False
+
+    def write(
+        self, start: int, codes_packed: np.ndarray, f7: np.ndarray, labels: np.ndarray, ids: Sequence[str]
+    ) -> None:
+        """Write rows ``start:start + m``. codes_packed: (m, ceil(bits / 8)) uint8; f7: (m, d); labels: (m,)."""
+        codes_packed = check_packed(codes_packed, self.bits)
+        m = len(codes_packed)
+        f7, labels = np.asarray(f7), np.asarray(labels)
+        if f7.shape != (m, self.feature_dim) or labels.shape != (m,) or len(ids) != m:
+            raise ConfigError(
+                f"a block of {m} codes needs f7 ({m}, {self.feature_dim}), labels ({m},) and {m} ids, "
+                f"got {f7.shape}, {labels.shape} and {len(ids)}"
+            )
+        if start < 0 or start + m > self.n:
+            raise ConfigError(f"rows {start}:{start + m} are outside the index of {self.n} items")
+        if any("\n" in str(i) for i in ids):
+            raise ConfigError("item ids must not contain newlines (ids.txt holds one id per line)")
+        self._codes[start : start + m] = codes_packed
+        self._f7[start : start + m] = f7
+        self._labels[start : start + m] = labels
+        self._ids[start : start + m] = [str(i) for i in ids]
+        self._written[start : start + m] = True
+
+    def commit(self) -> Path:
+        """Flush, write the manifest last and atomically move the index to ``path``."""
+        if self._done:
+            raise ConfigError(f"index {self.path} was already committed or aborted")
+        missing = np.flatnonzero(~self._written)
+        if missing.size:
+            raise ConfigError(f"{missing.size} of {self.n} index rows were never written (first: row {missing[0]})")
+        for arr in (self._codes, self._f7, self._labels):
+            arr.flush()
+        del self._codes, self._f7, self._labels
+        (self.tmp / IDS).write_bytes("".join(f"{i}\n" for i in self._ids).encode("utf-8"))
+        for name in (CODES, F7, LABELS, IDS):
+            _fsync(self.tmp / name)
+        _write_manifest(self.tmp, self._manifest())
+        _fsync(self.tmp)
+        _swap_into_place(self.tmp, self.path)
+        self._done = True
+        return self.path
+
+    def abort(self) -> None:
+        """Discard everything written so far."""
+        self._done = True
+        for name in ("_codes", "_f7", "_labels"):
+            if hasattr(self, name):
+                delattr(self, name)
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def __enter__(self) -> IndexWriter:
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if not self._done:
+            self.abort()
+
+    def _manifest(self) -> dict[str, Any]:
+        files: dict[str, dict[str, Any]] = {}
+        for name, shape in ((CODES, [self.n, self.code_bytes]), (LABELS, [self.n]), (IDS, None)):
+            files[name] = {"bytes": (self.tmp / name).stat().st_size, "sha256": sha256_file(self.tmp / name)}
+            if shape is not None:
+                files[name]["shape"] = shape
+        # Hashing a multi-GB feature file would dominate the save: size and shape only.
+        files[F7] = {"bytes": (self.tmp / F7).stat().st_size, "shape": [self.n, self.feature_dim]}
+        checkpoint = self.meta.get("checkpoint")
+        checkpoint_sha = self.meta.get("checkpoint_sha256")
+        if checkpoint and not checkpoint_sha and Path(checkpoint).is_file():
+            checkpoint_sha = sha256_file(checkpoint)
+        return {
+            "format_version": FORMAT_VERSION,
+            "bits": self.bits,
+            "code_bytes": self.code_bytes,
+            "feature_dim": self.feature_dim,
+            "count": self.n,
+            "dtypes": dict(DTYPES),
+            "files": files,
+            "dataset": self.meta.get("dataset"),
+            "checkpoint": None if checkpoint is None else str(checkpoint),
+            "checkpoint_sha256": checkpoint_sha,
+            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "meta": self.meta,
+        }
+
+
+def _write_manifest(directory: Path, manifest: dict[str, Any]) -> None:
+    atomic_write_json(directory / MANIFEST, manifest)
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file (or a directory's entries) to disk before the rename publishes it."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _swap_into_place(tmp: Path, path: Path) -> None:
+    """Rename ``tmp`` to ``path``; an existing ``path`` is moved aside first and removed afterwards."""
+    old = None
+    if path.exists() or path.is_symlink():
+        old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
+        os.replace(path, old / "index")
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        if old is not None:
+            os.replace(old / "index", path)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def save_index(
+    path: str | os.PathLike,
+    *,
+    codes_packed: np.ndarray,
+    f7: np.ndarray | Iterable[np.ndarray],
+    labels: np.ndarray,
+    ids: Sequence[str],
+    bits: int,
+    meta: dict[str, Any] | None = None,
+) -> Path:
+    """Save an index atomically (see the module docstring) and return its path.
+
+    codes_packed: (n, ceil(bits / 8)) uint8; f7: (n, d) array, or an iterable of (m_i, d) row blocks
+    summing to n rows (e.g. an encoder's batches); labels: (n,) int; ids: n strings.
+    """
+    codes_packed = check_packed(codes_packed, bits)
+    labels = np.asarray(labels)
+    n = len(codes_packed)
+    if labels.shape != (n,) or len(ids) != n:
+        raise ConfigError(f"{n} codes need labels ({n},) and {n} ids, got {labels.shape} and {len(ids)}")
+    blocks: Iterable[np.ndarray]
+    if isinstance(f7, np.ndarray):
+        if f7.ndim != 2 or len(f7) != n:
+            raise ConfigError(f"f7 must be ({n}, d) for {n} codes, got {f7.shape}")
+        blocks = (f7[s : s + _F7_WRITE_ROWS] for s in range(0, max(n, 1), _F7_WRITE_ROWS))
+    else:
+        blocks = iter(f7)
+    writer: IndexWriter | None = None
+    start = 0
+    try:
+        for block in blocks:
+            block = np.asarray(block)
+            if writer is None:
+                if block.ndim != 2:
+                    raise ConfigError(f"f7 blocks must be (m, d), got {block.shape}")
+                writer = IndexWriter(path, n, bits, block.shape[1], meta)
+            stop = start + len(block)
+            if stop > n:
+                raise ConfigError(f"f7 blocks hold more than the {n} rows of the codes")
+            writer.write(start, codes_packed[start:stop], block, labels[start:stop], ids[start:stop])
+            start = stop
+        if writer is None:
+            raise ConfigError("f7 is empty: cannot infer the feature dimension")
+        if start != n:
+            raise ConfigError(f"f7 blocks hold {start} rows but there are {n} codes")
+        return writer.commit()
+    finally:
+        if writer is not None and not writer._done:
+            writer.abort()
+
+
+def _read_manifest(path: Path) -> dict[str, Any]:
+    if not path.is_dir():
+        raise IndexFormatError(f"index directory {path} does not exist")
+    manifest_path = path / MANIFEST
+    if not manifest_path.is_file():
+        raise IndexFormatError(f"{manifest_path} is missing: {path} is not a saved index (or its save was interrupted)")
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise IndexFormatError(f"{manifest_path} is not valid JSON ({e}): re-create the index") from None
+    if not isinstance(manifest, dict):
+        raise IndexFormatError(f"{manifest_path} must hold a JSON object, got {type(manifest).__name__}")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise IndexFormatError(
+            f"{manifest_path} has format_version {manifest.get('format_version')!r}; "
+            f"this deephash reads format_version {FORMAT_VERSION}"
+        )
+    for key in ("bits", "code_bytes", "feature_dim", "count", "files"):
+        if key not in manifest:
+            raise IndexFormatError(f"{manifest_path} lacks the '{key}' field")
+    return manifest
+
+
+def _load_array(path: Path, name: str, shape: tuple[int, ...], dtype: str, nbytes: int | None, mmap: bool):
+    """Load one .npy and check it against the manifest's shape, dtype and byte size."""
+    file = path / name
+    want = f"{_dims(shape)} {dtype}"
+    if not file.is_file():
+        raise IndexFormatError(f"{name} is missing from {path}: expected {want}")
+    size = file.stat().st_size
+    if nbytes is not None and size != nbytes:
+        raise IndexFormatError(
+            f"{name} is truncated or corrupt: expected {want} ({nbytes} bytes) but the file has {size} bytes"
+        )
+    try:
+        arr = np.load(file, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise IndexFormatError(f"{name} is truncated or corrupt: expected {want} ({e})") from None
+    if arr.shape != shape or arr.dtype != np.dtype(dtype):
+        raise IndexFormatError(f"{name} holds {_dims(arr.shape)} {arr.dtype} but the manifest expects {want}")
+    return arr
+
+
+def _dims(shape: tuple[int, ...]) -> str:
+    return " x ".join(map(str, shape))
+
+
+def load_index(
+    path: str | os.PathLike,
+    *,
+    expect_bits: int | None = None,
+    expect_feature_dim: int | None = None,
+    expect_checkpoint_sha256: str | None = None,
+    mmap: bool = True,
+    verify: bool = True,
+) -> IndexStore:
+    """Load and validate an index saved by ``save_index``/``IndexWriter``.
+
+    Raises IndexFormatError (one line, naming the file) when the directory, manifest or a file is
+    missing, truncated or inconsistent, or when it does not match the expected bits, feature size or
+    checkpoint. ``mmap`` memory-maps f7; ``verify`` checks the sha256 of codes, labels and ids.
+    """
+    path = Path(path)
+    manifest = _read_manifest(path)
+    bits, d, n = int(manifest["bits"]), int(manifest["feature_dim"]), int(manifest["count"])
+    if expect_bits is not None and bits != expect_bits:
+        raise IndexFormatError(f"index {path} has {bits}-bit codes but the model produces {expect_bits}-bit codes")
+    if expect_feature_dim is not None and d != expect_feature_dim:
+        raise IndexFormatError(f"index {path} has {d}-d F7 features but the model produces {expect_feature_dim}-d features")
+    if expect_checkpoint_sha256 is not None and manifest.get("checkpoint_sha256") != expect_checkpoint_sha256:
+        raise IndexFormatError(
+            f"index {path} was built from checkpoint sha256 {manifest.get('checkpoint_sha256')} "
+            f"but the given checkpoint has sha256 {expect_checkpoint_sha256}: rebuild the index"
+        )
+    if int(manifest["code_bytes"]) != code_bytes(bits):
+        raise IndexFormatError(f"{path / MANIFEST} says {manifest['code_bytes']} code bytes for {bits}-bit codes")
+    files = manifest["files"]
+
+    def entry(name: str) -> dict[str, Any]:
+        return files.get(name) or {}
+
+    codes = _load_array(path, CODES, (n, code_bytes(bits)), DTYPES["codes"], entry(CODES).get("bytes"), False)
+    labels = _load_array(path, LABELS, (n,), DTYPES["labels"], entry(LABELS).get("bytes"), False)
+    f7 = _load_array(path, F7, (n, d), DTYPES["f7"], entry(F7).get("bytes"), mmap)
+    ids_file = path / IDS
+    if not ids_file.is_file():
+        raise IndexFormatError(f"{IDS} is missing from {path}: expected {n} item ids, one per line")
+    if verify:
+        for name in (CODES, LABELS, IDS):
+            expected = entry(name).get("sha256")
+            if expected and sha256_file(path / name) != expected:
+                raise IndexFormatError(f"{name} in {path} does not match its sha256 in {MANIFEST}: the file was modified or corrupted")
+    ids = ids_file.read_bytes().decode("utf-8").split("\n")[:-1]
+    if len(ids) != n:
+        raise IndexFormatError(f"{IDS} in {path} has {len(ids)} ids but the index holds {n} items")
+    try:
+        codes = check_packed(codes, bits, CODES)
+    except IndexFormatError as e:
+        raise IndexFormatError(f"{e} (in {path})") from None
+    return IndexStore(path=path, codes=codes, f7=f7, labels=labels, ids=ids, bits=bits, manifest=manifest)

@@ -1,0 +1,220 @@
+"""FolderDataModule on image trees and list files with JPEG/PNG/BMP/WebP, gray, RGBA, palette and CMYK images."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from deephash.data import FolderDataModule, read_list_file, scan_folder
+from deephash.data.folder import stratified_holdout
+from deephash.utils.errors import ConfigError, DataError
+from tests.fixtures_data import write_image, write_image_tree, write_list_file
+
+
+@pytest.fixture
+def tree(tmp_path):
+    paths, labels = write_image_tree(tmp_path / "images", per_class=8)
+    return tmp_path / "images", paths, labels
+
+
+def _dm(root, **kwargs) -> FolderDataModule:
+    kwargs = {
+        "transform": "native",
+        "image_size": 16,
+        "n_queries": 3,
+        "batch_size": 4,
+        "test_fraction": 0.25,
+        **kwargs,
+    }
+    return FolderDataModule(root=str(root), **kwargs)
+
+
+def test_scan_folder(tree):
+    root, paths, labels = tree
+    found, found_labels, classes = scan_folder(str(root))
+    assert classes == ["cat", "dog", "fish"]
+    assert found == paths  # relative, sorted, every extension in any case, non-images skipped
+    np.testing.assert_array_equal(found_labels, labels)
+    assert found_labels.dtype == np.int64
+    assert "cat/sub/cat_07.webp" in found and "cat/cat_05.JPG" in found
+    assert not any(p.endswith(".txt") for p in found)
+
+
+def test_every_mode_becomes_a_3_channel_tensor(tree):
+    root, paths, _ = tree
+    dm = _dm(root)
+    dm.setup()
+    modes = set()
+    for p in range(len(dm.pool)):
+        rel = dm.pool.sample_id(p)
+        with Image.open(root / rel) as raw:
+            modes.add(raw.mode)
+        img = dm.pool.image(p)
+        assert img.mode == "RGB"
+        x = dm.eval_transform(img)
+        assert x.shape == (3, 16, 16) and x.dtype == torch.float32
+    assert {"RGB", "L", "RGBA", "CMYK", "P"} <= modes
+    image, label, index = dm.dataset("database", train=True)[5]
+    assert (
+        image.shape == (3, 16, 16) and label == dm.labels("database")[5] and index == dm.splits["database"][5]
+    )
+    assert sorted(dm.sample_ids("database") + dm.sample_ids("test")) == sorted(paths)
+
+
+def test_gray_image_is_replicated_and_cmyk_converted(tmp_path):
+    write_image(tmp_path / "a" / "gray.png", "L", "PNG", seed=1)
+    write_image(tmp_path / "b" / "cmyk.jpg", "CMYK", "JPEG", seed=2)
+    write_image(tmp_path / "b" / "rgba.png", "RGBA", "PNG", seed=3)
+    dm = _dm(tmp_path, test_fraction=0.5, n_queries=1)
+    dm.setup()
+    ids = dm.sample_ids("database") + dm.sample_ids("test")
+    index = {sid: p for sid, p in zip(ids, np.concatenate([dm.splits["database"], dm.splits["test"]]))}
+    gray = np.asarray(dm.pool.image(int(index["a/gray.png"])))
+    assert gray.shape == (14, 20, 3)
+    np.testing.assert_array_equal(gray[..., 0], gray[..., 1])
+    with Image.open(tmp_path / "a" / "gray.png") as raw:
+        np.testing.assert_array_equal(gray[..., 0], np.asarray(raw))
+    assert np.asarray(dm.pool.image(int(index["b/rgba.png"]))).shape == (14, 20, 3)
+    assert np.asarray(dm.pool.image(int(index["b/cmyk.jpg"]))).shape == (14, 20, 3)
+
+
+def test_holdout_split_is_stratified_and_fixed(tree):
+    root, _, labels = tree
+    a, b = _dm(root, seed=1), _dm(root, seed=2)
+    a.setup()
+    b.setup()
+    assert a.sample_ids("test") == b.sample_ids("test")  # the test source does not move with seed
+    np.testing.assert_array_equal(np.bincount(a.labels("test")), [2, 2, 2])
+    assert len(a.pool.train) == 18
+    assert not np.array_equal(a.splits["query"], b.splits["query"]) or not np.array_equal(
+        a.splits["val"], b.splits["val"]
+    )
+    c = _dm(root, split_seed=5)
+    c.setup()
+    assert c.sample_ids("test") != a.sample_ids("test")
+
+
+def test_stratified_holdout_keeps_singletons_in_training():
+    keep, held = stratified_holdout(np.array([0, 0, 0, 0, 1, 2, 2]), 0.5, seed=0)
+    assert np.intersect1d(keep, held).size == 0 and len(keep) + len(held) == 7
+    assert 4 in keep  # class 1's only image
+    assert len(held) == 3
+
+
+def test_imagenet_batches(tree):
+    root, _, _ = tree
+    dm = _dm(root, transform="imagenet", image_size=24, resize=28)
+    images, labels, index = next(iter(dm.train_dataloader()))
+    assert images.shape == (4, 3, 24, 24)
+    np.testing.assert_array_equal(labels.numpy(), dm.pool.labels[index.numpy()])
+    query, database = dm.predict_dataloader()
+    assert sum(len(b[0]) for b in query) == 3
+    assert torch.cat([b[2] for b in database]).tolist() == dm.splits["database"].tolist()
+
+
+def test_list_files_with_test_list_and_classes_file(tree, tmp_path):
+    root, paths, labels = tree
+    entries = list(zip(paths, labels.tolist()))
+    write_list_file(root / "train.txt", entries[::2])
+    write_list_file(root / "test.txt", entries[1::2])
+    (tmp_path / "names.txt").write_text("# one name a line\nkitten\npuppy\n\nfishy\n")
+    dm = _dm(root, list_file="train.txt", test_list_file="test.txt", classes_file=str(tmp_path / "names.txt"))
+    dm.setup()
+    assert dm.class_names == ["kitten", "puppy", "fishy"]
+    assert dm.sample_ids("database") == paths[::2]
+    np.testing.assert_array_equal(dm.labels("test"), labels[1::2])
+    dm.save_splits(tmp_path / "run")
+    classes = json.loads((tmp_path / "run" / "classes.json").read_text())
+    assert classes["class_to_idx"] == {"kitten": 0, "puppy": 1, "fishy": 2} and classes["dataset"] == "folder"
+
+
+def test_list_file_without_classes_file_names_labels(tree):
+    root, paths, labels = tree
+    write_list_file(root / "all.txt", list(zip(paths, labels.tolist())))
+    dm = _dm(root, list_file=str(root / "all.txt"))
+    assert dm.class_names == ["0", "1", "2"]
+    dm.setup()
+    assert len(dm.pool) == len(paths) and len(dm.pool.test) == 6
+
+
+def test_read_list_file_handles_spaces_comments_and_blank_lines(tmp_path):
+    write_image(tmp_path / "my cls" / "an image.png", "RGB", "PNG")
+    (tmp_path / "l.txt").write_text("# comment\n\n  my cls/an image.png   3  \n")
+    paths, labels = read_list_file(str(tmp_path / "l.txt"), str(tmp_path))
+    assert paths == ["my cls/an image.png"] and labels.tolist() == [3]
+
+
+# ---- errors -------------------------------------------------------------------------------------------
+
+
+def test_missing_root(tmp_path):
+    with pytest.raises(DataError, match=re.escape(f"folder dataset root {tmp_path / 'nope'} does not exist")):
+        _dm(tmp_path / "nope")
+    with pytest.raises(DataError, match="does not exist"):
+        scan_folder(str(tmp_path / "nope"))
+
+
+def test_one_class(tmp_path):
+    write_image(tmp_path / "only" / "a.png", "RGB", "PNG")
+    message = f"folder dataset at {tmp_path} has 1 class; expected at least 2 class subfolders"
+    with pytest.raises(DataError, match=re.escape(message)):
+        _dm(tmp_path).setup()
+
+
+def test_empty_class_folder(tree):
+    root, _, _ = tree
+    (root / "empty").mkdir()
+    (root / "empty" / "readme.txt").write_text("no images here")
+    with pytest.raises(DataError, match=re.escape(f"class folder {root / 'empty'} has no images")):
+        _dm(root).setup()
+
+
+def test_bad_list_line_names_file_and_line(tree):
+    root, paths, _ = tree
+    (root / "bad.txt").write_text(f"# header\n{paths[0]} 0\n\n{paths[1]} cat\n")
+    with pytest.raises(DataError) as err:
+        _dm(root, list_file="bad.txt").setup()
+    assert str(err.value).startswith(f"{root / 'bad.txt'}, line 4: expected 'relative/path label'")
+    assert f"got '{paths[1]} cat'" in str(err.value)
+
+
+def test_missing_listed_file(tree):
+    root, paths, _ = tree
+    write_list_file(root / "l.txt", [(paths[0], 0), ("dog/ghost.jpg", 1), ("dog/ghost2.jpg", 1)])
+    with pytest.raises(
+        DataError, match=r"l.txt: 2 listed file\(s\) not found under .*, first: dog/ghost.jpg"
+    ):
+        _dm(root, list_file="l.txt").setup()
+
+
+def test_missing_list_file(tree):
+    root, _, _ = tree
+    with pytest.raises(DataError, match="file nope.txt not found"):
+        _dm(root, list_file="nope.txt").setup()
+
+
+def test_unreadable_image_names_the_file(tree):
+    root, _, _ = tree
+    (root / "dog" / "zz_broken.jpg").write_bytes(b"\xff\xd8 this is not a jpeg")
+    dm = _dm(root)
+    dm.setup()
+    ids = dm.sample_ids("database") + dm.sample_ids("test")
+    assert "dog/zz_broken.jpg" in ids
+    pool_index = np.concatenate([dm.splits["database"], dm.splits["test"]])[ids.index("dog/zz_broken.jpg")]
+    with pytest.raises(DataError, match=re.escape(f"cannot read image {root / 'dog' / 'zz_broken.jpg'}: ")):
+        dm.pool.image(int(pool_index))
+
+
+def test_folder_argument_errors(tree):
+    root, _, _ = tree
+    with pytest.raises(ConfigError, match=r"data.test_fraction must be a fraction in \(0, 1\), got 1.5"):
+        _dm(root, test_fraction=1.5)
+    with pytest.raises(ConfigError, match="data.test_list_file and data.classes_file need data.list_file"):
+        _dm(root, test_list_file="t.txt")
+    with pytest.raises(ConfigError, match="data.root must be set"):
+        FolderDataModule(root=None)

@@ -1,0 +1,308 @@
+"""Every search mode against brute-force numpy, compared the FAISS way: sorted by (distance, index)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from deephash.retrieval import search as search_mod
+from deephash.retrieval.codes import pack_codes
+from deephash.retrieval.search import (
+    HammingIndex,
+    euclidean_search,
+    hamming_radius_search,
+    hamming_search,
+    hierarchical_search,
+    select_topk,
+)
+from deephash.utils.errors import ConfigError, IndexFormatError
+
+BITS = [12, 48, 64, 128]
+
+
+def tied_codes(rng: np.random.Generator, n: int, bits: int, centres: int = 12) -> np.ndarray:
+    """(n, bits) bool: copies of a few centre codes with 0-2 flipped bits, so distances tie constantly."""
+    base = rng.random((centres, bits)) < 0.5
+    codes = base[rng.integers(0, centres, n)]
+    for _ in range(2):
+        flip = rng.random(n) < 0.5
+        codes[flip, rng.integers(0, bits, flip.sum())] ^= True
+    return codes
+
+
+def brute_distances(q_bits: np.ndarray, db_bits: np.ndarray) -> np.ndarray:
+    return (q_bits[:, None, :] != db_bits[None, :, :]).sum(axis=-1)
+
+
+def brute_knn(dist: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Stable sort of each row by distance: (distance, index) order, first k."""
+    order = np.argsort(dist, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(dist, order, axis=1), order
+
+
+def brute_l2(query: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """(q, d), (n, d) -> (q, n) float64 Euclidean distances by direct differences."""
+    diff = query.astype(np.float64)[:, None, :] - rows.astype(np.float64)[None, :, :]
+    return np.sqrt((diff**2).sum(axis=-1))
+
+
+@pytest.fixture(params=BITS)
+def tied_data(request: pytest.FixtureRequest) -> tuple[int, np.ndarray, np.ndarray]:
+    bits = request.param
+    rng = np.random.default_rng(bits)
+    db = tied_codes(rng, 2000, bits)
+    near = db[rng.integers(0, len(db), 25)].copy()
+    near[np.arange(25), rng.integers(0, bits, 25)] ^= True
+    queries = np.vstack([db[:3], near, rng.random((5, bits)) < 0.5])
+    return bits, db, queries
+
+
+@pytest.mark.parametrize("k", [1, 10, 137, 2000, 2500])
+def test_knn_matches_brute_force_with_ties(tied_data, k: int) -> None:
+    bits, db_bits, q_bits = tied_data
+    dist = brute_distances(q_bits, db_bits)
+    exp_d, exp_i = brute_knn(dist, k)
+    got_d, got_i = HammingIndex(pack_codes(db_bits), bits).search(pack_codes(q_bits), k)
+    assert got_d.dtype == np.int32 and got_i.dtype == np.int64 and got_d.shape == (len(q_bits), k)
+    kk = min(k, len(db_bits))
+    np.testing.assert_array_equal(got_i[:, :kk], exp_i)
+    np.testing.assert_array_equal(got_d[:, :kk], exp_d)
+    # the k-th distance really is shared with items left out: the tie-break is exercised
+    if k < len(db_bits):
+        assert (dist <= exp_d[:, -1:]).sum(axis=1).max() > k
+    assert (got_i[:, kk:] == -1).all() and (got_d[:, kk:] == -1).all()
+
+
+@pytest.mark.parametrize("pad", [True, False])
+def test_single_query_and_unpadded_index(pad: bool) -> None:
+    # one query on a large database takes FAISS's database-parallel path when threads allow
+    rng = np.random.default_rng(5)
+    db_bits = tied_codes(rng, 20000, 48, centres=4)
+    q_bits = db_bits[:1]
+    exp_d, exp_i = brute_knn(brute_distances(q_bits, db_bits), 300)
+    index = HammingIndex(pack_codes(db_bits), 48, pad=pad)
+    assert index.padded_bytes == (8 if pad else 6)
+    got_d, got_i = index.search(pack_codes(q_bits), 300)
+    np.testing.assert_array_equal(got_i, exp_i)
+    np.testing.assert_array_equal(got_d, exp_d)
+
+
+def test_large_k_numpy_path_matches_faiss_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(6)
+    db_bits, q_bits = tied_codes(rng, 3000, 20), tied_codes(rng, 12, 20)
+    exp_d, exp_i = brute_knn(brute_distances(q_bits, db_bits), 700)
+    index = HammingIndex(pack_codes(db_bits), 20)
+    monkeypatch.setattr(search_mod, "_COUNTING_BUDGET_BYTES", 1)
+    got_d, got_i = index.search(pack_codes(q_bits), 700)
+    np.testing.assert_array_equal(got_i, exp_i)
+    np.testing.assert_array_equal(got_d, exp_d)
+
+
+def test_convenience_functions_and_empty_queries() -> None:
+    rng = np.random.default_rng(7)
+    db, q = pack_codes(tied_codes(rng, 500, 12)), pack_codes(tied_codes(rng, 6, 12))
+    index = HammingIndex(db, 12)
+    for a, b in zip(hamming_search(db, q, 12, 40), index.search(q, 40)):
+        np.testing.assert_array_equal(a, b)
+    for (ad, ai), (bd, bi) in zip(hamming_radius_search(db, q, 12, 3), index.range_search(q, 3)):
+        np.testing.assert_array_equal(ad, bd)
+        np.testing.assert_array_equal(ai, bi)
+    d, i = index.search(q[:0], 5)
+    assert d.shape == i.shape == (0, 5)
+
+
+@pytest.mark.parametrize("radius_from", ["zero", "median", "all"])
+def test_radius_search_is_inclusive(tied_data, radius_from: str) -> None:
+    bits, db_bits, q_bits = tied_data
+    dist = brute_distances(q_bits, db_bits)
+    radius = {"zero": 0, "median": int(np.median(dist)), "all": bits}[radius_from]
+    results = HammingIndex(pack_codes(db_bits), bits).range_search(pack_codes(q_bits), radius)
+    assert len(results) == len(q_bits)
+    on_boundary = 0
+    for row, (got_d, got_i) in zip(dist, results):
+        members = np.flatnonzero(row <= radius)
+        expected = members[np.argsort(row[members], kind="stable")]
+        np.testing.assert_array_equal(got_i, expected)
+        np.testing.assert_array_equal(got_d, row[expected])
+        assert got_d.dtype == np.int32 and got_i.dtype == np.int64
+        on_boundary += int((got_d == radius).sum())
+    if radius_from == "all":
+        assert all(len(i) == len(db_bits) for _, i in results)
+    else:
+        assert on_boundary > 0  # items at exactly the radius are included
+
+
+def test_bad_arguments() -> None:
+    index = HammingIndex(pack_codes(np.zeros((10, 48), bool)), 48)
+    with pytest.raises(IndexFormatError, match="48-bit codes"):
+        index.search(pack_codes(np.zeros((2, 128), bool)), 3)
+    with pytest.raises(ConfigError, match="k must be a positive integer"):
+        index.search(pack_codes(np.zeros((2, 48), bool)), 0)
+    with pytest.raises(ConfigError, match="radius"):
+        index.range_search(pack_codes(np.zeros((2, 48), bool)), -1)
+
+
+def test_select_topk_breaks_ties_by_index() -> None:
+    rng = np.random.default_rng(8)
+    dist = rng.integers(0, 4, (20, 300)).astype(np.float32)
+    idx = np.tile(rng.permutation(300), (20, 1))
+    for k in (1, 5, 299, 300, 400):
+        got_d, got_i = select_topk(dist, idx, k)
+        order = np.lexsort((idx, dist), axis=-1)[:, :k]
+        np.testing.assert_array_equal(got_i, np.take_along_axis(idx, order, axis=1))
+        np.testing.assert_array_equal(got_d, np.take_along_axis(dist, order, axis=1))
+
+
+# ------------------------------------------------------------------ euclidean
+
+
+def features(rng: np.random.Generator, n: int, d: int, duplicates: bool = True) -> np.ndarray:
+    f7 = rng.standard_normal((n, d)).astype(np.float16)
+    if duplicates:
+        f7[n // 2 : n // 2 + 40] = f7[:40]  # exact ties, broken by index
+    return f7
+
+
+@pytest.mark.parametrize("chunk_size", [7, 100, 333, 5000])
+def test_euclidean_chunked_matches_brute_force(chunk_size: int) -> None:
+    rng = np.random.default_rng(9)
+    db = features(rng, 1000, 32)
+    queries = np.vstack([db[:5].astype(np.float32), rng.standard_normal((10, 32)).astype(np.float32)])
+    dist = brute_l2(queries, db)
+    exp_i = np.argsort(dist, axis=1, kind="stable")[:, :50]
+    got_d, got_i = euclidean_search(db, queries, 50, chunk_size=chunk_size)
+    assert got_d.dtype == np.float32 and got_i.dtype == np.int64
+    np.testing.assert_array_equal(got_i, exp_i)
+    np.testing.assert_allclose(got_d, np.take_along_axis(dist, exp_i, axis=1), rtol=1e-5, atol=1e-6)
+    # a query equal to a duplicated row finds both copies at distance 0, lower index first
+    assert list(got_i[0, :2]) == [0, 500] and (got_d[0, :2] == 0).all()
+    one_d, one_i = euclidean_search(db, queries, 50, chunk_size=len(db))
+    np.testing.assert_array_equal(got_i, one_i)
+    np.testing.assert_array_equal(got_d, one_d)
+
+
+def test_euclidean_memmap_equals_in_ram_and_pads(tmp_path: Path) -> None:
+    rng = np.random.default_rng(10)
+    db = features(rng, 300, 16)
+    mm = np.lib.format.open_memmap(tmp_path / "f7.npy", "w+", np.float16, db.shape)
+    mm[:] = db
+    mm.flush()
+    queries = rng.standard_normal((4, 16))
+    ram = euclidean_search(db, queries, 20, chunk_size=64)
+    mapped = euclidean_search(np.load(tmp_path / "f7.npy", mmap_mode="r"), queries, 20, chunk_size=64)
+    for a, b in zip(ram, mapped):
+        np.testing.assert_array_equal(a, b)
+    d, i = euclidean_search(db, queries, 400)
+    assert (i[:, 300:] == -1).all() and np.isinf(d[:, 300:]).all() and (i[:, :300] >= 0).all()
+    with pytest.raises(ConfigError, match="query F7"):
+        euclidean_search(db, queries[:, :8], 3)
+
+
+# --------------------------------------------------------------- hierarchical
+
+
+@pytest.fixture
+def hier_data() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(11)
+    db_bits = tied_codes(rng, 1500, 48, centres=30)
+    near = db_bits[rng.integers(0, len(db_bits), 8)].copy()
+    near[np.arange(8), rng.integers(0, 48, 8)] ^= True
+    q_bits = np.vstack([near, rng.random((4, 48)) < 0.5])
+    db_f7 = features(rng, 1500, 24)
+    q_f7 = rng.standard_normal((len(q_bits), 24)).astype(np.float32)
+    return db_bits, q_bits, db_f7, q_f7
+
+
+def expected_hierarchical(db_bits, q_bits, db_f7, q_f7, k, radius, min_pool, max_pool, pool_size):
+    """The documented pool rule and re-rank, written the slow obvious way."""
+    ham = brute_distances(q_bits, db_bits)
+    l2 = brute_l2(q_f7, db_f7)
+    rows = []
+    for j in range(len(q_bits)):
+        pool = np.flatnonzero(ham[j] <= radius)
+        if len(pool) < min_pool or len(pool) > max_pool:
+            pool = np.argsort(ham[j], kind="stable")[:pool_size]
+        pool = np.sort(pool)
+        top = pool[np.argsort(l2[j, pool], kind="stable")[:k]]
+        rows.append((len(pool), top, ham[j, top], l2[j, top]))
+    return rows
+
+
+@pytest.mark.parametrize(
+    "radius,min_pool,max_pool,pool_size,expect",
+    [
+        (3, 5, 2000, 50, "within"),  # pools of tied codes within radius 3 fit the limits
+        (0, 60, 2000, 80, "too_small"),  # radius 0 pools are tiny: fall back to the 80 nearest
+        (48, 5, 600, 100, "too_large"),  # radius 48 holds the whole database: fall back too
+    ],
+)
+def test_hierarchical_pool_rule_and_rerank(hier_data, radius, min_pool, max_pool, pool_size, expect) -> None:
+    db_bits, q_bits, db_f7, q_f7 = hier_data
+    k = 5
+    res = hierarchical_search(
+        HammingIndex(pack_codes(db_bits), 48),
+        db_f7,
+        pack_codes(q_bits),
+        q_f7,
+        k,
+        radius=radius,
+        min_pool=min_pool,
+        max_pool=max_pool,
+        pool_size=pool_size,
+    )
+    expected = expected_hierarchical(db_bits, q_bits, db_f7, q_f7, k, radius, min_pool, max_pool, pool_size)
+    n_within = (brute_distances(q_bits, db_bits) <= radius).sum(axis=1)
+    in_limits = (min_pool <= n_within) & (n_within <= max_pool)
+    for j, (size, top, ham, l2) in enumerate(expected):
+        assert res.pool_sizes[j] == size == (n_within[j] if in_limits[j] else pool_size)
+        np.testing.assert_array_equal(res.idx[j, : len(top)], top)
+        np.testing.assert_array_equal(res.hamming[j, : len(top)], ham)
+        np.testing.assert_allclose(res.l2[j, : len(top)], l2, rtol=1e-5, atol=1e-6)
+    # the case named by the parameters really occurs
+    assert in_limits.sum() >= len(q_bits) // 2 if expect == "within" else not in_limits.any()
+    assert res.idx.dtype == np.int64 and res.hamming.dtype == np.int32 and res.l2.dtype == np.float32
+
+
+def test_hierarchical_short_pool_is_padded(hier_data) -> None:
+    db_bits, q_bits, db_f7, q_f7 = hier_data
+    index = HammingIndex(pack_codes(db_bits), 48)
+    res = hierarchical_search(index, db_f7, pack_codes(q_bits), q_f7, 50, radius=0, min_pool=1, pool_size=10)
+    sizes = (brute_distances(q_bits, db_bits) == 0).sum(axis=1)
+    sizes = np.where(sizes < 1, 10, sizes)
+    np.testing.assert_array_equal(res.pool_sizes, sizes)
+    for j, size in enumerate(sizes):
+        got = min(size, 50)
+        assert (res.idx[j, :got] >= 0).all() and (res.idx[j, got:] == -1).all()
+        assert np.isinf(res.l2[j, got:]).all() and (res.hamming[j, got:] == -1).all()
+
+
+def test_hierarchical_whole_database_pool_equals_euclidean(hier_data, tmp_path: Path) -> None:
+    db_bits, q_bits, db_f7, q_f7 = hier_data
+    index = HammingIndex(pack_codes(db_bits), 48)
+    mm = np.lib.format.open_memmap(tmp_path / "f7.npy", "w+", np.float16, db_f7.shape)
+    mm[:] = db_f7
+    mm.flush()
+    mapped = np.load(tmp_path / "f7.npy", mmap_mode="r")
+    kwargs = dict(radius=48, min_pool=1, max_pool=len(db_bits), pool_size=1)
+    res = hierarchical_search(index, db_f7, pack_codes(q_bits), q_f7, 30, **kwargs)
+    res_mm = hierarchical_search(index, mapped, pack_codes(q_bits), q_f7, 30, chunk_size=100, **kwargs)
+    for field in ("l2", "idx", "hamming", "pool_sizes"):
+        np.testing.assert_array_equal(getattr(res, field), getattr(res_mm, field))
+    assert (res.pool_sizes == len(db_bits)).all()
+    l2, idx = euclidean_search(db_f7, q_f7, 30)
+    np.testing.assert_array_equal(res.idx, idx)
+    np.testing.assert_array_equal(res.l2, l2)
+
+
+def test_hierarchical_bad_arguments(hier_data) -> None:
+    db_bits, q_bits, db_f7, q_f7 = hier_data
+    index = HammingIndex(pack_codes(db_bits), 48)
+    q = pack_codes(q_bits)
+    with pytest.raises(ConfigError, match="min_pool <= pool_size <= max_pool"):
+        hierarchical_search(index, db_f7, q, q_f7, 10, min_pool=100, pool_size=50)
+    with pytest.raises(IndexFormatError, match="rows but the Hamming index holds"):
+        hierarchical_search(index, db_f7[:-1], q, q_f7, 10)
+    with pytest.raises(ConfigError, match="query codes but"):
+        hierarchical_search(index, db_f7, q[:-1], q_f7, 10)

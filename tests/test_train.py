@@ -1,0 +1,170 @@
+"""Training runs through the real Hydra config, in-process: every datamodule, resume, bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from deephash.train import train
+from deephash.utils.errors import ConfigError
+from tests.fixtures_data import write_cifar10, write_image_tree, write_mnist
+
+# the paper's transform at a size AlexNet still accepts (its trunk needs >= 63 px)
+SMALL_IMAGENET = ["data.transform=imagenet", "data.resize=72", "data.image_size=64", "data.num_workers=0"]
+
+
+def _metrics(run: Path) -> dict:
+    return json.loads((run / "metrics.json").read_text())
+
+
+def test_digits_default_run_reaches_098(train_cfg, tmp_path: Path) -> None:
+    cfg = train_cfg("experiment=demo", "logger=none", "callbacks=none", "evaluate=false", "trainer.max_epochs=15")
+    metrics = train(cfg)
+    assert metrics["val_acc"] >= 0.98
+    saved = _metrics(tmp_path / "run")
+    for key in ("dataset", "backbone", "bits", "seed", "val_acc", "test_acc", "epochs", "train_seconds"):
+        assert key in saved
+    assert saved["dataset"] == "digits" and saved["bits"] == 48 and saved["epochs"] == 15
+    assert saved["test_acc"] > 0.9
+    splits = dict(__import__("numpy").load(tmp_path / "run" / "splits.npz"))
+    assert set(splits) == {"train", "val", "test", "query", "database"}
+    assert json.loads((tmp_path / "run" / "classes.json").read_text())["class_names"] == [str(i) for i in range(10)]
+
+
+def test_mnist_idx_files_train_offline(train_cfg, tmp_path: Path) -> None:
+    write_mnist(tmp_path / "mnist", train_per_class=6, test_per_class=3)
+    cfg = train_cfg(
+        "data=mnist",
+        f"data.root={tmp_path / 'mnist'}",
+        "data.transform=native",
+        "data.num_workers=0",
+        "data.n_queries=10",
+        "trainer.max_epochs=1",
+        "model.bits=12",
+    )
+    metrics = train(cfg)
+    assert metrics["dataset"] == "mnist" and metrics["bits"] == 12
+    assert 0.0 <= metrics["test_acc"] <= 1.0
+
+
+def test_cifar10_pickles_train_with_alexnet_offline(train_cfg, tmp_path: Path) -> None:
+    write_cifar10(tmp_path / "cifar", train_per_class=4, test_per_class=3)
+    cfg = train_cfg(
+        "data=cifar10",
+        f"data.root={tmp_path / 'cifar'}",
+        "data.verify_checksums=false",
+        "data.train_per_class=2",
+        "data.n_queries=10",
+        "data.batch_size=8",
+        "model=alexnet",
+        "model.weights=null",
+        "trainer.max_epochs=1",
+        "trainer.limit_train_batches=2",
+        *SMALL_IMAGENET,
+    )
+    metrics = train(cfg)
+    assert metrics["dataset"] == "cifar10" and metrics["backbone"] == "alexnet"
+
+
+def test_folder_tree_trains_and_saves_class_mapping(train_cfg, tmp_path: Path) -> None:
+    write_image_tree(tmp_path / "images", classes=("dress", "shoe", "skirt"), per_class=10)
+    cfg = train_cfg(
+        "data=folder",
+        f"data.root={tmp_path / 'images'}",
+        "data.n_queries=3",
+        "data.test_fraction=0.2",
+        "data.batch_size=8",
+        "trainer.max_epochs=1",
+        *SMALL_IMAGENET,
+    )
+    metrics = train(cfg)
+    assert metrics["dataset"] == "folder"
+    classes = json.loads((tmp_path / "run" / "classes.json").read_text())
+    assert classes["class_to_idx"] == {"dress": 0, "shoe": 1, "skirt": 2}
+
+
+def test_resume_from_last_checkpoint_continues(train_cfg, tmp_path: Path) -> None:
+    first = train(train_cfg("trainer.max_epochs=1", output_dir=tmp_path / "a"))
+    last = tmp_path / "a" / "checkpoints" / "last.ckpt"
+    assert last.is_file() and first["epochs"] == 1
+    step_after_one = torch.load(last, map_location="cpu", weights_only=True)["global_step"]
+    resumed = train(train_cfg("trainer.max_epochs=3", f"ckpt_path={last}", output_dir=tmp_path / "b"))
+    assert resumed["epochs"] == 3
+    # resumed training ran two more epochs on top of the first one, not three from scratch
+    assert resumed["global_step"] == 3 * step_after_one
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("model.bits=0", r"model.bits must be an integer in 1..4096, got 0"),
+        ("model.bits=5000", r"model.bits must be an integer in 1..4096, got 5000"),
+        ("model.backbone=lenet", r"unknown backbone 'lenet'; expected one of: alexnet, vgg16, resnet50, smallcnn"),
+        ("data.batch_size=0", r"data.batch_size must be an integer >= 1, got 0"),
+        ("model.weights=/no/such/weights.pth", r"model.weights file not found: /no/such/weights.pth"),
+        ("ckpt_path=/no/such.ckpt", r"ckpt_path not found: /no/such.ckpt"),
+    ],
+)
+def test_bad_config_fails_fast_with_one_line(train_cfg, override: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        train(train_cfg(override))
+
+
+def test_missing_mnist_is_one_clear_error(train_cfg, tmp_path: Path) -> None:
+    cfg = train_cfg("data=mnist", f"data.root={tmp_path / 'empty'}", "data.transform=native")
+    with pytest.raises(Exception, match=r"MNIST not found in .*empty.*train-images-idx3-ubyte"):
+        train(cfg)
+
+
+def test_cli_prints_one_line_and_exits_2(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "deephash.train", "model.bits=0", "logger=none", f"hydra.run.dir={tmp_path}"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == "error: model.bits must be an integer in 1..4096, got 0"
+    assert "Traceback" not in proc.stderr
+    assert json.loads((tmp_path / "metrics.json").read_text())["status"] == "failed"
+
+
+def test_unknown_dataset_lists_choices(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "deephash.train", "data=imagenet21k", f"hydra.run.dir={tmp_path}"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode != 0
+    assert "Could not find 'data/imagenet21k'" in proc.stderr
+    for choice in ("cifar10", "digits", "folder", "mnist"):
+        assert choice in proc.stderr
+
+
+def test_multirun_over_bits_with_basic_launcher(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "deephash.train",
+            "-m",
+            "model.bits=12,48",
+            "logger=none",
+            "callbacks=none",
+            "evaluate=false",
+            "trainer.max_epochs=1",
+            f"hydra.sweep.dir={tmp_path}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    bits = sorted(_metrics(tmp_path / str(i))["bits"] for i in range(2))
+    assert bits == [12, 48]
