@@ -17,7 +17,9 @@ from deephash.tracking.compare import compare_runs
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="deephash-compare", description=__doc__.split("\n\n")[1].strip())
     parser.add_argument("multirun_dir", help="a sweep folder, e.g. multirun/train/2024-05-01_12-00-00")
-    parser.add_argument("--out", default=None, help="where to write the comparison (default: <multirun_dir>/compare)")
+    parser.add_argument(
+        "--out", default=None, help="where to write the comparison (default: <multirun_dir>/compare)"
+    )
     parser.add_argument(
         "--metric",
         default="mAP",

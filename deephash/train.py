@@ -13,10 +13,10 @@ import hydra
 import pytorch_lightning as pl
 from omegaconf import DictConfig
 
-from deephash.config import validate_train_config
 from deephash.cli import run_with_user_errors
+from deephash.config import validate_train_config
 from deephash.runs import finish_loggers, instantiate_callbacks, instantiate_loggers, record_failure
-from deephash.utils.io import update_json
+from deephash.utils.io import atomic_write_json
 from deephash.utils.logging import get_logger
 
 log = get_logger(__name__)
@@ -71,8 +71,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "protocol": datamodule.describe()["protocol"],
         "data": datamodule.describe(),
     }
-    if trainer.is_global_zero:
-        update_json(output_dir / "metrics.json", metrics)
+    if trainer.is_global_zero:  # a fresh file: nothing stale from an earlier run in this directory
+        atomic_write_json(output_dir / "metrics.json", metrics)
 
     if cfg.get("evaluate"):
         from deephash.evaluate import evaluate_checkpoint

@@ -75,14 +75,18 @@ def test_padding_preserves_distances(bits: int) -> None:
     size = padded_code_bytes(db.shape[1])
     padded_db, padded_q = pad_codes(db, size), pad_codes(q, size)
     assert padded_db.shape == (50, size) and not padded_db[:, db.shape[1] :].any()
-    np.testing.assert_array_equal(hamming_distance_matrix(padded_q, padded_db), hamming_distance_matrix(q, db))
+    np.testing.assert_array_equal(
+        hamming_distance_matrix(padded_q, padded_db), hamming_distance_matrix(q, db)
+    )
     with pytest.raises(ConfigError, match="cannot pad"):
         pad_codes(db, db.shape[1] - 1)
 
 
 @pytest.mark.parametrize("bits", BITS)
 @pytest.mark.parametrize("popcount", ["bitwise_count", "table"])
-def test_hamming_matrix_matches_brute_force(bits: int, popcount: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_hamming_matrix_matches_brute_force(
+    bits: int, popcount: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     if popcount == "table":
         monkeypatch.setattr(codes_mod, "_HAS_BITWISE_COUNT", False)
     elif not codes_mod._HAS_BITWISE_COUNT:

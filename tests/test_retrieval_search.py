@@ -278,6 +278,23 @@ def test_hierarchical_short_pool_is_padded(hier_data) -> None:
         assert np.isinf(res.l2[j, got:]).all() and (res.hamming[j, got:] == -1).all()
 
 
+def test_hierarchical_database_smaller_than_pool_size() -> None:
+    # the k-NN pass returns the whole database, which settles the radius pool without a range search
+    rng = np.random.default_rng(12)
+    db_bits = tied_codes(rng, 30, 16, centres=3)
+    q_bits, db_f7 = db_bits[:4], features(rng, 30, 8, duplicates=False)
+    q_f7 = rng.standard_normal((4, 8)).astype(np.float32)
+    index = HammingIndex(pack_codes(db_bits), 16)
+    q = pack_codes(q_bits)
+    res = hierarchical_search(index, db_f7, q, q_f7, 3, radius=1, min_pool=2, max_pool=60, pool_size=50)
+    expected = expected_hierarchical(db_bits, q_bits, db_f7, q_f7, 3, 1, 2, 60, 50)
+    for j, (size, top, ham, _) in enumerate(expected):
+        assert res.pool_sizes[j] == size
+        np.testing.assert_array_equal(res.idx[j], top)
+        np.testing.assert_array_equal(res.hamming[j], ham)
+    assert (res.pool_sizes < 30).any()  # some pools are the radius pool, not the whole database
+
+
 def test_hierarchical_whole_database_pool_equals_euclidean(hier_data, tmp_path: Path) -> None:
     db_bits, q_bits, db_f7, q_f7 = hier_data
     index = HammingIndex(pack_codes(db_bits), 48)

@@ -47,8 +47,16 @@ def test_round_trip(tmp_path: Path, bits: int) -> None:
     checkpoint.write_bytes(b"weights")
     meta = {"dataset": "mnist", "checkpoint": str(checkpoint), "note": "x"}
     path = save_index(tmp_path / "index", **items, meta=meta)
-    assert sorted(p.name for p in path.iterdir()) == ["codes.npy", "f7.npy", "ids.txt", "labels.npy", "manifest.json"]
-    store = load_index(path, expect_bits=bits, expect_feature_dim=16, expect_checkpoint_sha256=sha256_file(checkpoint))
+    assert sorted(p.name for p in path.iterdir()) == [
+        "codes.npy",
+        "f7.npy",
+        "ids.txt",
+        "labels.npy",
+        "manifest.json",
+    ]
+    store = load_index(
+        path, expect_bits=bits, expect_feature_dim=16, expect_checkpoint_sha256=sha256_file(checkpoint)
+    )
     np.testing.assert_array_equal(store.codes, items["codes_packed"])
     np.testing.assert_array_equal(store.f7, items["f7"].astype(np.float16))
     np.testing.assert_array_equal(store.labels, items["labels"])
@@ -65,7 +73,9 @@ def test_round_trip(tmp_path: Path, bits: int) -> None:
     assert m["files"]["f7.npy"] == {"bytes": (path / "f7.npy").stat().st_size, "shape": [120, 16]}
     assert "T" in m["created_at"]
     queries = items["codes_packed"][:5]
-    for a, b in zip(store.hamming_index.search(queries, 7), HammingIndex(items["codes_packed"], bits).search(queries, 7)):
+    for a, b in zip(
+        store.hamming_index.search(queries, 7), HammingIndex(items["codes_packed"], bits).search(queries, 7)
+    ):
         np.testing.assert_array_equal(a, b)
     assert store.hamming_index is store.hamming_index  # built once
 
@@ -76,7 +86,9 @@ def test_streaming_writer_out_of_order_and_chunk_iterator(tmp_path: Path) -> Non
         for start in (60, 0, 30):
             stop = start + (40 if start == 60 else 30)
             sl = slice(start, stop)
-            writer.write(start, items["codes_packed"][sl], items["f7"][sl], items["labels"][sl], items["ids"][sl])
+            writer.write(
+                start, items["codes_packed"][sl], items["f7"][sl], items["labels"][sl], items["ids"][sl]
+            )
         path = writer.commit()
     chunks = (items["f7"][s : s + 33] for s in range(0, 100, 33))
     other = save_index(tmp_path / "from_chunks", **{**items, "f7": chunks})
@@ -92,7 +104,13 @@ def test_writer_rejects_bad_blocks_and_missing_rows(tmp_path: Path) -> None:
         with pytest.raises(ConfigError, match="outside the index"):
             writer.write(5, items["codes_packed"][:6], items["f7"][:6], items["labels"][:6], items["ids"][:6])
         with pytest.raises(ConfigError, match=r"f7 \(4, 16\)"):
-            writer.write(0, items["codes_packed"][:4], items["f7"][:4, :8], items["labels"][:4], items["ids"][:4])
+            writer.write(
+                0, items["codes_packed"][:4], items["f7"][:4, :8], items["labels"][:4], items["ids"][:4]
+            )
+        too_big = items["f7"][:2].copy()
+        too_big[1, 3] = 1e6
+        with pytest.raises(ConfigError, match="beyond float16's range"):
+            writer.write(0, items["codes_packed"][:2], too_big, items["labels"][:2], items["ids"][:2])
         with pytest.raises(ConfigError, match="newlines"):
             writer.write(0, items["codes_packed"][:1], items["f7"][:1], items["labels"][:1], ["a\nb"])
         writer.write(0, items["codes_packed"][:9], items["f7"][:9], items["labels"][:9], items["ids"][:9])
@@ -110,7 +128,9 @@ def test_overwrite_replaces_previous_index(saved: tuple[Path, dict]) -> None:
     assert sorted(p.name for p in path.parent.iterdir()) == ["index"]  # no temp or old dirs left
 
 
-def test_interrupted_save_keeps_previous_index(saved: tuple[Path, dict], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_interrupted_save_keeps_previous_index(
+    saved: tuple[Path, dict], monkeypatch: pytest.MonkeyPatch
+) -> None:
     path, items = saved
 
     def crash(*args, **kwargs):
@@ -196,7 +216,9 @@ def test_truncated_f7(saved: tuple[Path, dict], fix_manifest: bool) -> None:
         del manifest["files"]["f7.npy"]["bytes"]
         (path / "manifest.json").write_text(json.dumps(manifest))
     for mmap in (True, False):
-        with pytest.raises(IndexFormatError, match=r"f7.npy is truncated or corrupt: expected 120 x 16 float16"):
+        with pytest.raises(
+            IndexFormatError, match=r"f7.npy is truncated or corrupt: expected 120 x 16 float16"
+        ):
             load_index(path, mmap=mmap)
 
 
@@ -206,7 +228,9 @@ def test_array_disagreeing_with_manifest(saved: tuple[Path, dict]) -> None:
     manifest = json.loads((path / "manifest.json").read_text())
     manifest["files"]["labels.npy"]["bytes"] = (path / "labels.npy").stat().st_size
     (path / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(IndexFormatError, match=r"labels.npy holds 119 int64 but the manifest expects 120 int64"):
+    with pytest.raises(
+        IndexFormatError, match=r"labels.npy holds 119 int64 but the manifest expects 120 int64"
+    ):
         load_index(path)
 
 
@@ -224,8 +248,18 @@ def test_expectation_mismatches(saved: tuple[Path, dict]) -> None:
         load_index(path, expect_bits=128)
     with pytest.raises(IndexFormatError, match="has 16-d F7 features but the model produces 4096-d features"):
         load_index(path, expect_feature_dim=4096)
-    with pytest.raises(IndexFormatError, match="checkpoint sha256 None but the given checkpoint has sha256 abc"):
+    with pytest.raises(IndexFormatError, match="does not record but the given checkpoint has sha256 abc"):
         load_index(path, expect_checkpoint_sha256="abc")
+
+
+def test_checkpoint_hash_mismatch(tmp_path: Path) -> None:
+    meta = {"checkpoint": "x.ckpt", "checkpoint_sha256": "f00d"}
+    path = save_index(tmp_path / "index", **make_items(), meta=meta)
+    assert load_index(path, expect_checkpoint_sha256="f00d").manifest["checkpoint"] == "x.ckpt"
+    with pytest.raises(
+        IndexFormatError, match="from checkpoint sha256 f00d but the given checkpoint has sha256 beef"
+    ):
+        load_index(path, expect_checkpoint_sha256="beef")
 
 
 def test_codes_sha256_mismatch(saved: tuple[Path, dict]) -> None:

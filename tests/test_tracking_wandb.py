@@ -49,7 +49,11 @@ def offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.setenv("WANDB_CONSOLE", "off")
-    for var, sub in (("WANDB_DIR", "wandb_dir"), ("WANDB_CONFIG_DIR", "config"), ("WANDB_CACHE_DIR", "cache")):
+    for var, sub in (
+        ("WANDB_DIR", "wandb_dir"),
+        ("WANDB_CONFIG_DIR", "config"),
+        ("WANDB_CACHE_DIR", "cache"),
+    ):
         monkeypatch.setenv(var, str(tmp_path / sub))
     monkeypatch.setenv("WANDB_DATA_DIR", str(tmp_path / "data"))
     yield tmp_path
@@ -103,7 +107,14 @@ def finished_records(path: Path, timeout: float = 30.0) -> list[Any]:
 
 def parse_run(path: Path) -> dict[str, Any]:
     """The run record, merged config, summary and history (nested keys joined back into dicts)."""
-    out: dict[str, Any] = {"run": None, "config": {}, "summary": {}, "history": {}, "exit": None, "dir": path.parent}
+    out: dict[str, Any] = {
+        "run": None,
+        "config": {},
+        "summary": {},
+        "history": {},
+        "exit": None,
+        "dir": path.parent,
+    }
     for record in finished_records(path):
         kind = record.WhichOneof("record_type")
         if kind == "run":
@@ -155,7 +166,12 @@ def fake_metrics(bits: int = 48, seed: int = 7) -> dict[str, Any]:
         "protocol": "paper",
         "modes": {
             "hamming": {**mode(0.912), "precision@r2": 0.97},
-            "hamming_radius": {"precision": 0.93, "recall": 0.4, "mean_results": 12.5, "empty_fraction": 0.02},
+            "hamming_radius": {
+                "precision": 0.93,
+                "recall": 0.4,
+                "mean_results": 12.5,
+                "empty_fraction": 0.02,
+            },
             "hierarchical": {**mode(0.934), "ms_per_query": 0.8},
             "euclidean": mode(0.921),
         },
@@ -240,12 +256,21 @@ def test_run_records_results_as_configured(offline: Path) -> None:
     series = json.loads((files_dir / history["retrieval/precision_at_k_table"]["path"]).read_text())
     assert series["columns"] == ["step", "lineKey", "lineVal"]
     assert sorted(map(tuple, series["data"])) == sorted(
-        [(1, "hamming", 0.99), (10, "hamming", 0.95), (100, "hamming", 0.9), (10, "euclidean", 0.96), (100, "euclidean", 0.92)]
+        [
+            (1, "hamming", 0.99),
+            (10, "hamming", 0.95),
+            (100, "hamming", 0.9),
+            (10, "euclidean", 0.96),
+            (100, "euclidean", 0.92),
+        ]
     )
 
     grid = history["retrieval/grid"]
     assert grid["_type"] == "image-file"
-    with Image.open(run_dir / "retrieval_grid.png") as original, Image.open(files_dir / grid["path"]) as logged:
+    with (
+        Image.open(run_dir / "retrieval_grid.png") as original,
+        Image.open(files_dir / grid["path"]) as logged,
+    ):
         assert logged.size == original.size == (grid["width"], grid["height"])
     assert history["retrieval/bit_balance_plot"]["_type"] == "image-file"
     assert history["retrieval/bit_fire_rates"]["_type"] == "histogram"
@@ -260,7 +285,9 @@ def test_missing_files_are_skipped_and_explicit_rates_win(offline: Path) -> None
     run = parse_run(run_files(offline / "run")[0])
     assert run["summary"]["modes/hamming/mAP"] == 0.5
     assert run["summary"]["bit_balance/mean_abs_deviation"] == pytest.approx(0.2)
-    assert set(run["history"]) - {"_runtime", "_step", "_timestamp", "trainer/global_step"} == {"retrieval/bit_fire_rates"}
+    assert set(run["history"]) - {"_runtime", "_step", "_timestamp", "trainer/global_step"} == {
+        "retrieval/bit_fire_rates"
+    }
 
 
 def test_jobs_in_one_process_get_distinct_runs_in_one_group(offline: Path) -> None:
@@ -300,7 +327,9 @@ def test_mode_resolution(offline: Path, monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.delenv("WANDB_API_KEY")
     netrc = offline / "home" / ".netrc"
     netrc.parent.mkdir(parents=True, exist_ok=True)
-    netrc.write_text(f"machine example.org login me password secret\nmachine api.wandb.ai login user password {FAKE_KEY}\n")
+    netrc.write_text(
+        f"machine example.org login me password secret\nmachine api.wandb.ai login user password {FAKE_KEY}\n"
+    )
     netrc.chmod(0o600)
     assert resolve_mode("auto") == "online"
     netrc.write_text("machine example.org login me password secret\n")
@@ -355,6 +384,8 @@ def test_artifacts(offline: Path) -> None:
 
 
 def test_flatten_metrics() -> None:
-    flat = flatten_metrics({"a": {"b": {"c": np.float32(0.5)}, "d": None}, "e": [1, 2], "last_checkpoint": "x", "s": "ok"})
+    flat = flatten_metrics(
+        {"a": {"b": {"c": np.float32(0.5)}, "d": None}, "e": [1, 2], "last_checkpoint": "x", "s": "ok"}
+    )
     assert flat == {"a/b/c": 0.5, "s": "ok"}
     assert isinstance(flat["a/b/c"], float)

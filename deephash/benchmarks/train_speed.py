@@ -311,17 +311,20 @@ def _summary(runs: Sequence[Timing]) -> dict[str, Any]:
 def benchmark_train(cfg: TrainBenchConfig) -> dict[str, Any]:
     """Alternate ``cfg.repeats`` Lightning and raw runs, then time encoding; returns the results dict."""
     device = resolve_device(cfg.device)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
     data = SyntheticBatches(cfg, device, cfg.warmup + cfg.steps)
     # batch_size=None: the dataset yields whole batches, so nothing is collated per step.
     loader = DataLoader(data, batch_size=None, shuffle=False, num_workers=0)
     lightning_module, raw_module = build_module(cfg), build_module(cfg)
     lightning_runs, raw_runs = [], []
-    for _ in range(cfg.repeats):
-        lightning_runs.append(time_lightning(lightning_module, loader, cfg, device))
-        raw_runs.append(time_raw(raw_module, loader, cfg, device))
-    encode = time_encode(raw_module, data, cfg, device)
+    cudnn_benchmark = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = device.type == "cuda"  # fixed input shapes: let cuDNN pick kernels
+    try:
+        for _ in range(cfg.repeats):
+            lightning_runs.append(time_lightning(lightning_module, loader, cfg, device))
+            raw_runs.append(time_raw(raw_module, loader, cfg, device))
+        encode = time_encode(raw_module, data, cfg, device)
+    finally:
+        torch.backends.cudnn.benchmark = cudnn_benchmark
     lightning, raw = _summary(lightning_runs), _summary(raw_runs)
     return {
         "benchmark": "train",

@@ -47,7 +47,9 @@ def unpack_codes(packed: np.ndarray, bits: int) -> np.ndarray:
     """packed: (n, >= ceil(bits / 8)) uint8 -> (n, bits) bool (padding bits and bytes dropped)."""
     packed = np.asarray(packed)
     if packed.ndim != 2 or packed.dtype != np.uint8 or packed.shape[1] * 8 < bits:
-        raise ConfigError(f"expected packed uint8 codes (n, >= {code_bytes(bits)}), got {packed.dtype} {packed.shape}")
+        raise ConfigError(
+            f"expected packed uint8 codes (n, >= {code_bytes(bits)}), got {packed.dtype} {packed.shape}"
+        )
     return np.unpackbits(packed, axis=1, count=bits).astype(bool)
 
 

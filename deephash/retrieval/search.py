@@ -3,9 +3,12 @@
 Every result is ordered by ``(distance, database index)`` ascending, ties going to the lower index,
 exactly as a stable sort of the brute-force distances would order them. Where a query has fewer
 results than asked for, the missing slots hold index ``-1``, L2 distance ``inf`` and Hamming
-distance ``-1``. L2 distances are plain Euclidean distances (paper eq. 2, not squared), computed in
-float32 as ``sqrt(max(|q|^2 - 2 q.x + |x|^2, 0))`` by one shared kernel, so exhaustive and
-hierarchical search rank identical vectors identically.
+distance ``-1``.
+
+L2 distances are plain Euclidean distances (paper eq. 2, not squared) in float32. Exhaustive and
+hierarchical search shortlist candidates with fast BLAS distances, then recompute the shortlist's
+distances from direct differences (``exact_l2``), so reported distances are accurate (a copy of the
+query is at 0) and do not depend on how the database was chunked.
 """
 
 from __future__ import annotations
@@ -80,7 +83,7 @@ class HammingIndex:
         self.faiss_index = faiss.IndexBinaryFlat(self.padded_bytes * 8)
         # The counting k-NN (hammings_knn_mc) fills one bucket per distance in scan order and reads
         # the buckets in increasing distance, so it returns exactly the (distance, index) order
-        # (faiss documents the same for its database-parallel variant); the default heap search
+        # (faiss's source says the same of its database-parallel variant); the default heap search
         # only guarantees the distances, not which of the items tied at the k-th distance it keeps.
         self.faiss_index.use_heap = False
         self._default_batch = self.faiss_index.query_batch_size
@@ -179,7 +182,9 @@ def hamming_radius_search(
     return HammingIndex(db_packed, bits).range_search(query_packed, radius)
 
 
-def l2_distances(queries: np.ndarray, rows: np.ndarray, query_sqnorms: np.ndarray | None = None) -> np.ndarray:
+def l2_distances(
+    queries: np.ndarray, rows: np.ndarray, query_sqnorms: np.ndarray | None = None
+) -> np.ndarray:
     """Fast approximate Euclidean distances through BLAS: sqrt(max(|q|^2 - 2 q.x + |x|^2, 0)).
 
     queries: (q, d) float32; rows: (c, d) float32 -> (q, c) float32. Cancellation makes the result
@@ -210,7 +215,9 @@ def _shortlist(k: int) -> int:
     return k + max(16, k // 8)
 
 
-def _refine(db_f7: np.ndarray, queries: np.ndarray, cand: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def _refine(
+    db_f7: np.ndarray, queries: np.ndarray, cand: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Exact top k among shortlisted candidates.
 
     db_f7: (n, d); queries: (q, d) float32; cand: (q, m) int64 indices, -1 for none -> (l2 (q, min(k, m))
@@ -263,6 +270,7 @@ def euclidean_search(
         rows = np.asarray(db_f7[start : start + chunk_size], dtype=np.float32)
         dist = l2_distances(queries, rows, qnorms)
         idx = np.broadcast_to(np.arange(start, start + len(rows), dtype=np.int64), dist.shape)
+        dist, idx = select_topk(dist, idx, _shortlist(k))
         best_d, best_i = select_topk(np.hstack([best_d, dist]), np.hstack([best_i, idx]), _shortlist(k))
     l2, pos = _refine(db_f7, queries, best_i, k)
     return _pad_columns(l2, k, np.inf), _pad_columns(np.take_along_axis(best_i, pos, axis=1), k, -1)
@@ -335,15 +343,9 @@ def hierarchical_search(
     pool_sizes = np.zeros(q, np.int64)
     for q0 in range(0, q, _RANGE_QUERY_BATCH):
         block = queries[q0 : q0 + _RANGE_QUERY_BATCH]
-        lims, dist, idx = index._range_sorted(block, radius)
-        pools = [(dist[a:b], idx[a:b]) for a, b in zip(lims[:-1], lims[1:])]
-        sizes = np.diff(lims)
-        fallback = np.flatnonzero((sizes < min_pool) | (sizes > max_pool))
-        near_d, near_i = index.search(block[fallback, : index.code_bytes], pool_size)
-        for row, j in enumerate(fallback):
-            keep = near_i[row] >= 0
-            pools[j] = (near_d[row][keep], near_i[row][keep])
-        for j, (pool_ham, pool_idx) in enumerate(pools):
+        for j, (pool_ham, pool_idx) in enumerate(
+            _coarse_pools(index, block, radius, min_pool, max_pool, pool_size)
+        ):
             pool_sizes[q0 + j] = len(pool_idx)
             top, top_ham = _shortlist_pool(db_f7, query32[q0 + j], pool_ham, pool_idx, width, chunk_size)
             cand[q0 + j, : len(top)], cand_ham[q0 + j, : len(top)] = top, top_ham
@@ -357,8 +359,41 @@ def hierarchical_search(
     )
 
 
+def _coarse_pools(
+    index: HammingIndex, padded_queries: np.ndarray, radius: int, min_pool: int, max_pool: int, pool_size: int
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Each query's pool under the rule of ``hierarchical_search`` -> [(hamming (m,) int32, idx (m,) int64)].
+
+    One k-NN pass for the ``pool_size`` nearest codes usually settles both cases: when its last code
+    lies beyond ``radius`` (or it holds the whole database), every code within the radius is among
+    them. Only queries with ``pool_size`` or more codes inside the radius need the range search.
+    """
+    near_d, near_i = index.search(padded_queries[:, : index.code_bytes], pool_size)
+    pools: list[tuple[np.ndarray, np.ndarray]] = []
+    unresolved = []
+    for j, (dist, idx) in enumerate(zip(near_d, near_i)):
+        dist, idx = dist[idx >= 0], idx[idx >= 0]
+        inside = int(np.searchsorted(dist, radius, side="right"))
+        if inside < len(dist) or len(dist) == index.ntotal:
+            pools.append((dist[:inside], idx[:inside]) if min_pool <= inside <= max_pool else (dist, idx))
+        else:
+            pools.append((dist, idx))
+            unresolved.append(j)
+    if unresolved:
+        lims, dist, idx = index._range_sorted(padded_queries[unresolved], radius)
+        for row, j in enumerate(unresolved):
+            if lims[row + 1] - lims[row] <= max_pool:  # it holds >= pool_size >= min_pool codes
+                pools[j] = (dist[lims[row] : lims[row + 1]], idx[lims[row] : lims[row + 1]])
+    return pools
+
+
 def _shortlist_pool(
-    db_f7: np.ndarray, query: np.ndarray, pool_ham: np.ndarray, pool_idx: np.ndarray, width: int, chunk_size: int
+    db_f7: np.ndarray,
+    query: np.ndarray,
+    pool_ham: np.ndarray,
+    pool_idx: np.ndarray,
+    width: int,
+    chunk_size: int,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The ``width`` pool items nearest to one query by fast L2, ties by index -> (idx, hamming)."""
     if len(pool_idx) <= width:

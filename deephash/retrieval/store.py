@@ -122,8 +122,12 @@ class IndexWriter:
             raise ConfigError(f"rows {start}:{start + m} are outside the index of {self.n} items")
         if any("\n" in str(i) for i in ids):
             raise ConfigError("item ids must not contain newlines (ids.txt holds one id per line)")
+        with np.errstate(over="ignore"):  # reported below as a one-line error
+            f7_half = f7.astype(np.float16)
+        if not np.isfinite(f7_half).all():
+            raise ConfigError(f"F7 rows {start}:{start + m} hold NaN or values beyond float16's range (65504)")
         self._codes[start : start + m] = codes_packed
-        self._f7[start : start + m] = f7
+        self._f7[start : start + m] = f7_half
         self._labels[start : start + m] = labels
         self._ids[start : start + m] = [str(i) for i in ids]
         self._written[start : start + m] = True
@@ -134,7 +138,9 @@ class IndexWriter:
             raise ConfigError(f"index {self.path} was already committed or aborted")
         missing = np.flatnonzero(~self._written)
         if missing.size:
-            raise ConfigError(f"{missing.size} of {self.n} index rows were never written (first: row {missing[0]})")
+            raise ConfigError(
+                f"{missing.size} of {self.n} index rows were never written (first: row {missing[0]})"
+            )
         for arr in (self._codes, self._f7, self._labels):
             arr.flush()
         del self._codes, self._f7, self._labels
@@ -275,7 +281,9 @@ def _read_manifest(path: Path) -> dict[str, Any]:
         raise IndexFormatError(f"index directory {path} does not exist")
     manifest_path = path / MANIFEST
     if not manifest_path.is_file():
-        raise IndexFormatError(f"{manifest_path} is missing: {path} is not a saved index (or its save was interrupted)")
+        raise IndexFormatError(
+            f"{manifest_path} is missing: {path} is not a saved index (or its save was interrupted)"
+        )
     try:
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -336,16 +344,24 @@ def load_index(
     manifest = _read_manifest(path)
     bits, d, n = int(manifest["bits"]), int(manifest["feature_dim"]), int(manifest["count"])
     if expect_bits is not None and bits != expect_bits:
-        raise IndexFormatError(f"index {path} has {bits}-bit codes but the model produces {expect_bits}-bit codes")
-    if expect_feature_dim is not None and d != expect_feature_dim:
-        raise IndexFormatError(f"index {path} has {d}-d F7 features but the model produces {expect_feature_dim}-d features")
-    if expect_checkpoint_sha256 is not None and manifest.get("checkpoint_sha256") != expect_checkpoint_sha256:
         raise IndexFormatError(
-            f"index {path} was built from checkpoint sha256 {manifest.get('checkpoint_sha256')} "
-            f"but the given checkpoint has sha256 {expect_checkpoint_sha256}: rebuild the index"
+            f"index {path} has {bits}-bit codes but the model produces {expect_bits}-bit codes"
+        )
+    if expect_feature_dim is not None and d != expect_feature_dim:
+        raise IndexFormatError(
+            f"index {path} has {d}-d F7 features but the model produces {expect_feature_dim}-d features"
+        )
+    recorded = manifest.get("checkpoint_sha256")
+    if expect_checkpoint_sha256 is not None and recorded != expect_checkpoint_sha256:
+        built_from = f"checkpoint sha256 {recorded}" if recorded else "a checkpoint it does not record"
+        raise IndexFormatError(
+            f"index {path} was built from {built_from} but the given checkpoint has sha256 "
+            f"{expect_checkpoint_sha256}: rebuild the index"
         )
     if int(manifest["code_bytes"]) != code_bytes(bits):
-        raise IndexFormatError(f"{path / MANIFEST} says {manifest['code_bytes']} code bytes for {bits}-bit codes")
+        raise IndexFormatError(
+            f"{path / MANIFEST} says {manifest['code_bytes']} code bytes for {bits}-bit codes"
+        )
     files = manifest["files"]
 
     def entry(name: str) -> dict[str, Any]:
@@ -361,7 +377,9 @@ def load_index(
         for name in (CODES, LABELS, IDS):
             expected = entry(name).get("sha256")
             if expected and sha256_file(path / name) != expected:
-                raise IndexFormatError(f"{name} in {path} does not match its sha256 in {MANIFEST}: the file was modified or corrupted")
+                raise IndexFormatError(
+                    f"{name} in {path} does not match its sha256 in {MANIFEST}: the file was modified or corrupted"
+                )
     ids = ids_file.read_bytes().decode("utf-8").split("\n")[:-1]
     if len(ids) != n:
         raise IndexFormatError(f"{IDS} in {path} has {len(ids)} ids but the index holds {n} items")

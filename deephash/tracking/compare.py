@@ -1,7 +1,8 @@
 """Compare the jobs of a sweep: one row per job (failed ones included), a table and two figures.
 
 A job is a directory holding ``metrics.json`` or ``.hydra/config.yaml`` (a job that crashed before
-writing its metrics still has the latter). The layout of metrics.json is described in docs/ARCHITECTURE.md.
+writing its metrics still has the latter). metrics.json holds the run's status, dataset, backbone, method,
+bits, seed, val/test accuracy and, under ``modes``, each search mode's retrieval metrics.
 """
 
 from __future__ import annotations
@@ -103,12 +104,16 @@ def load_job(path: Path, root: Path) -> Job:
 def load_jobs(multirun_dir: str | os.PathLike) -> list[Job]:
     root = Path(multirun_dir)
     if not root.exists():
-        raise ConfigError(f"multirun directory {root} does not exist: pass a sweep folder (multirun/<task>/<time>)")
+        raise ConfigError(
+            f"multirun directory {root} does not exist: pass a sweep folder (multirun/<task>/<time>)"
+        )
     if not root.is_dir():
         raise ConfigError(f"{root} is not a directory: pass a sweep folder (multirun/<task>/<time>)")
     jobs = [load_job(path, root) for path in find_jobs(root)]
     if not jobs:
-        raise ConfigError(f"no runs found in {root}: expected job folders with metrics.json or .hydra/config.yaml")
+        raise ConfigError(
+            f"no runs found in {root}: expected job folders with metrics.json or .hydra/config.yaml"
+        )
     return jobs
 
 
@@ -125,7 +130,12 @@ def metric_value(mode_metrics: Mapping[str, Any], metric: str) -> float | None:
 
 def result_modes(jobs: Sequence[Job]) -> list[str]:
     """Search modes with ranking metrics in any job (hamming, hierarchical, euclidean first)."""
-    found = {m for j in jobs for m, v in (j.metrics.get("modes") or {}).items() if isinstance(v, Mapping) and "mAP" in v}
+    found = {
+        m
+        for j in jobs
+        for m, v in (j.metrics.get("modes") or {}).items()
+        if isinstance(v, Mapping) and "mAP" in v
+    }
     return [m for m in MODE_ORDER if m in found] + sorted(found - set(MODE_ORDER))
 
 
@@ -187,7 +197,9 @@ def plot_metric_vs_bits(jobs: Sequence[Job], metric: str = "mAP") -> Figure:
         ax.set_xticks(all_bits)
         ax.legend(loc="lower right")
     else:
-        ax.text(0.5, 0.5, f"no completed run reports {metric}", ha="center", va="center", transform=ax.transAxes)
+        ax.text(
+            0.5, 0.5, f"no completed run reports {metric}", ha="center", va="center", transform=ax.transAxes
+        )
     ax.set(xlabel="Code length (bits)", ylabel=metric, title=f"{metric} vs code length")
     ax.grid(True, alpha=0.3)
     return fig
@@ -232,13 +244,17 @@ def compare_runs(
         "markdown": atomic_write_text(out / "compare.md", markdown),
         "csv": atomic_write_text(out / "compare.csv", to_csv(columns, rows)),
         "map_vs_bits": atomic_write_bytes(out / "map_vs_bits.png", _png(plot_metric_vs_bits(jobs, metric))),
-        "precision_curves": atomic_write_bytes(out / "precision_curves.png", _png(plot_precision_curves(jobs))),
+        "precision_curves": atomic_write_bytes(
+            out / "precision_curves.png", _png(plot_precision_curves(jobs))
+        ),
     }
     return Comparison(markdown=markdown, files=files, jobs=jobs)
 
 
 def _check_metric(jobs: Sequence[Job], metric: str) -> None:
-    results = [r for j in _completed(jobs) for r in (j.metrics.get("modes") or {}).values() if isinstance(r, Mapping)]
+    results = [
+        r for j in _completed(jobs) for r in (j.metrics.get("modes") or {}).values() if isinstance(r, Mapping)
+    ]
     if results and all(metric_value(r, metric) is None for r in results):
         raise ConfigError(
             f"metric {metric!r} is in no run's results: use e.g. mAP, mAP@1000, precision@10, queries_per_second"
@@ -251,7 +267,11 @@ def _completed(jobs: Sequence[Job]) -> list[Job]:
 
 def _label(job: Job, jobs: Sequence[Job], base: str) -> str:
     """``base`` prefixed with the dataset/backbone/method of the job where those differ across the sweep."""
-    varying = [k for k in ("dataset", "backbone", "method") if len({str(j.info.get(k)) for j in _completed(jobs)}) > 1]
+    varying = [
+        k
+        for k in ("dataset", "backbone", "method")
+        if len({str(j.info.get(k)) for j in _completed(jobs)}) > 1
+    ]
     return " ".join([*(str(job.info.get(k)) for k in varying), base])
 
 
@@ -309,7 +329,9 @@ def _md_cell(column: str, value: Any) -> str:
 
 
 def _natural_key(text: str) -> list[Any]:
-    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", text) if part]
+    return [
+        (0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", text) if part
+    ]
 
 
 def _png(fig: Figure, dpi: int = 100) -> bytes:

@@ -43,7 +43,9 @@ IMAGES = {
 }
 # metrics.json entries that are not results (paths, tracebacks)
 NOT_SUMMARY = frozenset({"best_checkpoint", "last_checkpoint", "traceback"})
-_REINIT: Any = "finish_previous" if tuple(int(p) for p in wandb.__version__.split(".")[:2]) >= (0, 19) else True
+_REINIT: Any = (
+    "finish_previous" if tuple(int(p) for p in wandb.__version__.split(".")[:2]) >= (0, 19) else True
+)
 
 
 def has_credentials(base_url: str | None = None) -> bool:
@@ -136,8 +138,7 @@ def build_wandb_logger(
         **init_kwargs,
     )
     if resolved == "offline":
-        why = "WANDB_MODE" if os.environ.get("WANDB_MODE") else "mode" if mode == "offline" else "no credentials"
-        log.info("W&B offline (%s); upload later with: wandb sync %s", why, save_dir / "wandb" / "offline-run-*")
+        log.info("W&B runs offline; upload later with: wandb sync %s", save_dir / "wandb" / "offline-run-*")
     return logger
 
 
@@ -165,7 +166,10 @@ def flatten_metrics(metrics: Mapping[str, Any], sep: str = "/") -> dict[str, Any
 
 @rank_zero_only
 def log_retrieval_results(
-    logger_or_run: Any, metrics: Mapping[str, Any], run_dir: str | os.PathLike, bit_fire_rates: np.ndarray | None = None
+    logger_or_run: Any,
+    metrics: Mapping[str, Any],
+    run_dir: str | os.PathLike,
+    bit_fire_rates: np.ndarray | None = None,
 ) -> None:
     """Log a run's final retrieval results: metrics as summary values, curves as tables and charts, figures.
 
@@ -214,7 +218,10 @@ def log_artifacts(
         return []
     lightning_logs_model = any(getattr(lg, "_log_model", False) for lg in _wandb_loggers(logger_or_run))
     artifacts = make_artifacts(
-        run.id, None if lightning_logs_model else best_checkpoint, index_dir, metrics_path=Path(run_dir) / "metrics.json"
+        run.id,
+        None if lightning_logs_model else best_checkpoint,
+        index_dir,
+        metrics_path=Path(run_dir) / "metrics.json",
     )
     for artifact in artifacts:
         run.log_artifact(artifact, aliases=["latest", "best"] if artifact.type == "model" else ["latest"])

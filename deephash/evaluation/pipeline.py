@@ -1,0 +1,259 @@
+"""Evaluate the four search modes on encoded queries against a database, the way the paper does.
+
+For each mode a *full* ranking of the database is built per query (ties by database index), from
+which mAP, mAP@k and precision@k follow (``deephash.evaluation.metrics``):
+
+* ``hamming``: all items by Hamming distance on the codes.
+* ``hierarchical``: the coarse pool of :func:`deephash.retrieval.hierarchical_search` ranked by L2 on F7,
+  followed by every other item in Hamming order (so its top k are exactly what the search returns).
+* ``euclidean``: all items by L2 distance on F7 (the paper's exhaustive search).
+* ``hamming_radius``: the unordered set within the radius: precision, recall and how often it is empty.
+
+Queries are processed in blocks so a (queries x database) matrix never has to fit in memory at once.
+Search speed (``queries_per_second``) is timed separately on the top-``max(ks)`` search each mode offers.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from deephash.evaluation.metrics import (
+    average_precision,
+    average_precision_at_k,
+    count_relevant,
+    pr_curve_hamming,
+    precision_curve,
+    precision_within_radius,
+)
+from deephash.retrieval.codes import hamming_distance_matrix
+from deephash.retrieval.search import HammingIndex, euclidean_search, hierarchical_search
+from deephash.utils.errors import ConfigError
+
+MODES = ("hamming", "hamming_radius", "hierarchical", "euclidean")
+_BLOCK_CELLS = 1 << 24  # query x database cells per block (~16M: 64 MB of int32 distances)
+
+
+@dataclass
+class Encoded:
+    """Encoded items. codes: (n, ceil(bits/8)) uint8 packed; f7: (n, d) float16/32 (may be a memmap);
+    labels: (n,) int64."""
+
+    codes: np.ndarray
+    f7: np.ndarray
+    labels: np.ndarray
+
+
+@dataclass
+class RetrievalReport:
+    """metrics: per mode, the dict stored under ``metrics.json["modes"]``; curves: per mode, precision at
+    ``curve_ks``; pr: the Hamming precision-recall curve; top: per mode, (q, top_n) database indices."""
+
+    metrics: dict[str, dict] = field(default_factory=dict)
+    curve_ks: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    curves: dict[str, np.ndarray] = field(default_factory=dict)
+    pr: dict[str, np.ndarray] = field(default_factory=dict)
+    top: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def default_curve_ks(n_database: int, max_k: int = 1000) -> np.ndarray:
+    """k = 1..100 step 1, then step 10 up to max_k (the x axis of the paper's figures 4 and 6)."""
+    ks = np.unique(np.concatenate([np.arange(1, 101), np.arange(100, max_k + 1, 10)]))
+    return ks[ks <= max(1, min(max_k, n_database))]
+
+
+def evaluate_retrieval(
+    database: Encoded,
+    queries: Encoded,
+    bits: int,
+    *,
+    modes: Sequence[str] = MODES,
+    ks: Sequence[int] = (1, 10, 100, 1000),
+    map_at: int = 1000,
+    radius: int = 2,
+    min_pool: int = 100,
+    max_pool: int = 10_000,
+    pool_size: int = 1000,
+    top_n: int = 10,
+    curve_ks: np.ndarray | None = None,
+    index: HammingIndex | None = None,
+) -> RetrievalReport:
+    """Metrics of every requested mode (see the module docstring) for ``queries`` against ``database``."""
+    unknown = [m for m in modes if m not in MODES]
+    if unknown:
+        raise ConfigError(f"unknown retrieval mode(s) {unknown}; expected any of: {', '.join(MODES)}")
+    n = len(database.labels)
+    if n == 0 or len(queries.labels) == 0:
+        raise ConfigError(f"retrieval needs a non-empty database and query set, got {n} and {len(queries.labels)}")
+    index = index or HammingIndex(database.codes, bits)
+    curve_ks = default_curve_ks(n) if curve_ks is None else np.asarray(curve_ks)
+    report = RetrievalReport(curve_ks=curve_ks)
+    n_relevant = count_relevant(queries.labels, database.labels)
+    kmax = max(ks)
+    # the pool is never larger than this (a radius pool <= max_pool, else the pool_size nearest codes),
+    # so a hierarchical search with k = pool_cap returns each query's whole pool, re-ranked
+    pool_cap = max(max_pool, pool_size)
+
+    for mode in modes:
+        if mode == "hamming_radius":
+            report.metrics[mode] = _radius_mode(database, queries, bits, radius, index)
+            continue
+        sums = _Accumulator(len(ks), len(curve_ks))
+        pr_sums: dict = {"n": 0}
+        tops = []
+        for rows in _query_blocks(len(queries.labels), n):
+            q = Encoded(queries.codes[rows], queries.f7[rows], queries.labels[rows])
+            if mode == "hamming":
+                dist = hamming_distance_matrix(q.codes, database.codes, bits)
+                ranking = _stable_ranking(dist)
+                relevant = database.labels[None, :] == q.labels[:, None]
+                sums.add_radius(precision_within_radius(dist, relevant, radius) * len(q.labels))
+                pr_sums = _merge_pr(pr_sums, pr_curve_hamming(dist, relevant, bits), len(q.labels))
+            elif mode == "hierarchical":
+                dist = hamming_distance_matrix(q.codes, database.codes, bits)
+                pool = hierarchical_search(
+                    index, database.f7, q.codes, q.f7, pool_cap, radius, min_pool, max_pool, pool_size
+                ).idx
+                ranking = _pool_first(pool, _stable_ranking(dist))
+            else:  # euclidean
+                ranking = _stable_ranking(_l2_block(q.f7, database.f7))
+            rel = database.labels[ranking] == q.labels[:, None]
+            sums.add(rel, n_relevant[rows], ks, map_at, curve_ks)
+            tops.append(ranking[:, :top_n])
+        result = sums.result(ks, map_at)
+        if mode == "hamming":
+            result["precision@r2" if radius == 2 else f"precision@r{radius}"] = sums.radius_mean()
+            report.pr = {"radius": np.arange(bits + 1)}
+            report.pr.update({key: pr_sums[key] / pr_sums["n"] for key in ("precision", "recall")})
+        result.update(_time_mode(mode, database, queries, bits, kmax, index, radius, min_pool, max_pool, pool_size))
+        report.metrics[mode] = result
+        report.curves[mode] = sums.curve()
+        report.top[mode] = np.concatenate(tops)
+    return report
+
+
+# ---------------------------------------------------------------- rankings
+
+
+def _stable_ranking(dist: np.ndarray) -> np.ndarray:
+    """(b, n) distances -> (b, n) database indices by (distance, index)."""
+    return np.argsort(dist, axis=1, kind="stable")
+
+
+def _pool_first(pool: np.ndarray, hamming_ranking: np.ndarray) -> np.ndarray:
+    """The re-ranked pool (b, m) (-1 padded) followed by the remaining items in Hamming order."""
+    b, n = hamming_ranking.shape
+    out = np.empty((b, n), np.int64)
+    for i in range(b):
+        head = pool[i][pool[i] >= 0]
+        rest = np.ones(n, bool)
+        rest[head] = False
+        out[i, : len(head)] = head
+        out[i, len(head) :] = hamming_ranking[i][rest[hamming_ranking[i]]]
+    return out
+
+
+def _l2_block(queries: np.ndarray, db_f7: np.ndarray, rows: int = 65536) -> np.ndarray:
+    """Squared L2 distances (b, n) in float64 (accurate enough to order distinct distances)."""
+    q = np.asarray(queries, np.float64)
+    qn = np.einsum("ij,ij->i", q, q)
+    out = np.empty((len(q), db_f7.shape[0]), np.float64)
+    for s in range(0, db_f7.shape[0], rows):
+        x = np.asarray(db_f7[s : s + rows], np.float64)
+        out[:, s : s + len(x)] = qn[:, None] - 2 * (q @ x.T) + np.einsum("ij,ij->i", x, x)[None, :]
+    return np.maximum(out, 0, out=out)
+
+
+def _query_blocks(q: int, n: int) -> list[slice]:
+    step = max(1, _BLOCK_CELLS // max(1, n))
+    return [slice(s, min(q, s + step)) for s in range(0, q, step)]
+
+
+# ---------------------------------------------------------------- accumulation over query blocks
+
+
+class _Accumulator:
+    """Sums of per-query metrics over blocks; every metric is a plain mean over queries."""
+
+    def __init__(self, n_ks: int, n_curve: int) -> None:
+        self.count = 0
+        self.ap = 0.0
+        self.ap_at = 0.0
+        self.p_at = np.zeros(n_ks)
+        self.p_curve = np.zeros(n_curve)
+        self.radius = 0.0
+
+    def add(self, rel, n_relevant, ks, map_at, curve_ks) -> None:
+        b = len(rel)
+        self.count += b
+        self.ap += float(average_precision(rel, n_relevant).sum())
+        self.ap_at += float(average_precision_at_k(rel, map_at).sum())
+        self.p_at += precision_curve(rel, ks) * b
+        self.p_curve += precision_curve(rel, curve_ks) * b
+
+    def add_radius(self, weighted: float) -> None:
+        self.radius += weighted
+
+    def result(self, ks, map_at) -> dict:
+        return {
+            "mAP": self.ap / self.count,
+            f"mAP@{map_at}": self.ap_at / self.count,
+            "precision@k": {str(k): float(p / self.count) for k, p in zip(ks, self.p_at)},
+        }
+
+    def curve(self) -> np.ndarray:
+        return self.p_curve / self.count
+
+    def radius_mean(self) -> float:
+        return self.radius / self.count
+
+
+def _merge_pr(acc: dict, pr: dict, weight: int) -> dict:
+    out = {"n": acc.get("n", 0) + weight}
+    for key in ("precision", "recall"):
+        out[key] = acc.get(key, 0) + np.asarray(pr[key]) * weight
+    return out
+
+
+# ---------------------------------------------------------------- per-mode extras
+
+
+def _radius_mode(database: Encoded, queries: Encoded, bits: int, radius: int, index: HammingIndex) -> dict:
+    """Hamming-ball retrieval: everything within ``radius`` (inclusive), unordered."""
+    start = time.perf_counter()
+    results = index.range_search(queries.codes, radius)
+    seconds = time.perf_counter() - start
+    sizes = np.array([len(idx) for _, idx in results])
+    hits = np.array([int((database.labels[idx] == label).sum()) for (_, idx), label in zip(results, queries.labels)])
+    n_relevant = count_relevant(queries.labels, database.labels)
+    precision = np.where(sizes > 0, hits / np.maximum(sizes, 1), 0.0)
+    recall = np.where(n_relevant > 0, hits / np.maximum(n_relevant, 1), 0.0)
+    return {
+        "radius": int(radius),
+        "precision": float(precision.mean()),
+        "recall": float(recall.mean()),
+        "mean_results": float(sizes.mean()),
+        "empty_fraction": float((sizes == 0).mean()),
+        "queries_per_second": len(queries.labels) / max(seconds, 1e-9),
+    }
+
+
+def _time_mode(mode, database, queries, bits, k, index, radius, min_pool, max_pool, pool_size) -> dict:
+    """Wall time of the top-k search this mode offers, over all queries."""
+    k = min(k, len(database.labels))
+    start = time.perf_counter()
+    if mode == "hamming":
+        index.search(queries.codes, k)
+    elif mode == "hierarchical":
+        hierarchical_search(index, database.f7, queries.codes, queries.f7, k, radius, min_pool, max_pool, pool_size)
+    else:
+        euclidean_search(database.f7, queries.f7, k)
+    seconds = max(time.perf_counter() - start, 1e-9)
+    q = len(queries.labels)
+    return {"queries_per_second": q / seconds, "ms_per_query": 1000 * seconds / q}
+
+
+__all__ = ["MODES", "Encoded", "RetrievalReport", "default_curve_ks", "evaluate_retrieval"]

@@ -1,0 +1,132 @@
+"""Encode a datamodule split with a trained model: packed codes, F7 (float16, on disk) and labels.
+
+Runs Lightning's ``predict`` and writes every batch straight to memory-mapped arrays at the rows of its
+samples (a ``BasePredictionWriter``), so a million 4096-d features never have to fit in RAM. Rows are
+found from each sample's pool index, which makes the result independent of batch order and of how a
+distributed sampler shards (and pads) the data: under DDP every rank writes its own rows into the
+same files (on one node, or a shared filesystem), and a duplicated padding sample rewrites the same
+row with the same values. The result holds each sample exactly once, in split order.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+from pytorch_lightning.callbacks import BasePredictionWriter
+
+from deephash.retrieval.codes import code_bytes
+from deephash.utils.errors import DeephashError
+
+
+@dataclass
+class EncodedSplit:
+    """One encoded split. codes: (n, ceil(bits/8)) uint8 packed; f7: (n, d) float16 memmap;
+    labels: (n,) int64; ids: n sample ids; pool_index: (n,) int64 positions in the datamodule's pool."""
+
+    codes: np.ndarray
+    f7: np.ndarray
+    labels: np.ndarray
+    ids: list[str]
+    pool_index: np.ndarray
+    directory: Path
+
+
+class _RowWriter(BasePredictionWriter):
+    """Writes predicted batches into ``codes.npy``/``f7.npy``/``labels.npy``/``written.npy`` under ``directory``."""
+
+    def __init__(self, directory: Path, pool_index: np.ndarray, bits: int, f7_dim: int) -> None:
+        super().__init__(write_interval="batch")
+        self.directory, self.pool_index, self.bits, self.f7_dim = directory, pool_index, bits, f7_dim
+        self.arrays: dict[str, np.ndarray] = {}
+
+    def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        n = len(self.pool_index)
+        shapes = {
+            "codes": ((n, code_bytes(self.bits)), np.uint8),
+            "f7": ((n, self.f7_dim), np.float16),
+            "labels": ((n,), np.int64),
+            "written": ((n,), np.bool_),
+        }
+        if trainer.is_global_zero:
+            if self.directory.exists():
+                shutil.rmtree(self.directory)
+            self.directory.mkdir(parents=True)
+            for name, (shape, dtype) in shapes.items():
+                np.lib.format.open_memmap(self.directory / f"{name}.npy", "w+", dtype, shape).flush()
+        trainer.strategy.barrier("deephash-encode-alloc")
+        self.arrays = {name: np.load(self.directory / f"{name}.npy", mmap_mode="r+") for name in shapes}
+
+    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx):
+        index = prediction["index"].numpy()
+        rows = np.searchsorted(self.pool_index, index)
+        if np.any(rows >= len(self.pool_index)) or np.any(self.pool_index[np.minimum(rows, len(self.pool_index) - 1)] != index):
+            raise DeephashError("encoding received samples that are not in the split being encoded")
+        codes = prediction["codes"].numpy()
+        self.arrays["codes"][rows] = np.packbits(codes, axis=1)
+        self.arrays["f7"][rows] = prediction["f7"].numpy()
+        self.arrays["labels"][rows] = prediction["labels"].numpy()
+        self.arrays["written"][rows] = True
+
+    def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        for arr in self.arrays.values():
+            arr.flush()
+        self.arrays = {}
+        trainer.strategy.barrier("deephash-encode-done")
+
+
+def encode_split(
+    module: pl.LightningModule,
+    datamodule: Any,
+    split: str,
+    directory: str | Path,
+    trainer: pl.Trainer | None = None,
+) -> EncodedSplit:
+    """Encode ``split`` of ``datamodule`` into ``directory`` (created, or replaced if it exists).
+
+    ``trainer`` defaults to a single-device CPU/GPU trainer; pass the training trainer (or one with a DDP
+    strategy) to encode on every rank.
+    """
+    directory = Path(directory)
+    datamodule.setup()
+    pool_index = np.asarray(datamodule.splits[split])
+    writer = _RowWriter(directory, pool_index, module.bits, module.net.f7_dim)
+    trainer = trainer or default_predict_trainer()
+    loader = datamodule.encode_dataloader(split)
+    trainer.callbacks.append(writer)
+    try:
+        trainer.predict(module, dataloaders=loader, return_predictions=False)
+    finally:
+        trainer.callbacks.remove(writer)
+    written = np.load(directory / "written.npy")
+    if not written.all():
+        missing = np.flatnonzero(~written)
+        raise DeephashError(
+            f"encoding {split} missed {missing.size} of {written.size} samples (first: row {missing[0]}); "
+            f"are trainer.limit_predict_batches or a filtering sampler set?"
+        )
+    return EncodedSplit(
+        codes=np.load(directory / "codes.npy"),
+        f7=np.load(directory / "f7.npy", mmap_mode="r"),
+        labels=np.load(directory / "labels.npy"),
+        ids=datamodule.sample_ids(split),
+        pool_index=pool_index,
+        directory=directory,
+    )
+
+
+def default_predict_trainer() -> pl.Trainer:
+    """A quiet one-device trainer for inference (GPU when available)."""
+    return pl.Trainer(
+        accelerator="auto",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        enable_progress_bar=True,
+        inference_mode=True,
+    )
