@@ -24,8 +24,9 @@ from deephash.evaluation.plots import (
     write_retrieval_grid,
 )
 from deephash.models.module import load_hash_module
+from deephash.retrieval.build import build_index
 from deephash.retrieval.encode import EncodedSplit, encode_split
-from deephash.retrieval.store import load_index, save_index, sha256_file
+from deephash.retrieval.store import save_index
 from deephash.utils.errors import ConfigError
 from deephash.utils.io import update_json
 from deephash.utils.logging import get_logger
@@ -50,30 +51,21 @@ def evaluate_checkpoint(
     predict_trainer = build_predict_trainer(cfg, trainer)
     work = run_dir / ".encode"
     queries = encode_split(module, datamodule, "query", work / "query", predict_trainer)
-    database = encode_split(module, datamodule, "database", work / "database", predict_trainer)
-    if not predict_trainer.is_global_zero:
-        return {}
+    if predict_trainer.is_global_zero:  # the encoded queries too, so anyone can re-check the metrics
+        save_index(
+            run_dir / "queries",
+            codes_packed=queries.codes,
+            f7=queries.f7,
+            labels=queries.labels,
+            ids=queries.ids,
+            bits=module.bits,
+            meta={"dataset": datamodule.name, "split": "query", "checkpoint": str(Path(ckpt_path).resolve())},
+        )
 
     index_dir = Path(rcfg.index_dir) if rcfg.get("index_dir") else run_dir / "index"
-    save_index(
-        index_dir,
-        codes_packed=database.codes,
-        f7=database.f7,
-        labels=database.labels,
-        ids=database.ids,
-        bits=module.bits,
-        meta={
-            "dataset": datamodule.name,
-            "split": "database",
-            "protocol": datamodule.protocol,
-            "backbone": module.hparams.backbone,
-            "checkpoint": str(Path(ckpt_path).resolve()),
-            "checkpoint_sha256": sha256_file(ckpt_path),
-            "class_names": datamodule.class_names,
-        },
-    )
-    shutil.rmtree(work / "database", ignore_errors=True)  # the index now holds these features
-    store = load_index(index_dir, expect_bits=module.bits)
+    store, database = build_index(module, datamodule, ckpt_path, index_dir, predict_trainer)
+    if store is None or database is None:  # not global rank 0
+        return {}
     db = Encoded(store.codes, store.f7, store.labels)
     report = evaluate_retrieval(
         db,
@@ -93,6 +85,7 @@ def evaluate_checkpoint(
         "n_database": int(store.count),
         "protocol": datamodule.protocol,
         "index_dir": str(index_dir),
+        "queries_dir": str(run_dir / "queries"),
         "modes": report.metrics,
         "val_retrieval": validation_retrieval(database, datamodule.splits["val"], module.bits, rcfg),
     }
@@ -185,11 +178,12 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     ckpt = Path(str(cfg.ckpt_path)).expanduser()
     if not ckpt.is_file():
         raise ConfigError(f"ckpt_path not found: {ckpt} (expected a .ckpt written by deephash-train)")
-    run_dir = Path(cfg.run_dir) if cfg.get("run_dir") else checkpoint_run_dir(ckpt) or Path(cfg.paths.output_dir)
-    data_cfg = cfg.get("data") or run_data_config(run_dir)
+    trained_in = checkpoint_run_dir(ckpt)
+    run_dir = Path(cfg.run_dir) if cfg.get("run_dir") else trained_in or Path(cfg.paths.output_dir)
+    data_cfg = cfg.get("data") or run_data_config(trained_in)
     if data_cfg is None:
         raise ConfigError(
-            f"no dataset given and none found in {run_dir / '.hydra' / 'config.yaml'}; pass data=<digits|mnist|cifar10|folder>"
+            f"no dataset given and no training run config beside {ckpt}; pass data=<digits|mnist|cifar10|folder>"
         )
     pl.seed_everything(cfg.seed, workers=True)
     datamodule = hydra.utils.instantiate(data_cfg)
@@ -205,11 +199,14 @@ def checkpoint_run_dir(ckpt: Path) -> Path | None:
 
 
 def run_data_config(run_dir: Path | None) -> DictConfig | None:
-    """The resolved ``data`` config of a training run, from its ``.hydra/config.yaml``."""
-    if run_dir is None or not (run_dir / ".hydra" / "config.yaml").is_file():
+    """The ``data`` config of a training run: its resolved ``config.yaml`` (or Hydra's ``.hydra/config.yaml``)."""
+    if run_dir is None:
         return None
-    run_cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
-    return OmegaConf.create(OmegaConf.to_container(run_cfg.data, resolve=True))
+    for path in (run_dir / "config.yaml", run_dir / ".hydra" / "config.yaml"):
+        if path.is_file():
+            run_cfg = OmegaConf.load(path)
+            return OmegaConf.create(OmegaConf.to_container(run_cfg.data, resolve=True))
+    return None
 
 
 @hydra.main(config_path=CONFIG_PATH, config_name="eval", version_base="1.3")

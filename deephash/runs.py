@@ -36,13 +36,25 @@ def instantiate_loggers(cfg: DictConfig | None, run_cfg: DictConfig) -> list[pl.
     return loggers
 
 
-def finish_loggers(loggers: list[pl.loggers.Logger], metrics: dict[str, Any]) -> None:
+def finish_loggers(loggers: list[pl.loggers.Logger], metrics: dict[str, Any], run_dir: Path) -> None:
+    """Log the final retrieval results (W&B summary, tables, images, artifacts) and close the runs."""
+    from deephash.tracking.wandb import finish, log_artifacts, log_retrieval_results
+
+    if metrics.get("modes"):
+        log_retrieval_results(loggers, metrics, run_dir)
+    log_artifacts(loggers, run_dir, metrics.get("best_checkpoint") or None, metrics.get("index_dir"))
     for logger in loggers:
         logger.finalize("success")
+    finish(loggers)
 
 
 def record_failure(cfg: DictConfig, err: BaseException) -> None:
-    """Mark the run failed in its metrics.json, so sweep summaries report it instead of dropping it."""
+    """Mark the run failed in its metrics.json, so sweep summaries report it instead of dropping it,
+    and close an open W&B run with a failing exit code."""
+    import wandb
+
+    if wandb.run is not None:
+        wandb.run.finish(exit_code=1)
     try:
         output_dir = Path(cfg.paths.output_dir)
     except Exception:  # noqa: BLE001 - no run directory could be resolved: nothing to record

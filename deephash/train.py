@@ -11,12 +11,12 @@ from typing import Any
 
 import hydra
 import pytorch_lightning as pl
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from deephash.cli import run_with_user_errors
 from deephash.config import validate_train_config
 from deephash.runs import finish_loggers, instantiate_callbacks, instantiate_loggers, record_failure
-from deephash.utils.io import atomic_write_json
+from deephash.utils.io import atomic_write_json, atomic_write_text
 from deephash.utils.logging import get_logger
 
 log = get_logger(__name__)
@@ -41,6 +41,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     if trainer.is_global_zero:
         datamodule.save_splits(output_dir)
+        # the resolved config, so evaluation/indexing can rebuild this run's data without Hydra's files
+        atomic_write_text(output_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
 
     log.info("training %s/%s with %d-bit codes in %s", cfg.model.backbone, datamodule.name, cfg.model.bits, output_dir)
     start = time.perf_counter()
@@ -80,7 +82,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         metrics.update(
             evaluate_checkpoint(cfg, best_ckpt or metrics["last_checkpoint"], datamodule, trainer, loggers)
         )
-    finish_loggers(loggers, metrics)
+    if trainer.is_global_zero:
+        finish_loggers(loggers, metrics, output_dir)
     return metrics
 
 

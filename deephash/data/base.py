@@ -102,6 +102,7 @@ class RetrievalDataModule(pl.LightningDataModule):
         self.num_workers = num_workers
         self.pin_memory = pin_memory
         self.persistent_workers = persistent_workers and num_workers > 0
+        self.prefetch_factor: int | None = None  # batches per worker loaded ahead; None: PyTorch's default
         self.seed = seed
         self.protocol = protocol
         self.n_queries = n_queries
@@ -265,6 +266,10 @@ class RetrievalDataModule(pl.LightningDataModule):
         )
 
     def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool) -> DataLoader:
+        """A DataLoader with the datamodule's worker settings and the dataset's ``collate_fn``, if any."""
+        ahead = (
+            {"prefetch_factor": self.prefetch_factor} if self.num_workers > 0 and self.prefetch_factor else {}
+        )
         return DataLoader(
             dataset,
             batch_size=batch_size,
@@ -274,6 +279,8 @@ class RetrievalDataModule(pl.LightningDataModule):
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers,
             generator=torch.Generator().manual_seed(self.seed) if shuffle else None,
+            collate_fn=getattr(dataset, "collate_fn", None),
+            **ahead,
         )
 
 

@@ -1,76 +1,71 @@
-"""Image folders (Yahoo-1M style): a ``root/<class>/<image>`` tree or Caffe-style list files."""
+"""Image folders (Yahoo-1M style): a ``root/<class>/<image>`` tree or Caffe-style list files.
+
+File lists come from :mod:`deephash.data.scan`: built in parallel, cached in ``cache_dir`` and reused
+while the tree is unchanged. Unreadable images (corrupt, truncated, empty, not an image) follow
+``on_bad_image``: ``error`` raises DataError naming the file; ``skip`` never stops a run: zero-byte files
+are left out at scan time, and an item that fails to load is replaced by the next readable item of its
+split (so every batch keeps its size and DDP ranks stay in step) and recorded for ``bad_images()``, the
+warning and ``<report_dir>/bad_images.txt``. Encoding must not see substitutes: call
+``find_bad_images()`` then ``exclude()`` first.
+"""
 
 from __future__ import annotations
 
 import os
-import re
+from collections.abc import Iterable
+from pathlib import Path
 
 import numpy as np
-from torchvision.datasets.folder import has_file_allowed_extension, make_dataset
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader
 
-from deephash.data.base import RetrievalDataModule, check_int
-from deephash.data.sources import ImageFileSource
-from deephash.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from deephash.data.base import RetrievalDataModule, SplitDataset, check_int
+from deephash.data.gpu_decode import collate_encoded, decode_batch, is_encoded_batch, read_encoded
+from deephash.data.scan import (
+    IMG_EXTENSIONS,  # noqa: F401  (re-exported: the extensions a folder dataset reads)
+    BadImageLog,
+    cache_key,
+    cached_file_list,
+    check_images,
+    error_reason,
+    resolve_cache_dir,
+    scan_list_file,
+    scan_tree,
+)
+from deephash.data.sources import ImageFileSource, Pool
+from deephash.data.transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    ImageTransform,
+    TensorTransform,
+    imagenet_tensor_transform,
+    native_tensor_transform,
+)
 from deephash.utils.errors import ConfigError, DataError
+from deephash.utils.io import atomic_write_text
+from deephash.utils.logging import get_logger
 
-IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
-_LABEL = re.compile(r"\d+")
+log = get_logger(__name__)
+
+ON_BAD_IMAGE = ("skip", "error")
 
 
 def scan_folder(root: str) -> tuple[list[str], np.ndarray, list[str]]:
     """``(relative paths, labels (n,) int64, class names)`` of a ``root/<class>/<image>`` tree.
 
     Classes are the sorted non-hidden subfolders; images are found recursively (extensions are
-    case-insensitive, hidden files skipped), in sorted order.
+    case-insensitive, hidden files and folders skipped, zero-byte files left out), in sorted order.
     """
-    if not os.path.isdir(root):
-        raise DataError(f"folder dataset root {root} does not exist or is not a directory")
-    classes = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
-    if len(classes) < 2:
-        plural = "class" if len(classes) == 1 else "classes"
-        raise DataError(
-            f"folder dataset at {root} has {len(classes)} {plural}; expected at least 2 class subfolders"
-        )
-
-    def is_image(path: str) -> bool:
-        return not os.path.basename(path).startswith(".") and has_file_allowed_extension(path, IMG_EXTENSIONS)
-
-    class_to_idx = {c: i for i, c in enumerate(classes)}
-    samples = make_dataset(root, class_to_idx, is_valid_file=is_image, allow_empty=True)
-    paths = [os.path.relpath(p, root).replace(os.sep, "/") for p, _ in samples]
-    labels = np.array([label for _, label in samples], dtype=np.int64)
-    empty = [c for c, n in zip(classes, np.bincount(labels, minlength=len(classes))) if n == 0]
-    if empty:
-        more = f" (and {len(empty) - 1} more)" if len(empty) > 1 else ""
-        raise DataError(
-            f"class folder {os.path.join(root, empty[0])} has no images{more}; "
-            f"expected files ending in {', '.join(IMG_EXTENSIONS)}"
-        )
-    return paths, labels, classes
+    files = scan_tree(root)
+    return files.paths.tolist(), files.labels, files.classes
 
 
 def read_list_file(path: str, root: str) -> tuple[list[str], np.ndarray]:
-    """``(relative paths, labels (n,) int64)`` from ``relative/path label`` lines; every file must exist."""
-    paths: list[str] = []
-    labels: list[int] = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, raw in enumerate(f, start=1):
-            line = raw.strip()
-            if not line or line.startswith("#"):
-                continue
-            parts = line.rsplit(None, 1)  # the path may contain spaces, the label is the last field
-            if len(parts) != 2 or not _LABEL.fullmatch(parts[1]):
-                raise DataError(
-                    f"{path}, line {lineno}: expected 'relative/path label' with an integer label >= 0, got {line!r}"
-                )
-            paths.append(parts[0])
-            labels.append(int(parts[1]))
-    if not paths:
-        raise DataError(f"list file {path} lists no images")
-    missing = [p for p in paths if not os.path.isfile(os.path.join(root, p))]
-    if missing:
-        raise DataError(f"{path}: {len(missing)} listed file(s) not found under {root}, first: {missing[0]}")
-    return paths, np.array(labels, dtype=np.int64)
+    """``(relative paths, labels (n,) int64)`` from ``relative/path label`` lines; every file must exist
+    (zero-byte files are left out)."""
+    files = scan_list_file(path, root)
+    return files.paths.tolist(), files.labels
 
 
 def read_classes_file(path: str) -> list[str]:
@@ -95,10 +90,59 @@ def stratified_holdout(labels: np.ndarray, fraction: float, seed: int) -> tuple[
     return np.setdiff1d(np.arange(len(labels), dtype=np.int64), held), held
 
 
+class FolderSplitDataset(SplitDataset):
+    """A split's items under the ``on_bad_image`` policy.
+
+    ``device_decode``: items hold the encoded file (see :mod:`deephash.data.gpu_decode`) instead of the
+    transformed image, batched by ``collate_fn``.
+    """
+
+    def __init__(
+        self,
+        pool: Pool,
+        indices: np.ndarray,
+        transform: ImageTransform,
+        *,
+        root: str,
+        on_bad_image: str,
+        bad_log: BadImageLog,
+        device_decode: bool = False,
+    ) -> None:
+        super().__init__(pool, indices, transform)
+        self.root = root
+        self.on_bad_image = on_bad_image
+        self.bad_log = bad_log
+        self.device_decode = device_decode
+        self.collate_fn = collate_encoded if device_decode else None
+
+    def __getitem__(self, k: int):
+        n = len(self.indices)
+        for step in range(n):
+            p = int(self.indices[(k + step) % n])
+            try:
+                if self.device_decode:
+                    image = read_encoded(os.path.join(self.root, self.pool.sample_id(p)))
+                else:
+                    image = self.transform(self.pool.image(p))
+                return image, int(self.pool.labels[p]), p
+            except DataError as err:
+                if self.on_bad_image == "error":
+                    raise
+                self.bad_log.record(self.pool.sample_id(p), error_reason(err))
+        raise DataError(f"no image of this split under {self.root} can be read; see bad_images.txt")
+
+
 class FolderDataModule(RetrievalDataModule):
     """Images under ``root``: class subfolders, or ``list_file`` (+ optional ``test_list_file``,
     ``classes_file``). Without a test list, ``test_fraction`` of each class (seeded by ``split_seed``,
-    fixed across ``seed``) is the test source. Every image is read as RGB."""
+    fixed across ``seed``) is the test source. Every image is read as RGB.
+
+    ``cache_dir``: where file lists and image checks are cached (None: ``<root>/.deephash-cache`` if
+    writable, else ``~/.cache/deephash``). ``on_bad_image``: ``skip`` or ``error`` (see the module doc).
+    ``report_dir``: where ``bad_images.txt`` is written (also ``set_report_dir``). ``decode_on_gpu``: the
+    workers only read files and the batch is decoded and transformed on the device. ``pin_memory`` None:
+    on when CUDA is available. ``prefetch_factor``: batches each worker loads ahead (None: PyTorch's 2).
+    """
 
     name = "folder"
     native_channels = 3
@@ -116,9 +160,17 @@ class FolderDataModule(RetrievalDataModule):
         classes_file: str | None = None,
         test_fraction: float = 0.1,
         split_seed: int = 0,
+        cache_dir: str | None = None,
+        on_bad_image: str = "skip",
+        report_dir: str | None = None,
+        decode_on_gpu: bool = False,
+        prefetch_factor: int | None = None,
+        pin_memory: bool | None = None,
         **kwargs,
     ) -> None:
-        super().__init__(root, *args, **kwargs)
+        if pin_memory is None:
+            pin_memory = torch.cuda.is_available()
+        super().__init__(root, *args, pin_memory=pin_memory, **kwargs)
         if not root:
             raise ConfigError(
                 "data.root must be set: the directory holding the class folders or listed images"
@@ -134,31 +186,192 @@ class FolderDataModule(RetrievalDataModule):
         ):
             raise ConfigError(f"data.test_fraction must be a fraction in (0, 1), got {test_fraction!r}")
         check_int("split_seed", split_seed, 0)
+        if on_bad_image not in ON_BAD_IMAGE:
+            raise ConfigError(
+                f"data.on_bad_image must be one of {', '.join(ON_BAD_IMAGE)}, got {on_bad_image!r}"
+            )
+        if not isinstance(decode_on_gpu, bool):
+            raise ConfigError(f"data.decode_on_gpu must be true or false, got {decode_on_gpu!r}")
+        if prefetch_factor is not None:
+            check_int("prefetch_factor", prefetch_factor, 1)
         self.list_file = list_file
         self.test_list_file = test_list_file
         self.classes_file = classes_file
         self.test_fraction = float(test_fraction)
         self.split_seed = split_seed
+        self.cache_dir = cache_dir
+        self.on_bad_image = on_bad_image
+        self.report_dir = os.fspath(report_dir) if report_dir else None
+        self.decode_on_gpu = decode_on_gpu
+        self.prefetch_factor = prefetch_factor
+        self.device_transforms = {train: self._make_tensor_transform(train) for train in (False, True)}
+        self._cache: Path | None = None
+        self._bad_log: BadImageLog | None = None
+        self._dropped: dict[str, str] = {}  # left out at scan time
+        self._checked: dict[str, str] = {}  # found by find_bad_images
+        self._pool_index: dict[str, int] | None = None
 
+    # ---- loaders ----------------------------------------------------------------------------------------
+    def train_dataloader(self) -> DataLoader:
+        dataset = self.dataset("train", train=True, device_decode=self.decode_on_gpu)
+        return self._loader(dataset, self.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self.encode_dataloader("val", device_decode=self.decode_on_gpu)
+
+    def test_dataloader(self) -> DataLoader:
+        return self.encode_dataloader("test", device_decode=self.decode_on_gpu)
+
+    def predict_dataloader(self) -> list[DataLoader]:
+        return [self.encode_dataloader(s, device_decode=self.decode_on_gpu) for s in ("query", "database")]
+
+    def encode_dataloader(self, split: str, device_decode: bool = False) -> DataLoader:
+        """Evaluation transform, fixed order, ``eval_batch_size``. ``device_decode`` batches need this
+        datamodule's ``on_after_batch_transfer``, i.e. a trainer given ``datamodule=``; a loader passed to
+        ``trainer.predict(dataloaders=...)`` must keep the default (decoded in the workers)."""
+        dataset = self.dataset(split, device_decode=device_decode)
+        return self._loader(dataset, self.eval_batch_size, shuffle=False)
+
+    def dataset(self, split: str, train: bool = False, device_decode: bool = False) -> FolderSplitDataset:
+        indices = self._split(split)
+        assert self.pool is not None and self._bad_log is not None
+        return FolderSplitDataset(
+            self.pool,
+            indices,
+            self.train_transform if train else self.eval_transform,
+            root=self._root_dir(),
+            on_bad_image=self.on_bad_image,
+            bad_log=self._bad_log,
+            device_decode=device_decode,
+        )
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        """Decode ``device_decode`` batches on the device they were moved to; other batches pass through."""
+        if not is_encoded_batch(batch):
+            return batch
+        assert self.pool is not None and self._bad_log is not None
+        train = self.trainer is not None and self.trainer.training
+        return decode_batch(
+            batch,
+            self.device_transforms[train],
+            on_bad_image=self.on_bad_image,
+            root=self._root_dir(),
+            sample_id=self.pool.sample_id,
+            record=self._bad_log.record,
+        )
+
+    def teardown(self, stage: str) -> None:
+        if self.pool is not None and (self.trainer is None or self.trainer.is_global_zero):
+            self.report_bad_images()
+
+    # ---- unreadable images ------------------------------------------------------------------------------
+    def set_report_dir(self, path: str | os.PathLike | None) -> None:
+        """Write ``bad_images.txt`` into ``path`` (the run directory) from now on."""
+        self.report_dir = os.fspath(path) if path else None
+
+    def bad_images(self) -> list[str]:
+        """Sorted relative paths of every image known to be unreadable: left out at scan time (empty),
+        found by ``find_bad_images``, or met while loading (in any worker process or DDP rank)."""
+        return sorted(self._bad_reasons())
+
+    def report_bad_images(self) -> list[str]:
+        """Warn with the count and the first few bad images, write ``<report_dir>/bad_images.txt`` (one
+        relative path a line); returns ``bad_images()``."""
+        reasons = self._bad_reasons()
+        bad = sorted(reasons)
+        if bad:
+            first = "; ".join(f"{p} ({reasons[p]})" for p in bad[:5])
+            log.warning(
+                "%d unreadable image(s) under %s left out or replaced: %s%s",
+                len(bad),
+                self._root_dir(),
+                first,
+                " ..." if len(bad) > 5 else "",
+            )
+        if self.report_dir:
+            report = Path(self.report_dir) / "bad_images.txt"
+            if bad or report.exists():
+                atomic_write_text(report, "".join(f"{p}\n" for p in bad))
+        return bad
+
+    def find_bad_images(self, split: str | None = None, workers: int | None = None) -> list[str]:
+        """Decode every image of ``split`` (None: the whole pool, plus the files left out at scan time) on
+        ``workers`` threads and return the sorted relative paths of those that fail. Results are cached
+        by file size and mtime, so a second call only decodes new or changed files."""
+        self.setup()
+        assert self.pool is not None and self._cache is not None
+        indices = np.arange(len(self.pool)) if split is None else self._split(split)
+        rel = [self.pool.sample_id(int(p)) for p in indices]
+        cache = self._cache / f"checked-{cache_key(self._root_dir(), None)}.npz"
+        found = check_images(self._root_dir(), rel, cache, workers)
+        self._checked.update(found)
+        if found:
+            log.warning("%d of %d images cannot be read, first: %s", len(found), len(rel), min(found))
+        return sorted(set(found) | (set(self._dropped) if split is None else set()))
+
+    def exclude(self, paths: Iterable[str]) -> int:
+        """Remove the images at ``paths`` (relative, as ``bad_images()`` gives them) from every split;
+        returns how many pool items were removed. Files already left out at scan time are accepted."""
+        self.setup()
+        assert self.pool is not None and self.splits is not None
+        if self._pool_index is None:
+            self._pool_index = {self.pool.sample_id(p): p for p in range(len(self.pool))}
+        paths = list(paths)
+        unknown = [p for p in paths if p not in self._pool_index and p not in self._dropped]
+        if unknown:
+            raise DataError(
+                f"cannot exclude {unknown[0]}: not an image of the folder dataset at {self._root_dir()}"
+            )
+        drop = np.array(sorted({self._pool_index[p] for p in paths if p in self._pool_index}), np.int64)
+        self.splits = {k: np.setdiff1d(v, drop).astype(np.int64) for k, v in self.splits.items()}
+        log.info("excluded %d images from every split", len(drop))
+        return len(drop)
+
+    def _bad_reasons(self) -> dict[str, str]:
+        self._load_pool()
+        assert self._bad_log is not None
+        return {**self._dropped, **self._checked, **self._bad_log.read()}
+
+    # ---- sources ----------------------------------------------------------------------------------------
     def _load_sources(self) -> tuple[ImageFileSource, ImageFileSource, list[str]]:
         root = self._root_dir()
-        if not self.list_file:
-            paths, labels, names = scan_folder(root)
-        else:
-            paths, labels = read_list_file(self._find(self.list_file), root)
+        self._cache = resolve_cache_dir(root, self.cache_dir)
+        list_path = self._find(self.list_file) if self.list_file else None
+        files = cached_file_list(root, list_path, self._cache)
+        dropped = dict(files.dropped)
         if self.test_list_file:
-            train_paths, train_labels = paths, labels
-            test_paths, test_labels = read_list_file(self._find(self.test_list_file), root)
+            test = cached_file_list(root, self._find(self.test_list_file), self._cache)
+            dropped.update(test.dropped)
+            train_paths, train_labels = files.paths, files.labels
+            test_paths, test_labels = test.paths, test.labels
         else:
-            keep, held = stratified_holdout(labels, self.test_fraction, self.split_seed)
-            train_paths, train_labels = [paths[i] for i in keep], labels[keep]
-            test_paths, test_labels = [paths[i] for i in held], labels[held]
+            keep, held = stratified_holdout(files.labels, self.test_fraction, self.split_seed)
+            train_paths, train_labels = files.paths.take(keep), files.labels[keep]
+            test_paths, test_labels = files.paths.take(held), files.labels[held]
+        if dropped and self.on_bad_image == "error":
+            first = min(dropped)
+            raise DataError(
+                f"cannot read image {os.path.join(root, first)}: {dropped[first]} "
+                f"(data.on_bad_image=error; skip leaves such files out)"
+            )
+        self._dropped = dropped
+        self._bad_log = BadImageLog(self._cache / f"bad-{cache_key(root, None)}", root)
         if self.list_file:
             names = self._list_class_names(int(max(train_labels.max(initial=0), test_labels.max(initial=0))))
+        else:
+            names = files.classes
         return (
             ImageFileSource(root, train_paths, train_labels),
             ImageFileSource(root, test_paths, test_labels),
             names,
+        )
+
+    def _make_tensor_transform(self, train: bool) -> TensorTransform:
+        if self.transform == "imagenet":
+            return imagenet_tensor_transform(train, image_size=self.image_size, resize=self.resize)
+        size = (self.image_size, self.image_size)
+        return native_tensor_transform(
+            train, mean=self.native_mean, std=self.native_std, flip=self.native_flip, size=size
         )
 
     def _list_class_names(self, max_label: int) -> list[str]:
@@ -182,3 +395,12 @@ class FolderDataModule(RetrievalDataModule):
         if not os.path.isabs(path) and os.path.isfile(under_root):
             return under_root
         raise DataError(f"file {path} not found (also looked under {self._root_dir()})")
+
+
+class BadImageReport(pl.Callback):
+    """Reports the unreadable images at the end of every training epoch (``report_bad_images``)."""
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        report = getattr(trainer.datamodule, "report_bad_images", None)
+        if report is not None and trainer.is_global_zero:
+            report()

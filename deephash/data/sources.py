@@ -7,8 +7,8 @@ A source is a light object with ``labels`` (int64), ``__len__``, ``image(i) -> P
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
-from typing import Protocol
+from collections.abc import Iterator, Sequence
+from typing import Protocol, overload
 
 import numpy as np
 from PIL import Image
@@ -58,6 +58,61 @@ def load_rgb(path: str) -> Image.Image:
         raise DataError(f"cannot read image {path}: {e}") from e
 
 
+class PathList(Sequence[str]):
+    """Strings packed in one UTF-8 buffer: ``blob`` uint8 (total bytes,), ``offsets`` int64 (n + 1,).
+
+    A million paths as Python strings cost ~100 MB in every forked DataLoader worker (reference counting
+    writes to every page), two numpy arrays are shared copy-on-write; they also load from a cache file
+    without building a single string.
+    """
+
+    def __init__(self, blob: np.ndarray, offsets: np.ndarray) -> None:
+        self.blob = np.asarray(blob, dtype=np.uint8)
+        self.offsets = np.asarray(offsets, dtype=np.int64)
+
+    @classmethod
+    def from_strings(cls, strings: Sequence[str]) -> PathList:
+        encoded = [s.encode("utf-8") for s in strings]
+        lengths = np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded))
+        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        return cls(np.frombuffer(b"".join(encoded), dtype=np.uint8), offsets)
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    @overload
+    def __getitem__(self, i: int) -> str: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> list[str]: ...
+
+    def __getitem__(self, i: int | slice) -> str | list[str]:
+        if isinstance(i, slice):
+            return [self[k] for k in range(*i.indices(len(self)))]
+        n = len(self)
+        if not -n <= i < n:
+            raise IndexError(f"path index {i} out of range [0, {n})")
+        i = int(i) % n
+        return self.blob[self.offsets[i] : self.offsets[i + 1]].tobytes().decode("utf-8")
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.tolist())
+
+    def tolist(self) -> list[str]:
+        text = self.blob.tobytes()
+        bounds = self.offsets.tolist()
+        return [text[a:b].decode("utf-8") for a, b in zip(bounds[:-1], bounds[1:])]
+
+    def take(self, indices: np.ndarray) -> PathList:
+        """The paths at ``indices`` ((k,) int), gathered without building strings."""
+        indices = np.asarray(indices, dtype=np.int64)
+        starts, lengths = self.offsets[indices], np.diff(self.offsets)[indices]
+        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        # byte j of new path k sits at starts[k] + j: repeat each start over its length, add a running count
+        gather = np.repeat(starts - offsets[:-1], lengths) + np.arange(offsets[-1], dtype=np.int64)
+        return PathList(self.blob[gather], offsets)
+
+
 class ImageFileSource:
     """Image files under ``root`` given by relative paths; ``sample_id`` is the relative path."""
 
@@ -65,14 +120,18 @@ class ImageFileSource:
         if len(paths) != len(labels):
             raise DataError(f"{root}: {len(paths)} image paths but {len(labels)} labels")
         self.root = os.fspath(root)
-        self.paths = list(paths)
+        self.paths = paths if isinstance(paths, PathList) else PathList.from_strings(paths)
         self.labels = np.asarray(labels, dtype=np.int64)
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def image(self, i: int) -> Image.Image:
-        return load_rgb(os.path.join(self.root, self.paths[i]))
+        return load_rgb(self.file(i))
+
+    def file(self, i: int) -> str:
+        """The full path of item ``i``."""
+        return os.path.join(self.root, self.paths[i])
 
     def sample_id(self, i: int) -> str:
         return self.paths[i]

@@ -4,6 +4,9 @@
 ``image_size`` crop + horizontal flip for training, centre crop for evaluation, ImageNet mean/std,
 gray replicated to 3 channels. ``native`` keeps the dataset's size and channels: ToTensor + the
 dataset's own mean/std.
+
+``imagenet_tensor_transform`` / ``native_tensor_transform`` are their twins on ``uint8 (3, H, W)``
+tensors (``torchvision.transforms.v2``), for images decoded on the accelerator (``data.decode_on_gpu``).
 """
 
 from __future__ import annotations
@@ -13,12 +16,14 @@ from collections.abc import Callable, Sequence
 import torch
 from PIL import Image
 from torchvision import transforms as T
+from torchvision.transforms import v2
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 TRANSFORMS = ("imagenet", "native")
 
 ImageTransform = Callable[[Image.Image], torch.Tensor]
+TensorTransform = Callable[[torch.Tensor], torch.Tensor]
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -61,3 +66,35 @@ def native_transform(
         steps.append(T.RandomHorizontalFlip())
     steps += [T.ToTensor(), T.Normalize(tuple(mean), tuple(std))]
     return T.Compose(steps)
+
+
+def imagenet_tensor_transform(train: bool, *, image_size: int = 227, resize: int = 256) -> TensorTransform:
+    """``imagenet_transform`` on a ``uint8 (3, H, W)`` tensor on any device; output ``(3, image_size,
+    image_size)`` float. The antialiased bilinear resize matches PIL's to within a grey level."""
+    crop = [v2.RandomCrop(image_size), v2.RandomHorizontalFlip()] if train else [v2.CenterCrop(image_size)]
+    return v2.Compose(
+        [
+            v2.Resize((resize, resize), antialias=True),
+            *crop,
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ]
+    )
+
+
+def native_tensor_transform(
+    train: bool,
+    *,
+    mean: Sequence[float],
+    std: Sequence[float],
+    flip: bool = False,
+    size: tuple[int, int] | None = None,
+) -> TensorTransform:
+    """``native_transform`` on a ``uint8 (C, H, W)`` tensor on any device."""
+    steps: list[Callable] = []
+    if size is not None:
+        steps.append(v2.Resize(size, antialias=True))
+    if train and flip:
+        steps.append(v2.RandomHorizontalFlip())
+    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
+    return v2.Compose(steps)

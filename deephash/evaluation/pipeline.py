@@ -107,13 +107,13 @@ def evaluate_retrieval(
         for rows in _query_blocks(len(queries.labels), n):
             q = Encoded(queries.codes[rows], queries.f7[rows], queries.labels[rows])
             if mode == "hamming":
-                dist = hamming_distance_matrix(q.codes, database.codes, bits)
+                dist = hamming_distance_matrix(q.codes, database.codes)
                 ranking = _stable_ranking(dist)
                 relevant = database.labels[None, :] == q.labels[:, None]
                 sums.add_radius(precision_within_radius(dist, relevant, radius) * len(q.labels))
                 pr_sums = _merge_pr(pr_sums, pr_curve_hamming(dist, relevant, bits), len(q.labels))
             elif mode == "hierarchical":
-                dist = hamming_distance_matrix(q.codes, database.codes, bits)
+                dist = hamming_distance_matrix(q.codes, database.codes)
                 pool = hierarchical_search(
                     index, database.f7, q.codes, q.f7, pool_cap, radius, min_pool, max_pool, pool_size
                 ).idx

@@ -125,7 +125,9 @@ class IndexWriter:
         with np.errstate(over="ignore"):  # reported below as a one-line error
             f7_half = f7.astype(np.float16)
         if not np.isfinite(f7_half).all():
-            raise ConfigError(f"F7 rows {start}:{start + m} hold NaN or values beyond float16's range (65504)")
+            raise ConfigError(
+                f"F7 rows {start}:{start + m} hold NaN or values beyond float16's range (65504)"
+            )
         self._codes[start : start + m] = codes_packed
         self._f7[start : start + m] = f7_half
         self._labels[start : start + m] = labels

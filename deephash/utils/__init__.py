@@ -1,6 +1,6 @@
 """Small helpers shared by every stage: errors, atomic file writes, logging."""
 
-from deephash.utils.errors import DeephashError, ConfigError, DataError, IndexFormatError
+from deephash.utils.errors import ConfigError, DataError, DeephashError, IndexFormatError
 from deephash.utils.io import atomic_write_bytes, atomic_write_json, atomic_write_text, update_json
 from deephash.utils.logging import get_logger
 

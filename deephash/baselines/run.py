@@ -1,0 +1,353 @@
+"""Evaluate a classical hashing baseline exactly like the deep model: fit, encode, index, evaluate, report.
+
+The method is fitted on the *training* split (a seeded subsample of at most ``fit_samples`` rows), then
+encodes the query and database splits. Both are saved as indexes (``<run>/index``, ``<run>/queries``),
+evaluated with :func:`deephash.evaluation.pipeline.evaluate_retrieval` on what was saved, and reported with
+the same files and ``metrics.json`` layout as a training run. Input representations (``features.name``):
+
+* ``pixels``: every image as stored (gray or RGB, ``uint8``), resized to ``features.size`` and flattened to
+  [0, 1] by :func:`deephash.baselines.flatten_images`. The indexes' ``f7.npy`` then holds these pixel
+  vectors (float16), so the hierarchical and euclidean modes re-rank on raw pixels.
+* ``f7``: the F7 features of a trained checkpoint (``ckpt_path``), from :func:`encode_split`; the
+  baseline replaces the model's own codes.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import hydra
+import numpy as np
+from omegaconf import DictConfig, OmegaConf, open_dict
+from PIL import Image
+
+from deephash.baselines.base import HashMethod, validate_bits
+from deephash.baselines.features import flatten_images
+from deephash.baselines.registry import METHODS
+from deephash.evaluate import build_predict_trainer, write_reports
+from deephash.evaluation.pipeline import Encoded, RetrievalReport, evaluate_retrieval
+from deephash.retrieval.codes import pack_codes
+from deephash.retrieval.encode import EncodedSplit, encode_split
+from deephash.retrieval.store import IndexStore, load_index, save_index
+from deephash.runs import finish_loggers, instantiate_loggers
+from deephash.utils.errors import ConfigError
+from deephash.utils.io import atomic_write_json
+from deephash.utils.logging import get_logger
+
+log = get_logger(__name__)
+FEATURES = ("pixels", "f7")
+FOLDER_PIXELS = 32  # side of the pixel features of datasets without a native size (image folders)
+_BLOCK = 16384  # rows converted to float and encoded at a time
+
+
+@dataclass
+class SplitFeatures:
+    """Inputs of one split. X: (n, d) uint8 pixels or float16 F7 (may be a memmap); labels: (n,) int64;
+    ids: n sample ids; pool_index: (n,) int64 positions in the datamodule's pool."""
+
+    X: np.ndarray
+    labels: np.ndarray
+    ids: list[str]
+    pool_index: np.ndarray
+
+
+def validate_baseline_config(cfg: DictConfig) -> None:
+    """One-line ConfigError for a bad method, bits, features, fit_samples or checkpoint, before any work."""
+    if "data" not in cfg or cfg.data is None or "_target_" not in cfg.data:
+        raise ConfigError("no dataset selected; pass data=<digits|mnist|cifar10|folder>")
+    method = cfg.get("method")
+    if not method or "name" not in method:
+        raise ConfigError(f"no hashing method selected; pass method=<{'|'.join(METHODS)}>")
+    validate_bits(cfg.get("bits"))
+    features = cfg.get("features")
+    name = features.get("name") if features else None
+    if name not in FEATURES:
+        raise ConfigError(
+            f"features must be one of {', '.join(FEATURES)}, got {name!r}; pass features=<pixels|f7>"
+        )
+    size = features.get("size")
+    if name == "pixels" and size is not None and not _is_int(size, 1):
+        raise ConfigError(f"features.size must be an integer >= 1 (pixels per side) or null, got {size!r}")
+    fit_samples = cfg.get("fit_samples")
+    if fit_samples is not None and not _is_int(fit_samples, 2):
+        raise ConfigError(
+            f"fit_samples must be an integer >= 2 or null (the whole train split), got {fit_samples!r}"
+        )
+    ckpt = cfg.get("ckpt_path")
+    if name == "f7" and ckpt is None:
+        raise ConfigError(
+            "features=f7 needs ckpt_path=<run>/checkpoints/last.ckpt (the model whose F7 is hashed)"
+        )
+    if name == "pixels" and ckpt is not None:
+        raise ConfigError("ckpt_path is only used with features=f7; pass features=f7 or drop ckpt_path")
+    if ckpt is not None and not Path(str(ckpt)).expanduser().is_file():
+        raise ConfigError(f"ckpt_path not found: {ckpt} (expected a .ckpt written by deephash-train)")
+
+
+def _is_int(value: Any, minimum: int) -> bool:
+    return not isinstance(value, bool) and isinstance(value, int) and value >= minimum
+
+
+def build_baseline(cfg: DictConfig) -> HashMethod:
+    """The unfitted method of ``cfg.method`` (a ``_partial_`` of ``build_method``) for ``cfg.bits``/``cfg.seed``."""
+    factory = hydra.utils.instantiate(cfg.method)
+    return factory(bits=cfg.bits, seed=cfg.seed)
+
+
+def fit_rows(n: int, fit_samples: int | None, seed: int) -> np.ndarray:
+    """Sorted rows ``(m,)`` of a seeded subsample of ``min(n, fit_samples)`` of ``n`` training rows."""
+    if fit_samples is None or fit_samples >= n:
+        return np.arange(n, dtype=np.int64)
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(n, size=fit_samples, replace=False)).astype(np.int64)
+
+
+def pixel_size(datamodule: Any, size: int | None) -> tuple[int, int]:
+    """``(H, W)`` of the pixel features: ``size`` x ``size``, else the dataset's native size (32 x 32 without one)."""
+    if size is not None:
+        return (int(size), int(size))
+    return (
+        tuple(datamodule.native_size)
+        if datamodule.native_size is not None
+        else (FOLDER_PIXELS, FOLDER_PIXELS)
+    )
+
+
+def pixel_features(datamodule: Any, pool_index: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Raw pixels ``uint8 (n, H * W * C)`` of pool items: gray for 1-channel datasets, else RGB, resized
+    (bilinear, antialiased) to ``size = (H, W)`` where they differ."""
+    mode, channels = ("L", 1) if datamodule.native_channels == 1 else ("RGB", 3)
+    h, w = size
+    out = np.empty((len(pool_index), h * w * channels), np.uint8)
+    for row, p in enumerate(pool_index):
+        image = datamodule.pool.image(int(p))
+        if image.mode != mode:
+            image = image.convert(mode)
+        if image.size != (w, h):
+            image = image.resize((w, h), Image.Resampling.BILINEAR)
+        out[row] = np.asarray(image, dtype=np.uint8).reshape(-1)
+    return out
+
+
+def as_float(X: np.ndarray) -> np.ndarray:
+    """Features ``(n, d)`` as float32: pixels scaled to [0, 1], F7 as is."""
+    return flatten_images(X) if X.dtype == np.uint8 else np.asarray(X, dtype=np.float32)
+
+
+def float_blocks(X: np.ndarray, block: int = _BLOCK) -> Iterator[np.ndarray]:
+    """``as_float`` of ``X`` in row blocks, so a large (or memory-mapped) split is never copied whole."""
+    for start in range(0, len(X), block):
+        yield as_float(X[start : start + block])
+
+
+def encode_packed(method: HashMethod, X: np.ndarray) -> np.ndarray:
+    """Packed codes ``uint8 (n, ceil(bits / 8))`` of features ``X: (n, d)``, encoded block by block."""
+    return np.concatenate([pack_codes(method.encode(block)) for block in float_blocks(X)])
+
+
+def wandb_defaults(cfg: DictConfig, dataset: str) -> None:
+    """Fill what the W&B logger leaves unset for a baseline: group ``<dataset>-baselines``, name
+    ``<method>-bits<k>-seed<s>``, bits, and the method and features as tags. Explicit values are kept."""
+    wandb_cfg = OmegaConf.select(cfg, "logger.wandb", default=None)
+    if not wandb_cfg:
+        return
+    with open_dict(wandb_cfg):
+        if wandb_cfg.get("group") is None:
+            wandb_cfg.group = f"{dataset}-baselines"
+        if wandb_cfg.get("name") is None:
+            wandb_cfg.name = f"{cfg.method.name}-bits{cfg.bits}-seed{cfg.seed}"
+        if wandb_cfg.get("bits") is None:
+            wandb_cfg.bits = int(cfg.bits)
+        wandb_cfg.tags = [*(wandb_cfg.get("tags") or []), str(cfg.method.name), str(cfg.features.name)]
+
+
+def run_baseline(cfg: DictConfig) -> dict[str, Any]:
+    """Fit ``cfg.method`` on the training split, then index, evaluate and report; returns metrics.json."""
+    validate_baseline_config(cfg)
+    method = build_baseline(cfg)
+    run_dir = Path(cfg.paths.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    datamodule = hydra.utils.instantiate(cfg.data)
+    datamodule.prepare_data()
+    datamodule.setup()
+    module = _load_module(cfg, datamodule) if cfg.features.name == "f7" else None
+    datamodule.save_splits(run_dir)
+    info: dict[str, Any] = {
+        "method": method.name,
+        "features": str(cfg.features.name),
+        "dataset": datamodule.name,
+        "bits": int(method.bits),
+        "seed": int(cfg.seed),
+        "protocol": datamodule.protocol,
+        "data": datamodule.describe(),
+    }
+    if module is not None:
+        info["checkpoint"] = str(Path(str(cfg.ckpt_path)).expanduser().resolve())
+    atomic_write_json(run_dir / "metrics.json", {"status": "running", **info})  # a crash turns it "failed"
+    wandb_defaults(cfg, datamodule.name)
+    loggers = instantiate_loggers(cfg.get("logger"), cfg)
+
+    work = run_dir / ".encode"
+    train, queries, database = _split_features(cfg, datamodule, module, work)
+    log.info(
+        "fitting %s (%d bits) on %d x %d %s features",
+        method.name,
+        method.bits,
+        *train.X.shape,
+        info["features"],
+    )
+    start = time.perf_counter()
+    method.fit(as_float(train.X))
+    fit_seconds = time.perf_counter() - start
+    method.save(run_dir / "method.npz")
+
+    index_dir = Path(cfg.retrieval.index_dir) if cfg.retrieval.get("index_dir") else run_dir / "index"
+    meta = {k: v for k, v in info.items() if k not in ("data", "checkpoint")}
+    # not "checkpoint": the manifest would then claim the model's own codes, which a search checks for
+    meta.update(
+        features_checkpoint=info.get("checkpoint"),
+        preprocess=_preprocess(cfg, datamodule),
+        class_names=datamodule.class_names,
+    )
+    store = _save_split(index_dir, method, database, {**meta, "split": "database"})
+    query_store = _save_split(run_dir / "queries", method, queries, {**meta, "split": "query"})
+    shutil.rmtree(work, ignore_errors=True)  # the indexes hold the features now
+
+    report = _evaluate(cfg.retrieval, store, query_store, method.bits)
+    write_reports(
+        run_dir,
+        report,
+        datamodule,
+        _as_encoded(queries, query_store),
+        _as_encoded(database, store),
+        store.codes,
+        method.bits,
+        int(cfg.retrieval.grid_queries),
+    )
+    metrics: dict[str, Any] = {
+        "status": "completed",
+        **info,
+        "method_params": method.params(),
+        "feature_dim": int(train.X.shape[1]),
+        "fit_samples": int(len(train.labels)),
+        "fit_seconds": round(fit_seconds, 3),
+        "method_file": str(run_dir / "method.npz"),
+        "n_queries": int(query_store.count),
+        "n_database": int(store.count),
+        "index_dir": str(index_dir),
+        "queries_dir": str(run_dir / "queries"),
+        "modes": report.metrics,
+    }
+    atomic_write_json(run_dir / "metrics.json", metrics)
+    log.info("retrieval metrics written to %s", run_dir / "metrics.json")
+    finish_loggers(loggers, metrics, run_dir)
+    return metrics
+
+
+def _evaluate(rcfg: DictConfig, store: IndexStore, query_store: IndexStore, bits: int) -> RetrievalReport:
+    """Every mode of ``retrieval.modes`` on the saved indexes, with the evaluation settings of our model."""
+    return evaluate_retrieval(
+        Encoded(store.codes, store.f7, store.labels),
+        Encoded(query_store.codes, np.asarray(query_store.f7), query_store.labels),
+        bits,
+        modes=list(rcfg.modes),
+        ks=list(rcfg.ks),
+        map_at=int(rcfg.map_at),
+        radius=int(rcfg.radius),
+        min_pool=int(rcfg.min_pool),
+        max_pool=int(rcfg.max_pool),
+        pool_size=int(rcfg.pool_size),
+        index=store.hamming_index,
+    )
+
+
+def _load_module(cfg: DictConfig, datamodule: Any) -> Any:
+    """The checkpoint's HashModule, checked against the datamodule's input channels."""
+    from deephash.models.module import load_hash_module
+
+    module = load_hash_module(Path(str(cfg.ckpt_path)).expanduser())
+    want = int(module.hparams.get("in_channels", 3))
+    if want != datamodule.in_channels:
+        raise ConfigError(
+            f"checkpoint {cfg.ckpt_path} takes {want}-channel input but data gives {datamodule.in_channels}-channel "
+            f"images; pass the data options it was trained with (e.g. data.transform=native or imagenet)"
+        )
+    return module
+
+
+def _split_features(
+    cfg: DictConfig, datamodule: Any, module: Any, work: Path
+) -> tuple[SplitFeatures, SplitFeatures, SplitFeatures]:
+    """Training subsample, queries and database as pixels or F7."""
+    splits = datamodule.splits
+    train_index = splits["train"][fit_rows(len(splits["train"]), cfg.get("fit_samples"), int(cfg.seed))]
+    if module is None:
+        size = pixel_size(datamodule, cfg.features.get("size"))
+
+        def pixels(split: str, pool_index: np.ndarray) -> SplitFeatures:
+            labels = datamodule.pool.labels[pool_index]
+            ids = [datamodule.pool.sample_id(int(p)) for p in pool_index] if split != "train" else []
+            return SplitFeatures(pixel_features(datamodule, pool_index, size), labels, ids, pool_index)
+
+        return (
+            pixels("train", train_index),
+            pixels("query", splits["query"]),
+            pixels("database", splits["database"]),
+        )
+
+    trainer = build_predict_trainer(cfg, None)
+    queries = _f7(encode_split(module, datamodule, "query", work / "query", trainer))
+    database = _f7(encode_split(module, datamodule, "database", work / "database", trainer))
+    # every protocol's database holds the training split: take its rows instead of encoding it again
+    if np.isin(train_index, database.pool_index).all():
+        source = database
+    else:
+        source = _f7(encode_split(module, datamodule, "train", work / "train", trainer))
+    rows = np.searchsorted(source.pool_index, train_index)
+    train = SplitFeatures(np.asarray(source.X[rows]), source.labels[rows], [], train_index)
+    return train, queries, database
+
+
+def _f7(encoded: EncodedSplit) -> SplitFeatures:
+    return SplitFeatures(encoded.f7, encoded.labels, encoded.ids, encoded.pool_index)
+
+
+def _save_split(path: Path, method: HashMethod, split: SplitFeatures, meta: dict[str, Any]) -> IndexStore:
+    """Encode ``split`` with ``method`` and save codes, features (float16), labels and ids as an index."""
+    save_index(
+        path,
+        codes_packed=encode_packed(method, split.X),
+        f7=float_blocks(split.X),
+        labels=split.labels,
+        ids=split.ids,
+        bits=method.bits,
+        meta=meta,
+    )
+    return load_index(path, expect_bits=method.bits)
+
+
+def _as_encoded(split: SplitFeatures, store: IndexStore) -> EncodedSplit:
+    """What ``write_reports`` reads of a split: labels, pool indices (and the saved codes/features)."""
+    return EncodedSplit(store.codes, store.f7, store.labels, store.ids, split.pool_index, store.path)
+
+
+def _preprocess(cfg: DictConfig, datamodule: Any) -> dict[str, Any]:
+    """How an image becomes this index's features, so a new image can be encoded the same way."""
+    if cfg.features.name == "f7":
+        from deephash.data.query import preprocess_spec
+
+        return {"features": "f7", **preprocess_spec(datamodule)}
+    h, w = pixel_size(datamodule, cfg.features.get("size"))
+    channels = 1 if datamodule.native_channels == 1 else 3
+    return {
+        "features": "pixels",
+        "channels": channels,
+        "size": [h, w],
+        "resample": "bilinear",
+        "scale": 1 / 255,
+    }

@@ -1,0 +1,66 @@
+"""Preprocessing of user query images, reproducible from an index manifest alone.
+
+An index stores the evaluation preprocessing of the datamodule it was built from (``preprocess_spec``),
+so ``deephash-search`` can turn any image file into the tensor the model saw, without the dataset.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image, UnidentifiedImageError
+from torchvision import transforms as T
+
+from deephash.data.transforms import ImageTransform, imagenet_transform, native_transform
+from deephash.utils.errors import DataError
+
+
+def preprocess_spec(datamodule: Any) -> dict[str, Any]:
+    """What the evaluation transform of ``datamodule`` does, as plain JSON-able values."""
+    native = datamodule.transform == "native"
+    size = datamodule.native_size if datamodule.native_size is not None else (datamodule.image_size,) * 2
+    return {
+        "transform": datamodule.transform,
+        "channels": int(datamodule.in_channels),
+        "image_size": int(datamodule.image_size),
+        "resize": int(datamodule.resize),
+        "size": list(size) if native else None,
+        "mean": list(datamodule.native_mean) if native else None,
+        "std": list(datamodule.native_std) if native else None,
+    }
+
+
+def query_transform(spec: dict[str, Any]) -> ImageTransform:
+    """PIL image of any mode and size -> the model's input tensor, as described by ``spec``."""
+    if spec["transform"] == "imagenet":
+        return imagenet_transform(False, image_size=spec["image_size"], resize=spec["resize"])
+    mode = "L" if spec["channels"] == 1 else "RGB"
+    return T.Compose(
+        [
+            T.Lambda(lambda img: img if img.mode == mode else img.convert(mode)),
+            T.Resize(tuple(spec["size"])),
+            native_transform(False, mean=spec["mean"], std=spec["std"]),
+        ]
+    )
+
+
+def load_query_image(path: str | Path) -> Image.Image:
+    """Open and fully decode an image file; a clear DataError names the file otherwise."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"query image not found: {path}")
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return img.copy()
+    except (UnidentifiedImageError, OSError, ValueError) as err:
+        raise DataError(f"cannot read query image {path}: {err} (expected a JPEG/PNG/BMP/... image)") from None
+
+
+def preprocess_queries(paths: list[str], spec: dict[str, Any]) -> torch.Tensor:
+    """(q, C, H, W) float batch of the given image files; every file is checked before any is used."""
+    images = [load_query_image(p) for p in paths]
+    transform = query_transform(spec)
+    return torch.stack([transform(img) for img in images])

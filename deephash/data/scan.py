@@ -1,0 +1,560 @@
+"""File lists of image folders and list files, built in parallel and cached; checks for unreadable images.
+
+A ``root/<class>/<image>`` tree is listed with one ``os.scandir`` walk per class folder and its files are
+stat-ed in chunks, all on a thread pool (directory reads and stats are I/O bound and release the GIL).
+The list is cached in ``cache_dir`` with the ``mtime_ns`` of every folder it read below the root (and the
+size and mtime of a list file). Adding, removing or renaming a file changes its folder's mtime, so one
+stat per folder, plus one listing of the root's class folders, tells whether the cached list still holds
+(the root's own mtime is not used: the default cache folder is created inside it).
+Zero-byte files are left out at scan time (their size comes with the stat) and reported as bad images.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import re
+import shutil
+import socket
+import stat
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from deephash.data.sources import PathList, load_rgb
+from deephash.utils.errors import ConfigError, DataError
+from deephash.utils.io import atomic_write_bytes
+from deephash.utils.logging import get_logger
+
+log = get_logger(__name__)
+
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+CACHE_VERSION = 1
+# a directory modified less than this before the scan started may change again within the same mtime
+# tick without its mtime moving (coarse or 1 s filesystem clocks): it is stored as "changed" (-1) and
+# the next load rescans, the way git treats racily clean index entries
+RACY_NS = 1_000_000_000
+STAT_CHUNK = 2048
+_LABEL = re.compile(r"\d+")
+
+
+def default_threads() -> int:
+    return min(32, 4 * (os.cpu_count() or 1))
+
+
+@dataclass
+class FileList:
+    """Images of one tree or list file, in a fixed order.
+
+    paths: n relative paths; labels, sizes (bytes), mtimes (ns): (n,) int64; classes: the class folder
+    names (empty for a list file); dropped: relative path -> why it was left out (zero bytes, cannot stat);
+    dirs / dir_mtimes (len(dirs),) int64: the folders read (relative to root) and their mtime_ns
+    (-1: changed while scanning); list_stat: ``[size, mtime_ns]`` of the list file.
+    """
+
+    paths: PathList
+    labels: np.ndarray
+    sizes: np.ndarray
+    mtimes: np.ndarray
+    classes: list[str] = field(default_factory=list)
+    dropped: dict[str, str] = field(default_factory=dict)
+    dirs: list[str] = field(default_factory=list)
+    dir_mtimes: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    list_stat: list[int] | None = None
+
+
+# ---- scanning ---------------------------------------------------------------------------------------
+
+
+def scan_tree(root: str, threads: int | None = None) -> FileList:
+    """The images of a ``root/<class>/<image>`` tree: classes are the sorted non-hidden subfolders,
+    images are found recursively (hidden files and folders skipped, extensions case-insensitive), ordered
+    by folder then name like ``torchvision.datasets.ImageFolder``."""
+    if not os.path.isdir(root):
+        raise DataError(f"folder dataset root {root} does not exist or is not a directory")
+    start = time.time_ns()
+    classes = list_classes(root)
+    if len(classes) < 2:
+        plural = "class" if len(classes) == 1 else "classes"
+        raise DataError(
+            f"folder dataset at {root} has {len(classes)} {plural}; expected at least 2 class subfolders"
+        )
+    with ThreadPoolExecutor(threads or default_threads()) as pool:
+        walks = list(pool.map(lambda c: _walk_class(root, c), classes))
+        dirs, dir_mtimes, rel, labels = [], [], [], []
+        for label, (walk_dirs, files) in enumerate(walks):
+            dirs += [d for d, _ in walk_dirs]
+            dir_mtimes += [m for _, m in walk_dirs]
+            rel += files
+            labels += [label] * len(files)
+        sizes, mtimes, errors = _stat_all(pool, root, rel)
+    files = _drop_unusable(rel, np.array(labels, np.int64), sizes, mtimes, errors)
+    counts = np.bincount(files.labels, minlength=len(classes))
+    empty = [c for c, n in zip(classes, counts) if n == 0]
+    if empty:
+        more = f" (and {len(empty) - 1} more)" if len(empty) > 1 else ""
+        raise DataError(
+            f"class folder {os.path.join(root, empty[0])} has no images{more}; "
+            f"expected files ending in {', '.join(IMG_EXTENSIONS)}"
+        )
+    files.classes = classes
+    files.dirs, files.dir_mtimes = dirs, _racy(np.array(dir_mtimes, np.int64), start)
+    return files
+
+
+def list_classes(root: str) -> list[str]:
+    """The sorted non-hidden subfolders of ``root``."""
+    with os.scandir(root) as entries:
+        return sorted(e.name for e in entries if not e.name.startswith(".") and e.is_dir())
+
+
+def _walk_class(root: str, cls: str) -> tuple[list[tuple[str, int]], list[str]]:
+    """``([(directory, mtime_ns)], image paths)`` under ``root/cls``, both relative to root."""
+    found: dict[str, list[str]] = {}
+    dirs: list[tuple[str, int]] = []
+    stack = [cls]
+    while stack:
+        rel = stack.pop()
+        full = os.path.join(root, rel)
+        dirs.append((rel, os.stat(full).st_mtime_ns))  # before listing: a change during it shows next time
+        names = []
+        with os.scandir(full) as entries:
+            for e in entries:
+                if e.name.startswith("."):
+                    continue
+                if e.is_dir():  # follows links, like ImageFolder's os.walk(followlinks=True)
+                    stack.append(f"{rel}/{e.name}")
+                elif e.name.lower().endswith(IMG_EXTENSIONS):
+                    names.append(e.name)
+        found[rel] = sorted(names)
+    dirs.sort()
+    return dirs, [f"{d}/{name}" for d, _ in dirs for name in found[d]]
+
+
+def _stat_all(
+    pool: ThreadPoolExecutor, root: str, rel: Sequence[str]
+) -> tuple[np.ndarray, np.ndarray, dict[int, str]]:
+    """``(sizes, mtimes_ns, {i: error})`` of ``root/rel[i]`` (size -1 where stat fails or not a file)."""
+    sizes = np.full(len(rel), -1, np.int64)
+    mtimes = np.full(len(rel), -1, np.int64)
+    errors: dict[int, str] = {}
+
+    def chunk(lo: int) -> None:
+        for i in range(lo, min(lo + STAT_CHUNK, len(rel))):
+            try:
+                st = os.stat(os.path.join(root, rel[i]))
+            except OSError as e:
+                errors[i] = f"cannot stat: {e.strerror or e}"
+                continue
+            if not stat.S_ISREG(st.st_mode):
+                errors[i] = "not a regular file"
+                continue
+            sizes[i], mtimes[i] = st.st_size, st.st_mtime_ns
+
+    list(pool.map(chunk, range(0, len(rel), STAT_CHUNK)))
+    return sizes, mtimes, errors
+
+
+def _drop_unusable(
+    rel: list[str], labels: np.ndarray, sizes: np.ndarray, mtimes: np.ndarray, errors: dict[int, str]
+) -> FileList:
+    """Leave out the files that are empty or could not be stat-ed."""
+    keep = sizes > 0
+    dropped = {rel[i]: errors.get(i, "empty file (0 bytes)") for i in np.flatnonzero(~keep)}
+    idx = np.flatnonzero(keep)
+    paths = PathList.from_strings(rel)
+    if len(idx) < len(rel):
+        paths = paths.take(idx)
+    return FileList(paths, labels[idx], sizes[idx], mtimes[idx], dropped=dropped)
+
+
+def _racy(mtimes: np.ndarray, start_ns: int) -> np.ndarray:
+    return np.where(mtimes >= start_ns - RACY_NS, -1, mtimes)
+
+
+def parse_list_file(path: str) -> tuple[list[str], np.ndarray]:
+    """``(relative paths, labels (n,) int64)`` from ``relative/path label`` lines (blank and # lines skipped)."""
+    paths: list[str] = []
+    labels: list[int] = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, raw in enumerate(f, start=1):
+            line = raw.strip()
+            if not line or line.startswith("#"):
+                continue
+            parts = line.rsplit(None, 1)  # the path may contain spaces, the label is the last field
+            if len(parts) != 2 or not _LABEL.fullmatch(parts[1]):
+                raise DataError(
+                    f"{path}, line {lineno}: expected 'relative/path label' with an integer label >= 0, got {line!r}"
+                )
+            paths.append(parts[0])
+            labels.append(int(parts[1]))
+    if not paths:
+        raise DataError(f"list file {path} lists no images")
+    return paths, np.array(labels, dtype=np.int64)
+
+
+def scan_list_file(list_path: str, root: str, threads: int | None = None) -> FileList:
+    """The images a list file names (paths relative to ``root``); DataError if any is missing."""
+    start = time.time_ns()
+    st = os.stat(list_path)
+    rel, labels = parse_list_file(list_path)
+    with ThreadPoolExecutor(threads or default_threads()) as pool:
+        sizes, mtimes, errors = _stat_all(pool, root, rel)
+        missing = [rel[i] for i in sorted(errors)]
+        if missing:
+            raise DataError(
+                f"{list_path}: {len(missing)} listed file(s) not found under {root}, first: {missing[0]}"
+            )
+        dirs = sorted({os.path.dirname(p) for p in rel})
+        dir_mtimes = list(pool.map(lambda d: os.stat(os.path.join(root, d)).st_mtime_ns, dirs))
+    files = _drop_unusable(rel, labels, sizes, mtimes, {})
+    files.dirs, files.dir_mtimes = dirs, _racy(np.array(dir_mtimes, np.int64), start)
+    files.list_stat = [st.st_size, int(_racy(np.array([st.st_mtime_ns]), start)[0])]
+    return files
+
+
+# ---- the cache ----------------------------------------------------------------------------------------
+
+
+def resolve_cache_dir(root: str, cache_dir: str | None = None) -> Path:
+    """``cache_dir`` if given, else ``<root>/.deephash-cache`` if writable, else ``~/.cache/deephash``."""
+    if cache_dir:
+        path = Path(cache_dir).expanduser()
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(f"data.cache_dir {cache_dir} cannot be created: {e.strerror or e}") from None
+        if not os.access(path, os.W_OK):
+            raise ConfigError(f"data.cache_dir {cache_dir} is not writable; expected a writable directory")
+        return path
+    user_cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "deephash"
+    for candidate in (Path(root) / ".deephash-cache", user_cache):
+        try:
+            candidate.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            continue
+        if os.access(candidate, os.W_OK):
+            return candidate
+    raise ConfigError(
+        f"no writable cache directory (tried {root}/.deephash-cache and {user_cache}); set data.cache_dir"
+    )
+
+
+def cache_key(root: str, list_file: str | None) -> str:
+    """A short name for the file list of ``root`` (or of ``list_file`` under root)."""
+    spec = f"{os.path.realpath(root)}\0{os.path.realpath(list_file) if list_file else ''}"
+    return hashlib.sha256(spec.encode("utf-8")).hexdigest()[:16]
+
+
+def cached_file_list(
+    root: str, list_file: str | None, cache_dir: Path, threads: int | None = None
+) -> FileList:
+    """The file list of ``root`` (or of ``list_file``), from ``cache_dir`` while nothing changed, else scanned."""
+    cache_path = Path(cache_dir) / f"files-{cache_key(root, list_file)}.npz"
+    t0 = time.perf_counter()
+    files = load_file_list(cache_path)
+    if files is not None and is_unchanged(files, root, list_file, threads):
+        log.info(
+            "file list of %s reused from %s: %d images (%.2f s)",
+            list_file or root,
+            cache_path,
+            len(files.paths),
+            time.perf_counter() - t0,
+        )
+        return files
+    t0 = time.perf_counter()
+    files = scan_list_file(list_file, root, threads) if list_file else scan_tree(root, threads)
+    n_classes = len(files.classes) or len(np.unique(files.labels))
+    log.info(
+        "scanned %s in %.2f s: %d images in %d classes (%d left out)",
+        list_file or root,
+        time.perf_counter() - t0,
+        len(files.paths),
+        n_classes,
+        len(files.dropped),
+    )
+    try:
+        save_file_list(cache_path, files)
+    except OSError as e:
+        log.warning("could not cache the file list in %s: %s", cache_path, e)
+    return files
+
+
+def is_unchanged(files: FileList, root: str, list_file: str | None, threads: int | None = None) -> bool:
+    """True when every folder (and the list file) still has the mtime stored in ``files`` and, for a tree,
+    the root still holds the same class folders."""
+    if np.any(files.dir_mtimes < 0) or (list_file and (files.list_stat is None or files.list_stat[1] < 0)):
+        return False
+    if not list_file:
+        try:
+            if list_classes(root) != files.classes:
+                return False
+        except OSError:
+            return False
+    else:
+        try:
+            st = os.stat(list_file)
+        except OSError:
+            return False
+        if [st.st_size, st.st_mtime_ns] != list(files.list_stat or []):
+            return False
+
+    def mtime(d: str) -> int:
+        try:
+            return os.stat(os.path.join(root, d)).st_mtime_ns
+        except OSError:
+            return -2
+
+    if len(files.dirs) > 64:
+        with ThreadPoolExecutor(threads or default_threads()) as pool:
+            now = list(pool.map(mtime, files.dirs))
+    else:
+        now = [mtime(d) for d in files.dirs]
+    return bool(np.array_equal(np.array(now, np.int64), files.dir_mtimes))
+
+
+def save_file_list(path: Path, files: FileList) -> None:
+    dirs = PathList.from_strings(files.dirs)
+    meta = {
+        "version": CACHE_VERSION,
+        "classes": files.classes,
+        "dropped": files.dropped,
+        "list_stat": files.list_stat,
+    }
+    buffer = io.BytesIO()
+    np.savez(
+        buffer,
+        meta=np.array(json.dumps(meta)),
+        blob=files.paths.blob,
+        offsets=files.paths.offsets,
+        labels=files.labels,
+        sizes=files.sizes,
+        mtimes=files.mtimes,
+        dir_blob=dirs.blob,
+        dir_offsets=dirs.offsets,
+        dir_mtimes=files.dir_mtimes,
+    )
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def load_file_list(path: Path) -> FileList | None:
+    """The cached list at ``path``, or None if there is none or it cannot be read."""
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            meta = json.loads(str(z["meta"]))
+            if meta.get("version") != CACHE_VERSION:
+                return None
+            return FileList(
+                paths=PathList(z["blob"], z["offsets"]),
+                labels=z["labels"],
+                sizes=z["sizes"],
+                mtimes=z["mtimes"],
+                classes=list(meta["classes"]),
+                dropped=dict(meta["dropped"]),
+                dirs=PathList(z["dir_blob"], z["dir_offsets"]).tolist(),
+                dir_mtimes=z["dir_mtimes"],
+                list_stat=meta["list_stat"],
+            )
+    except (OSError, ValueError, KeyError, json.JSONDecodeError) as e:
+        log.warning("ignoring unreadable file list cache %s: %s", path, e)
+        return None
+
+
+# ---- unreadable images ----------------------------------------------------------------------------------
+
+
+def check_image(path: str) -> str | None:
+    """Why ``path`` cannot be used as an image, or None if it can. The full decode the training uses:
+    truncated files fail because PIL's ``LOAD_TRUNCATED_IMAGES`` is left False."""
+    try:
+        load_rgb(path)
+    except DataError as e:
+        return error_reason(e)
+    return None
+
+
+def error_reason(err: BaseException) -> str:
+    """The one-line cause of a failed image read (the error ``load_rgb`` wrapped)."""
+    cause = err.__cause__ or err
+    text = str(cause).strip()
+    return text.splitlines()[0] if text else type(cause).__name__
+
+
+def check_images(
+    root: str, rel: Sequence[str], cache_path: Path | None = None, threads: int | None = None
+) -> dict[str, str]:
+    """``{relative path: reason}`` of the images in ``rel`` that cannot be decoded, checked in parallel.
+
+    Results are cached at ``cache_path`` with each file's size and mtime_ns; a later call re-stats every
+    file and decodes only the new or changed ones.
+    """
+    rel = list(rel)
+    with ThreadPoolExecutor(threads or default_threads()) as pool:
+        sizes, mtimes, errors = _stat_all(pool, root, rel)
+        known = _load_checks(cache_path) if cache_path else {}
+        reasons: list[str | None] = [None] * len(rel)
+        todo = []
+        for i, p in enumerate(rel):
+            if i in errors:
+                reasons[i] = errors[i]
+            elif sizes[i] == 0:
+                reasons[i] = "empty file (0 bytes)"
+            elif p in known and known[p][:2] == (int(sizes[i]), int(mtimes[i])):
+                reasons[i] = known[p][2] or None
+            else:
+                todo.append(i)
+        checked = pool.map(lambda i: check_image(os.path.join(root, rel[i])), todo)
+        for i, reason in zip(todo, checked):
+            reasons[i] = reason
+    if cache_path is not None and todo:
+        for i, p in enumerate(rel):
+            if sizes[i] >= 0:
+                known[p] = (int(sizes[i]), int(mtimes[i]), reasons[i] or "")
+        try:
+            _save_checks(cache_path, known)
+        except OSError as e:
+            log.warning("could not cache image checks in %s: %s", cache_path, e)
+    log.info("checked %d images (%d decoded, the rest unchanged since the last check)", len(rel), len(todo))
+    return {p: r for p, r in zip(rel, reasons) if r}
+
+
+def _load_checks(path: Path) -> dict[str, tuple[int, int, str]]:
+    if not path.is_file():
+        return {}
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            paths = PathList(z["blob"], z["offsets"]).tolist()
+            bad = json.loads(str(z["bad"]))
+            sizes, mtimes = z["sizes"].tolist(), z["mtimes"].tolist()
+    except (OSError, ValueError, KeyError, json.JSONDecodeError) as e:
+        log.warning("ignoring unreadable image-check cache %s: %s", path, e)
+        return {}
+    return {p: (s, m, bad.get(p, "")) for p, s, m in zip(paths, sizes, mtimes)}
+
+
+def _save_checks(path: Path, known: dict[str, tuple[int, int, str]]) -> None:
+    paths = PathList.from_strings(list(known))
+    values = list(known.values())
+    buffer = io.BytesIO()
+    np.savez(
+        buffer,
+        blob=paths.blob,
+        offsets=paths.offsets,
+        sizes=np.array([v[0] for v in values], np.int64),
+        mtimes=np.array([v[1] for v in values], np.int64),
+        bad=np.array(json.dumps({p: v[2] for p, v in known.items() if v[2]})),
+    )
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+class BadImageLog:
+    """Unreadable images met while loading, shared by DataLoader worker processes and DDP ranks.
+
+    Workers cannot change the parent's state, so each process appends JSON lines to its own file in
+    ``directory``. ``read`` merges them and keeps only files whose size and mtime are still those they had
+    when they failed (a replaced file is no longer reported).
+    """
+
+    def __init__(self, directory: str | os.PathLike, root: str) -> None:
+        self.directory = os.fspath(directory)
+        self.root = root
+
+    def record(self, rel_path: str, reason: str) -> None:
+        try:
+            st = os.stat(os.path.join(self.root, rel_path))
+            size, mtime = st.st_size, st.st_mtime_ns
+        except OSError:
+            size, mtime = -1, -1
+        line = json.dumps({"path": rel_path, "reason": reason, "size": size, "mtime_ns": mtime})
+        os.makedirs(self.directory, exist_ok=True)
+        name = f"{socket.gethostname()}-{os.getpid()}.jsonl"
+        with open(os.path.join(self.directory, name), "a", encoding="utf-8") as f:
+            f.write(line + "\n")
+
+    def read(self) -> dict[str, str]:
+        """``{relative path: reason}`` of the recorded files that are still unchanged."""
+        found: dict[str, dict[str, Any]] = {}
+        if not os.path.isdir(self.directory):
+            return {}
+        for name in sorted(os.listdir(self.directory)):
+            if not name.endswith(".jsonl"):
+                continue
+            with open(os.path.join(self.directory, name), encoding="utf-8") as f:
+                for line in f:
+                    try:
+                        item = json.loads(line)
+                    except json.JSONDecodeError:  # a line cut short by a killed worker
+                        continue
+                    found[item["path"]] = item
+        still: dict[str, str] = {}
+        for path, item in found.items():
+            try:
+                st = os.stat(os.path.join(self.root, path))
+            except OSError:
+                continue
+            if (st.st_size, st.st_mtime_ns) == (item["size"], item["mtime_ns"]):
+                still[path] = item["reason"]
+        return still
+
+
+# ---- benchmark ------------------------------------------------------------------------------------------
+
+
+def scan_benchmark(
+    n_files: int, n_classes: int, tmpdir: str | os.PathLike, threads: int | None = None
+) -> dict[str, float]:
+    """Time a cold scan and a cached load of ``n_files`` one-byte ``.jpg`` files in ``n_classes`` folders.
+
+    "Cold" means no file-list cache; the OS has just written the files, so its directory cache is warm.
+    The tree is removed afterwards.
+    """
+    root = Path(tmpdir) / f"scan-benchmark-{n_files}"
+    cache = Path(tmpdir) / f"scan-benchmark-{n_files}-cache"
+    t0 = time.perf_counter()
+    for c in range(n_classes):
+        folder = root / f"class_{c:04d}"
+        folder.mkdir(parents=True)
+        for i in range(c, n_files, n_classes):
+            fd = os.open(folder / f"{i:08d}.jpg", os.O_CREAT | os.O_WRONLY, 0o644)
+            os.write(fd, b"\xff")  # one byte: zero-byte files are left out as unreadable
+            os.close(fd)
+    created = time.perf_counter() - t0
+    old = time.time() - 10  # older than RACY_NS, so the first scan's cache is trusted
+    for d in [root, *root.iterdir()]:
+        os.utime(d, (old, old))
+    cache.mkdir(parents=True)
+    try:
+        timings = {"n_files": float(n_files), "n_classes": float(n_classes), "create_s": created}
+        for name, fn in _bench_steps(root, cache, threads):
+            t0 = time.perf_counter()
+            files = fn()
+            timings[name] = time.perf_counter() - t0
+            assert len(files.paths) == n_files
+        timings["cache_mb"] = sum(f.stat().st_size for f in cache.iterdir()) / 2**20
+        return timings
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+        shutil.rmtree(cache, ignore_errors=True)
+
+
+def _bench_steps(root: Path, cache: Path, threads: int | None) -> list[tuple[str, Callable[[], FileList]]]:
+    return [
+        ("scan_1_thread_s", lambda: scan_tree(str(root), threads=1)),
+        ("cold_scan_s", lambda: cached_file_list(str(root), None, cache, threads)),
+        ("cached_load_s", lambda: cached_file_list(str(root), None, cache, threads)),
+    ]
+
+
+if __name__ == "__main__":  # python -m deephash.data.scan N_FILES N_CLASSES TMPDIR
+    import sys
+
+    print(json.dumps(scan_benchmark(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]), indent=2))

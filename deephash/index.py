@@ -1,0 +1,86 @@
+"""Entry point ``deephash-index``: build a persistent index, or describe one.
+
+    deephash-index build ckpt_path=<run>/checkpoints/last.ckpt [data=...] [index_dir=...]   (Hydra overrides)
+    deephash-index info <index dir>
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import hydra
+import pytorch_lightning as pl
+from omegaconf import DictConfig
+
+from deephash.cli import exit_on_user_error, run_with_user_errors
+from deephash.evaluate import checkpoint_run_dir, run_data_config
+from deephash.models.module import load_hash_module
+from deephash.retrieval.build import build_index
+from deephash.retrieval.store import load_index
+from deephash.utils.errors import ConfigError
+
+CONFIG_PATH = str(Path(__file__).resolve().parent.parent / "conf")
+USAGE = "usage: deephash-index build ckpt_path=<ckpt> [data=<name>] [index_dir=<dir>] | deephash-index info <index dir>"
+
+
+def build(cfg: DictConfig) -> dict[str, Any]:
+    """Encode ``cfg.split`` with ``cfg.ckpt_path`` and save the index; returns its manifest."""
+    ckpt = Path(str(cfg.ckpt_path)).expanduser()
+    if not ckpt.is_file():
+        raise ConfigError(f"ckpt_path not found: {ckpt} (expected a .ckpt written by deephash-train)")
+    run_dir = checkpoint_run_dir(ckpt)
+    data_cfg = cfg.get("data") or run_data_config(run_dir)
+    if data_cfg is None:
+        raise ConfigError("no dataset given and the checkpoint has no training run beside it; pass data=<name>")
+    index_dir = Path(cfg.index_dir) if cfg.get("index_dir") else (run_dir or Path(cfg.paths.output_dir)) / "index"
+    module = load_hash_module(ckpt)
+    pl.seed_everything(cfg.seed, workers=True)
+    datamodule = hydra.utils.instantiate(data_cfg)
+    datamodule.prepare_data()
+    datamodule.setup()
+    trainer = hydra.utils.instantiate(
+        cfg.trainer, logger=False, callbacks=[], enable_checkpointing=False, enable_model_summary=False
+    )
+    store, _ = build_index(module, datamodule, ckpt, index_dir, trainer, split=cfg.split)
+    return store.manifest if store is not None else {}
+
+
+@hydra.main(config_path=CONFIG_PATH, config_name="index", version_base="1.3")
+def _build_main(cfg: DictConfig) -> None:
+    manifest = run_with_user_errors(build, cfg)
+    if manifest:
+        print(json.dumps(_summary(manifest, cfg.get("index_dir") or "index"), indent=2))
+
+
+@exit_on_user_error
+def info(path: str) -> None:
+    store = load_index(path)
+    print(json.dumps(_summary(store.manifest, path), indent=2))
+
+
+def _summary(manifest: dict[str, Any], path: Any) -> dict[str, Any]:
+    keys = ("count", "bits", "feature_dim", "dataset", "split", "backbone", "checkpoint", "created_at")
+    merged = {**manifest.get("meta", {}), **manifest}
+    return {"index": str(path), **{k: merged.get(k) for k in keys}}
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    if not args or args[0] not in ("build", "info"):
+        print(USAGE, file=sys.stderr)
+        sys.exit(2)
+    if args[0] == "info":
+        if len(args) != 2:
+            print(USAGE, file=sys.stderr)
+            sys.exit(2)
+        info(args[1])
+        return
+    sys.argv = [sys.argv[0], *args[1:]]  # Hydra parses the overrides after the subcommand
+    _build_main()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,59 @@
+"""Build a persistent index from a trained model and a datamodule split."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+
+from deephash.data.query import preprocess_spec
+from deephash.retrieval.encode import EncodedSplit, encode_split
+from deephash.retrieval.store import IndexStore, load_index, save_index, sha256_file
+
+
+def build_index(
+    module: pl.LightningModule,
+    datamodule: Any,
+    ckpt_path: str | Path,
+    index_dir: str | Path,
+    trainer: pl.Trainer | None = None,
+    split: str = "database",
+) -> tuple[IndexStore | None, EncodedSplit | None]:
+    """Encode ``split`` and save it as an index at ``index_dir`` (atomically); returns the loaded index.
+
+    The manifest records the dataset, the checkpoint (path and sha256) and the query preprocessing, so a
+    search can check that a model matches the index and encode new images the same way. Under DDP every
+    rank encodes; rank 0 saves, the other ranks get ``(None, None)``.
+    """
+    index_dir = Path(index_dir)
+    work = index_dir.parent / f".{index_dir.name}.encode-{split}"
+    encoded = encode_split(module, datamodule, split, work, trainer)
+    if trainer is not None and not trainer.is_global_zero:
+        return None, None
+    try:
+        save_index(
+            index_dir,
+            codes_packed=encoded.codes,
+            f7=encoded.f7,
+            labels=encoded.labels,
+            ids=encoded.ids,
+            bits=module.bits,
+            meta={
+                "dataset": datamodule.name,
+                "split": split,
+                "protocol": datamodule.protocol,
+                "backbone": module.hparams.backbone,
+                "checkpoint": str(Path(ckpt_path).resolve()),
+                "checkpoint_sha256": sha256_file(ckpt_path),
+                "class_names": datamodule.class_names,
+                "preprocess": preprocess_spec(datamodule),
+            },
+        )
+        store = load_index(index_dir, expect_bits=module.bits)
+    finally:
+        # the index holds the features now; keep only the small arrays of the encoding in memory
+        encoded.f7 = None  # type: ignore[assignment]
+        shutil.rmtree(work, ignore_errors=True)
+    return store, encoded

@@ -1,0 +1,207 @@
+"""Train -> encode -> index -> evaluate -> search on the bundled digits, checked from the outside."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from deephash.retrieval.store import load_index
+from deephash.train import train
+from tests.conftest import compose_config
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("e2e") / "run"
+    cfg = compose_config(
+        "train",
+        [
+            "experiment=demo",
+            "logger=none",
+            "callbacks=none",
+            "trainer.max_epochs=6",
+            "trainer.enable_model_summary=false",
+            "retrieval.grid_queries=3",
+        ],
+        out,
+    )
+    train(cfg)
+    return out
+
+
+def _cli(*args: str, timeout: int = 180) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, timeout=timeout)
+
+
+def _ap(rel: np.ndarray, total: int) -> float:
+    hits = np.cumsum(rel)
+    return float((hits / np.arange(1, len(rel) + 1))[rel].sum() / total) if total else 0.0
+
+
+def test_run_writes_metrics_reports_and_index(run: Path) -> None:
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["status"] == "completed"
+    assert metrics["n_queries"] == 300 and metrics["n_database"] == 1437 and metrics["protocol"] == "paper"
+    for mode in ("hamming", "hierarchical", "euclidean"):
+        m = metrics["modes"][mode]
+        assert set(m["precision@k"]) == {"1", "10", "100", "1000"}
+        assert 0 <= m["mAP"] <= 1 and 0 <= m["mAP@1000"] <= 1 and m["queries_per_second"] > 0
+    assert "precision@r2" in metrics["modes"]["hamming"]
+    assert metrics["modes"]["hamming"]["mAP"] > 0.8  # six epochs are plenty for digits
+    assert 0 < metrics["val_retrieval"]["mAP"] <= 1
+    for name in (
+        "precision_at_k.csv",
+        "precision_at_k.png",
+        "pr_curve.csv",
+        "retrieval_grid.png",
+        "bit_balance.png",
+    ):
+        assert (run / name).stat().st_size > 0, name
+    with Image.open(run / "retrieval_grid.png") as grid:
+        assert grid.size[0] > 300
+    header = (run / "precision_at_k.csv").read_text().splitlines()[0]
+    assert header.startswith("k,") and "hamming" in header and "hierarchical" in header
+    assert not (run / ".encode").exists()
+
+
+def test_brute_force_on_saved_codes_agrees_with_metrics_json(run: Path) -> None:
+    """An outside check: unpack the saved codes, rank by Hamming distance with numpy, recompute."""
+    metrics = json.loads((run / "metrics.json").read_text())["modes"]["hamming"]
+    db, queries = load_index(run / "index"), load_index(run / "queries")
+    dbits = np.unpackbits(db.codes, axis=1, count=db.bits).astype(np.int16)
+    qbits = np.unpackbits(queries.codes, axis=1, count=db.bits).astype(np.int16)
+    ham = (qbits[:, None, :] != dbits[None, :, :]).sum(-1)
+    aps, p10, ap1000 = [], [], []
+    for i, label in enumerate(queries.labels):
+        order = np.lexsort((np.arange(db.count), ham[i]))
+        rel = db.labels[order] == label
+        aps.append(_ap(rel, int(rel.sum())))
+        p10.append(rel[:10].mean())
+        ap1000.append(_ap(rel[:1000], int(rel[:1000].sum())))
+    assert metrics["mAP"] == pytest.approx(np.mean(aps), abs=1e-6)
+    assert metrics["mAP@1000"] == pytest.approx(np.mean(ap1000), abs=1e-6)
+    assert metrics["precision@k"]["10"] == pytest.approx(np.mean(p10), abs=1e-6)
+
+
+def test_search_cli_finds_a_known_image(run: Path, tmp_path: Path) -> None:
+    db = load_index(run / "index")
+    ckpt = db.manifest["checkpoint"]
+    from deephash.data.digits import DigitsDataModule
+
+    dm = DigitsDataModule(seed=42, n_queries=300, transform="native")
+    dm.setup()
+    target = 17  # a database row: its own image must come back first, at distance 0
+    pool_index = dm.splits["database"][target]
+    image_path = tmp_path / "query.png"
+    dm.pool.image(int(pool_index)).save(image_path)
+    for mode in ("euclidean", "hierarchical"):
+        proc = _cli(
+            "deephash.search",
+            "--index",
+            str(run / "index"),
+            "--ckpt",
+            ckpt,
+            str(image_path),
+            "--k",
+            "5",
+            "--mode",
+            mode,
+        )
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        results = json.loads(proc.stdout)
+        top = results[0]["results"][0]
+        assert top["index"] == target and top["id"] == db.ids[target], mode
+        # the index stores F7 in float16: the image's own distance is float16 rounding, not 0
+        assert top["l2"] < 1e-2 * np.linalg.norm(db.f7[target].astype(np.float32)) and top["hamming"] == 0
+        assert len(results[0]["results"]) == 5
+        assert all(r["label"] == db.labels[r["index"]] for r in results[0]["results"])
+    proc = _cli(
+        "deephash.search", "--index", str(run / "index"), "--ckpt", ckpt, str(image_path), "--mode", "hamming"
+    )
+    assert json.loads(proc.stdout)[0]["results"][0]["hamming"] == 0
+
+
+def test_search_cli_rejects_a_non_image(run: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "notes.jpg"
+    bad.write_text("not an image")
+    ckpt = load_index(run / "index").manifest["checkpoint"]
+    proc = _cli("deephash.search", "--index", str(run / "index"), "--ckpt", ckpt, str(bad))
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith(f"error: cannot read query image {bad}")
+
+
+def test_search_cli_rejects_an_index_of_another_checkpoint(run: Path, tmp_path: Path) -> None:
+    import torch
+
+    db = load_index(run / "index")
+    state = torch.load(db.manifest["checkpoint"], map_location="cpu", weights_only=True)
+    key = next(k for k in state["state_dict"] if k.endswith("latent.weight"))
+    state["state_dict"][key] = state["state_dict"][key] + 0.5  # another model with the same shapes
+    other = tmp_path / "other.ckpt"
+    torch.save(state, other)
+    proc = _cli(
+        "deephash.search",
+        "--index",
+        str(run / "index"),
+        "--ckpt",
+        str(other),
+        str(run / "retrieval_grid.png"),
+    )
+    assert proc.returncode == 2
+    assert "its codes are not comparable; rebuild it with deephash-index build" in proc.stderr
+
+
+def test_corrupt_index_is_a_clear_error(run: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "index"
+    shutil.copytree(run / "index", copy)
+    codes = copy / "codes.npy"
+    codes.write_bytes(codes.read_bytes()[:-100])
+    ckpt = load_index(run / "index").manifest["checkpoint"]
+    proc = _cli("deephash.search", "--index", str(copy), "--ckpt", ckpt, str(run / "retrieval_grid.png"))
+    assert proc.returncode == 2
+    assert "codes.npy" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_index_cli_builds_and_describes(run: Path, tmp_path: Path) -> None:
+    ckpt = str(run / "checkpoints" / "last.ckpt")
+    out = tmp_path / "rebuilt"
+    proc = _cli(
+        "deephash.index",
+        "build",
+        f"ckpt_path={ckpt}",
+        f"index_dir={out}",
+        f"hydra.run.dir={tmp_path / 'h'}",
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    store = load_index(out)
+    assert store.count == 1437 and store.manifest["checkpoint"] == str(Path(ckpt).resolve())
+    info = _cli("deephash.index", "info", str(out))
+    assert json.loads(info.stdout)["count"] == 1437
+    assert _cli("deephash.index", "info", str(tmp_path / "missing")).returncode == 2
+
+
+def test_evaluate_cli_on_a_checkpoint(run: Path, tmp_path: Path) -> None:
+    ckpt = run / "checkpoints" / "last.ckpt"
+    out = tmp_path / "eval"
+    proc = _cli(
+        "deephash.evaluate",
+        f"ckpt_path={ckpt}",
+        f"run_dir={out}",
+        "retrieval.modes=[hamming]",
+        f"hydra.run.dir={tmp_path / 'h'}",
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["modes"]) == {"hamming"} and metrics["n_database"] == 1437
+    assert "mAP" in proc.stdout  # the summary table
+    bad = _cli("deephash.evaluate", f"ckpt_path={tmp_path / 'none.ckpt'}", f"hydra.run.dir={tmp_path / 'h2'}")
+    assert bad.returncode == 2 and "ckpt_path not found" in bad.stderr

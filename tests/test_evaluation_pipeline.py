@@ -1,0 +1,143 @@
+"""The evaluation pipeline against a brute-force numpy evaluation of every mode."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from deephash.evaluation.pipeline import Encoded, default_curve_ks, evaluate_retrieval
+from deephash.retrieval.codes import pack_codes
+from deephash.retrieval.search import HammingIndex, hierarchical_search
+
+
+def _data(seed: int, n: int = 400, q: int = 30, bits: int = 12, d: int = 16, classes: int = 4):
+    """Clustered codes/features so rankings carry signal, with many Hamming ties (12 bits)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.random((classes, bits)) < 0.5
+    fcentres = rng.normal(size=(classes, d)) * 3
+
+    def make(m: int) -> Encoded:
+        labels = rng.integers(0, classes, m)
+        flips = rng.random((m, bits)) < 0.15
+        codes = centres[labels] ^ flips
+        f7 = (fcentres[labels] + rng.normal(size=(m, d))).astype(np.float16)
+        return Encoded(pack_codes(codes), f7, labels.astype(np.int64))
+
+    return make(n), make(q), bits
+
+
+def _unpacked(codes: np.ndarray, bits: int) -> np.ndarray:
+    return np.unpackbits(codes, axis=1, count=bits).astype(np.int64)
+
+
+def _ap(rel: np.ndarray, total: int) -> float:
+    """Average precision normalised by all relevant items; 0 when there are none."""
+    hits = np.cumsum(rel)
+    ranks = np.arange(1, len(rel) + 1)
+    return float((hits / ranks)[rel].sum() / total) if total else 0.0
+
+
+def _ap_at(rel: np.ndarray, k: int) -> float:
+    top = rel[:k]
+    return _ap(top, int(top.sum()))
+
+
+def _brute(rankings: list[np.ndarray], db: Encoded, queries: Encoded, ks, map_at) -> dict:
+    rels = [db.labels[r] == label for r, label in zip(rankings, queries.labels)]
+    totals = [int((db.labels == label).sum()) for label in queries.labels]
+    return {
+        "mAP": np.mean([_ap(r, t) for r, t in zip(rels, totals)]),
+        f"mAP@{map_at}": np.mean([_ap_at(r, map_at) for r in rels]),
+        "precision@k": {str(k): np.mean([r[:k].sum() / k for r in rels]) for k in ks},
+    }
+
+
+def _check(result: dict, expected: dict) -> None:
+    for key in ("mAP", "mAP@50"):
+        assert result[key] == pytest.approx(expected[key], abs=1e-9), key
+    for k, value in expected["precision@k"].items():
+        assert result["precision@k"][k] == pytest.approx(value, abs=1e-9), k
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_every_mode_matches_brute_force(seed: int) -> None:
+    db, queries, bits = _data(seed)
+    ks, map_at, radius = (1, 5, 10, 50), 50, 2
+    report = evaluate_retrieval(
+        db, queries, bits, ks=ks, map_at=map_at, radius=radius, min_pool=20, max_pool=120, pool_size=60
+    )
+    dbits, qbits = _unpacked(db.codes, bits), _unpacked(queries.codes, bits)
+    ham = (qbits[:, None, :] != dbits[None, :, :]).sum(-1)
+    f32_db, f32_q = db.f7.astype(np.float64), queries.f7.astype(np.float64)
+    l2 = np.sqrt(((f32_q[:, None, :] - f32_db[None, :, :]) ** 2).sum(-1))
+    order = np.arange(len(db.labels))
+
+    hamming = [np.lexsort((order, ham[i])) for i in range(len(queries.labels))]
+    _check(report.metrics["hamming"], _brute(hamming, db, queries, ks, map_at))
+    euclid = [np.lexsort((order, l2[i])) for i in range(len(queries.labels))]
+    _check(report.metrics["euclidean"], _brute(euclid, db, queries, ks, map_at))
+
+    hier = []
+    for i in range(len(queries.labels)):
+        pool = np.flatnonzero(ham[i] <= radius)
+        if not 20 <= len(pool) <= 120:
+            pool = hamming[i][:60]
+        pool = pool[np.lexsort((pool, l2[i][pool]))]
+        rest = [j for j in hamming[i] if j not in set(pool.tolist())]
+        hier.append(np.concatenate([pool, np.array(rest, dtype=np.int64)]))
+    _check(report.metrics["hierarchical"], _brute(hier, db, queries, ks, map_at))
+
+    # precision within radius 2: empty balls score 0
+    balls = [(ham[i] <= radius) for i in range(len(queries.labels))]
+    prec = [
+        (db.labels[b] == label).mean() if b.any() else 0.0 for b, label in zip(balls, queries.labels)
+    ]
+    assert report.metrics["hamming"]["precision@r2"] == pytest.approx(np.mean(prec), abs=1e-12)
+    radius_mode = report.metrics["hamming_radius"]
+    assert radius_mode["precision"] == pytest.approx(np.mean(prec), abs=1e-12)
+    assert radius_mode["mean_results"] == pytest.approx(np.mean([b.sum() for b in balls]))
+    # the top of each ranking is what the search returns
+    assert np.array_equal(report.top["hamming"], np.stack([h[:10] for h in hamming]))
+    assert np.array_equal(report.top["hierarchical"], np.stack([h[:10] for h in hier]))
+    for mode in ("hamming", "hierarchical", "euclidean"):
+        assert report.metrics[mode]["queries_per_second"] > 0
+        assert report.curves[mode].shape == report.curve_ks.shape
+
+
+def test_hierarchical_top_k_equals_search_result() -> None:
+    db, queries, bits = _data(3)
+    report = evaluate_retrieval(db, queries, bits, modes=["hierarchical"], min_pool=20, max_pool=120, pool_size=60)
+    index = HammingIndex(db.codes, bits)
+    found = hierarchical_search(index, db.f7, queries.codes, queries.f7, 10, 2, 20, 120, 60).idx
+    assert np.array_equal(report.top["hierarchical"], found)
+
+
+def test_pr_curve_reaches_full_recall_at_max_radius() -> None:
+    db, queries, bits = _data(4)
+    report = evaluate_retrieval(db, queries, bits, modes=["hamming"])
+    assert report.pr["radius"].tolist() == list(range(bits + 1))
+    assert report.pr["recall"][-1] == pytest.approx(1.0)
+    assert np.all(np.diff(report.pr["recall"]) >= -1e-12)
+
+
+def test_query_blocks_give_the_same_numbers(monkeypatch) -> None:
+    import deephash.evaluation.pipeline as pipeline
+
+    db, queries, bits = _data(5)
+    whole = evaluate_retrieval(db, queries, bits, modes=["hamming", "euclidean"])
+    monkeypatch.setattr(pipeline, "_BLOCK_CELLS", 7 * len(db.labels))  # 7 queries per block
+    blocked = evaluate_retrieval(db, queries, bits, modes=["hamming", "euclidean"])
+    for mode in ("hamming", "euclidean"):
+        assert blocked.metrics[mode]["mAP"] == pytest.approx(whole.metrics[mode]["mAP"], abs=1e-12)
+        np.testing.assert_allclose(blocked.curves[mode], whole.curves[mode], atol=1e-12)
+
+
+def test_unknown_mode_is_rejected() -> None:
+    db, queries, bits = _data(6)
+    with pytest.raises(ValueError, match=r"unknown retrieval mode\(s\) \['cosine'\]"):
+        evaluate_retrieval(db, queries, bits, modes=["cosine"])
+
+
+def test_default_curve_ks_stop_at_database_size() -> None:
+    assert default_curve_ks(50)[-1] == 50
+    assert default_curve_ks(10**6)[-1] == 1000
