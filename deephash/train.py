@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from deephash.cli import run_with_user_errors
 from deephash.config import validate_train_config
 from deephash.runs import finish_loggers, instantiate_callbacks, instantiate_loggers, record_failure
+from deephash.utils.errors import ConfigError
 from deephash.utils.io import atomic_write_json, atomic_write_text
 from deephash.utils.logging import get_logger
 
@@ -96,8 +97,19 @@ def _metric(trainer: pl.Trainer, key: str) -> float | None:
 def main(cfg: DictConfig) -> float | None:
     metrics = run_with_user_errors(train, cfg, on_failure=record_failure)
     # hydra sweepers (e.g. Optuna) optimise the scalar the task returns
-    key = cfg.get("optimized_metric")
-    return metrics.get(key) if key else None
+    return optimized_value(metrics, cfg.get("optimized_metric"))
+
+
+def optimized_value(metrics: dict[str, Any], key: str | None) -> float | None:
+    """``metrics[key]`` for a dotted key such as ``val_retrieval.mAP``; a missing key is a clear error."""
+    if not key:
+        return None
+    value: Any = metrics
+    for part in key.split("."):
+        if not isinstance(value, dict) or part not in value:
+            raise ConfigError(f"optimized_metric {key!r} is not in the run's metrics (keys: {', '.join(metrics)})")
+        value = value[part]
+    return float(value)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from deephash.retrieval.codes import pack_codes
 from deephash.retrieval.search import (
     HammingIndex,
     euclidean_search,
+    exact_l2,
     hamming_radius_search,
     hamming_search,
     hierarchical_search,
@@ -181,6 +182,8 @@ def test_euclidean_chunked_matches_brute_force(chunk_size: int) -> None:
     one_d, one_i = euclidean_search(db, queries, 50, chunk_size=len(db))
     np.testing.assert_array_equal(got_i, one_i)
     np.testing.assert_array_equal(got_d, one_d)
+    # the reported distances are exact_l2's, bit for bit
+    np.testing.assert_array_equal(got_d, exact_l2(queries, db[got_i].astype(np.float32)))
 
 
 def test_euclidean_memmap_equals_in_ram_and_pads(tmp_path: Path) -> None:

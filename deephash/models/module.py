@@ -70,7 +70,8 @@ class HashModule(pl.LightningModule):
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.lr_mult = {**DEFAULT_LR_MULT, **lr_mult}
-        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
+        # validate_args=False: the argument check calls torch.unique on the targets, a device sync every step
+        self.train_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
 

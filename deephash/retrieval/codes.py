@@ -38,7 +38,9 @@ def pack_codes(codes: np.ndarray) -> np.ndarray:
     if codes.ndim != 2:
         raise ConfigError(f"expected codes of shape (n, bits), got shape {codes.shape}")
     if codes.dtype != np.bool_:
-        if not np.issubdtype(codes.dtype, np.integer) or ((codes != 0) & (codes != 1)).any():
+        if not np.issubdtype(codes.dtype, np.integer) or (
+            codes.size and (codes.min() < 0 or codes.max() > 1)
+        ):
             raise ConfigError(f"expected binary codes (bool or 0/1 integers), got {codes.dtype} values")
     return np.packbits(codes.astype(bool, copy=False), axis=1)
 

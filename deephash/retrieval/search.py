@@ -206,8 +206,13 @@ def exact_l2(queries: np.ndarray, rows: np.ndarray) -> np.ndarray:
 
     Each distance depends only on its own (query, row) pair, so it is the same whatever the chunking.
     """
-    diff = rows - queries[:, None, :]
-    return np.sqrt(np.einsum("qmd,qmd->qm", diff, diff))
+    q, m, d = rows.shape
+    return _norms(np.asarray(rows - queries[:, None, :], np.float32).reshape(q * m, d)).reshape(q, m)
+
+
+def _norms(diff: np.ndarray) -> np.ndarray:
+    """(p, d) float32 differences -> (p,) float32 Euclidean lengths (the one reduction ``exact_l2`` uses)."""
+    return np.sqrt(np.einsum("ij,ij->i", diff, diff))
 
 
 def _shortlist(k: int) -> int:
@@ -223,22 +228,20 @@ def _refine(
     db_f7: (n, d); queries: (q, d) float32; cand: (q, m) int64 indices, -1 for none -> (l2 (q, min(k, m))
     float32, pos (q, min(k, m)) int64 column of each result in ``cand``), ordered by (L2, index).
     """
-    q, m = cand.shape
-    l2 = np.full((q, m), np.inf, np.float32)
-    step = max(1, (1 << 24) // max(1, m * db_f7.shape[1]))
-    for q0 in range(0, q, step):
-        block = cand[q0 : q0 + step]
-        valid = block >= 0
-        uniq, inverse = np.unique(block[valid], return_inverse=True)
-        rows = np.asarray(db_f7[uniq], dtype=np.float32)  # one sorted gather: sequential memmap reads
-        gathered = np.zeros(block.shape + (db_f7.shape[1],), np.float32)
-        gathered[valid] = rows[inverse]
-        l2[q0 : q0 + step][valid] = exact_l2(queries[q0 : q0 + step], gathered)[valid]
-    # invalid slots get an index past every real one, so they sort last
+    l2 = np.full(cand.shape, np.inf, np.float32)
+    rows, cols = np.nonzero(cand >= 0)
+    step = max(1, (1 << 24) // db_f7.shape[1])  # candidate rows per block: ~64 MB of float32
+    for s in range(0, len(rows), step):
+        r, c = rows[s : s + step], cols[s : s + step]
+        uniq, inverse = np.unique(cand[r, c], return_inverse=True)
+        diff = np.asarray(db_f7[uniq], dtype=np.float32)[inverse]  # one sorted gather from the memmap
+        diff -= queries[r]
+        l2[r, c] = _norms(diff)
+    # empty slots get an index past every real one, so they sort last
     key_idx = np.where(cand >= 0, cand, np.iinfo(np.int64).max)
-    cols = np.broadcast_to(np.arange(m), cand.shape)
     order = np.lexsort((key_idx, l2), axis=-1)[:, :k]
-    return np.take_along_axis(l2, order, axis=1), np.take_along_axis(cols, order, axis=1)
+    cols_all = np.broadcast_to(np.arange(cand.shape[1]), cand.shape)
+    return np.take_along_axis(l2, order, axis=1), np.take_along_axis(cols_all, order, axis=1)
 
 
 def _check_features(db_f7: np.ndarray, query_f7: np.ndarray, n: int | None = None) -> np.ndarray:
