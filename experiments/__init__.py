@@ -1,0 +1,1 @@
+"""Paper reproduction: ``python -m experiments.reproduce`` (``make reproduce`` / ``make reproduce-smoke``)."""
