@@ -635,40 +635,32 @@ def our_value(plan: Plan, entry: dict[str, Any]) -> tuple[float | None, str, str
     name, reason = resolve_run(plan, str(entry["run"]))
     if name is None:
         return None, f"not run: {reason}", "-"
-    if name == "bench":
-        source = plan.out / "bench" / "bench.json"
-        data = _read_json(source)
-        if not data:
-            status = _status(plan).get("bench") or {}
-            why = f"failed: {status['error']}" if status.get("error") else "no bench/bench.json yet"
-            return None, f"not run: {why}", "bench"
-        value = lookup(data, entry["metric"])
-        return (
-            _scaled(value, entry),
-            _fmt(_scaled(value, entry), entry) if value is not None else "-",
-            "bench",
-        )
-    run_dir = plan.runs / name
-    metrics = read_metrics(run_dir)
-    if not is_complete(metrics):
-        failed = metrics.get("status") == "failed"
-        why = f"failed: {_one_line(str(metrics.get('error')))}" if failed else planned_reason(plan, name)
-        return None, f"not run: {why}", name
     metric = str(entry["metric"])
+    if name == "bench":
+        source, data = "bench/bench.json", _read_json(plan.out / "bench" / "bench.json")
+        if not data:
+            error = (_status(plan).get("bench") or {}).get("error")
+            return None, f"not run: {f'failed: {error}' if error else 'no bench/bench.json yet'}", name
+    else:
+        source, data = f"runs/{name}/metrics.json", read_metrics(plan.runs / name)
+        if not is_complete(data):
+            failed = data.get("status") == "failed"
+            why = f"failed: {_one_line(str(data.get('error')))}" if failed else planned_reason(plan, name)
+            return None, f"not run: {why}", name
     if metric.startswith("curve."):
-        _, mode, _ = metric.split(".", 2)
-        stats = curve_stats(run_dir / "precision_at_k.csv", mode)
+        mode = metric.split(".")[1]
+        stats = curve_stats(plan.runs / name / "precision_at_k.csv", mode)
         if stats is None:
-            return None, f"not available: no {mode} column in precision_at_k.csv", name
+            return None, f"not available: no {mode} curve in runs/{name}/precision_at_k.csv", name
         mean, sd = (_scaled(v, entry) for v in stats)
         return mean, f"{_fmt(mean, entry)} (sd {_fmt(sd, entry)})", name
     if metric == "test_error":
-        acc = metrics.get("test_acc")
-        value = 1.0 - float(acc) if isinstance(acc, (int, float)) else None
+        acc = lookup(data, "test_acc")
+        value = None if acc is None else 1.0 - acc
     else:
-        value = lookup(metrics, metric)
+        value = lookup(data, metric)
     if value is None:
-        return None, f"not available: no {metric} in runs/{name}/metrics.json", name
+        return None, f"not available: no {metric} in {source}", name
     scaled = _scaled(value, entry)
     return scaled, _fmt(scaled, entry), name
 
@@ -769,7 +761,7 @@ def _header(plan: Plan) -> str:
         lines += [
             "> **smoke: digits stands in for MNIST/CIFAR-10; numbers are not comparable.** Every stage ran on "
             "scikit-learn's 8x8 digits (about 1,300 database images, 130 per class, so precision@1000 cannot "
-            f"exceed about 0.13) with the small CNN for {plan.epochs} epochs on CPU.",
+            f"exceed about 0.13) with the small CNN for {plan.epochs} epoch(s) per run on CPU.",
             "",
         ]
     return "\n".join(lines)
@@ -780,8 +772,7 @@ def _paper_table(plan: Plan) -> str:
     for entry in load_paper_results():
         value, text, run = our_value(plan, entry)
         paper = entry["value"]
-        unit = {"percent": "%", "x": "x", "ms": " ms"}.get(entry["unit"], f" {entry['unit']}")
-        paper_text = "- (figure only)" if paper is None else f"{paper}{unit}"
+        paper_text = "- (figure only)" if paper is None else _fmt(float(paper), entry)
         if value is None or paper is None:
             diff = "-"
         elif entry["unit"] == "percent":
@@ -960,7 +951,8 @@ def _fmt(value: float | None, entry: dict[str, Any]) -> str:
     if value is None:
         return "-"
     digits = {"percent": 2, "x": 1}.get(entry["unit"], 3)
-    return f"{value:.{digits}f}"
+    unit = {"percent": "%", "x": "x"}.get(entry["unit"], f" {entry['unit']}")
+    return f"{value:.{digits}f}{unit}"
 
 
 def _num(value: Any, spec: str = ".4f") -> str:
