@@ -27,6 +27,7 @@ from deephash.models.module import load_hash_module
 from deephash.retrieval.build import build_index
 from deephash.retrieval.encode import EncodedSplit, encode_split
 from deephash.retrieval.store import save_index
+from deephash.runs import finish_loggers, instantiate_loggers, record_failure
 from deephash.utils.errors import ConfigError
 from deephash.utils.io import update_json
 from deephash.utils.logging import get_logger
@@ -190,7 +191,11 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     datamodule.prepare_data()
     datamodule.setup()
     run_dir.mkdir(parents=True, exist_ok=True)
-    return evaluate_checkpoint(cfg, ckpt, datamodule, run_dir=run_dir)
+    loggers = instantiate_loggers(cfg.get("logger"), cfg)
+    metrics = evaluate_checkpoint(cfg, ckpt, datamodule, run_dir=run_dir)
+    if metrics:
+        finish_loggers(loggers, {**metrics, "best_checkpoint": None}, run_dir)
+    return metrics
 
 
 def checkpoint_run_dir(ckpt: Path) -> Path | None:
@@ -211,7 +216,7 @@ def run_data_config(run_dir: Path | None) -> DictConfig | None:
 
 @hydra.main(config_path=CONFIG_PATH, config_name="eval", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    metrics = run_with_user_errors(evaluate, cfg)
+    metrics = run_with_user_errors(evaluate, cfg, on_failure=record_failure)
     print_summary(metrics)
 
 
@@ -223,7 +228,11 @@ def print_summary(metrics: dict[str, Any]) -> None:
     modes = metrics.get("modes") or {}
     if not modes:
         return
-    table = Table(title=f"retrieval: {metrics.get('n_queries')} queries x {metrics.get('n_database')} items")
+    title = f"retrieval: {metrics.get('n_queries')} queries x {metrics.get('n_database')} items"
+    if metrics.get("bits"):
+        title += f", {metrics['bits']} bits"
+    accuracy = ", ".join(f"{k} {metrics[k]:.4f}" for k in ("val_acc", "test_acc") if metrics.get(k) is not None)
+    table = Table(title=title, caption=accuracy or None)
     for column in ("mode", "mAP", "mAP@1000", "P@10", "P@100", "P@r2", "queries/s"):
         table.add_column(column, justify="right")
 

@@ -96,6 +96,9 @@ def _metric(trainer: pl.Trainer, key: str) -> float | None:
 @hydra.main(config_path=CONFIG_PATH, config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
     metrics = run_with_user_errors(train, cfg, on_failure=record_failure)
+    from deephash.evaluate import print_summary
+
+    print_summary(metrics)
     # hydra sweepers (e.g. Optuna) optimise the scalar the task returns
     return optimized_value(metrics, cfg.get("optimized_metric"))
 
