@@ -65,8 +65,8 @@ def write_features(path: Path, n: int, dim: int, rng: np.random.Generator) -> np
     step = max(1, (_WRITE_ROWS * 512) // dim)
     for start in range(0, n, step):
         rows = min(step, n - start)
-        # post-ReLU F7 activations are non-negative
-        f7[start : start + rows] = np.abs(rng.standard_normal((rows, dim), dtype=np.float32))
+        # post-ReLU F7 activations are non-negative; uniform draws are the cheapest to generate
+        f7[start : start + rows] = rng.random((rows, dim), dtype=np.float32)
     f7.flush()
     del f7
     return np.load(path, mmap_mode="r")
@@ -203,7 +203,7 @@ def run_retrieval(args: argparse.Namespace) -> dict[str, Any]:
             log(f"writing {n:,} x {dim} float16 F7 features to {scratch}")
             start = time.perf_counter()
             db_f7 = write_features(scratch / "f7.npy", n, dim, rng)
-            query_f7 = np.abs(rng.standard_normal((args.n_queries, dim), dtype=np.float32))
+            query_f7 = rng.random((args.n_queries, dim), dtype=np.float32)
             config["f7_write_s"] = time.perf_counter() - start
             for bits in args.bits:
                 log(f"{bits}-bit codes: hamming search, padding, hierarchical search")

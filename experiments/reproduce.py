@@ -536,28 +536,28 @@ def _one_line(text: str, limit: int = 300) -> str:
 # ---------------------------------------------------------------------------------------------- stages
 
 
-def run_training(plan: Plan) -> list[dict[str, Any]]:
-    """Stage 2: the paper's runs and the code-length sweep."""
-    return [run_job(plan, job) for job in training_jobs(plan)]
+def run_training(plan: Plan) -> dict[str, dict[str, Any]]:
+    """Stage 2: the paper's runs and the code-length sweep; ``{run name: status entry}``."""
+    return {job.name: run_job(plan, job) for job in training_jobs(plan)}
 
 
-def run_baselines(plan: Plan) -> list[dict[str, Any]]:
+def run_baselines(plan: Plan) -> dict[str, dict[str, Any]]:
     """Stage 3: the hashing baselines at 48 bits."""
-    return [run_job(plan, job) for job in baseline_jobs(plan)]
+    return {job.name: run_job(plan, job) for job in baseline_jobs(plan)}
 
 
-def run_yahoo(plan: Plan) -> dict[str, Any] | None:
+def run_yahoo(plan: Plan) -> dict[str, dict[str, Any]]:
     """Stage 4: the Yahoo-style folder run, when a folder was given."""
     job = yahoo_job(plan)
-    return run_job(plan, job) if job else None
+    return {job.name: run_job(plan, job)} if job else {}
 
 
-def run_speed(plan: Plan) -> dict[str, Any]:
+def run_speed(plan: Plan) -> dict[str, dict[str, Any]]:
     """Stage 5: ``deephash.bench retrieval`` into ``bench/bench.json`` (skipped when it exists)."""
     path = plan.out / "bench" / "bench.json"
     if path.is_file() and not plan.force:
         log.info("bench: %s exists, skipped", path)
-        return _record(plan, "bench", {"status": "completed", "skipped": True})
+        return {"bench": _record(plan, "bench", {"status": "completed", "skipped": True})}
     from deephash.bench import build_parser as bench_parser
     from deephash.bench import run_retrieval
 
@@ -566,16 +566,12 @@ def run_speed(plan: Plan) -> dict[str, Any]:
     try:
         args = bench_parser("retrieval").parse_args(["retrieval", *plan.bench_args, "--out", str(path)])
         run_retrieval(args)
-    except (
-        DeephashError,
-        SystemExit,
-        OSError,
-        MemoryError,
-    ) as err:  # SystemExit: argparse rejected --bench-args
+    # SystemExit: argparse rejected --bench-args
+    except (DeephashError, SystemExit, OSError, MemoryError) as err:
         entry = {"status": "failed", "error": _one_line(f"{err.__class__.__name__}: {err}")}
         log.error("bench failed: %s", entry["error"])
     entry["seconds"] = round(time.perf_counter() - start, 1)
-    return _record(plan, "bench", entry)
+    return {"bench": _record(plan, "bench", entry)}
 
 
 # --------------------------------------------------------------------------------------------- results
@@ -710,7 +706,7 @@ def wandb_link(run_dir: Path, metrics: dict[str, Any]) -> str:
         return "no W&B run"
     latest = max(found, key=lambda p: p.name.removeprefix("offline-"))
     if latest.name.startswith("offline-"):
-        return f"offline: `wandb sync {latest}`"
+        return f"offline: `wandb sync {shlex.quote(str(latest))}`"
     run_id = latest.name.rsplit("-", 1)[-1]
     for log_file in ("files/output.log", "logs/debug.log", "logs/debug-internal.log"):
         try:
@@ -982,6 +978,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from rich.logging import RichHandler
 
         logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=[RichHandler(show_path=False)])
+    ran: dict[str, dict[str, Any]] = {}
     try:
         plan = make_plan(args, argv)
         if not args.report_only:
@@ -989,22 +986,22 @@ def main(argv: Sequence[str] | None = None) -> int:
                 log.warning(warning)
             plan.out.mkdir(parents=True, exist_ok=True)
             log.info("stage 2/6: training runs (%s)", ", ".join(plan.trained))
-            run_training(plan)
+            ran.update(run_training(plan))
             log.info("stage 3/6: baselines at %d bits", BASELINE_BITS)
-            run_baselines(plan)
+            ran.update(run_baselines(plan))
             log.info(
                 "stage 4/6: Yahoo-style folder run%s",
                 "" if plan.yahoo_root else " (no --yahoo-root: left out)",
             )
-            run_yahoo(plan)
+            ran.update(run_yahoo(plan))
             log.info("stage 5/6: retrieval speed")
-            run_speed(plan)
+            ran.update(run_speed(plan))
         log.info("stage 6/6: RESULTS.md")
         path = write_results(plan)
     except DeephashError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    failed = sorted(name for name, entry in _status(plan).items() if entry.get("status") == "failed")
+    failed = sorted(name for name, entry in ran.items() if entry["status"] == "failed")
     print(f"results: {path}")
     if failed:
         print(f"failed runs: {', '.join(failed)} (see RESULTS.md and their run directories)", file=sys.stderr)

@@ -218,3 +218,55 @@ def test_folder_argument_errors(tree):
         _dm(root, test_list_file="t.txt")
     with pytest.raises(ConfigError, match="data.root must be set"):
         FolderDataModule(root=None)
+
+
+# ---- scale: hidden folders, empty files, links, loader settings -------------------------------------------
+
+
+def test_hidden_folders_empty_files_and_link_loops_are_skipped(tree):
+    root, paths, labels = tree
+    write_image(root / "cat" / ".thumbnails" / "t.jpg", "RGB", "JPEG")
+    (root / "dog" / "zero.jpg").write_bytes(b"")
+    (root / "fish" / "loop").symlink_to(root / "fish", target_is_directory=True)
+    found, found_labels, _ = scan_folder(str(root))
+    assert found == paths  # no hidden folder, no empty file, the loop walked once
+    np.testing.assert_array_equal(found_labels, labels)
+
+
+def test_read_list_file_leaves_out_empty_files(tmp_path):
+    write_image(tmp_path / "a" / "x.png", "RGB", "PNG")
+    (tmp_path / "a" / "empty.png").write_bytes(b"")
+    (tmp_path / "l.txt").write_text("a/x.png 0\na/empty.png 1\n")
+    paths, labels = read_list_file(str(tmp_path / "l.txt"), str(tmp_path))
+    assert paths == ["a/x.png"] and labels.tolist() == [0]
+
+
+def test_folder_yaml_loader_defaults(tree):
+    from omegaconf import OmegaConf
+
+    from tests.conftest import CONF_DIR
+
+    cfg = OmegaConf.load(f"{CONF_DIR}/data/folder.yaml")
+    cfg.root, cfg.seed, cfg.n_queries = str(tree[0]), 0, 2
+    dm = FolderDataModule(**{k: v for k, v in OmegaConf.to_container(cfg).items() if k != "_target_"})
+    assert (dm.num_workers, dm.persistent_workers, dm.prefetch_factor) == (8, True, None)
+    assert dm.on_bad_image == "skip" and dm.decode_on_gpu is False and dm.cache_dir is None
+    assert dm.pin_memory is torch.cuda.is_available()
+    loader = dm.train_dataloader()
+    assert loader.num_workers == 8 and loader.persistent_workers and loader.prefetch_factor == 2
+
+
+def test_folder_datasets_pickle_for_spawned_workers(tree):
+    import pickle
+
+    root, _, _ = tree
+    dm = _dm(root)
+    for device_decode in (False, True):
+        ds = dm.dataset("database", train=False, device_decode=device_decode)
+        clone = pickle.loads(pickle.dumps(ds))
+        a, b = clone[3], ds[3]
+        assert a[1:] == b[1:] and clone.collate_fn is ds.collate_fn
+        if device_decode and isinstance(a[0], np.ndarray):
+            np.testing.assert_array_equal(a[0], b[0])
+        else:
+            torch.testing.assert_close(a[0], b[0])

@@ -526,3 +526,15 @@ def test_device_decode_training_through_lightning(smooth_tree, tmp_path):
     trainer.test(module, datamodule=dm, verbose=False)
     assert seen and all(s[1:] == (3, 16, 16) for s in seen)
     assert (tmp_path / "run" / "bad_images.txt").read_text() == "cat/cat_bad.jpg\n"
+
+
+def test_epoch_end_callback_reports(bad_tree, tmp_path):
+    from types import SimpleNamespace
+
+    from deephash.data.folder import BadImageReport
+
+    root, _ = bad_tree
+    dm = _dm(root, report_dir=str(tmp_path / "run"))
+    dm.setup()
+    BadImageReport().on_train_epoch_end(SimpleNamespace(datamodule=dm, is_global_zero=True), None)
+    assert (tmp_path / "run" / "bad_images.txt").read_text() == "cat/empty.jpg\n"

@@ -119,11 +119,16 @@ def _walk_class(root: str, cls: str) -> tuple[list[tuple[str, int]], list[str]]:
     """``([(directory, mtime_ns)], image paths)`` under ``root/cls``, both relative to root."""
     found: dict[str, list[str]] = {}
     dirs: list[tuple[str, int]] = []
+    seen: set[tuple[int, int]] = set()  # (device, inode): a link back up the tree is walked once
     stack = [cls]
     while stack:
         rel = stack.pop()
         full = os.path.join(root, rel)
-        dirs.append((rel, os.stat(full).st_mtime_ns))  # before listing: a change during it shows next time
+        st = os.stat(full)  # before listing: a change during the listing shows next time
+        if (st.st_dev, st.st_ino) in seen:
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        dirs.append((rel, st.st_mtime_ns))
         names = []
         with os.scandir(full) as entries:
             for e in entries:
@@ -552,9 +557,3 @@ def _bench_steps(root: Path, cache: Path, threads: int | None) -> list[tuple[str
         ("cold_scan_s", lambda: cached_file_list(str(root), None, cache, threads)),
         ("cached_load_s", lambda: cached_file_list(str(root), None, cache, threads)),
     ]
-
-
-if __name__ == "__main__":  # python -m deephash.data.scan N_FILES N_CLASSES TMPDIR
-    import sys
-
-    print(json.dumps(scan_benchmark(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]), indent=2))
