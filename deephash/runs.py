@@ -40,6 +40,9 @@ def finish_loggers(loggers: list[pl.loggers.Logger], metrics: dict[str, Any], ru
     """Log the final retrieval results (W&B summary, tables, images, artifacts) and close the runs."""
     from deephash.tracking.wandb import finish, log_artifacts, log_retrieval_results
 
+    url = wandb_url(loggers)
+    if url:
+        update_json(run_dir / "metrics.json", {"wandb_url": url})
     if metrics.get("modes"):
         log_retrieval_results(loggers, metrics, run_dir)
     log_artifacts(loggers, run_dir, metrics.get("best_checkpoint") or None, metrics.get("index_dir"))
@@ -69,3 +72,13 @@ def record_failure(cfg: DictConfig, err: BaseException) -> None:
             "traceback": traceback.format_exception_only(type(err), err)[-1].strip(),
         },
     )
+
+
+def wandb_url(loggers: list[pl.loggers.Logger]) -> str | None:
+    """The W&B run page of an online run (offline runs have none until synced)."""
+    for logger in loggers:
+        if isinstance(logger, pl.loggers.WandbLogger):
+            run = logger.experiment
+            if not getattr(run, "offline", True) and getattr(run, "url", None):
+                return str(run.url)
+    return None
