@@ -28,7 +28,7 @@ $(STAMP): pyproject.toml | $(PY)
 install: $(STAMP) ## create .venv (if missing) and install deephash with its dev extras
 
 demo: $(STAMP) ## train, index and evaluate on the bundled digits (offline, CPU, a few minutes)
-	WANDB_MODE=$${WANDB_MODE:-offline} $(PY) -m deephash.train experiment=demo
+	$(PY) -m deephash.train experiment=demo
 
 test: $(STAMP) ## run the test suite (offline, < 15 minutes on 2 cores; skips tests marked slow)
 	WANDB_MODE=offline $(PY) -m pytest -q $(PYTEST_ARGS)
@@ -43,7 +43,7 @@ reproduce: $(STAMP) ## regenerate the paper's results (needs datasets, ImageNet 
 	$(PY) -m experiments.reproduce $(REPRODUCE_ARGS)
 
 reproduce-smoke: $(STAMP) ## the reproduction pipeline, every stage, on the bundled digits (CPU, < 10 minutes)
-	WANDB_MODE=$${WANDB_MODE:-offline} $(PY) -m experiments.reproduce --smoke $(REPRODUCE_ARGS)
+	$(PY) -m experiments.reproduce --smoke $(REPRODUCE_ARGS)
 
 lint: $(STAMP) ## ruff lint and format check
 	$(VENV)/bin/ruff check .
