@@ -147,3 +147,10 @@ def test_channels_last_gives_same_output() -> None:
     b.net.load_state_dict(a.net.state_dict())
     x = torch.randn(2, 1, 8, 8)
     assert torch.allclose(a(x).logits, b(x).logits, atol=1e-6)
+
+
+def test_compiled_module_checkpoints_like_an_eager_one() -> None:
+    eager = HashModule("smallcnn", bits=8, num_classes=3, in_channels=1)
+    compiled = HashModule("smallcnn", bits=8, num_classes=3, in_channels=1, compile=True)
+    assert set(compiled.state_dict()) == set(eager.state_dict())
+    eager.load_state_dict(compiled.state_dict())  # strict: no extra or missing keys

@@ -66,7 +66,9 @@ class HashModule(pl.LightningModule):
         )
         if channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
-        self.forward_fn = torch.compile(self.net) if compile else self.net
+        # kept outside the module registry: a registered compiled wrapper would add a second copy of every
+        # weight (``_orig_mod.*``) to the state dict and break loading checkpoints without compile
+        object.__setattr__(self, "forward_fn", torch.compile(self.net) if compile else self.net)
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.lr_mult = {**DEFAULT_LR_MULT, **lr_mult}
