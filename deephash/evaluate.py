@@ -24,7 +24,7 @@ from deephash.evaluation.plots import (
     write_retrieval_grid,
 )
 from deephash.models.module import load_hash_module
-from deephash.retrieval.build import build_index
+from deephash.retrieval.build import build_index, drop_unreadable
 from deephash.retrieval.encode import EncodedSplit, encode_split
 from deephash.retrieval.store import save_index
 from deephash.runs import finish_loggers, instantiate_loggers, record_failure
@@ -51,6 +51,7 @@ def evaluate_checkpoint(
     module = load_hash_module(ckpt_path)
     predict_trainer = build_predict_trainer(cfg, trainer)
     work = run_dir / ".encode"
+    drop_unreadable(datamodule)  # before any split is encoded: queries and database alike
     queries = encode_split(module, datamodule, "query", work / "query", predict_trainer)
     if predict_trainer.is_global_zero:  # the encoded queries too, so anyone can re-check the metrics
         save_index(

@@ -13,6 +13,20 @@ from deephash.retrieval.encode import EncodedSplit, encode_split
 from deephash.retrieval.store import IndexStore, load_index, save_index, sha256_file
 
 
+def drop_unreadable(datamodule: Any) -> list[str]:
+    """Under ``data.on_bad_image=skip``, find unreadable images and leave them out of every split.
+
+    Returns their paths (relative to the dataset root) for the index manifest. Datasets without image
+    files (digits, MNIST, CIFAR-10) have none.
+    """
+    if getattr(datamodule, "on_bad_image", None) != "skip" or not hasattr(datamodule, "find_bad_images"):
+        return []
+    bad = datamodule.find_bad_images()
+    if bad:
+        datamodule.exclude(bad)
+    return list(datamodule.bad_images())
+
+
 def build_index(
     module: pl.LightningModule,
     datamodule: Any,
@@ -28,6 +42,7 @@ def build_index(
     rank encodes; rank 0 saves, the other ranks get ``(None, None)``.
     """
     index_dir = Path(index_dir)
+    bad_images = drop_unreadable(datamodule)
     work = index_dir.parent / f".{index_dir.name}.encode-{split}"
     encoded = encode_split(module, datamodule, split, work, trainer)
     if trainer is not None and not trainer.is_global_zero:
@@ -49,6 +64,7 @@ def build_index(
                 "checkpoint_sha256": sha256_file(ckpt_path),
                 "class_names": datamodule.class_names,
                 "preprocess": preprocess_spec(datamodule),
+                "bad_images": bad_images,  # left out of the index
             },
         )
         store = load_index(index_dir, expect_bits=module.bits)

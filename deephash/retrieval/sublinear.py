@@ -1,0 +1,268 @@
+"""Sub-linear Hamming search by multi-index hashing (Norouzi et al., TPAMI 2014) over FAISS hash tables.
+
+``MultiHashIndex`` wraps ``faiss.IndexBinaryMultiHash``: each code is cut into ``nhash`` disjoint
+substrings of ``b`` bits, substring ``h`` holding code bits ``[h * b, (h + 1) * b)``, and each substring
+keys its own hash table. A query probes, in every table, the buckets whose key differs from its own
+substring in at most ``nflip`` bits; the union of those buckets is the candidate shortlist, whose exact
+distances FAISS then computes. By the pigeonhole principle an item at distance
+``d <= nhash * (nflip + 1) - 1`` has some substring within ``nflip`` bits of the query's, so it is
+always a candidate (``exact_radius``): a ``range_search`` with ``radius <= exact_radius`` is exact. The
+k-NN returns the k best candidates by (distance, index), so it is approximate: an item beyond
+``exact_radius`` is only found when one of its substrings happens to be close enough.
+``BinaryHashIndex`` (``faiss.IndexBinaryHash``) is the single-table case, exact up to ``nflip``.
+
+Both share ``HammingIndex``'s interface (``search``, ``range_search``, ``ntotal``, ``code_bytes``,
+``bits``, ``_queries``, ``_range_sorted``), so ``hierarchical_search`` accepts them; its radius pool is
+exact whenever ``radius <= exact_radius``.
+"""
+
+from __future__ import annotations
+
+from math import comb
+from typing import Any
+
+import faiss
+import numpy as np
+
+from deephash.retrieval.codes import check_packed, code_bytes, pad_codes, padded_code_bytes
+from deephash.retrieval.search import HammingIndex
+from deephash.utils.errors import ConfigError, IndexFormatError
+
+METHODS = ("flat", "multihash", "hash")
+DEFAULT_SUBSTRING_BITS = 16
+MAX_SUBSTRING_BITS = 56  # FAISS reads a substring as one 8-byte word shifted by up to 7 bits
+MAX_PROBES = 1 << 20  # buckets probed per table per query: sum_{i <= nflip} C(b, i)
+_RANGE_QUERY_BATCH = 256
+_RESULT_BUDGET = 1 << 24  # (distance, index) candidate pairs held per k-NN query batch (~200 MB)
+_FIRST_BATCH = 16  # the first k-NN batch measures the shortlist size that sizes the next ones
+_MAX_BATCH = 1024
+# Bytes per non-empty bucket of std::unordered_map<int64, std::vector<int64>>: node, vector header,
+# hash slot and allocator headers. Only used for the memory estimate.
+_BUCKET_OVERHEAD = 80
+
+# packbits stores code bit j at bit 7 - j % 8 of byte j // 8; FAISS reads substrings from little-endian
+# words, least significant bit first. Reversing each byte's bits (the same permutation for database and
+# queries, so distances are unchanged) makes substring h exactly code bits [h * b, (h + 1) * b) and
+# keeps the zero padding bits out of every substring.
+_REVERSE_BITS = np.array([int(f"{i:08b}"[::-1], 2) for i in range(256)], dtype=np.uint8)
+
+
+def _int_in(value: Any, name: str, low: int, high: int | None = None) -> int:
+    """``value`` as an int in [low, high] or a one-line ConfigError."""
+    ok = isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+    if not ok or value < low or (high is not None and value > high):
+        bound = f"[{low}, {high}]" if high is not None else f">= {low}"
+        raise ConfigError(f"{name} must be an integer {bound}, got {value!r}")
+    return int(value)
+
+
+def _faiss_layout(padded: np.ndarray) -> np.ndarray:
+    """(n, c) uint8 big-endian codes -> (n, c) bit-reversed codes followed by 8 spare zero bytes.
+
+    FAISS reads every substring (and IndexBinaryHash its key) as a full 8-byte word, which may run up
+    to 7 bytes past the last code: the spare bytes keep that read inside our buffer.
+    """
+    n, c = padded.shape
+    buf = np.zeros(n * c + 8, dtype=np.uint8)
+    out = buf[: n * c].reshape(n, c)
+    np.take(_REVERSE_BITS, padded, out=out)
+    return out
+
+
+class MultiHashIndex:
+    """Multi-index hashing over packed codes, wrapping ``faiss.IndexBinaryMultiHash``.
+
+    codes_packed: (n, ceil(bits / 8)) uint8. ``b`` defaults to min(16, bits) (at most 65536 buckets
+    per table) and ``nhash`` to ``bits // b``; ``nhash * b <= bits``. Every item within
+    ``exact_radius = nhash * (nflip + 1) - 1`` of a query is found; see the module docstring.
+    ``nflip`` is a search-time setting and may be changed after building.
+    """
+
+    method = "multihash"
+
+    def __init__(
+        self,
+        codes_packed: np.ndarray,
+        bits: int,
+        *,
+        nhash: int | None = None,
+        b: int | None = None,
+        nflip: int = 1,
+        pad: bool = True,
+    ) -> None:
+        self.bits = _int_in(bits, "bits", 1)
+        self.codes = check_packed(codes_packed, self.bits, "database codes")
+        self.code_bytes = code_bytes(self.bits)
+        self.padded_bytes = padded_code_bytes(self.code_bytes) if pad else self.code_bytes
+        self.b, self.nhash = self._substrings(nhash, b)
+        self.faiss_index = self._new_faiss_index()
+        self.nflip = nflip
+        self.faiss_index.add(_faiss_layout(pad_codes(self.codes, self.padded_bytes)))
+
+    def _substrings(self, nhash: int | None, b: int | None) -> tuple[int, int]:
+        """Validated (b, nhash) with the defaults filled in."""
+        if b is None:
+            b = min(DEFAULT_SUBSTRING_BITS, self.bits)
+        b = _int_in(b, "b (bits per substring)", 1, min(MAX_SUBSTRING_BITS, self.bits))
+        nhash = self.bits // b if nhash is None else _int_in(nhash, "nhash", 1)
+        if nhash * b > self.bits:
+            raise ConfigError(
+                f"nhash * b must not exceed the code length: {nhash} x {b} = {nhash * b} > {self.bits} bits"
+            )
+        return b, nhash
+
+    def _new_faiss_index(self) -> Any:
+        return faiss.IndexBinaryMultiHash(8 * self.padded_bytes, self.nhash, self.b)
+
+    @property
+    def nflip(self) -> int:
+        return int(self.faiss_index.nflip)
+
+    @nflip.setter
+    def nflip(self, value: int) -> None:
+        nflip = _int_in(value, "nflip", 0, self.b)
+        probes = sum(comb(self.b, i) for i in range(nflip + 1))
+        if probes > MAX_PROBES:
+            raise ConfigError(
+                f"nflip={nflip} probes {probes:,} buckets per table per query with b={self.b} "
+                f"(limit {MAX_PROBES:,}): lower nflip or b"
+            )
+        self.faiss_index.nflip = nflip
+
+    @property
+    def exact_radius(self) -> int:
+        """Largest radius within which every item is found: ``nhash * (nflip + 1) - 1``."""
+        return self.nhash * (self.nflip + 1) - 1
+
+    @property
+    def ntotal(self) -> int:
+        return int(self.faiss_index.ntotal)
+
+    def memory_bytes(self) -> int:
+        """Estimated resident size: stored codes, one int64 id per item and table, bucket overhead."""
+        return (
+            self.ntotal * (self.padded_bytes + 8 * self.nhash)
+            + int(self.faiss_index.hashtable_size()) * _BUCKET_OVERHEAD
+        )
+
+    def _queries(self, query_packed: np.ndarray) -> np.ndarray:
+        """Validated queries zero padded to ``padded_bytes`` (the layout ``HammingIndex._queries`` gives)."""
+        queries = np.asarray(query_packed)
+        if queries.ndim != 2 or queries.dtype != np.uint8 or queries.shape[1] != self.code_bytes:
+            raise IndexFormatError(
+                f"queries are {queries.dtype} {queries.shape} but the index holds {self.bits}-bit codes "
+                f"packed as (n, {self.code_bytes}) uint8"
+            )
+        return pad_codes(check_packed(queries, self.bits, "query codes"), self.padded_bytes)
+
+    def _range_faiss(self, padded_queries: np.ndarray, radius: int) -> tuple[np.ndarray, ...]:
+        """Candidates within ``radius`` (inclusive) -> (lims int64, dist int32, idx int64), FAISS order."""
+        # FAISS keeps d < radius (strict); ours is inclusive, hence radius + 1.
+        lims, dist, idx = self.faiss_index.range_search(_faiss_layout(padded_queries), int(radius) + 1)
+        return lims.astype(np.int64), dist.astype(np.int32), idx
+
+    def _range_sorted(self, padded_queries: np.ndarray, radius: int) -> tuple[np.ndarray, ...]:
+        """Range search on padded queries -> (lims, dist int32, idx int64) ordered by (query, dist, idx)."""
+        lims, dist, idx = self._range_faiss(padded_queries, radius)
+        owner = np.repeat(np.arange(len(padded_queries)), np.diff(lims))
+        order = np.lexsort((idx, dist, owner))
+        return lims, dist[order], idx[order]
+
+    def range_search(self, query_packed: np.ndarray, radius: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Every found item within Hamming distance ``radius`` (inclusive) of each query.
+
+        query_packed: (q, ceil(bits / 8)) uint8 -> per query ``(dist (m,) int32, idx (m,) int64)``,
+        ordered by (distance, index). Exact (equal to ``HammingIndex.range_search``) when
+        ``radius <= exact_radius``; beyond it, a subset.
+        """
+        queries = self._queries(query_packed)
+        radius = _int_in(radius, "radius", 0)
+        results: list[tuple[np.ndarray, np.ndarray]] = []
+        for q0 in range(0, len(queries), _RANGE_QUERY_BATCH):
+            lims, dist, idx = self._range_sorted(queries[q0 : q0 + _RANGE_QUERY_BATCH], radius)
+            results.extend((dist[a:b], idx[a:b]) for a, b in zip(lims[:-1], lims[1:]))
+        return results
+
+    def candidate_counts(self, query_packed: np.ndarray) -> np.ndarray:
+        """(q,) int64 shortlist size of each query: the items whose exact distance FAISS computes."""
+        queries = self._queries(query_packed)
+        counts = [
+            np.diff(self._range_faiss(queries[q0 : q0 + _RANGE_QUERY_BATCH], self.bits)[0])
+            for q0 in range(0, len(queries), _RANGE_QUERY_BATCH)
+        ]
+        return np.concatenate(counts) if counts else np.zeros(0, np.int64)
+
+    def search(self, query_packed: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The k best candidates of each query (approximate k nearest codes).
+
+        query_packed: (q, ceil(bits / 8)) uint8 -> (dist (q, k) int32, idx (q, k) int64), ordered by
+        (distance, index) over the whole shortlist, ties going to the lower index; slots beyond the
+        shortlist size hold distance -1 and index -1. Equal to ``HammingIndex.search`` for every query
+        whose exact k-th distance is at most ``exact_radius``.
+        """
+        queries, k = self._queries(query_packed), _int_in(k, "k", 1)
+        dist_out = np.full((len(queries), k), -1, np.int32)
+        idx_out = np.full((len(queries), k), -1, np.int64)
+        n = max(self.ntotal, 1)
+        # FAISS's own k-NN keeps an arbitrary subset of the items tied at the k-th distance, so the whole
+        # shortlist comes back (a range search past the largest distance) and is cut here on the unique
+        # key dist * n + idx. Its cost is about that of FAISS's heap k-NN over the same shortlist.
+        q0, batch, largest = 0, _FIRST_BATCH, 1
+        while q0 < len(queries):
+            lims, dist, idx = self._range_faiss(queries[q0 : q0 + batch], self.bits)
+            key = dist.astype(np.int64) * n + idx
+            for row, (a, b) in enumerate(zip(lims[:-1], lims[1:])):
+                top = key[a:b] if b - a <= k else np.partition(key[a:b], k - 1)[:k]
+                top.sort()
+                dist_out[q0 + row, : len(top)], idx_out[q0 + row, : len(top)] = top // n, top % n
+            largest = max(largest, int(np.diff(lims).max(initial=0)))
+            q0 += batch
+            batch = max(1, min(_MAX_BATCH, _RESULT_BUDGET // largest))
+        return dist_out, idx_out
+
+
+class BinaryHashIndex(MultiHashIndex):
+    """One hash table on code bits ``[0, b)``, wrapping ``faiss.IndexBinaryHash`` (codes live in the buckets).
+
+    The ``nhash = 1`` case of ``MultiHashIndex``: every item within ``exact_radius = nflip`` is found.
+    """
+
+    method = "hash"
+
+    def __init__(
+        self, codes_packed: np.ndarray, bits: int, *, b: int | None = None, nflip: int = 1, pad: bool = True
+    ) -> None:
+        super().__init__(codes_packed, bits, nhash=1, b=b, nflip=nflip, pad=pad)
+
+    def _new_faiss_index(self) -> Any:
+        return faiss.IndexBinaryHash(8 * self.padded_bytes, self.b)
+
+    def memory_bytes(self) -> int:
+        """Estimated resident size: each item's code and int64 id in its bucket, plus bucket overhead."""
+        buckets = int(self.faiss_index.hashtable_size())
+        return self.ntotal * (self.padded_bytes + 8) + buckets * 2 * _BUCKET_OVERHEAD
+
+
+_PARAMS = {"flat": {"pad"}, "multihash": {"nhash", "b", "nflip", "pad"}, "hash": {"b", "nflip", "pad"}}
+
+
+def build_hamming_index(
+    codes_packed: np.ndarray, bits: int, method: str = "flat", **params: Any
+) -> HammingIndex | MultiHashIndex:
+    """A Hamming index over packed codes: exhaustive ``flat`` (exact), ``multihash`` or ``hash`` (sub-linear).
+
+    codes_packed: (n, ceil(bits / 8)) uint8; params: ``pad`` for every method, ``nhash``, ``b``, ``nflip``
+    for ``multihash``, ``b``, ``nflip`` for ``hash``.
+    """
+    if method not in _PARAMS:
+        raise ConfigError(f"unknown Hamming index method {method!r}; expected one of: {', '.join(METHODS)}")
+    unknown = sorted(set(params) - _PARAMS[method])
+    if unknown:
+        raise ConfigError(
+            f"{method} index takes {', '.join(sorted(_PARAMS[method]))}; got unknown {', '.join(unknown)}"
+        )
+    if method == "flat":
+        return HammingIndex(codes_packed, bits, **params)
+    if method == "hash":
+        return BinaryHashIndex(codes_packed, bits, **params)
+    return MultiHashIndex(codes_packed, bits, **params)
