@@ -168,3 +168,35 @@ def test_multirun_over_bits_with_basic_launcher(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-2000:]
     bits = sorted(_metrics(tmp_path / str(i))["bits"] for i in range(2))
     assert bits == [12, 48]
+
+
+def test_folder_with_broken_images_trains_indexes_and_lists_them(train_cfg, tmp_path: Path) -> None:
+    from deephash.retrieval.store import load_index
+    from tests.test_data_folder_scale import write_bad_tree
+
+    root = tmp_path / "images"
+    bad = write_bad_tree(root, per_class=12)
+    common = [
+        "data=folder",
+        f"data.root={root}",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        "data.num_workers=0",
+        "data.n_queries=4",
+        "data.test_fraction=0.25",
+        "data.batch_size=8",
+        "data.transform=native",
+        "data.image_size=16",
+        "trainer.max_epochs=1",
+        "retrieval.modes=[hamming]",
+    ]
+    metrics = train(train_cfg(*common, "data.on_bad_image=skip", "evaluate=true", output_dir=tmp_path / "skip"))
+    assert metrics["status"] == "completed"
+    listed = set((tmp_path / "skip" / "bad_images.txt").read_text().split())
+    unreadable = {rel for rel, kind in bad.items() if kind != "empty"}
+    assert unreadable <= listed
+    index = load_index(tmp_path / "skip" / "index")
+    assert not set(index.ids) & set(bad)  # left out of the index ...
+    assert unreadable <= set(index.manifest["meta"]["bad_images"])  # ... and listed in its manifest
+
+    with pytest.raises(Exception, match=r"cannot read image .*(corrupt|notes|truncated|empty)\.jpg"):
+        train(train_cfg(*common, "data.on_bad_image=error", output_dir=tmp_path / "error"))
