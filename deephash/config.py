@@ -26,7 +26,11 @@ def validate_train_config(cfg: DictConfig) -> None:
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ConfigError(f"data.{key} must be an integer >= 1, got {value!r}")
     weights = model.get("weights")
-    if weights is not None and _looks_like_path(str(weights)) and not Path(str(weights)).expanduser().is_file():
+    if (
+        weights is not None
+        and _looks_like_path(str(weights))
+        and not Path(str(weights)).expanduser().is_file()
+    ):
         raise ConfigError(
             f"model.weights file not found: {weights} (expected a torchvision weight name such as "
             f"IMAGENET1K_V1, null, or the path of a saved state dict)"
@@ -38,4 +42,6 @@ def validate_train_config(cfg: DictConfig) -> None:
         )
     ckpt = cfg.get("ckpt_path")
     if ckpt is not None and not Path(str(ckpt)).expanduser().is_file():
-        raise ConfigError(f"ckpt_path not found: {ckpt} (expected a .ckpt file, e.g. <run>/checkpoints/last.ckpt)")
+        raise ConfigError(
+            f"ckpt_path not found: {ckpt} (expected a .ckpt file, e.g. <run>/checkpoints/last.ckpt)"
+        )

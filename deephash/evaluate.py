@@ -16,7 +16,7 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 
 from deephash.cli import run_with_user_errors
-from deephash.evaluation.pipeline import Encoded, RetrievalReport, evaluate_retrieval
+from deephash.evaluation.pipeline import Encoded, RetrievalReport, evaluate_retrieval, settings
 from deephash.evaluation.plots import (
     write_bit_balance,
     write_pr_curve,
@@ -73,13 +73,7 @@ def evaluate_checkpoint(
         db,
         Encoded(queries.codes, queries.f7, queries.labels),
         module.bits,
-        modes=list(rcfg.modes),
-        ks=list(rcfg.ks),
-        map_at=int(rcfg.map_at),
-        radius=int(rcfg.radius),
-        min_pool=int(rcfg.min_pool),
-        max_pool=int(rcfg.max_pool),
-        pool_size=int(rcfg.pool_size),
+        **settings(rcfg),
         index=store.hamming_index,
     )
     metrics: dict[str, Any] = {
@@ -91,7 +85,9 @@ def evaluate_checkpoint(
         "modes": report.metrics,
         "val_retrieval": validation_retrieval(database, datamodule.splits["val"], module.bits, rcfg),
     }
-    write_reports(run_dir, report, datamodule, queries, database, store.codes, module.bits, int(rcfg.grid_queries))
+    write_reports(
+        run_dir, report, datamodule, queries, database, store.codes, module.bits, int(rcfg.grid_queries)
+    )
     shutil.rmtree(work, ignore_errors=True)
     update_json(run_dir / "metrics.json", metrics)
     log.info("retrieval metrics written to %s", run_dir / "metrics.json")
@@ -133,7 +129,11 @@ def validation_retrieval(database: EncodedSplit, val_index: np.ndarray, bits: in
         radius=int(rcfg.radius),
     )
     result = report.metrics["hamming"]
-    return {"n_queries": int(val_rows.size), "mAP": result["mAP"], f"mAP@{rcfg.map_at}": result[f"mAP@{rcfg.map_at}"]}
+    return {
+        "n_queries": int(val_rows.size),
+        "mAP": result["mAP"],
+        f"mAP@{rcfg.map_at}": result[f"mAP@{rcfg.map_at}"],
+    }
 
 
 def write_reports(
@@ -151,17 +151,25 @@ def write_reports(
     curves = {mode: (report.curve_ks, curve) for mode, curve in report.curves.items()}
     if curves:
         write_precision_curves(
-            curves, run_dir / "precision_at_k.csv", run_dir / "precision_at_k.png", title=f"{name}, {bits} bits"
+            curves,
+            run_dir / "precision_at_k.csv",
+            run_dir / "precision_at_k.png",
+            title=f"{name}, {bits} bits",
         )
     if report.pr:
         write_pr_curve(
-            {"hamming": report.pr}, run_dir / "pr_curve.csv", run_dir / "pr_curve.png", title=f"{name}, {bits} bits"
+            {"hamming": report.pr},
+            run_dir / "pr_curve.csv",
+            run_dir / "pr_curve.png",
+            title=f"{name}, {bits} bits",
         )
     write_bit_balance(db_codes, run_dir / "bit_balance.png", run_dir / "bit_balance.csv", bits=bits)
     mode = next((m for m in ("hierarchical", "hamming", "euclidean") if m in report.top), None)
     if mode is None or grid_queries < 1:
         return
-    rows = np.unique(np.linspace(0, len(queries.labels) - 1, min(grid_queries, len(queries.labels))).astype(int))
+    rows = np.unique(
+        np.linspace(0, len(queries.labels) - 1, min(grid_queries, len(queries.labels))).astype(int)
+    )
     top = report.top[mode][rows]
     pool = datamodule.pool
     write_retrieval_grid(
@@ -232,7 +240,9 @@ def print_summary(metrics: dict[str, Any]) -> None:
     title = f"retrieval: {metrics.get('n_queries')} queries x {metrics.get('n_database')} items"
     if metrics.get("bits"):
         title += f", {metrics['bits']} bits"
-    accuracy = ", ".join(f"{k} {metrics[k]:.4f}" for k in ("val_acc", "test_acc") if metrics.get(k) is not None)
+    accuracy = ", ".join(
+        f"{k} {metrics[k]:.4f}" for k in ("val_acc", "test_acc") if metrics.get(k) is not None
+    )
     table = Table(title=title, caption=accuracy or None)
     for column in ("mode", "mAP", "mAP@1000", "P@10", "P@100", "P@r2", "queries/s"):
         table.add_column(column, justify="right")

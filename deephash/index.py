@@ -1,7 +1,7 @@
 """Entry point ``deephash-index``: build a persistent index, or describe one.
 
-    deephash-index build ckpt_path=<run>/checkpoints/last.ckpt [data=...] [index_dir=...]   (Hydra overrides)
-    deephash-index info <index dir>
+deephash-index build ckpt_path=<run>/checkpoints/last.ckpt [data=...] [index_dir=...]   (Hydra overrides)
+deephash-index info <index dir>
 """
 
 from __future__ import annotations
@@ -34,8 +34,12 @@ def build(cfg: DictConfig) -> dict[str, Any]:
     run_dir = checkpoint_run_dir(ckpt)
     data_cfg = cfg.get("data") or run_data_config(run_dir)
     if data_cfg is None:
-        raise ConfigError("no dataset given and the checkpoint has no training run beside it; pass data=<name>")
-    index_dir = Path(cfg.index_dir) if cfg.get("index_dir") else (run_dir or Path(cfg.paths.output_dir)) / "index"
+        raise ConfigError(
+            "no dataset given and the checkpoint has no training run beside it; pass data=<name>"
+        )
+    index_dir = (
+        Path(cfg.index_dir) if cfg.get("index_dir") else (run_dir or Path(cfg.paths.output_dir)) / "index"
+    )
     module = load_hash_module(ckpt)
     pl.seed_everything(cfg.seed, workers=True)
     datamodule = hydra.utils.instantiate(data_cfg)

@@ -1,6 +1,6 @@
 """Entry point ``deephash-search``: query a saved index with image files, print the results as JSON.
 
-    deephash-search --index DIR --ckpt CKPT IMAGE [IMAGE ...] [--k 10] [--mode hierarchical]
+deephash-search --index DIR --ckpt CKPT IMAGE [IMAGE ...] [--k 10] [--mode hierarchical]
 """
 
 from __future__ import annotations
@@ -56,10 +56,14 @@ def search(args: argparse.Namespace) -> list[dict[str, Any]]:
         )
     spec = store.manifest.get("meta", {}).get("preprocess")
     if spec is None:
-        raise IndexFormatError(f"index {args.index} records no query preprocessing; rebuild it with deephash-index build")
+        raise IndexFormatError(
+            f"index {args.index} records no query preprocessing; rebuild it with deephash-index build"
+        )
     batch = preprocess_queries(args.images, spec)
     if batch.shape[1] != module.hparams.in_channels:
-        raise ConfigError(f"the model expects {module.hparams.in_channels}-channel input, the index preprocessing gives {batch.shape[1]}")
+        raise ConfigError(
+            f"the model expects {module.hparams.in_channels}-channel input, the index preprocessing gives {batch.shape[1]}"
+        )
     with torch.inference_mode():
         codes, f7 = module.net.encode(batch.to(args.device))
     query_codes, query_f7 = pack_codes(codes.cpu().numpy()), f7.float().cpu().numpy()

@@ -47,7 +47,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         # the resolved config, so evaluation/indexing can rebuild this run's data without Hydra's files
         atomic_write_text(output_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
 
-    log.info("training %s/%s with %d-bit codes in %s", cfg.model.backbone, datamodule.name, cfg.model.bits, output_dir)
+    log.info(
+        "training %s/%s with %d-bit codes in %s",
+        cfg.model.backbone,
+        datamodule.name,
+        cfg.model.bits,
+        output_dir,
+    )
     start = time.perf_counter()
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     train_seconds = time.perf_counter() - start
@@ -112,7 +118,9 @@ def optimized_value(metrics: dict[str, Any], key: str | None) -> float | None:
     value: Any = metrics
     for part in key.split("."):
         if not isinstance(value, dict) or part not in value:
-            raise ConfigError(f"optimized_metric {key!r} is not in the run's metrics (keys: {', '.join(metrics)})")
+            raise ConfigError(
+                f"optimized_metric {key!r} is not in the run's metrics (keys: {', '.join(metrics)})"
+            )
         value = value[part]
     return float(value)
 

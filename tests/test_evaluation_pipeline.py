@@ -89,9 +89,7 @@ def test_every_mode_matches_brute_force(seed: int) -> None:
 
     # precision within radius 2: empty balls score 0
     balls = [(ham[i] <= radius) for i in range(len(queries.labels))]
-    prec = [
-        (db.labels[b] == label).mean() if b.any() else 0.0 for b, label in zip(balls, queries.labels)
-    ]
+    prec = [(db.labels[b] == label).mean() if b.any() else 0.0 for b, label in zip(balls, queries.labels)]
     assert report.metrics["hamming"]["precision@r2"] == pytest.approx(np.mean(prec), abs=1e-12)
     radius_mode = report.metrics["hamming_radius"]
     assert radius_mode["precision"] == pytest.approx(np.mean(prec), abs=1e-12)
@@ -106,7 +104,9 @@ def test_every_mode_matches_brute_force(seed: int) -> None:
 
 def test_hierarchical_top_k_equals_search_result() -> None:
     db, queries, bits = _data(3)
-    report = evaluate_retrieval(db, queries, bits, modes=["hierarchical"], min_pool=20, max_pool=120, pool_size=60)
+    report = evaluate_retrieval(
+        db, queries, bits, modes=["hierarchical"], min_pool=20, max_pool=120, pool_size=60
+    )
     index = HammingIndex(db.codes, bits)
     found = hierarchical_search(index, db.f7, queries.codes, queries.f7, 10, 2, 20, 120, 60).idx
     assert np.array_equal(report.top["hierarchical"], found)

@@ -92,7 +92,9 @@ def test_corrupt_weights_file_is_a_clear_error(tmp_path) -> None:
 
 
 def test_unknown_backbone_lists_choices() -> None:
-    with pytest.raises(ConfigError, match="unknown backbone 'lenet'; expected one of: alexnet, vgg16, resnet50, smallcnn"):
+    with pytest.raises(
+        ConfigError, match="unknown backbone 'lenet'; expected one of: alexnet, vgg16, resnet50, smallcnn"
+    ):
         build_backbone("lenet")
 
 

@@ -39,7 +39,12 @@ def _compose_with_hydra(*overrides: str):
 def test_bit_sweep_gives_one_wandb_run_per_job_in_one_group_and_a_comparison(tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
     proc = _train(
-        "-m", "model.bits=12,24", "logger=wandb", *FAST, f"hydra.sweep.dir={sweep}", env={"WANDB_MODE": "offline"}
+        "-m",
+        "model.bits=12,24",
+        "logger=wandb",
+        *FAST,
+        f"hydra.sweep.dir={sweep}",
+        env={"WANDB_MODE": "offline"},
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs = []
@@ -119,5 +124,7 @@ def test_optimized_value_reads_dotted_keys() -> None:
     metrics = {"val_retrieval": {"mAP": 0.75}, "val_acc": 0.9}
     assert optimized_value(metrics, "val_retrieval.mAP") == 0.75
     assert optimized_value(metrics, None) is None
-    with pytest.raises(ConfigError, match="optimized_metric 'val_retrieval.nope' is not in the run's metrics"):
+    with pytest.raises(
+        ConfigError, match="optimized_metric 'val_retrieval.nope' is not in the run's metrics"
+    ):
         optimized_value(metrics, "val_retrieval.nope")

@@ -23,7 +23,9 @@ def _metrics(run: Path) -> dict:
 
 
 def test_digits_default_run_reaches_098(train_cfg, tmp_path: Path) -> None:
-    cfg = train_cfg("experiment=demo", "logger=none", "callbacks=none", "evaluate=false", "trainer.max_epochs=15")
+    cfg = train_cfg(
+        "experiment=demo", "logger=none", "callbacks=none", "evaluate=false", "trainer.max_epochs=15"
+    )
     metrics = train(cfg)
     assert metrics["val_acc"] >= 0.98
     saved = _metrics(tmp_path / "run")
@@ -33,7 +35,9 @@ def test_digits_default_run_reaches_098(train_cfg, tmp_path: Path) -> None:
     assert saved["test_acc"] > 0.9
     splits = dict(__import__("numpy").load(tmp_path / "run" / "splits.npz"))
     assert set(splits) == {"train", "val", "test", "query", "database"}
-    assert json.loads((tmp_path / "run" / "classes.json").read_text())["class_names"] == [str(i) for i in range(10)]
+    assert json.loads((tmp_path / "run" / "classes.json").read_text())["class_names"] == [
+        str(i) for i in range(10)
+    ]
 
 
 def test_mnist_idx_files_train_offline(train_cfg, tmp_path: Path) -> None:
@@ -104,7 +108,10 @@ def test_resume_from_last_checkpoint_continues(train_cfg, tmp_path: Path) -> Non
     [
         ("model.bits=0", r"model.bits must be an integer in 1..4096, got 0"),
         ("model.bits=5000", r"model.bits must be an integer in 1..4096, got 5000"),
-        ("model.backbone=lenet", r"unknown backbone 'lenet'; expected one of: alexnet, vgg16, resnet50, smallcnn"),
+        (
+            "model.backbone=lenet",
+            r"unknown backbone 'lenet'; expected one of: alexnet, vgg16, resnet50, smallcnn",
+        ),
         ("data.batch_size=0", r"data.batch_size must be an integer >= 1, got 0"),
         ("model.weights=/no/such/weights.pth", r"model.weights file not found: /no/such/weights.pth"),
         ("ckpt_path=/no/such.ckpt", r"ckpt_path not found: /no/such.ckpt"),
@@ -189,7 +196,9 @@ def test_folder_with_broken_images_trains_indexes_and_lists_them(train_cfg, tmp_
         "trainer.max_epochs=1",
         "retrieval.modes=[hamming]",
     ]
-    metrics = train(train_cfg(*common, "data.on_bad_image=skip", "evaluate=true", output_dir=tmp_path / "skip"))
+    metrics = train(
+        train_cfg(*common, "data.on_bad_image=skip", "evaluate=true", output_dir=tmp_path / "skip")
+    )
     assert metrics["status"] == "completed"
     listed = set((tmp_path / "skip" / "bad_images.txt").read_text().split())
     unreadable = {rel for rel, kind in bad.items() if kind != "empty"}

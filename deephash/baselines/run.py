@@ -30,7 +30,7 @@ from deephash.baselines.base import HashMethod, validate_bits
 from deephash.baselines.features import flatten_images
 from deephash.baselines.registry import METHODS
 from deephash.evaluate import build_predict_trainer, write_reports
-from deephash.evaluation.pipeline import Encoded, RetrievalReport, evaluate_retrieval
+from deephash.evaluation.pipeline import Encoded, RetrievalReport, evaluate_retrieval, settings
 from deephash.retrieval.codes import pack_codes
 from deephash.retrieval.encode import EncodedSplit, encode_split
 from deephash.retrieval.store import IndexStore, load_index, save_index
@@ -255,13 +255,7 @@ def _evaluate(rcfg: DictConfig, store: IndexStore, query_store: IndexStore, bits
         Encoded(store.codes, store.f7, store.labels),
         Encoded(query_store.codes, np.asarray(query_store.f7), query_store.labels),
         bits,
-        modes=list(rcfg.modes),
-        ks=list(rcfg.ks),
-        map_at=int(rcfg.map_at),
-        radius=int(rcfg.radius),
-        min_pool=int(rcfg.min_pool),
-        max_pool=int(rcfg.max_pool),
-        pool_size=int(rcfg.pool_size),
+        **settings(rcfg),
         index=store.hamming_index,
     )
 

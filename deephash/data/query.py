@@ -56,7 +56,9 @@ def load_query_image(path: str | Path) -> Image.Image:
             img.load()
             return img.copy()
     except (UnidentifiedImageError, OSError, ValueError) as err:
-        raise DataError(f"cannot read query image {path}: {err} (expected a JPEG/PNG/BMP/... image)") from None
+        raise DataError(
+            f"cannot read query image {path}: {err} (expected a JPEG/PNG/BMP/... image)"
+        ) from None
 
 
 def preprocess_queries(paths: list[str], spec: dict[str, Any]) -> torch.Tensor:

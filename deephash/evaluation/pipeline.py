@@ -16,8 +16,9 @@ Search speed (``queries_per_second``) is timed separately on the top-``max(ks)``
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -87,7 +88,9 @@ def evaluate_retrieval(
         raise ConfigError(f"unknown retrieval mode(s) {unknown}; expected any of: {', '.join(MODES)}")
     n = len(database.labels)
     if n == 0 or len(queries.labels) == 0:
-        raise ConfigError(f"retrieval needs a non-empty database and query set, got {n} and {len(queries.labels)}")
+        raise ConfigError(
+            f"retrieval needs a non-empty database and query set, got {n} and {len(queries.labels)}"
+        )
     index = index or HammingIndex(database.codes, bits)
     curve_ks = default_curve_ks(n) if curve_ks is None else np.asarray(curve_ks)
     report = RetrievalReport(curve_ks=curve_ks)
@@ -128,11 +131,26 @@ def evaluate_retrieval(
             result["precision@r2" if radius == 2 else f"precision@r{radius}"] = sums.radius_mean()
             report.pr = {"radius": np.arange(bits + 1)}
             report.pr.update({key: pr_sums[key] / pr_sums["n"] for key in ("precision", "recall")})
-        result.update(_time_mode(mode, database, queries, bits, kmax, index, radius, min_pool, max_pool, pool_size))
+        result.update(
+            _time_mode(mode, database, queries, bits, kmax, index, radius, min_pool, max_pool, pool_size)
+        )
         report.metrics[mode] = result
         report.curves[mode] = sums.curve()
         report.top[mode] = np.concatenate(tops)
     return report
+
+
+def settings(retrieval: Mapping[str, Any]) -> dict[str, Any]:
+    """The keyword arguments of :func:`evaluate_retrieval` from a ``retrieval`` config (conf/retrieval)."""
+    return {
+        "modes": list(retrieval["modes"]),
+        "ks": [int(k) for k in retrieval["ks"]],
+        "map_at": int(retrieval["map_at"]),
+        "radius": int(retrieval["radius"]),
+        "min_pool": int(retrieval["min_pool"]),
+        "max_pool": int(retrieval["max_pool"]),
+        "pool_size": int(retrieval["pool_size"]),
+    }
 
 
 # ---------------------------------------------------------------- rankings
@@ -227,7 +245,9 @@ def _radius_mode(database: Encoded, queries: Encoded, bits: int, radius: int, in
     results = index.range_search(queries.codes, radius)
     seconds = time.perf_counter() - start
     sizes = np.array([len(idx) for _, idx in results])
-    hits = np.array([int((database.labels[idx] == label).sum()) for (_, idx), label in zip(results, queries.labels)])
+    hits = np.array(
+        [int((database.labels[idx] == label).sum()) for (_, idx), label in zip(results, queries.labels)]
+    )
     n_relevant = count_relevant(queries.labels, database.labels)
     precision = np.where(sizes > 0, hits / np.maximum(sizes, 1), 0.0)
     recall = np.where(n_relevant > 0, hits / np.maximum(n_relevant, 1), 0.0)
@@ -248,7 +268,9 @@ def _time_mode(mode, database, queries, bits, k, index, radius, min_pool, max_po
     if mode == "hamming":
         index.search(queries.codes, k)
     elif mode == "hierarchical":
-        hierarchical_search(index, database.f7, queries.codes, queries.f7, k, radius, min_pool, max_pool, pool_size)
+        hierarchical_search(
+            index, database.f7, queries.codes, queries.f7, k, radius, min_pool, max_pool, pool_size
+        )
     else:
         euclidean_search(database.f7, queries.f7, k)
     seconds = max(time.perf_counter() - start, 1e-9)
@@ -256,4 +278,4 @@ def _time_mode(mode, database, queries, bits, k, index, radius, min_pool, max_po
     return {"queries_per_second": q / seconds, "ms_per_query": 1000 * seconds / q}
 
 
-__all__ = ["MODES", "Encoded", "RetrievalReport", "default_curve_ks", "evaluate_retrieval"]
+__all__ = ["MODES", "Encoded", "RetrievalReport", "default_curve_ks", "evaluate_retrieval", "settings"]

@@ -116,7 +116,9 @@ def build_backbone(
         return Backbone(net, f7_dim)
     factory, wrap, dim = _TORCHVISION[name]
     if in_channels != 3:
-        raise ConfigError(f"backbone {name!r} expects 3-channel input, got {in_channels}; use data.transform=imagenet")
+        raise ConfigError(
+            f"backbone {name!r} expects 3-channel input, got {in_channels}; use data.transform=imagenet"
+        )
     if weights is None:
         net = factory(weights=None)
     elif _looks_like_path(weights):
@@ -142,7 +144,9 @@ def _looks_like_path(weights: str) -> bool:
 def _load_state_dict(path: str) -> dict[str, torch.Tensor]:
     p = Path(path).expanduser()
     if not p.is_file():
-        raise ConfigError(f"model.weights file not found: {p} (expected a torchvision state dict saved with torch.save)")
+        raise ConfigError(
+            f"model.weights file not found: {p} (expected a torchvision state dict saved with torch.save)"
+        )
     try:
         state = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unpickling failure is a bad file

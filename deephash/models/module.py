@@ -52,7 +52,9 @@ class HashModule(pl.LightningModule):
     ) -> None:
         super().__init__()
         if scheduler_interval not in ("step", "epoch"):
-            raise ConfigError(f"model.scheduler_interval must be 'step' or 'epoch', got {scheduler_interval!r}")
+            raise ConfigError(
+                f"model.scheduler_interval must be 'step' or 'epoch', got {scheduler_interval!r}"
+            )
         # plain types only: checkpoints are loaded with weights_only=True, which refuses OmegaConf objects
         lr_mult = {str(k): float(v) for k, v in (lr_mult or {}).items()}
         unknown = set(lr_mult) - set(DEFAULT_LR_MULT)

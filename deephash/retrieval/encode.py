@@ -1,7 +1,8 @@
 """Encode a datamodule split with a trained model: packed codes, F7 (float16, on disk) and labels.
 
-Runs Lightning's ``predict`` and writes every batch straight to memory-mapped arrays at the rows of its
-samples (a ``BasePredictionWriter``), so a million 4096-d features never have to fit in RAM. Rows are
+Runs Lightning's ``predict`` and writes every batch straight to ``.npy`` files at the rows of its samples
+(a ``BasePredictionWriter`` using positional writes, not memory maps, whose written pages would stay in
+the resident set), so a million 4096-d features never have to fit in RAM. Rows are
 found from each sample's pool index, which makes the result independent of batch order and of how a
 distributed sampler shards (and pads) the data: under DDP every rank writes its own rows into the
 same files (on one node, or a shared filesystem), and a duplicated padding sample rewrites the same
@@ -20,6 +21,7 @@ import pytorch_lightning as pl
 from pytorch_lightning.callbacks import BasePredictionWriter
 
 from deephash.retrieval.codes import code_bytes
+from deephash.retrieval.features import NpyRowWriter, create_npy
 from deephash.utils.errors import DeephashError
 
 
@@ -37,12 +39,16 @@ class EncodedSplit:
 
 
 class _RowWriter(BasePredictionWriter):
-    """Writes predicted batches into ``codes.npy``/``f7.npy``/``labels.npy``/``written.npy`` under ``directory``."""
+    """Writes predicted batches into ``codes.npy``/``f7.npy``/``labels.npy``/``written.npy`` under ``directory``.
+
+    Global rank 0 creates the files at full size; then every rank opens them and writes its samples' rows
+    with ``os.pwrite``, which touches only those rows' bytes, so ranks can write at once.
+    """
 
     def __init__(self, directory: Path, pool_index: np.ndarray, bits: int, f7_dim: int) -> None:
         super().__init__(write_interval="batch")
         self.directory, self.pool_index, self.bits, self.f7_dim = directory, pool_index, bits, f7_dim
-        self.arrays: dict[str, np.ndarray] = {}
+        self.files: dict[str, NpyRowWriter] = {}
 
     def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         n = len(self.pool_index)
@@ -57,26 +63,40 @@ class _RowWriter(BasePredictionWriter):
                 shutil.rmtree(self.directory)
             self.directory.mkdir(parents=True)
             for name, (shape, dtype) in shapes.items():
-                np.lib.format.open_memmap(self.directory / f"{name}.npy", "w+", dtype, shape).flush()
+                create_npy(self.directory / f"{name}.npy", shape, dtype)
         trainer.strategy.barrier("deephash-encode-alloc")
-        self.arrays = {name: np.load(self.directory / f"{name}.npy", mmap_mode="r+") for name in shapes}
+        self.files = {name: NpyRowWriter(self.directory / f"{name}.npy") for name in shapes}
 
-    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx):
+    def write_on_batch_end(
+        self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx
+    ):
         index = prediction["index"].numpy()
         rows = np.searchsorted(self.pool_index, index)
-        if np.any(rows >= len(self.pool_index)) or np.any(self.pool_index[np.minimum(rows, len(self.pool_index) - 1)] != index):
+        if np.any(rows >= len(self.pool_index)) or np.any(
+            self.pool_index[np.minimum(rows, len(self.pool_index) - 1)] != index
+        ):
             raise DeephashError("encoding received samples that are not in the split being encoded")
         codes = prediction["codes"].numpy()
-        self.arrays["codes"][rows] = np.packbits(codes, axis=1)
-        self.arrays["f7"][rows] = prediction["f7"].numpy()
-        self.arrays["labels"][rows] = prediction["labels"].numpy()
-        self.arrays["written"][rows] = True
+        self.files["codes"].write_rows(rows, np.packbits(codes, axis=1))
+        self.files["f7"].write_rows(rows, prediction["f7"].numpy())
+        self.files["labels"].write_rows(rows, prediction["labels"].numpy())
+        self.files["written"].write_rows(rows, np.ones(len(rows), np.bool_))
 
     def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        for arr in self.arrays.values():
-            arr.flush()
-        self.arrays = {}
+        # written bytes sit in the page cache, seen by every process on this node; closing also
+        # flushes them to a shared filesystem (close-to-open consistency) before rank 0 reads them
+        self._close()
         trainer.strategy.barrier("deephash-encode-done")
+
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        self._close()
+
+    def _close(self) -> None:
+        for writer in self.files.values():
+            writer.close()
+        self.files = {}
 
 
 def encode_split(

@@ -9,6 +9,10 @@ L2 distances are plain Euclidean distances (paper eq. 2, not squared) in float32
 hierarchical search shortlist candidates with fast BLAS distances, then recompute the shortlist's
 distances from direct differences (``exact_l2``), so reported distances are accurate (a copy of the
 query is at 0) and do not depend on how the database was chunked.
+
+Database F7 may be an ndarray, a memmap or an ``F7File``; it is only ever read through ``_f7_rows``,
+which copies the rows asked for to float32 and never leaves more than those rows resident (see
+``deephash.retrieval.features``).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from deephash.retrieval.codes import (
     pad_codes,
     padded_code_bytes,
 )
+from deephash.retrieval.features import F7File, release_pages
 from deephash.utils.errors import ConfigError, IndexFormatError
 
 # Ids buffer of FAISS's counting k-NN: (query batch) x (bits + 1 buckets) x k int64 ids.
@@ -215,13 +220,25 @@ def _norms(diff: np.ndarray) -> np.ndarray:
     return np.sqrt(np.einsum("ij,ij->i", diff, diff))
 
 
+def _f7_rows(db_f7: np.ndarray | F7File, key: slice | np.ndarray) -> np.ndarray:
+    """``db_f7[key]`` as float32 (m, d). An ``F7File`` reads just those rows (converting through a small
+    buffer); a memmap's pages are unmapped once the rows are copied out."""
+    if isinstance(db_f7, F7File):
+        return db_f7.read(key, np.float32)
+    if isinstance(db_f7, np.memmap):
+        rows = np.array(db_f7[key], dtype=np.float32)
+        release_pages(db_f7)
+        return rows
+    return np.asarray(db_f7[key], dtype=np.float32)
+
+
 def _shortlist(k: int) -> int:
     """Candidates kept from the fast BLAS distances before the exact re-computation."""
     return k + max(16, k // 8)
 
 
 def _refine(
-    db_f7: np.ndarray, queries: np.ndarray, cand: np.ndarray, k: int
+    db_f7: np.ndarray | F7File, queries: np.ndarray, cand: np.ndarray, k: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Exact top k among shortlisted candidates.
 
@@ -234,7 +251,7 @@ def _refine(
     for s in range(0, len(rows), step):
         r, c = rows[s : s + step], cols[s : s + step]
         uniq, inverse = np.unique(cand[r, c], return_inverse=True)
-        diff = np.asarray(db_f7[uniq], dtype=np.float32)[inverse]  # one sorted gather from the memmap
+        diff = _f7_rows(db_f7, uniq)[inverse]  # one sorted gather from disk
         diff -= queries[r]
         l2[r, c] = _norms(diff)
     # empty slots get an index past every real one, so they sort last
@@ -244,7 +261,7 @@ def _refine(
     return np.take_along_axis(l2, order, axis=1), np.take_along_axis(cols_all, order, axis=1)
 
 
-def _check_features(db_f7: np.ndarray, query_f7: np.ndarray, n: int | None = None) -> np.ndarray:
+def _check_features(db_f7: np.ndarray | F7File, query_f7: np.ndarray, n: int | None = None) -> np.ndarray:
     """Validate (n, d) database and (q, d) query features; returns the queries as float32."""
     if db_f7.ndim != 2 or np.ndim(query_f7) != 2 or db_f7.shape[1] != np.shape(query_f7)[1]:
         raise ConfigError(
@@ -256,11 +273,11 @@ def _check_features(db_f7: np.ndarray, query_f7: np.ndarray, n: int | None = Non
 
 
 def euclidean_search(
-    db_f7: np.ndarray, query_f7: np.ndarray, k: int, chunk_size: int = 65536
+    db_f7: np.ndarray | F7File, query_f7: np.ndarray, k: int, chunk_size: int = 65536
 ) -> tuple[np.ndarray, np.ndarray]:
     """Exhaustive L2 search, streaming the database in chunks of ``chunk_size`` rows.
 
-    db_f7: (n, d) float16/float32 array or memmap (each chunk is converted to float32); query_f7: (q, d)
+    db_f7: (n, d) float16/float32 array, memmap or ``F7File`` (each chunk is read as float32); query_f7: (q, d)
     -> (l2 (q, k) float32, idx (q, k) int64) ordered by (distance, index). A running shortlist is kept
     from BLAS distances, then its distances are recomputed exactly (``exact_l2``) and cut to k.
     """
@@ -270,7 +287,7 @@ def euclidean_search(
     best_d = np.empty((len(queries), 0), np.float32)
     best_i = np.empty((len(queries), 0), np.int64)
     for start in range(0, db_f7.shape[0], chunk_size):
-        rows = np.asarray(db_f7[start : start + chunk_size], dtype=np.float32)
+        rows = _f7_rows(db_f7, slice(start, start + chunk_size))
         dist = l2_distances(queries, rows, qnorms)
         idx = np.broadcast_to(np.arange(start, start + len(rows), dtype=np.int64), dist.shape)
         dist, idx = select_topk(dist, idx, _shortlist(k))
@@ -308,7 +325,7 @@ def _pool_limits(
 
 def hierarchical_search(
     index: HammingIndex,
-    db_f7: np.ndarray,
+    db_f7: np.ndarray | F7File,
     query_packed: np.ndarray,
     query_f7: np.ndarray,
     k: int,
@@ -320,7 +337,8 @@ def hierarchical_search(
 ) -> HierarchicalResult:
     """Coarse-to-fine search (paper section 3.2): a Hamming candidate pool re-ranked by L2 on F7.
 
-    index: Hamming index over the n database codes; db_f7: (n, d) float16/float32 array or memmap;
+    index: Hamming index over the n database codes; db_f7: (n, d) float16/float32 array, memmap or
+    ``F7File``;
     query_packed: (q, ceil(bits / 8)) uint8; query_f7: (q, d).
 
     Pool rule, per query:
@@ -391,7 +409,7 @@ def _coarse_pools(
 
 
 def _shortlist_pool(
-    db_f7: np.ndarray,
+    db_f7: np.ndarray | F7File,
     query: np.ndarray,
     pool_ham: np.ndarray,
     pool_idx: np.ndarray,
@@ -405,7 +423,7 @@ def _shortlist_pool(
     pool_idx, pool_ham = pool_idx[order], pool_ham[order]
     l2 = np.concatenate(
         [
-            l2_distances(query[None, :], np.asarray(db_f7[pool_idx[s : s + chunk_size]], dtype=np.float32))[0]
+            l2_distances(query[None, :], _f7_rows(db_f7, pool_idx[s : s + chunk_size]))[0]
             for s in range(0, len(pool_idx), chunk_size)
         ]
     )

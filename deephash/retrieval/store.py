@@ -4,13 +4,18 @@ Layout of ``<path>/``::
 
     manifest.json   format_version, bits, code_bytes, feature_dim, count, dtypes, file sizes/sha256, meta
     codes.npy       (n, ceil(bits / 8)) uint8 packed codes
-    f7.npy          (n, d) float16 F7 features (memory-mapped on load)
+    f7.npy          (n, d) float16 F7 features (read on demand through ``F7File`` on load)
     labels.npy      (n,) int64 class labels
     ids.txt         n item ids, one per line
 
 A save writes everything into a temporary sibling ``.<name>.tmp-XXXX`` (manifest last) and renames it
 to ``path``; an existing index is renamed aside first and removed once the new one is in place. An
 interrupted save therefore never leaves a loadable half-written index at ``path``.
+
+F7 never goes through a memory map, whose pages would count toward the resident set (see
+``deephash.retrieval.features``): rows are written with positional writes, in blocks of about
+``_F7_BLOCK_BYTES``, and a loaded index reads only the rows a search asks for. Building or searching a
+million 4096-d items thus takes memory for the codes, labels and ids, not for the 8 GB of features.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from deephash.retrieval.codes import check_packed, code_bytes
+from deephash.retrieval.features import F7File, NpyRowWriter, create_npy, npy_layout, release_pages
 from deephash.retrieval.search import HammingIndex
 from deephash.utils.errors import ConfigError, IndexFormatError
 from deephash.utils.io import atomic_write_json
@@ -37,7 +43,7 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 CODES, F7, LABELS, IDS = "codes.npy", "f7.npy", "labels.npy", "ids.txt"
 DTYPES = {"codes": "uint8", "f7": "float16", "labels": "int64"}
-_F7_WRITE_ROWS = 65536
+_F7_BLOCK_BYTES = 64 << 20  # float32 bytes of F7 converted and checked at a time
 
 
 def sha256_file(path: str | os.PathLike, block: int = 1 << 20) -> str:
@@ -51,12 +57,13 @@ def sha256_file(path: str | os.PathLike, block: int = 1 << 20) -> str:
 
 @dataclass
 class IndexStore:
-    """A loaded index. codes: (n, ceil(bits / 8)) uint8; f7: (n, d) float16 (memmap by default);
-    labels: (n,) int64; ids: n strings; manifest: the parsed manifest.json."""
+    """A loaded index. codes: (n, ceil(bits / 8)) uint8; f7: (n, d) float16, an ``F7File`` reading rows
+    from disk on demand by default (an ndarray in RAM with ``mmap=False``); labels: (n,) int64;
+    ids: n strings; manifest: the parsed manifest.json."""
 
     path: Path
     codes: np.ndarray
-    f7: np.ndarray
+    f7: np.ndarray | F7File
     labels: np.ndarray
     ids: list[str]
     bits: int
@@ -99,9 +106,14 @@ class IndexWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.tmp-", dir=self.path.parent))
         self.tmp.chmod(0o755)  # mkdtemp makes it private; the published index should not be
-        self._codes = np.lib.format.open_memmap(self.tmp / CODES, "w+", np.uint8, (self.n, self.code_bytes))
-        self._f7 = np.lib.format.open_memmap(self.tmp / F7, "w+", np.float16, (self.n, self.feature_dim))
-        self._labels = np.lib.format.open_memmap(self.tmp / LABELS, "w+", np.int64, (self.n,))
+        self._files: dict[str, NpyRowWriter] = {}
+        for name, shape, dtype in (
+            (CODES, (self.n, self.code_bytes), np.uint8),
+            (F7, (self.n, self.feature_dim), np.float16),
+            (LABELS, (self.n,), np.int64),
+        ):
+            create_npy(self.tmp / name, shape, dtype)
+            self._files[name] = NpyRowWriter(self.tmp / name)
         self._ids: list[str | None] = [None] * self.n
         self._written = np.zeros(self.n, dtype=bool)
         self._done = False
@@ -109,10 +121,18 @@ class IndexWriter:
     def write(
         self, start: int, codes_packed: np.ndarray, f7: np.ndarray, labels: np.ndarray, ids: Sequence[str]
     ) -> None:
-        """Write rows ``start:start + m``. codes_packed: (m, ceil(bits / 8)) uint8; f7: (m, d); labels: (m,)."""
+        """Write rows ``start:start + m``. codes_packed: (m, ceil(bits / 8)) uint8; f7: (m, d); labels: (m,).
+
+        F7 is converted to float16 and checked in blocks, so a large (or memory-mapped) ``f7`` is never
+        copied whole; a memmap's pages are released after each block.
+        """
+        if self._done:
+            raise ConfigError(f"index {self.path} was already committed or aborted")
         codes_packed = check_packed(codes_packed, self.bits)
         m = len(codes_packed)
-        f7, labels = np.asarray(f7), np.asarray(labels)
+        labels = np.asarray(labels)
+        if not isinstance(f7, np.ndarray):
+            f7 = np.asarray(f7)
         if f7.shape != (m, self.feature_dim) or labels.shape != (m,) or len(ids) != m:
             raise ConfigError(
                 f"a block of {m} codes needs f7 ({m}, {self.feature_dim}), labels ({m},) and {m} ids, "
@@ -122,15 +142,18 @@ class IndexWriter:
             raise ConfigError(f"rows {start}:{start + m} are outside the index of {self.n} items")
         if any("\n" in str(i) for i in ids):
             raise ConfigError("item ids must not contain newlines (ids.txt holds one id per line)")
-        with np.errstate(over="ignore"):  # reported below as a one-line error
-            f7_half = f7.astype(np.float16)
-        if not np.isfinite(f7_half).all():
-            raise ConfigError(
-                f"F7 rows {start}:{start + m} hold NaN or values beyond float16's range (65504)"
-            )
-        self._codes[start : start + m] = codes_packed
-        self._f7[start : start + m] = f7_half
-        self._labels[start : start + m] = labels
+        step = max(1, _F7_BLOCK_BYTES // (4 * self.feature_dim))
+        for s in range(0, m, step):
+            with np.errstate(over="ignore"):  # reported below as a one-line error
+                f7_half = f7[s : s + step].astype(np.float16)
+            release_pages(f7)
+            if not np.isfinite(f7_half).all():
+                raise ConfigError(
+                    f"F7 rows {start}:{start + m} hold NaN or values beyond float16's range (65504)"
+                )
+            self._files[F7].write_at(start + s, f7_half)
+        self._files[CODES].write_at(start, codes_packed)
+        self._files[LABELS].write_at(start, labels)
         self._ids[start : start + m] = [str(i) for i in ids]
         self._written[start : start + m] = True
 
@@ -143,9 +166,7 @@ class IndexWriter:
             raise ConfigError(
                 f"{missing.size} of {self.n} index rows were never written (first: row {missing[0]})"
             )
-        for arr in (self._codes, self._f7, self._labels):
-            arr.flush()
-        del self._codes, self._f7, self._labels
+        self._close_files()
         (self.tmp / IDS).write_bytes("".join(f"{i}\n" for i in self._ids).encode("utf-8"))
         for name in (CODES, F7, LABELS, IDS):
             _fsync(self.tmp / name)
@@ -158,10 +179,12 @@ class IndexWriter:
     def abort(self) -> None:
         """Discard everything written so far."""
         self._done = True
-        for name in ("_codes", "_f7", "_labels"):
-            if hasattr(self, name):
-                delattr(self, name)
+        self._close_files()
         shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def _close_files(self) -> None:
+        for writer in getattr(self, "_files", {}).values():
+            writer.close()
 
     def __enter__(self) -> IndexWriter:
         return self
@@ -239,8 +262,9 @@ def save_index(
 ) -> Path:
     """Save an index atomically (see the module docstring) and return its path.
 
-    codes_packed: (n, ceil(bits / 8)) uint8; f7: (n, d) array, or an iterable of (m_i, d) row blocks
-    summing to n rows (e.g. an encoder's batches); labels: (n,) int; ids: n strings.
+    codes_packed: (n, ceil(bits / 8)) uint8; f7: (n, d) array, memmap or ``F7File`` (copied in blocks),
+    or an iterable of (m_i, d) row blocks summing to n rows (e.g. an encoder's batches); labels: (n,)
+    int; ids: n strings.
     """
     codes_packed = check_packed(codes_packed, bits)
     labels = np.asarray(labels)
@@ -248,10 +272,11 @@ def save_index(
     if labels.shape != (n,) or len(ids) != n:
         raise ConfigError(f"{n} codes need labels ({n},) and {n} ids, got {labels.shape} and {len(ids)}")
     blocks: Iterable[np.ndarray]
-    if isinstance(f7, np.ndarray):
+    if isinstance(f7, (np.ndarray, F7File)):
         if f7.ndim != 2 or len(f7) != n:
             raise ConfigError(f"f7 must be ({n}, d) for {n} codes, got {f7.shape}")
-        blocks = (f7[s : s + _F7_WRITE_ROWS] for s in range(0, max(n, 1), _F7_WRITE_ROWS))
+        rows = max(1, _F7_BLOCK_BYTES // max(1, 4 * f7.shape[1]))
+        blocks = (f7[s : s + rows] for s in range(0, max(n, 1), rows))
     else:
         blocks = iter(f7)
     writer: IndexWriter | None = None
@@ -303,8 +328,11 @@ def _read_manifest(path: Path) -> dict[str, Any]:
     return manifest
 
 
-def _load_array(path: Path, name: str, shape: tuple[int, ...], dtype: str, nbytes: int | None, mmap: bool):
-    """Load one .npy and check it against the manifest's shape, dtype and byte size."""
+def _load_array(
+    path: Path, name: str, shape: tuple[int, ...], dtype: str, nbytes: int | None, lazy: bool
+) -> np.ndarray | F7File:
+    """Load one .npy (or open it as an ``F7File`` when ``lazy``) and check it against the manifest's
+    shape, dtype and byte size."""
     file = path / name
     want = f"{_dims(shape)} {dtype}"
     if not file.is_file():
@@ -315,12 +343,19 @@ def _load_array(path: Path, name: str, shape: tuple[int, ...], dtype: str, nbyte
             f"{name} is truncated or corrupt: expected {want} ({nbytes} bytes) but the file has {size} bytes"
         )
     try:
-        arr = np.load(file, mmap_mode="r" if mmap else None, allow_pickle=False)
+        arr = None if lazy else np.load(file, allow_pickle=False)
+        got_shape, got_dtype = (arr.shape, arr.dtype) if arr is not None else npy_layout(file)[1:]
+        if got_shape != shape or got_dtype != np.dtype(dtype):
+            raise IndexFormatError(
+                f"{name} holds {_dims(got_shape)} {got_dtype} but the manifest expects {want}"
+            )
+        return arr if arr is not None else F7File(file)
+    except IndexFormatError as e:
+        if str(e).startswith(name):
+            raise
+        raise IndexFormatError(f"{name} is truncated or corrupt: expected {want} ({e})") from None
     except (ValueError, OSError, EOFError) as e:
         raise IndexFormatError(f"{name} is truncated or corrupt: expected {want} ({e})") from None
-    if arr.shape != shape or arr.dtype != np.dtype(dtype):
-        raise IndexFormatError(f"{name} holds {_dims(arr.shape)} {arr.dtype} but the manifest expects {want}")
-    return arr
 
 
 def _dims(shape: tuple[int, ...]) -> str:
@@ -340,7 +375,9 @@ def load_index(
 
     Raises IndexFormatError (one line, naming the file) when the directory, manifest or a file is
     missing, truncated or inconsistent, or when it does not match the expected bits, feature size or
-    checkpoint. ``mmap`` memory-maps f7; ``verify`` checks the sha256 of codes, labels and ids.
+    checkpoint. ``mmap`` (the default) leaves f7 on disk as an ``F7File`` that reads only the rows asked
+    for (no memory map, despite the name: see ``deephash.retrieval.features``), otherwise f7 is loaded
+    into RAM; ``verify`` checks the sha256 of codes, labels and ids.
     """
     path = Path(path)
     manifest = _read_manifest(path)
