@@ -7,3 +7,13 @@ codes are H >= 0.5; retrieval is Hamming coarse search re-ranked by L2 on F7.
 """
 
 __version__ = "0.1.0"
+
+from omegaconf import OmegaConf as _OmegaConf
+
+# conf/data: MNIST and CIFAR-10 default to their native resolution for the small CNN and to the paper's
+# ImageNet preprocessing for the ImageNet backbones.
+_OmegaConf.register_new_resolver(
+    "deephash.input_transform",
+    lambda backbone: "native" if backbone == "smallcnn" else "imagenet",
+    replace=True,
+)
