@@ -43,7 +43,7 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 CODES, F7, LABELS, IDS = "codes.npy", "f7.npy", "labels.npy", "ids.txt"
 DTYPES = {"codes": "uint8", "f7": "float16", "labels": "int64"}
-_F7_BLOCK_BYTES = 64 << 20  # float32 bytes of F7 converted and checked at a time
+_F7_BLOCK_BYTES = 32 << 20  # float32 bytes of F7 converted and checked at a time
 
 
 def sha256_file(path: str | os.PathLike, block: int = 1 << 20) -> str:
@@ -283,7 +283,7 @@ def save_index(
     start = 0
     try:
         for block in blocks:
-            block = np.asarray(block)
+            block = block if isinstance(block, np.ndarray) else np.asarray(block)  # keep memmaps (to release)
             if writer is None:
                 if block.ndim != 2:
                     raise ConfigError(f"f7 blocks must be (m, d), got {block.shape}")
@@ -292,6 +292,7 @@ def save_index(
             if stop > n:
                 raise ConfigError(f"f7 blocks hold more than the {n} rows of the codes")
             writer.write(start, codes_packed[start:stop], block, labels[start:stop], ids[start:stop])
+            release_pages(f7)
             start = stop
         if writer is None:
             raise ConfigError("f7 is empty: cannot infer the feature dimension")

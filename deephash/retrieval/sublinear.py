@@ -11,6 +11,12 @@ k-NN returns the k best candidates by (distance, index), so it is approximate: a
 ``exact_radius`` is only found when one of its substrings happens to be close enough.
 ``BinaryHashIndex`` (``faiss.IndexBinaryHash``) is the single-table case, exact up to ``nflip``.
 
+Cost: a query reads ``nhash * sum_{i <= nflip} C(b, i)`` buckets; beyond its true near neighbours each
+bucket holds about ``n / 2**b`` unrelated codes, so the search stays sub-linear while ``b`` grows like
+``log2(n)`` (the paper's choice). The default ``b = 16`` keeps every table at most 65536 buckets (each
+non-empty bucket costs ~80 bytes in FAISS's ``unordered_map``), so past a few million codes its cost grows
+linearly again, though with a constant far below the exhaustive scan's.
+
 Both share ``HammingIndex``'s interface (``search``, ``range_search``, ``ntotal``, ``code_bytes``,
 ``bits``, ``_queries``, ``_range_sorted``), so ``hierarchical_search`` accepts them; its radius pool is
 exact whenever ``radius <= exact_radius``.
@@ -18,6 +24,7 @@ exact whenever ``radius <= exact_radius``.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from math import comb
 from typing import Any
 
@@ -33,9 +40,13 @@ DEFAULT_SUBSTRING_BITS = 16
 MAX_SUBSTRING_BITS = 56  # FAISS reads a substring as one 8-byte word shifted by up to 7 bits
 MAX_PROBES = 1 << 20  # buckets probed per table per query: sum_{i <= nflip} C(b, i)
 _RANGE_QUERY_BATCH = 256
-_RESULT_BUDGET = 1 << 24  # (distance, index) candidate pairs held per k-NN query batch (~200 MB)
-_FIRST_BATCH = 16  # the first k-NN batch measures the shortlist size that sizes the next ones
+_RESULT_BUDGET = 1 << 22  # candidates per k-NN query batch (~200 MB of temporaries)
+# The first batch measures the shortlist size. It is small because a skewed table (say, a constant code
+# bit) can make every shortlist the whole database; FAISS only runs batches of over 100 queries in parallel.
+_FIRST_BATCH = 4
 _MAX_BATCH = 1024
+_PARTITION_ROWS = 4096  # shortlists longer than this (and than k) are cut in linear time before sorting
+_PACKED_KEYS = 1 << 62  # (owner, key) pairs sort as one int64 owner * span + key below this bound
 # Bytes per non-empty bucket of std::unordered_map<int64, std::vector<int64>>: node, vector header,
 # hash slot and allocator headers. Only used for the memory estimate.
 _BUCKET_OVERHEAD = 80
@@ -56,7 +67,7 @@ def _int_in(value: Any, name: str, low: int, high: int | None = None) -> int:
     return int(value)
 
 
-def _faiss_layout(padded: np.ndarray) -> np.ndarray:
+def faiss_layout(padded: np.ndarray) -> np.ndarray:
     """(n, c) uint8 big-endian codes -> (n, c) bit-reversed codes followed by 8 spare zero bytes.
 
     FAISS reads every substring (and IndexBinaryHash its key) as a full 8-byte word, which may run up
@@ -67,6 +78,34 @@ def _faiss_layout(padded: np.ndarray) -> np.ndarray:
     out = buf[: n * c].reshape(n, c)
     np.take(_REVERSE_BITS, padded, out=out)
     return out
+
+
+def _top_keys(lims: np.ndarray, key: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The k smallest keys of each query -> (owner, rank, key), each (m,), sorted by (owner, key).
+
+    lims: (q + 1,) int64 bounds of each query's keys in key: (lims[-1],) int64, unique within a query.
+    """
+    counts = np.diff(lims)
+    owner = np.repeat(np.arange(len(counts)), counts)
+    long = np.flatnonzero(counts > max(k, _PARTITION_ROWS))
+    if long.size:
+        keep = np.ones(len(key), bool)
+        for row in long:
+            seg = key[lims[row] : lims[row + 1]]
+            keep[lims[row] : lims[row + 1]] = seg <= np.partition(seg, k - 1)[k - 1]
+        owner, key = owner[keep], key[keep]
+    span = int(key.max(initial=0)) + 1
+    if len(counts) * span < _PACKED_KEYS:
+        packed = owner * span + key
+        packed.sort()
+        owner, key = packed // span, packed % span
+    else:
+        order = np.lexsort((key, owner))
+        owner, key = owner[order], key[order]
+    # each query's keys are now consecutive: rank = position - the query's first position
+    rank = np.arange(len(key)) - np.searchsorted(owner, owner)
+    top = rank < k
+    return owner[top], rank[top], key[top]
 
 
 class MultiHashIndex:
@@ -97,7 +136,7 @@ class MultiHashIndex:
         self.b, self.nhash = self._substrings(nhash, b)
         self.faiss_index = self._new_faiss_index()
         self.nflip = nflip
-        self.faiss_index.add(_faiss_layout(pad_codes(self.codes, self.padded_bytes)))
+        self.faiss_index.add(faiss_layout(pad_codes(self.codes, self.padded_bytes)))
 
     def _substrings(self, nhash: int | None, b: int | None) -> tuple[int, int]:
         """Validated (b, nhash) with the defaults filled in."""
@@ -158,8 +197,8 @@ class MultiHashIndex:
     def _range_faiss(self, padded_queries: np.ndarray, radius: int) -> tuple[np.ndarray, ...]:
         """Candidates within ``radius`` (inclusive) -> (lims int64, dist int32, idx int64), FAISS order."""
         # FAISS keeps d < radius (strict); ours is inclusive, hence radius + 1.
-        lims, dist, idx = self.faiss_index.range_search(_faiss_layout(padded_queries), int(radius) + 1)
-        return lims.astype(np.int64), dist.astype(np.int32), idx
+        lims, dist, idx = self.faiss_index.range_search(faiss_layout(padded_queries), int(radius) + 1)
+        return lims.astype(np.int64, copy=False), dist.astype(np.int32, copy=False), idx
 
     def _range_sorted(self, padded_queries: np.ndarray, radius: int) -> tuple[np.ndarray, ...]:
         """Range search on padded queries -> (lims, dist int32, idx int64) ordered by (query, dist, idx)."""
@@ -183,13 +222,25 @@ class MultiHashIndex:
             results.extend((dist[a:b], idx[a:b]) for a, b in zip(lims[:-1], lims[1:]))
         return results
 
+    def _shortlists(
+        self, padded_queries: np.ndarray
+    ) -> Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray]]:
+        """Each query's whole shortlist -> batches (q0, lims int64, dist int32, idx int64), FAISS order.
+
+        A range search past the largest distance returns every candidate. The first batch is small and
+        sizes the next ones, so a batch holds about ``_RESULT_BUDGET`` candidates.
+        """
+        q0, batch, largest = 0, _FIRST_BATCH, 1
+        while q0 < len(padded_queries):
+            lims, dist, idx = self._range_faiss(padded_queries[q0 : q0 + batch], self.bits)
+            yield q0, lims, dist, idx
+            largest = max(largest, int(np.diff(lims).max(initial=0)))
+            q0 += batch
+            batch = max(1, min(_MAX_BATCH, _RESULT_BUDGET // largest))
+
     def candidate_counts(self, query_packed: np.ndarray) -> np.ndarray:
         """(q,) int64 shortlist size of each query: the items whose exact distance FAISS computes."""
-        queries = self._queries(query_packed)
-        counts = [
-            np.diff(self._range_faiss(queries[q0 : q0 + _RANGE_QUERY_BATCH], self.bits)[0])
-            for q0 in range(0, len(queries), _RANGE_QUERY_BATCH)
-        ]
+        counts = [np.diff(lims) for _, lims, _, _ in self._shortlists(self._queries(query_packed))]
         return np.concatenate(counts) if counts else np.zeros(0, np.int64)
 
     def search(self, query_packed: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -205,19 +256,11 @@ class MultiHashIndex:
         idx_out = np.full((len(queries), k), -1, np.int64)
         n = max(self.ntotal, 1)
         # FAISS's own k-NN keeps an arbitrary subset of the items tied at the k-th distance, so the whole
-        # shortlist comes back (a range search past the largest distance) and is cut here on the unique
-        # key dist * n + idx. Its cost is about that of FAISS's heap k-NN over the same shortlist.
-        q0, batch, largest = 0, _FIRST_BATCH, 1
-        while q0 < len(queries):
-            lims, dist, idx = self._range_faiss(queries[q0 : q0 + batch], self.bits)
-            key = dist.astype(np.int64) * n + idx
-            for row, (a, b) in enumerate(zip(lims[:-1], lims[1:])):
-                top = key[a:b] if b - a <= k else np.partition(key[a:b], k - 1)[:k]
-                top.sort()
-                dist_out[q0 + row, : len(top)], idx_out[q0 + row, : len(top)] = top // n, top % n
-            largest = max(largest, int(np.diff(lims).max(initial=0)))
-            q0 += batch
-            batch = max(1, min(_MAX_BATCH, _RESULT_BUDGET // largest))
+        # shortlist comes back and is cut here on the unique key dist * n + idx; this costs about what
+        # FAISS's heap k-NN over the same shortlist does.
+        for q0, lims, dist, idx in self._shortlists(queries):
+            owner, rank, key = _top_keys(lims, dist.astype(np.int64) * n + idx, k)
+            dist_out[q0 + owner, rank], idx_out[q0 + owner, rank] = key // n, key % n
         return dist_out, idx_out
 
 
