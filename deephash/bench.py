@@ -311,12 +311,24 @@ def _train_command() -> tuple[Callable[[argparse.ArgumentParser], None], Callabl
     return add_train_arguments, run_train_bench
 
 
+def _sublinear_command() -> tuple[
+    Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], Any]
+]:
+    from deephash.benchmarks.sublinear import add_sublinear_arguments, run_sublinear_bench
+
+    return add_sublinear_arguments, run_sublinear_bench
+
+
 COMMANDS: dict[str, tuple[str, Callable[[], tuple[Callable, Callable]]]] = {
     "retrieval": (
         "search speed: Hamming vs raw FAISS, padding, hierarchical, exhaustive L2",
         lambda: (add_retrieval_arguments, run_retrieval),
     ),
     "train": ("training and encoding throughput: Lightning vs a raw PyTorch loop", _train_command),
+    "sublinear": (
+        "multi-index hashing vs the exhaustive Hamming scan: recall, speedup, build time, memory",
+        _sublinear_command,
+    ),
 }
 
 

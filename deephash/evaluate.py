@@ -27,6 +27,7 @@ from deephash.models.module import load_hash_module
 from deephash.retrieval.build import build_index, drop_unreadable
 from deephash.retrieval.encode import EncodedSplit, encode_split
 from deephash.retrieval.store import save_index
+from deephash.retrieval.sublinear import build_hamming_index
 from deephash.runs import finish_loggers, instantiate_loggers, record_failure
 from deephash.utils.errors import ConfigError
 from deephash.utils.io import update_json
@@ -74,7 +75,7 @@ def evaluate_checkpoint(
         Encoded(queries.codes, queries.f7, queries.labels),
         module.bits,
         **settings(rcfg),
-        index=store.hamming_index,
+        index=coarse_index(store, rcfg),
     )
     metrics: dict[str, Any] = {
         "n_queries": int(len(queries.labels)),
@@ -92,6 +93,16 @@ def evaluate_checkpoint(
     update_json(run_dir / "metrics.json", metrics)
     log.info("retrieval metrics written to %s", run_dir / "metrics.json")
     return metrics
+
+
+def coarse_index(store: Any, rcfg: DictConfig) -> Any:
+    """The Hamming index of the coarse stage chosen by ``retrieval.coarse`` (exact flat by default)."""
+    coarse = rcfg.get("coarse") or {}
+    method = coarse.get("method", "flat")
+    if method == "flat":
+        return store.hamming_index
+    params = dict(coarse.get("params") or {})
+    return build_hamming_index(store.codes, store.bits, method=method, **params)
 
 
 def build_predict_trainer(cfg: DictConfig, trainer: pl.Trainer | None) -> pl.Trainer:

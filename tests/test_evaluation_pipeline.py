@@ -141,3 +141,21 @@ def test_unknown_mode_is_rejected() -> None:
 def test_default_curve_ks_stop_at_database_size() -> None:
     assert default_curve_ks(50)[-1] == 50
     assert default_curve_ks(10**6)[-1] == 1000
+
+
+def test_multihash_coarse_stage_gives_the_same_hierarchical_results_within_its_exact_radius() -> None:
+    from deephash.retrieval.sublinear import build_hamming_index
+
+    rng = np.random.default_rng(7)
+    bits, n = 48, 600
+    centres = rng.random((6, bits)) < 0.5
+    labels = rng.integers(0, 6, n)
+    codes = pack_codes(centres[labels] ^ (rng.random((n, bits)) < 0.02))
+    f7 = rng.normal(size=(n, 8)).astype(np.float16)
+    db, queries = Encoded(codes, f7, labels), Encoded(codes[:20], f7[:20], labels[:20])
+    kwargs = dict(modes=["hierarchical"], radius=2, min_pool=1, max_pool=n, pool_size=50)
+    flat = evaluate_retrieval(db, queries, bits, **kwargs)
+    multi = build_hamming_index(codes, bits, method="multihash", nhash=3, b=16, nflip=1)  # exact to radius 5
+    hashed = evaluate_retrieval(db, queries, bits, index=multi, **kwargs)
+    assert hashed.metrics["hierarchical"]["mAP"] == flat.metrics["hierarchical"]["mAP"]
+    assert np.array_equal(hashed.top["hierarchical"], flat.top["hierarchical"])
