@@ -19,6 +19,7 @@ from deephash.models.module import load_hash_module
 from deephash.retrieval.codes import hamming_distance_matrix, pack_codes
 from deephash.retrieval.search import euclidean_search, exact_l2, hierarchical_search
 from deephash.retrieval.store import IndexStore, load_index, sha256_file
+from deephash.retrieval.sublinear import build_hamming_index
 from deephash.utils.errors import ConfigError, IndexFormatError
 
 MODES = ("hamming", "hamming_radius", "hierarchical", "euclidean")
@@ -35,6 +36,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--min-pool", type=int, default=100, help="hierarchical: smallest radius pool kept")
     p.add_argument("--max-pool", type=int, default=10_000, help="hierarchical: largest radius pool kept")
     p.add_argument("--pool-size", type=int, default=1000, help="hierarchical: nearest codes used otherwise")
+    p.add_argument(
+        "--coarse",
+        choices=("flat", "multihash", "hash"),
+        default="flat",
+        help="coarse Hamming index: flat (exact, default) or FAISS multi-index hashing (sub-linear, for many millions)",
+    )
     p.add_argument("--device", default="cpu", help="torch device for encoding the queries (default cpu)")
     args = p.parse_args(argv)
     if args.k < 1:
@@ -67,24 +74,31 @@ def search(args: argparse.Namespace) -> list[dict[str, Any]]:
     with torch.inference_mode():
         codes, f7 = module.net.encode(batch.to(args.device))
     query_codes, query_f7 = pack_codes(codes.cpu().numpy()), f7.float().cpu().numpy()
-    idx = _run(args, store, query_codes, query_f7)
+    index = (
+        store.hamming_index
+        if args.coarse == "flat"
+        else build_hamming_index(store.codes, store.bits, args.coarse)
+    )
+    idx = _run(args, store, index, query_codes, query_f7)
     return [
         {"query": path, "mode": args.mode, "results": _describe(store, query_codes[i], query_f7[i], row)}
         for i, (path, row) in enumerate(zip(args.images, idx))
     ]
 
 
-def _run(args, store: IndexStore, query_codes: np.ndarray, query_f7: np.ndarray) -> list[np.ndarray]:
+def _run(
+    args, store: IndexStore, index: Any, query_codes: np.ndarray, query_f7: np.ndarray
+) -> list[np.ndarray]:
     """Database indices of each query's results, best first."""
     k = min(args.k, store.count)
     if args.mode == "hamming":
-        return list(store.hamming_index.search(query_codes, k)[1])
+        return list(index.search(query_codes, k)[1])
     if args.mode == "hamming_radius":
-        return [idx[: args.k] for _, idx in store.hamming_index.range_search(query_codes, args.radius)]
+        return [idx[: args.k] for _, idx in index.range_search(query_codes, args.radius)]
     if args.mode == "euclidean":
         return list(euclidean_search(store.f7, query_f7, k)[1])
     result = hierarchical_search(
-        store.hamming_index,
+        index,
         store.f7,
         query_codes,
         query_f7,

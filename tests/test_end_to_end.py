@@ -126,6 +126,18 @@ def test_search_cli_finds_a_known_image(run: Path, tmp_path: Path) -> None:
         "deephash.search", "--index", str(run / "index"), "--ckpt", ckpt, str(image_path), "--mode", "hamming"
     )
     assert json.loads(proc.stdout)[0]["results"][0]["hamming"] == 0
+    proc = _cli(
+        "deephash.search",
+        "--index",
+        str(run / "index"),
+        "--ckpt",
+        ckpt,
+        str(image_path),
+        "--coarse",
+        "multihash",
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout)[0]["results"][0]["index"] == target
 
 
 def test_search_cli_rejects_a_non_image(run: Path, tmp_path: Path) -> None:
