@@ -292,6 +292,7 @@ def euclidean_search(
         idx = np.broadcast_to(np.arange(start, start + len(rows), dtype=np.int64), dist.shape)
         dist, idx = select_topk(dist, idx, _shortlist(k))
         best_d, best_i = select_topk(np.hstack([best_d, dist]), np.hstack([best_i, idx]), _shortlist(k))
+        del rows  # free this chunk before the next one is read: one chunk resident at a time, not two
     l2, pos = _refine(db_f7, queries, best_i, k)
     return _pad_columns(l2, k, np.inf), _pad_columns(np.take_along_axis(best_i, pos, axis=1), k, -1)
 
