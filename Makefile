@@ -36,8 +36,12 @@ test: $(STAMP) ## run the test suite (offline, < 15 minutes on 2 cores; skips te
 test-full: $(STAMP) ## run every test, the slow ones included
 	WANDB_MODE=offline $(PY) -m pytest -q -m "" $(PYTEST_ARGS)
 
-bench: $(STAMP) ## retrieval speed benchmark (1M synthetic items by default; BENCH_ARGS="--n-database 100000")
-	$(PY) -m deephash.bench $(BENCH_ARGS)
+bench: $(STAMP) ## speed and memory benchmarks at 1M items (~30 min on 2 cores; BENCH_ARGS="--n-database 100000")
+	@mkdir -p bench
+	$(PY) -m deephash.bench retrieval --out bench/retrieval.json $(BENCH_ARGS)
+	$(PY) -m deephash.bench memory --out bench/memory.json $(BENCH_ARGS)
+	$(PY) -m deephash.bench sublinear --out bench/sublinear.json
+	$(PY) -m deephash.bench train --out bench/train.json
 
 reproduce: $(STAMP) ## regenerate the paper's results (needs datasets, ImageNet weights, ideally a GPU)
 	$(PY) -m experiments.reproduce $(REPRODUCE_ARGS)
@@ -54,5 +58,5 @@ format: $(STAMP) ## apply ruff formatting and safe fixes
 	$(VENV)/bin/ruff format .
 
 clean: ## remove run outputs and caches (keeps .venv and data)
-	rm -rf outputs multirun reports wandb .pytest_cache .ruff_cache bench.json
+	rm -rf outputs multirun reports wandb bench .pytest_cache .ruff_cache bench.json
 	find . -name __pycache__ -type d -prune -not -path "./$(VENV)/*" -exec rm -rf {} +

@@ -311,6 +311,14 @@ def _train_command() -> tuple[Callable[[argparse.ArgumentParser], None], Callabl
     return add_train_arguments, run_train_bench
 
 
+def _memory_command() -> tuple[
+    Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], Any]
+]:
+    from deephash.benchmarks.memory import add_memory_arguments, run_memory_bench
+
+    return add_memory_arguments, run_memory_bench
+
+
 def _sublinear_command() -> tuple[
     Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], Any]
 ]:
@@ -325,6 +333,7 @@ COMMANDS: dict[str, tuple[str, Callable[[], tuple[Callable, Callable]]]] = {
         lambda: (add_retrieval_arguments, run_retrieval),
     ),
     "train": ("training and encoding throughput: Lightning vs a raw PyTorch loop", _train_command),
+    "memory": ("peak resident memory of building and querying a large index (F7 on disk)", _memory_command),
     "sublinear": (
         "multi-index hashing vs the exhaustive Hamming scan: recall, speedup, build time, memory",
         _sublinear_command,

@@ -11,6 +11,7 @@ import pytest
 
 from deephash.retrieval import store as store_mod
 from deephash.retrieval.codes import pack_codes
+from deephash.retrieval.features import F7File
 from deephash.retrieval.search import HammingIndex
 from deephash.retrieval.store import IndexWriter, load_index, save_index, sha256_file
 from deephash.utils.errors import ConfigError, IndexFormatError
@@ -61,9 +62,9 @@ def test_round_trip(tmp_path: Path, bits: int) -> None:
     np.testing.assert_array_equal(store.f7, items["f7"].astype(np.float16))
     np.testing.assert_array_equal(store.labels, items["labels"])
     assert store.ids == items["ids"] and store.bits == bits and store.count == 120 and store.feature_dim == 16
-    assert isinstance(store.f7, np.memmap) and store.f7.dtype == np.float16
+    assert isinstance(store.f7, F7File) and store.f7.dtype == np.float16  # read from disk, not held in RAM
     assert store.labels.dtype == np.int64
-    assert not isinstance(load_index(path, mmap=False).f7, np.memmap)
+    assert isinstance(load_index(path, mmap=False).f7, np.ndarray)
     m = store.manifest
     assert m["format_version"] == 1 and m["bits"] == bits and m["code_bytes"] == -(-bits // 8)
     assert m["feature_dim"] == 16 and m["count"] == 120 and m["dataset"] == "mnist"

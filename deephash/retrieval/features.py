@@ -1,0 +1,284 @@
+"""F7 rows on disk without memory maps: positional reads and writes of ``.npy`` files.
+
+Pages of a memory-mapped file count toward the process's resident set for as long as they stay mapped,
+and a fault maps a whole page-cache folio (on current Linux up to megabytes): gathering 1,000 random
+rows of a 4096-d float16 memmap was seen to map over a gigabyte. ``F7File`` instead reads the requested
+rows with ``os.preadv`` straight into a fresh array and ``NpyRowWriter`` writes rows with ``os.pwrite``,
+so the resident memory is the rows in hand; the file's pages stay in the kernel's shared, reclaimable
+page cache. Runs of consecutive rows are read or written with one call each.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from deephash.utils.errors import IndexFormatError
+
+_BLOCK_BYTES = 16 << 20  # staging buffer of a converting read
+_MAX_IO = 1 << 30  # bytes per system call (Linux caps one read or write just below 2 GiB)
+
+
+def npy_layout(path: str | os.PathLike) -> tuple[int, tuple[int, ...], np.dtype]:
+    """``(data offset, shape, dtype)`` of a C-ordered ``.npy`` file (format 1.0 or 2.0)."""
+    try:
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            if version == (1, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+            elif version == (2, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+            else:
+                raise ValueError(f"unsupported .npy format version {version}")
+            offset = f.tell()
+    except ValueError as e:
+        raise IndexFormatError(f"{path} is not a readable .npy file ({e})") from None
+    if fortran or dtype.hasobject:
+        raise IndexFormatError(f"{path} must hold a C-ordered numeric array")
+    return offset, tuple(shape), dtype
+
+
+def create_npy(path: str | os.PathLike, shape: tuple[int, ...], dtype: Any) -> int:
+    """Create a zero-filled (sparse) C-ordered ``.npy`` file; returns the offset of its data."""
+    dtype = np.dtype(dtype)
+    shape = tuple(int(s) for s in shape)
+    header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": shape}
+    with open(path, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, header)
+        offset = f.tell()
+        f.truncate(offset + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize)
+    return offset
+
+
+def release_pages(arr: Any) -> None:
+    """Unmap the resident pages of a shared ``np.memmap`` (and its views); other arrays are left alone.
+
+    The data stays in the file and the page cache: the next access faults it back in. A copy-on-write
+    memmap (mode ``c``) is skipped, since dropping its pages would drop its private changes.
+    """
+    mm = getattr(arr, "_mmap", None)  # numpy keeps the mmap.mmap behind every memmap view
+    if isinstance(arr, np.memmap) and arr.mode != "c" and isinstance(mm, mmap.mmap) and not mm.closed:
+        mm.madvise(mmap.MADV_DONTNEED)
+
+
+def _runs(rows: np.ndarray) -> tuple[list[int], list[int], list[int]]:
+    """Strictly increasing rows -> (position in ``rows``, first row, length) of each run of consecutive rows."""
+    if len(rows) == 0:
+        return [], [], []
+    starts = np.flatnonzero(np.diff(rows) != 1) + 1
+    pos = np.concatenate([[0], starts])
+    lengths = np.diff(np.concatenate([pos, [len(rows)]]))
+    return pos.tolist(), rows[pos].tolist(), lengths.tolist()
+
+
+class F7File:
+    """Read-only ``(n, d)`` array in a ``.npy`` file, read on demand with positional reads (no memory map).
+
+    Indexing works like an ndarray's along the rows: ``f[i]`` -> (d,), ``f[a:b]`` / ``f[a:b:s]`` -> (m, d),
+    ``f[idx]`` with an integer array of any shape, order, duplicates or negative values -> idx.shape + (d,),
+    ``f[mask]`` with an (n,) bool mask, and ``f[rows, cols]``. Results are fresh arrays of the file's
+    dtype; ``read(key, np.float32)`` converts through a small buffer instead of a full-size copy.
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self._fd: int | None = None
+        self.path = Path(path)
+        self.offset, shape, self.dtype = npy_layout(self.path)
+        if len(shape) != 2:
+            raise IndexFormatError(f"{self.path} holds a {len(shape)}-d array, expected (n, d) rows")
+        self.shape: tuple[int, int] = (int(shape[0]), int(shape[1]))
+        self.row_bytes = self.shape[1] * self.dtype.itemsize
+        size = self.path.stat().st_size
+        if size < self.offset + self.shape[0] * self.row_bytes:
+            raise IndexFormatError(
+                f"{self.path} is truncated: {self.shape[0]} x {self.shape[1]} {self.dtype} needs "
+                f"{self.offset + self.shape[0] * self.row_bytes} bytes, the file has {size}"
+            )
+        self._fd = os.open(self.path, os.O_RDONLY)
+
+    ndim = 2
+
+    @property
+    def size(self) -> int:
+        return self.shape[0] * self.shape[1]
+
+    @property
+    def nbytes(self) -> int:
+        return self.shape[0] * self.row_bytes
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __repr__(self) -> str:
+        return f"F7File({str(self.path)!r}, shape={self.shape}, dtype={self.dtype})"
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        return self.read(key)
+
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
+        if copy is False:
+            raise ValueError("an F7File is read from disk: it cannot be viewed without a copy")
+        return self.read(slice(None), dtype)
+
+    def read(self, key: Any, dtype: Any = None) -> np.ndarray:
+        """``self[key]`` as ``dtype`` (default: the file's)."""
+        if isinstance(key, tuple):
+            if len(key) > 2:
+                raise IndexError(f"too many indices for a 2-d F7File: {len(key)}")
+            rows = self.read(key[0], dtype) if key else self.read(slice(None), dtype)
+            return rows[..., key[1]] if len(key) == 2 else rows
+        out_dtype = self.dtype if dtype is None else np.dtype(dtype)
+        n = self.shape[0]
+        if key is Ellipsis:
+            key = slice(None)
+        if isinstance(key, (int, np.integer)) and not isinstance(key, (bool, np.bool_)):
+            row = int(key) + n if key < 0 else int(key)
+            if not 0 <= row < n:
+                raise IndexError(f"index {int(key)} is out of bounds for axis 0 with size {n}")
+            return self._read_sorted(np.array([row], np.int64), out_dtype)[0]
+        if isinstance(key, slice):
+            start, stop, step = key.indices(n)
+            if step != 1:
+                return self.read(np.arange(start, stop, step, dtype=np.int64), dtype)
+            return self._read_sorted(np.arange(start, max(start, stop), dtype=np.int64), out_dtype)
+        index = np.asarray(key)
+        if index.dtype == np.bool_:
+            if index.shape != (n,):
+                raise IndexError(f"a boolean mask must have shape ({n},), got {index.shape}")
+            return self._read_sorted(np.flatnonzero(index), out_dtype)
+        if index.size == 0:
+            index = index.astype(np.int64)
+        if not np.issubdtype(index.dtype, np.integer):
+            raise IndexError(
+                f"F7File rows are selected by integers, slices or a bool mask, got {index.dtype}"
+            )
+        flat = index.astype(np.int64).ravel()
+        bad = (flat < -n) | (flat >= n)
+        if bad.any():
+            raise IndexError(f"index {flat[bad][0]} is out of bounds for axis 0 with size {n}")
+        flat = np.where(flat < 0, flat + n, flat)
+        if np.all(np.diff(flat) > 0):
+            return self._read_sorted(flat, out_dtype).reshape(*index.shape, self.shape[1])
+        uniq, inverse = np.unique(flat, return_inverse=True)
+        return self._read_sorted(uniq, out_dtype)[inverse.ravel()].reshape(*index.shape, self.shape[1])
+
+    def _read_sorted(self, rows: np.ndarray, dtype: np.dtype) -> np.ndarray:
+        """Rows ``rows`` (strictly increasing, in range) -> (m, d) ``dtype``, one read per run of rows."""
+        out = np.empty((len(rows), self.shape[1]), dtype)
+        if out.size == 0:
+            return out
+        direct = dtype == self.dtype
+        step = len(rows) if direct else max(1, _BLOCK_BYTES // self.row_bytes)
+        buffer = None if direct else np.empty((min(step, len(rows)), self.shape[1]), self.dtype)
+        for c in range(0, len(rows), step):
+            block = rows[c : c + step]
+            dest = out[c : c + len(block)] if direct else buffer[: len(block)]
+            view = memoryview(dest).cast("B")
+            for pos, row, length in zip(*_runs(block)):
+                self._pread_into(view[pos * self.row_bytes : (pos + length) * self.row_bytes], row)
+            if not direct:
+                out[c : c + len(block)] = dest
+        return out
+
+    def _pread_into(self, view: memoryview, row: int) -> None:
+        if self._fd is None:
+            raise ValueError(f"{self!r} is closed")
+        done, offset = 0, self.offset + row * self.row_bytes
+        while done < len(view):
+            got = os.preadv(self._fd, [view[done : done + _MAX_IO]], offset + done)
+            if got == 0:
+                raise IndexFormatError(f"{self.path} ended early (truncated while open?)")
+            done += got
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> F7File:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        self.close()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"path": self.path}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["path"])
+
+
+class NpyRowWriter:
+    """Writes rows of an existing ``.npy`` file (e.g. from ``create_npy``) in place with ``os.pwrite``.
+
+    Several processes may write the same file at once: each call touches only its own rows' bytes.
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self._fd: int | None = None
+        self.path = Path(path)
+        self.offset, self.shape, self.dtype = npy_layout(self.path)
+        self.row_shape = self.shape[1:]
+        self.row_bytes = int(np.prod(self.row_shape, dtype=np.int64)) * self.dtype.itemsize
+        self._fd = os.open(self.path, os.O_RDWR)
+
+    def write_at(self, start: int, values: np.ndarray) -> None:
+        """Rows ``start:start + m`` = values ``(m, *row_shape)``, in one write."""
+        values = self._check(values)
+        if start < 0 or start + len(values) > self.shape[0]:
+            raise IndexError(
+                f"rows {start}:{start + len(values)} are outside {self.path} ({self.shape[0]} rows)"
+            )
+        if values.size:
+            self._pwrite(memoryview(values).cast("B"), start)
+
+    def write_rows(self, rows: np.ndarray, values: np.ndarray) -> None:
+        """Rows ``rows`` (any order; a repeated row takes its last value, like ndarray assignment) = values."""
+        rows, values = np.asarray(rows, np.int64).ravel(), self._check(values)
+        if len(rows) != len(values):
+            raise ValueError(f"{len(rows)} rows but {len(values)} values")
+        if len(rows) and (rows.min() < 0 or rows.max() >= self.shape[0]):
+            raise IndexError(f"rows outside {self.path} ({self.shape[0]} rows)")
+        order = np.argsort(rows, kind="stable")
+        ordered = rows[order]
+        last = np.append(ordered[1:] != ordered[:-1], True) if len(rows) else np.zeros(0, bool)
+        rows, values = ordered[last], np.ascontiguousarray(values[order[last]])
+        if values.size == 0:
+            return
+        view = memoryview(values).cast("B")
+        for pos, row, length in zip(*_runs(rows)):
+            self._pwrite(view[pos * self.row_bytes : (pos + length) * self.row_bytes], row)
+
+    def _check(self, values: np.ndarray) -> np.ndarray:
+        values = np.ascontiguousarray(values, dtype=self.dtype)
+        if values.shape[1:] != self.row_shape:
+            raise ValueError(f"rows of {self.path} are {self.row_shape}, got values {values.shape}")
+        return values
+
+    def _pwrite(self, view: memoryview, row: int) -> None:
+        if self._fd is None:
+            raise ValueError(f"writer of {self.path} is closed")
+        done, offset = 0, self.offset + row * self.row_bytes
+        while done < len(view):
+            done += os.pwrite(self._fd, view[done : done + _MAX_IO], offset + done)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> NpyRowWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        self.close()

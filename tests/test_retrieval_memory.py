@@ -1,0 +1,321 @@
+"""F7 on disk without memory maps: the row reader and writer against numpy, searches through them against
+in-RAM features, the encode writer's row semantics, and the memory benchmark's peak resident sets."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from deephash.benchmarks import memory as memory_bench
+from deephash.retrieval import features as features_mod
+from deephash.retrieval import store as store_mod
+from deephash.retrieval.codes import pack_codes
+from deephash.retrieval.encode import _RowWriter
+from deephash.retrieval.features import F7File, NpyRowWriter, create_npy, release_pages
+from deephash.retrieval.search import HammingIndex, euclidean_search, hierarchical_search
+from deephash.retrieval.store import IndexWriter, load_index, save_index
+from deephash.utils.errors import ConfigError, IndexFormatError
+
+
+@pytest.fixture
+def f7_file(tmp_path: Path) -> tuple[np.ndarray, F7File]:
+    arr = np.random.default_rng(0).standard_normal((200, 12)).astype(np.float16)
+    np.save(tmp_path / "f7.npy", arr)
+    with F7File(tmp_path / "f7.npy") as f:
+        yield arr, f
+
+
+KEYS = [
+    5,
+    -1,
+    np.int64(7),
+    slice(None),
+    slice(10, 50),
+    slice(50, 10),
+    slice(-30, None),
+    slice(3, 190, 7),
+    slice(None, None, -4),
+    np.array([5, 3, 3, 199, 0, -1]),
+    [9, 8, 7],
+    [],
+    np.array([], np.int64),
+    np.array([[1, 2], [3, 3]]),
+    np.arange(200) % 3 == 0,
+    np.zeros(200, bool),
+    (np.array([4, 2]), slice(1, 5)),
+    (7, 3),
+    (slice(None), [0, 11]),
+    Ellipsis,
+]
+
+
+@pytest.mark.parametrize("key", KEYS, ids=[repr(k)[:40] for k in KEYS])
+def test_f7file_indexes_like_an_ndarray(f7_file, key, monkeypatch: pytest.MonkeyPatch) -> None:
+    arr, f = f7_file
+    monkeypatch.setattr(features_mod, "_BLOCK_BYTES", 100)  # several staging blocks per converting read
+    want = arr[key]
+    got = f[key]
+    assert got.dtype == np.float16 and got.shape == want.shape
+    np.testing.assert_array_equal(got, want)
+    got32 = f.read(key, np.float32)
+    assert got32.dtype == np.float32
+    np.testing.assert_array_equal(got32, want.astype(np.float32))
+
+
+def test_f7file_array_protocol_and_errors(f7_file, tmp_path: Path) -> None:
+    arr, f = f7_file
+    assert f.shape == (200, 12) and len(f) == 200 and f.ndim == 2 and f.dtype == np.float16
+    assert f.nbytes == arr.nbytes and f.size == arr.size
+    np.testing.assert_array_equal(np.asarray(f), arr)
+    np.testing.assert_array_equal(np.asarray(f, np.float32), arr.astype(np.float32))
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(f))[[3, 1]], arr[[3, 1]])
+    for bad in (200, -201, np.array([0, 200]), [-201]):
+        with pytest.raises(IndexError, match="out of bounds"):
+            f[bad]
+    with pytest.raises(IndexError, match="integers, slices or a bool mask"):
+        f[np.array([0.5])]
+    with pytest.raises(IndexError, match=r"boolean mask must have shape \(200,\)"):
+        f[np.ones(3, bool)]
+    with pytest.raises(IndexError, match="too many indices"):
+        f[1, 2, 3]
+    np.save(tmp_path / "vector.npy", np.zeros(5, np.float16))
+    with pytest.raises(IndexFormatError, match="1-d array"):
+        F7File(tmp_path / "vector.npy")
+    (tmp_path / "junk.npy").write_bytes(b"not an array")
+    with pytest.raises(IndexFormatError, match="not a readable .npy"):
+        F7File(tmp_path / "junk.npy")
+    data = (tmp_path / "f7.npy").read_bytes()
+    (tmp_path / "short.npy").write_bytes(data[:-24])
+    with pytest.raises(IndexFormatError, match="truncated"):
+        F7File(tmp_path / "short.npy")
+    f.close()
+    with pytest.raises(ValueError, match="closed"):
+        f[0]
+
+
+def test_row_writer_matches_ndarray_assignment(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    offset = create_npy(tmp_path / "a.npy", (50, 3), np.int32)
+    assert offset % 64 == 0
+    np.testing.assert_array_equal(np.load(tmp_path / "a.npy"), np.zeros((50, 3), np.int32))
+    want = np.zeros((50, 3), np.int32)
+    first, second = NpyRowWriter(tmp_path / "a.npy"), NpyRowWriter(tmp_path / "a.npy")  # two "ranks"
+    for writer in (first, second, first, second):
+        rows = rng.integers(0, 50, 17)  # unsorted, with repeats: the last value of a row wins
+        values = rng.integers(-9, 9, (17, 3)).astype(np.int32)
+        writer.write_rows(rows, values)
+        want[rows] = values
+    first.write_at(47, np.full((3, 3), 5, np.int32))
+    want[47:] = 5
+    first.write_rows(np.array([], np.int64), np.zeros((0, 3), np.int32))
+    first.close()
+    second.close()
+    np.testing.assert_array_equal(np.load(tmp_path / "a.npy"), want)
+    create_npy(tmp_path / "flags.npy", (10,), np.bool_)
+    with NpyRowWriter(tmp_path / "flags.npy") as flags:
+        flags.write_rows(np.array([9, 2, 2]), np.ones(3, bool))
+        with pytest.raises(IndexError, match="rows outside"):
+            flags.write_rows(np.array([10]), np.ones(1, bool))
+        with pytest.raises(IndexError, match="outside"):
+            flags.write_at(8, np.ones(3, bool))
+        with pytest.raises(ValueError, match="rows of"):
+            flags.write_at(0, np.ones((2, 2), bool))
+    assert np.flatnonzero(np.load(tmp_path / "flags.npy")).tolist() == [2, 9]
+
+
+def _rss_file_kb() -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("RssFile:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def test_release_pages_unmaps_a_memmap_but_keeps_its_data(tmp_path: Path) -> None:
+    arr = np.arange(8 << 20, dtype=np.float32).reshape(-1, 1024)  # 32 MB
+    np.save(tmp_path / "big.npy", arr)
+    mm = np.load(tmp_path / "big.npy", mmap_mode="r")
+    before = _rss_file_kb()
+    if before is None:
+        pytest.skip("needs /proc/self/status")
+    assert float(mm.sum(dtype=np.float64)) == float(arr.sum(dtype=np.float64))
+    mapped = _rss_file_kb()
+    release_pages(mm[10:20])  # a view releases the whole mapping
+    released = _rss_file_kb()
+    assert mapped - before > 16 << 10 and mapped - released > 16 << 10
+    np.testing.assert_array_equal(mm[5], arr[5])  # faults back in from the file
+    cow = np.load(tmp_path / "big.npy", mmap_mode="c")
+    cow[0, 0] = -1.0
+    release_pages(cow)  # skipped: a private page would be lost
+    assert cow[0, 0] == -1.0
+    release_pages(arr)  # plain arrays are left alone
+
+
+# --------------------------------------------------------------- searches through the reader
+
+
+@pytest.fixture
+def search_data(tmp_path: Path):
+    rng = np.random.default_rng(2)
+    centres = rng.random((6, 24)) < 0.5
+    db_bits = centres[rng.integers(0, 6, 1500)]
+    db_bits[rng.random(db_bits.shape) < 0.05] ^= True
+    q_bits = db_bits[rng.integers(0, 1500, 30)].copy()
+    q_bits[rng.random(q_bits.shape) < 0.05] ^= True
+    db_f7 = rng.standard_normal((1500, 40)).astype(np.float16)
+    db_f7[700] = db_f7[3]  # an exact duplicate: ties go to the lower index
+    q_f7 = rng.standard_normal((30, 40)).astype(np.float32)
+    q_f7[0] = db_f7[3]
+    np.save(tmp_path / "f7.npy", db_f7)
+    return pack_codes(db_bits), pack_codes(q_bits), db_f7, q_f7, tmp_path / "f7.npy"
+
+
+@pytest.mark.parametrize("pools", [dict(radius=2, min_pool=5, max_pool=400, pool_size=60), dict(radius=0)])
+def test_hierarchical_through_the_reader_equals_in_ram(search_data, pools, monkeypatch) -> None:
+    db_codes, q_codes, db_f7, q_f7, path = search_data
+    monkeypatch.setattr(features_mod, "_BLOCK_BYTES", 1000)
+    index = HammingIndex(db_codes, 24)
+    ram = hierarchical_search(index, db_f7, q_codes, q_f7, 25, **pools)
+    with F7File(path) as f:
+        on_disk = hierarchical_search(index, f, q_codes, q_f7, 25, chunk_size=37, **pools)
+    mapped = hierarchical_search(index, np.load(path, mmap_mode="r"), q_codes, q_f7, 25, **pools)
+    for field in ("l2", "idx", "hamming", "pool_sizes"):
+        np.testing.assert_array_equal(getattr(ram, field), getattr(on_disk, field))
+        np.testing.assert_array_equal(getattr(ram, field), getattr(mapped, field))
+    valid = ram.idx >= 0
+    assert valid.any() and len(set(ram.pool_sizes.tolist())) > 1
+    # reported distances are the rows' exact L2, ascending; empty slots hold inf
+    rows = db_f7.astype(np.float32)[np.where(valid, ram.idx, 0)]
+    exact = np.linalg.norm(rows - q_f7[:, None, :], axis=-1)
+    np.testing.assert_allclose(ram.l2[valid], exact[valid], rtol=1e-5, atol=1e-5)
+    assert np.isinf(ram.l2[~valid]).all()
+    assert all((np.diff(ram.l2[j][valid[j]]) >= 0).all() for j in range(len(q_f7)))
+
+
+def test_euclidean_through_the_reader_equals_in_ram(search_data) -> None:
+    _, _, db_f7, q_f7, path = search_data
+    ram = euclidean_search(db_f7, q_f7, 30)
+    with F7File(path) as f:
+        for chunk in (64, 1000, 5000):
+            got = euclidean_search(f, q_f7, 30, chunk_size=chunk)
+            np.testing.assert_array_equal(got[0], ram[0])
+            np.testing.assert_array_equal(got[1], ram[1])
+    brute = np.sqrt(((q_f7[:, None, :] - db_f7.astype(np.float32)[None]) ** 2).sum(-1))
+    order = np.lexsort((np.broadcast_to(np.arange(1500), brute.shape), np.round(brute, 3)), axis=-1)[:, :30]
+    assert list(ram[1][0, :2]) == [3, 700]  # the duplicate ties at distance 0, lower index first
+    assert (np.abs(np.take_along_axis(brute, order, axis=1) - ram[0]) < 1e-3).all()
+
+
+# --------------------------------------------------------------- index store and encode writer
+
+
+def _items(rng: np.random.Generator, n: int, d: int) -> dict:
+    return {
+        "codes_packed": pack_codes(rng.random((n, 20)) < 0.5),
+        "labels": rng.integers(0, 5, n),
+        "ids": [f"img{i}.png" for i in range(n)],
+        "bits": 20,
+    }
+
+
+def test_store_streams_f7_in_blocks_from_memmaps_and_readers(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(store_mod, "_F7_BLOCK_BYTES", 4 * 8 * 7)  # 7 rows of 8 floats per block
+    rng = np.random.default_rng(3)
+    items = _items(rng, 90, 8)
+    f7 = rng.standard_normal((90, 8)).astype(np.float32)
+    np.save(tmp_path / "src.npy", f7.astype(np.float16))
+    first = save_index(tmp_path / "a", f7=np.load(tmp_path / "src.npy", mmap_mode="r"), **items)
+    store = load_index(first)
+    assert isinstance(store.f7, F7File) and isinstance(load_index(first, mmap=False).f7, np.ndarray)
+    np.testing.assert_array_equal(np.asarray(store.f7), f7.astype(np.float16))
+    second = save_index(tmp_path / "b", f7=store.f7, **items)  # an index re-saved from its reader
+    assert (second / "f7.npy").read_bytes() == (first / "f7.npy").read_bytes()
+    with IndexWriter(tmp_path / "c", 90, 20, 8) as writer:  # blocks in any order
+        for start in (60, 0, 30):
+            sl = slice(start, start + 30)
+            writer.write(start, items["codes_packed"][sl], f7[sl], items["labels"][sl], items["ids"][sl])
+        writer.commit()
+    assert (tmp_path / "c" / "f7.npy").read_bytes() == (first / "f7.npy").read_bytes()
+    np.testing.assert_array_equal(load_index(tmp_path / "c").codes, items["codes_packed"])
+    f7[85, 3] = np.nan  # in the last block: rejected although earlier blocks were written
+    with pytest.raises(ConfigError, match="NaN or values beyond float16"):
+        save_index(tmp_path / "d", f7=f7, **items)
+    assert not (tmp_path / "d").exists() and sorted(p.name for p in tmp_path.iterdir()) == [
+        "a",
+        "b",
+        "c",
+        "src.npy",
+    ]
+
+
+def test_encode_writer_puts_each_sample_at_its_row(tmp_path: Path) -> None:
+    """Two writers stand in for two DDP ranks: rank 0 allocates, both write shuffled, padded batches."""
+    rng = np.random.default_rng(4)
+    pool_index = np.sort(rng.choice(1000, 120, replace=False))
+    codes, f7 = rng.random((120, 20)) < 0.5, rng.standard_normal((120, 6)).astype(np.float16)
+    labels = rng.integers(0, 9, 120)
+    ranks = [
+        SimpleNamespace(is_global_zero=zero, strategy=SimpleNamespace(barrier=lambda name=None: None))
+        for zero in (True, False)
+    ]
+    writers = [_RowWriter(tmp_path / "enc", pool_index, 20, 6) for _ in ranks]
+    for writer, trainer in zip(writers, ranks):
+        writer.on_predict_start(trainer, None)
+    order = np.concatenate([rng.permutation(120), [5, 5, 17]])  # padding repeats samples
+    for b, rows in enumerate(np.array_split(order, 9)):
+        prediction = {
+            "codes": torch.from_numpy(codes[rows]),
+            "f7": torch.from_numpy(f7[rows]),
+            "labels": torch.from_numpy(labels[rows]),
+            "index": torch.from_numpy(pool_index[rows]),
+        }
+        writers[b % 2].write_on_batch_end(ranks[b % 2], None, prediction, None, None, b, 0)
+    for writer, trainer in zip(writers, ranks):
+        writer.on_predict_end(trainer, None)
+    assert np.load(tmp_path / "enc" / "written.npy").all()
+    np.testing.assert_array_equal(np.load(tmp_path / "enc" / "codes.npy"), np.packbits(codes, axis=1))
+    np.testing.assert_array_equal(np.load(tmp_path / "enc" / "f7.npy"), f7)
+    np.testing.assert_array_equal(np.load(tmp_path / "enc" / "labels.npy"), labels)
+
+
+# --------------------------------------------------------------- the benchmark
+
+
+def test_memory_bench_reports_bounded_peaks(tmp_path: Path) -> None:
+    """100k x 1024 float16 (195 MB): every operation's peak stays under half the feature file."""
+    out = tmp_path / "memory.json"
+    argv = ["--n-database", "100000", "--dim", "1024", "--batch-rows", "1024", "--n-queries", "20"]
+    argv += ["--euclidean-queries", "10", "--chunk-rows", "4096", "--threads", "1"]
+    assert memory_bench.main([*argv, "--workdir", str(tmp_path / "work"), "--out", str(out)]) == 0
+    results = json.loads(out.read_text())
+    assert set(results) == {"config", "sizes", "operations"}
+    assert results["config"]["n_database"] == 100000 and results["config"]["dim"] == 1024
+    file_mb = results["sizes"]["f7_file_mb"]
+    assert file_mb == pytest.approx(100000 * 1024 * 2 / 2**20)
+    assert list(results["operations"]) == ["build", "hierarchical", "euclidean"]
+    for op, r in results["operations"].items():
+        assert {"seconds", "baseline_rss_mb", "peak_rss_mb", "peak_over_baseline_mb", "within_limit"} <= set(
+            r
+        )
+        assert r["peak_rss_mb"] >= r["baseline_peak_mb"] > 0
+        # a memmap would keep the pages it wrote or read resident: the whole file for build and L2
+        assert r["peak_over_baseline_mb"] < 0.5 * file_mb, op
+    assert results["operations"]["build"]["count"] == 100000
+    assert results["operations"]["hierarchical"]["mean_pool_size"] == 1000
+    assert list((tmp_path / "work").iterdir()) == []  # the staging and index files are removed
+
+
+def test_memory_bench_refuses_what_does_not_fit(tmp_path: Path, capsys) -> None:
+    assert memory_bench.main(["--n-database", str(10**12), "--workdir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "--n-database" in err and "GB free" in err
+    assert memory_bench.main(["--k", "0", "--workdir", str(tmp_path)]) == 2
+    assert "--k must be positive" in capsys.readouterr().err
