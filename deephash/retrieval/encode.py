@@ -21,13 +21,13 @@ import pytorch_lightning as pl
 from pytorch_lightning.callbacks import BasePredictionWriter
 
 from deephash.retrieval.codes import code_bytes
-from deephash.retrieval.features import NpyRowWriter, create_npy
+from deephash.retrieval.features import F7File, NpyRowWriter, create_npy
 from deephash.utils.errors import DeephashError
 
 
 @dataclass
 class EncodedSplit:
-    """One encoded split. codes: (n, ceil(bits/8)) uint8 packed; f7: (n, d) float16 memmap;
+    """One encoded split. codes: (n, ceil(bits/8)) uint8 packed; f7: (n, d) float16 on disk (F7File);
     labels: (n,) int64; ids: n sample ids; pool_index: (n,) int64 positions in the datamodule's pool."""
 
     codes: np.ndarray
@@ -131,7 +131,7 @@ def encode_split(
         )
     return EncodedSplit(
         codes=np.load(directory / "codes.npy"),
-        f7=np.load(directory / "f7.npy", mmap_mode="r"),
+        f7=F7File(directory / "f7.npy"),  # read on demand: a million rows never have to be resident
         labels=np.load(directory / "labels.npy"),
         ids=datamodule.sample_ids(split),
         pool_index=pool_index,
