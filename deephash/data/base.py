@@ -52,6 +52,7 @@ class RetrievalDataModule(pl.LightningDataModule):
     native_mean: ClassVar[tuple[float, ...]] = (0.5, 0.5, 0.5)
     native_std: ClassVar[tuple[float, ...]] = (0.5, 0.5, 0.5)
     native_flip: ClassVar[bool] = False
+    native_translate: ClassVar[float] = 0.0  # random shift in training, as a fraction of the image
 
     def __init__(
         self,
@@ -262,7 +263,12 @@ class RetrievalDataModule(pl.LightningDataModule):
             return imagenet_transform(train, image_size=self.image_size, resize=self.resize)
         size = None if self.native_size is not None else (self.image_size, self.image_size)
         return native_transform(
-            train, mean=self.native_mean, std=self.native_std, flip=self.native_flip, size=size
+            train,
+            mean=self.native_mean,
+            std=self.native_std,
+            flip=self.native_flip,
+            size=size,
+            translate=self.native_translate,
         )
 
     def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool) -> DataLoader:

@@ -53,17 +53,21 @@ def native_transform(
     std: Sequence[float],
     flip: bool = False,
     size: tuple[int, int] | None = None,
+    translate: float = 0.0,
 ) -> ImageTransform:
     """ToTensor + per-dataset normalisation, channels as the source gives them.
 
     ``size`` resizes (only for datasets without a native size, e.g. image folders); ``flip`` adds a
-    random horizontal flip in training (right for natural images, wrong for digits).
+    random horizontal flip in training (right for natural images, wrong for digits); ``translate`` adds a
+    random shift of up to that fraction of the image in training (a pixel on 8x8 digits).
     """
     steps: list[Callable] = []
     if size is not None:
         steps.append(T.Resize(size))
     if train and flip:
         steps.append(T.RandomHorizontalFlip())
+    if train and translate > 0:
+        steps.append(T.RandomAffine(degrees=0, translate=(translate, translate)))
     steps += [T.ToTensor(), T.Normalize(tuple(mean), tuple(std))]
     return T.Compose(steps)
 
