@@ -103,6 +103,18 @@ def pad_codes(packed: np.ndarray, nbytes: int) -> np.ndarray:
     return out
 
 
+def padded_queries(query_packed: np.ndarray, bits: int, padded_bytes: int) -> np.ndarray:
+    """Validated packed queries (q, ceil(bits / 8)) uint8, zero padded to (q, padded_bytes) like the index."""
+    queries = np.asarray(query_packed)
+    nbytes = code_bytes(bits)
+    if queries.ndim != 2 or queries.dtype != np.uint8 or queries.shape[1] != nbytes:
+        raise IndexFormatError(
+            f"queries are {queries.dtype} {queries.shape} but the index holds {bits}-bit codes "
+            f"packed as (n, {nbytes}) uint8"
+        )
+    return pad_codes(check_packed(queries, bits, "query codes"), padded_bytes)
+
+
 def _as_words(packed: np.ndarray) -> np.ndarray:
     """(n, c) uint8 -> (n, ceil(c / 8)) uint64, zero padded (same Hamming distances, 8x fewer popcounts)."""
     return pad_codes(packed, -(-packed.shape[1] // 8) * 8).view(np.uint64)

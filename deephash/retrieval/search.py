@@ -28,6 +28,7 @@ from deephash.retrieval.codes import (
     hamming_distance_matrix,
     pad_codes,
     padded_code_bytes,
+    padded_queries,
 )
 from deephash.retrieval.features import F7File, release_pages
 from deephash.utils.errors import ConfigError, IndexFormatError
@@ -99,13 +100,7 @@ class HammingIndex:
         return int(self.faiss_index.ntotal)
 
     def _queries(self, query_packed: np.ndarray) -> np.ndarray:
-        queries = np.asarray(query_packed)
-        if queries.ndim != 2 or queries.dtype != np.uint8 or queries.shape[1] != self.code_bytes:
-            raise IndexFormatError(
-                f"queries are {queries.dtype} {queries.shape} but the index holds {self.bits}-bit codes "
-                f"packed as (n, {self.code_bytes}) uint8"
-            )
-        return pad_codes(check_packed(queries, self.bits, "query codes"), self.padded_bytes)
+        return padded_queries(query_packed, self.bits, self.padded_bytes)
 
     def search(self, query_packed: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """The k nearest codes of each query.

@@ -31,9 +31,9 @@ from typing import Any
 import faiss
 import numpy as np
 
-from deephash.retrieval.codes import check_packed, code_bytes, pad_codes, padded_code_bytes
+from deephash.retrieval.codes import check_packed, code_bytes, pad_codes, padded_code_bytes, padded_queries
 from deephash.retrieval.search import HammingIndex
-from deephash.utils.errors import ConfigError, IndexFormatError
+from deephash.utils.errors import ConfigError
 
 METHODS = ("flat", "multihash", "hash")
 DEFAULT_SUBSTRING_BITS = 16
@@ -186,13 +186,7 @@ class MultiHashIndex:
 
     def _queries(self, query_packed: np.ndarray) -> np.ndarray:
         """Validated queries zero padded to ``padded_bytes`` (the layout ``HammingIndex._queries`` gives)."""
-        queries = np.asarray(query_packed)
-        if queries.ndim != 2 or queries.dtype != np.uint8 or queries.shape[1] != self.code_bytes:
-            raise IndexFormatError(
-                f"queries are {queries.dtype} {queries.shape} but the index holds {self.bits}-bit codes "
-                f"packed as (n, {self.code_bytes}) uint8"
-            )
-        return pad_codes(check_packed(queries, self.bits, "query codes"), self.padded_bytes)
+        return padded_queries(query_packed, self.bits, self.padded_bytes)
 
     def _range_faiss(self, padded_queries: np.ndarray, radius: int) -> tuple[np.ndarray, ...]:
         """Candidates within ``radius`` (inclusive) -> (lims int64, dist int32, idx int64), FAISS order."""
