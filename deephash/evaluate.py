@@ -6,7 +6,6 @@ saves the index, evaluates every search mode, writes the report files and extend
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +24,7 @@ from deephash.evaluation.plots import (
 )
 from deephash.models.module import load_hash_module
 from deephash.retrieval.build import build_index, drop_unreadable
-from deephash.retrieval.encode import EncodedSplit, encode_split
-from deephash.retrieval.store import save_index
+from deephash.retrieval.encode import EncodedSplit
 from deephash.retrieval.sublinear import build_hamming_index
 from deephash.runs import finish_loggers, instantiate_loggers, record_failure
 from deephash.utils.errors import ConfigError
@@ -51,28 +49,21 @@ def evaluate_checkpoint(
     rcfg = cfg.retrieval
     module = load_hash_module(ckpt_path)
     predict_trainer = build_predict_trainer(cfg, trainer)
-    work = run_dir / ".encode"
-    drop_unreadable(datamodule)  # before any split is encoded: queries and database alike
-    queries = encode_split(module, datamodule, "query", work / "query", predict_trainer)
-    if predict_trainer.is_global_zero:  # the encoded queries too, so anyone can re-check the metrics
-        save_index(
-            run_dir / "queries",
-            codes_packed=queries.codes,
-            f7=queries.f7,
-            labels=queries.labels,
-            ids=queries.ids,
-            bits=module.bits,
-            meta={"dataset": datamodule.name, "split": "query", "checkpoint": str(Path(ckpt_path).resolve())},
-        )
-
+    bad_images = drop_unreadable(datamodule)  # once, before any split is encoded
     index_dir = Path(rcfg.index_dir) if rcfg.get("index_dir") else run_dir / "index"
-    store, database = build_index(module, datamodule, ckpt_path, index_dir, predict_trainer)
-    if store is None or database is None:  # not global rank 0
+    # the encoded queries are saved too (<run>/queries), so anyone can re-check the metrics
+    query_store, queries = build_index(
+        module, datamodule, ckpt_path, run_dir / "queries", predict_trainer, "query", bad_images
+    )
+    store, database = build_index(
+        module, datamodule, ckpt_path, index_dir, predict_trainer, "database", bad_images
+    )
+    if store is None or database is None or query_store is None or queries is None:  # not global rank 0
         return {}
     db = Encoded(store.codes, store.f7, store.labels)
     report = evaluate_retrieval(
         db,
-        Encoded(queries.codes, queries.f7, queries.labels),
+        Encoded(query_store.codes, query_store.f7, query_store.labels),
         module.bits,
         **settings(rcfg),
         index=coarse_index(store, rcfg),
@@ -89,7 +80,6 @@ def evaluate_checkpoint(
     write_reports(
         run_dir, report, datamodule, queries, database, store.codes, module.bits, int(rcfg.grid_queries)
     )
-    shutil.rmtree(work, ignore_errors=True)
     update_json(run_dir / "metrics.json", metrics)
     log.info("retrieval metrics written to %s", run_dir / "metrics.json")
     return metrics

@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 from deephash.cli import exit_on_user_error, run_with_user_errors
 from deephash.evaluate import checkpoint_run_dir, run_data_config
 from deephash.models.module import load_hash_module
-from deephash.retrieval.build import build_index
+from deephash.retrieval.build import build_index, drop_unreadable
 from deephash.retrieval.store import load_index
 from deephash.utils.errors import ConfigError
 
@@ -48,7 +48,8 @@ def build(cfg: DictConfig) -> dict[str, Any]:
     trainer = hydra.utils.instantiate(
         cfg.trainer, logger=False, callbacks=[], enable_checkpointing=False, enable_model_summary=False
     )
-    store, _ = build_index(module, datamodule, ckpt, index_dir, trainer, split=cfg.split)
+    bad_images = drop_unreadable(datamodule)
+    store, _ = build_index(module, datamodule, ckpt, index_dir, trainer, cfg.split, bad_images)
     return store.manifest if store is not None else {}
 
 

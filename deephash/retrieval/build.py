@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,15 +35,18 @@ def build_index(
     index_dir: str | Path,
     trainer: pl.Trainer | None = None,
     split: str = "database",
+    bad_images: Sequence[str] = (),
 ) -> tuple[IndexStore | None, EncodedSplit | None]:
     """Encode ``split`` and save it as an index at ``index_dir`` (atomically); returns the loaded index.
+
+    ``bad_images``: what :func:`drop_unreadable` left out of the splits (call it once, before encoding),
+    recorded in the manifest.
 
     The manifest records the dataset, the checkpoint (path and sha256) and the query preprocessing, so a
     search can check that a model matches the index and encode new images the same way. Under DDP every
     rank encodes; rank 0 saves, the other ranks get ``(None, None)``.
     """
     index_dir = Path(index_dir)
-    bad_images = drop_unreadable(datamodule)
     work = index_dir.parent / f".{index_dir.name}.encode-{split}"
     encoded = encode_split(module, datamodule, split, work, trainer)
     if trainer is not None and not trainer.is_global_zero:
@@ -64,7 +68,7 @@ def build_index(
                 "checkpoint_sha256": sha256_file(ckpt_path),
                 "class_names": datamodule.class_names,
                 "preprocess": preprocess_spec(datamodule),
-                "bad_images": bad_images,  # left out of the index
+                "bad_images": list(bad_images),  # left out of the index
             },
         )
         store = load_index(index_dir, expect_bits=module.bits)
