@@ -39,7 +39,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from deephash.utils.errors import ConfigError, DeephashError
+from deephash.utils.errors import ConfigError
 from deephash.utils.io import atomic_write_json
 
 OPERATIONS = ("build", "hierarchical", "euclidean")
@@ -395,17 +395,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["--worker"]:
         return _worker(argv[1], argv[2])
-    parser = argparse.ArgumentParser(
-        prog="python -m deephash.benchmarks.memory",
-        description="Peak resident memory of building a large index and of searching it.",
-    )
-    add_memory_arguments(parser)
-    try:
-        run_memory_bench(parser.parse_args(argv))
-    except DeephashError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    from deephash.bench import main as bench_main  # the same CLI as `deephash-bench memory`
+
+    return bench_main(["memory", *argv])
 
 
 if __name__ == "__main__":
