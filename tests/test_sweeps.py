@@ -67,8 +67,13 @@ def test_bit_sweep_gives_one_wandb_run_per_job_in_one_group_and_a_comparison(tmp
         [sys.executable, "-m", "deephash.compare", str(sweep)], capture_output=True, text=True, timeout=120
     )
     assert compare.returncode == 0, compare.stderr[-2000:]
-    table = (sweep / "compare" / "compare.md").read_text()
-    assert "| 12 " in table.replace("|12 ", "| 12 ") and "24" in table
+    import csv
+
+    with open(sweep / "compare" / "compare.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted((r["bits"], r["status"]) for r in rows) == [("12", "completed"), ("24", "completed")]
+    assert all(0 < float(r["hamming/mAP"]) <= 1 for r in rows)
+    assert (sweep / "compare" / "compare.md").read_text().count("| completed") == 2
     assert (sweep / "compare" / "map_vs_bits.png").stat().st_size > 0
 
 
