@@ -282,12 +282,6 @@ def test_path_list_round_trips_gathers_and_pickles():
         paths[5]
 
 
-def test_scan_benchmark_times_and_cleans_up(tmp_path):
-    result = scan.scan_benchmark(300, 3, tmp_path)
-    assert result["n_files"] == 300 and result["cached_load_s"] >= 0 and result["cold_scan_s"] > 0
-    assert list(tmp_path.iterdir()) == []
-
-
 # ---- bad images ------------------------------------------------------------------------------------------
 
 
