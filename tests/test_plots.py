@@ -43,6 +43,21 @@ def test_precision_curves_csv_and_png(tmp_path):
     assert not [p for p in tmp_path.rglob("*.tmp")]
 
 
+def test_precision_curves_round_trip(tmp_path):
+    rng = np.random.default_rng(0)
+    curves = {
+        "hamming": (np.array([1, 10, 100]), rng.random(3)),
+        "lsh (f7)": (np.array([10, 1000]), rng.random(2)),  # a grid of its own: empty cells elsewhere
+    }
+    P.write_precision_curves(curves, tmp_path / "p.csv", tmp_path / "p.png")
+    read = P.read_precision_curves(tmp_path / "p.csv")
+    assert list(read) == ["hamming", "lsh (f7)"]
+    for name, (ks, precision) in curves.items():
+        assert read[name][0].dtype == np.int64 and read[name][0].tolist() == ks.tolist()
+        np.testing.assert_allclose(read[name][1], precision, atol=1e-6)
+    assert P.read_precision_curves(tmp_path / "missing.csv") == {}
+
+
 def test_pr_curve_from_metrics(tmp_path):
     rng = np.random.default_rng(0)
     bits = 8

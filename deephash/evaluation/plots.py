@@ -1,4 +1,4 @@
-"""Report writers: precision curves, Hamming precision-recall, retrieval grids, bit balance (CSV + PNG).
+"""Report writers: precision curves (and their reader), Hamming precision-recall, retrieval grids, bit balance.
 
 Figures are drawn on a bare ``matplotlib.figure.Figure`` rendered by Agg (no pyplot, no global
 state, safe without a display) and written atomically (temp name + rename).
@@ -50,6 +50,28 @@ def write_precision_curves(
     ax.grid(True, alpha=0.3)
     ax.legend(loc="best")
     return csv_out, _write_png(fig, png_path)
+
+
+def read_precision_curves(csv_path: PathLike) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The CSV of :func:`write_precision_curves` -> ``{mode: (ks (m,) int64, precision (m,) float64)}``.
+
+    Empty cells (a mode without that k) are dropped; a missing file gives ``{}``.
+    """
+    path = Path(csv_path)
+    if not path.is_file():
+        return {}
+    with path.open(newline="") as f:
+        rows = list(csv.reader(f))
+    if not rows or not rows[0] or rows[0][0] != "k":
+        return {}
+    header, body = rows[0], rows[1:]
+    curves = {}
+    for j, name in enumerate(header[1:], start=1):
+        points = [(int(float(row[0])), float(row[j])) for row in body if j < len(row) and row[j] != ""]
+        if points:
+            ks, precision = zip(*points)
+            curves[name] = (np.asarray(ks, np.int64), np.asarray(precision, np.float64))
+    return curves
 
 
 def write_pr_curve(

@@ -21,6 +21,8 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
+from deephash.evaluation.plots import read_precision_curves
+from deephash.tracking.markdown import markdown_table
 from deephash.utils.errors import ConfigError
 from deephash.utils.io import atomic_write_bytes, atomic_write_text
 
@@ -157,11 +159,7 @@ def table(jobs: Sequence[Job]) -> tuple[list[str], list[dict[str, Any]]]:
 
 
 def to_markdown(columns: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> str:
-    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
-    for row in rows:
-        cells = [_md_cell(col, row.get(col)) for col in columns]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    return markdown_table(columns, [[_md_cell(col, row.get(col)) for col in columns] for row in rows])
 
 
 def to_csv(columns: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> str:
@@ -209,9 +207,9 @@ def plot_precision_curves(jobs: Sequence[Job]) -> Figure:
     """Precision@k curves from each job's precision_at_k.csv: one subplot per mode, one line per bit count."""
     curves: dict[str, dict[str, list[dict[int, float]]]] = defaultdict(lambda: defaultdict(list))
     for job in _completed(jobs):
-        for mode, curve in _read_precision_csv(job.path / "precision_at_k.csv").items():
+        for mode, (ks, precision) in read_precision_curves(job.path / "precision_at_k.csv").items():
             label = _label(job, jobs, f"{job.info.get('bits', '?')} bits")
-            curves[mode][label].append(curve)
+            curves[mode][label].append(dict(zip(ks.tolist(), precision.tolist())))
     modes = [m for m in MODE_ORDER if m in curves] + sorted(set(curves) - set(MODE_ORDER))
     fig = Figure(figsize=(5.0 * max(len(modes), 1), 4.2))
     axes = np.atleast_1d(fig.subplots(1, max(len(modes), 1), squeeze=False)).ravel()
@@ -301,30 +299,15 @@ def _config_info(path: Path) -> dict[str, Any]:
     return {k: v for k, v in info.items() if v is not None}
 
 
-def _read_precision_csv(path: Path) -> dict[str, dict[int, float]]:
-    """precision_at_k.csv (k, then one column per mode) -> ``{mode: {k: precision}}``; ``{}`` if missing."""
-    if not path.is_file():
-        return {}
-    with path.open(newline="") as f:
-        rows = list(csv.DictReader(f))
-    curves: dict[str, dict[int, float]] = defaultdict(dict)
-    for row in rows:
-        for mode, cell in row.items():
-            if mode != "k" and cell not in (None, ""):
-                curves[mode][int(float(row["k"]))] = float(cell)
-    return dict(curves)
-
-
 def _number(value: Any) -> float | None:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
-def _md_cell(column: str, value: Any) -> str:
-    if value is None or value == "":
-        return "-"
+def _md_cell(column: str, value: Any) -> Any:
+    """Numbers rounded for reading (queries per second whole), long text cut to 120 characters."""
     if isinstance(value, float):
         return f"{value:.0f}" if column.endswith("/qps") else f"{value:.4f}"
-    text = str(value).replace("|", "\\|").replace("\n", " ")
+    text = "" if value is None else " ".join(str(value).split())
     return text if len(text) <= 120 else text[:117] + "..."
 
 

@@ -26,6 +26,7 @@ import wandb
 from lightning_utilities.core.rank_zero import rank_zero_only
 from pytorch_lightning.loggers import WandbLogger
 
+from deephash.evaluation.plots import read_precision_curves
 from deephash.tracking.compare import dataset_from_target
 from deephash.utils.errors import ConfigError
 from deephash.utils.logging import get_logger
@@ -311,23 +312,22 @@ def _number(cell: str) -> Any:
 
 def _precision_at_k(path: Path) -> dict[str, Any]:
     """precision_at_k.csv (k, one column per mode) -> its table and a line chart, one line per mode."""
-    parsed = _read_csv(path)
-    if parsed is None or len(parsed[0]) < 2:
+    curves = read_precision_curves(path)
+    if not curves:
         return {}
-    columns, rows = parsed
-    xs, ys, keys = [], [], []
-    for j, mode in enumerate(columns[1:], start=1):
-        points = [(row[0], row[j]) for row in rows if row[j] is not None]
-        if points:
-            xs.append([k for k, _ in points])
-            ys.append([p for _, p in points])
-            keys.append(mode)
-    out: dict[str, Any] = {"retrieval/precision_at_k_values": wandb.Table(columns=columns, data=rows)}
-    if keys:
-        out["retrieval/precision_at_k"] = wandb.plot.line_series(
-            xs=xs, ys=ys, keys=keys, title="Precision vs number of retrieved images", xname="k"
-        )
-    return out
+    by_mode = {mode: dict(zip(ks.tolist(), p.tolist())) for mode, (ks, p) in curves.items()}
+    grid = sorted({k for points in by_mode.values() for k in points})
+    rows = [[k, *(points.get(k) for points in by_mode.values())] for k in grid]
+    return {
+        "retrieval/precision_at_k_values": wandb.Table(columns=["k", *curves], data=rows),
+        "retrieval/precision_at_k": wandb.plot.line_series(
+            xs=[ks.tolist() for ks, _ in curves.values()],
+            ys=[p.tolist() for _, p in curves.values()],
+            keys=list(curves),
+            title="Precision vs number of retrieved images",
+            xname="k",
+        ),
+    }
 
 
 def _pr_curve(path: Path) -> dict[str, Any]:
