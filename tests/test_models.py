@@ -136,7 +136,7 @@ def test_optional_ssdh_terms() -> None:
     undecided = torch.full((2, 2), 0.5)
     assert forcing_binary_loss(binary) < forcing_binary_loss(undecided)
     assert balanced_bits_loss(binary) == 0  # each code fires half its bits
-    assert balanced_bits_loss(torch.ones(2, 2)) == pytest.approx(0.25)
+    assert balanced_bits_loss(torch.ones(2, 2)) == pytest.approx(0.25 / 2)  # (1 - 0.5)^2 / 2
     stats = bit_balance_stats(torch.tensor([[0.9, 0.1], [0.8, 0.2]]))
     assert stats["dead_bits"] == 2  # bit 0 always fires, bit 1 never
     assert stats["fire_rate_mean"] == pytest.approx(0.5)

@@ -66,7 +66,8 @@ class _TorchvisionFC7(nn.Module):
         super().__init__()
         self.trunk = net.features
         self.avgpool = net.avgpool
-        # classifier = [fc6, relu6, drop6, fc7, relu7, drop7, fc8] in some order of dropouts; keep through relu7.
+        # AlexNet's classifier is [drop, fc6, relu6, drop, fc7, relu7, fc8] (a dropout on pool5, none after
+        # relu7); VGG16's is [fc6, relu6, drop6, fc7, relu7, drop7, fc8]. Keep through relu7.
         layers = list(net.classifier.children())
         last_relu = max(i for i, m in enumerate(layers) if isinstance(m, nn.ReLU))
         self.head = nn.Sequential(*layers[: last_relu + 1])
@@ -93,19 +94,54 @@ _TORCHVISION: dict[str, tuple[Callable[..., nn.Module], Callable[[nn.Module], nn
     "resnet50": (tvm.resnet50, _ResNetPooled, 2048),
 }
 BACKBONES = ("alexnet", "vgg16", "resnet50", "smallcnn")
+BACKBONE_DROPOUTS = ("torchvision", "caffenet")
+
+
+def drop_pool5_dropout(head: nn.Sequential) -> None:
+    """CaffeNet's dropout placement: no dropout on the input of fc6 (drop6/drop7 follow relu6/relu7).
+
+    Replaces every dropout before the head's first fully connected layer by an identity, in place, so the
+    layer indices (and state-dict keys) stay those of the torchvision layout.
+    """
+    for i, layer in enumerate(head):
+        if isinstance(layer, nn.Linear):
+            return
+        if isinstance(layer, nn.Dropout):
+            head[i] = nn.Identity()
 
 
 def build_backbone(
-    name: str, weights: str | None = None, *, in_channels: int = 3, f7_dim: int = 256
+    name: str,
+    weights: str | None = None,
+    *,
+    in_channels: int = 3,
+    f7_dim: int = 256,
+    dropout_layout: str = "torchvision",
 ) -> Backbone:
     """Build backbone ``name`` cut at F7.
 
     ``weights``: a torchvision weight name (``IMAGENET1K_V1``, downloaded where a network exists), ``None``
     for random initialisation, or a path to a local state dict of the full torchvision model (for air-gapped
     clusters; loaded with ``weights_only=True``).
+    ``dropout_layout``: ``torchvision`` keeps the library's layout; ``caffenet`` removes the dropout on the input
+    of fc6 (torchvision's AlexNet and the small CNN have one, CaffeNet, VGG16 and ResNet-50 do not).
     """
     if name not in BACKBONES:
         raise ConfigError(f"unknown backbone {name!r}; expected one of: {', '.join(BACKBONES)}")
+    if dropout_layout not in BACKBONE_DROPOUTS:
+        raise ConfigError(
+            f"model.backbone_dropout must be one of {', '.join(BACKBONE_DROPOUTS)}, got {dropout_layout!r}"
+        )
+    built = _build(name, weights, in_channels=in_channels, f7_dim=f7_dim)
+    if dropout_layout == "caffenet":
+        # the fully connected part: ``head`` of AlexNet/VGG16, ``fc`` of the small CNN; ResNet-50 has none
+        head = getattr(built.features, "head", None) or getattr(built.features, "fc", None)
+        if isinstance(head, nn.Sequential):
+            drop_pool5_dropout(head)
+    return built
+
+
+def _build(name: str, weights: str | None, *, in_channels: int, f7_dim: int) -> Backbone:
     if name == "smallcnn":
         if weights is not None:
             state = _load_state_dict(weights)

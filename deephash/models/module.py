@@ -41,6 +41,8 @@ class HashModule(pl.LightningModule):
         in_channels: int = 3,
         f7_dim: int = 256,
         dropout: float = 0.5,
+        init: str = "torch",
+        backbone_dropout: str = "torchvision",
         optimizer: OptimizerFactory | None = None,
         scheduler: SchedulerFactory | None = None,
         scheduler_interval: str = "step",
@@ -64,7 +66,15 @@ class HashModule(pl.LightningModule):
             )
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
         self.net = LatentHashNet(
-            backbone, bits, num_classes, weights, in_channels=in_channels, f7_dim=f7_dim, dropout=dropout
+            backbone,
+            bits,
+            num_classes,
+            weights,
+            in_channels=in_channels,
+            f7_dim=f7_dim,
+            dropout=dropout,
+            init=init,
+            backbone_dropout=backbone_dropout,
         )
         if channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
