@@ -1,0 +1,124 @@
+"""The runs of a plan as Hydra override lists: training, hashing baselines, the Yahoo-style folder run."""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from experiments.plan import BASELINE_BITS, PAPER_BITS, YAHOO_BITS, Job, Plan, is_complete, read_metrics
+
+log = logging.getLogger(__name__)
+
+
+def hydra_value(value: Any) -> str:
+    """A value as a Hydra override accepts it: quoted unless it is a plain word or path."""
+    text = str(value)
+    if re.fullmatch(r"[\w./+-]+", text):
+        return text
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def common_overrides(plan: Plan) -> list[str]:
+    """Overrides of every training run: logger, data folder, weights, device."""
+    out = [f"logger={plan.logger}", f"paths.data_dir={hydra_value(plan.data_dir)}", "task_name=reproduce"]
+    if not plan.smoke:
+        if plan.weights is not None:
+            out.append(f"model.weights={hydra_value(plan.weights)}")
+        if plan.download:
+            out.append("data.download=true")
+        if not _cuda():
+            out.append("trainer=cpu")
+    return out
+
+
+def training_jobs(plan: Plan) -> list[Job]:
+    """The paper's 48/128-bit runs first, then the rest of the code-length sweep, for every dataset."""
+    order = [b for b in PAPER_BITS if b in plan.bits] + [b for b in plan.bits if b not in PAPER_BITS]
+    jobs = []
+    for dataset in plan.trained:
+        for bits in order:
+            if plan.smoke:
+                experiment = ["experiment=demo", f"trainer.max_epochs={plan.epochs}"]
+            else:
+                experiment = [f"experiment=paper_{dataset}_{128 if bits == 128 else 48}"]
+            overrides = [*experiment, f"model.bits={bits}", *common_overrides(plan), *plan.overrides]
+            jobs.append(Job(f"{dataset}/bits{bits}", "train", overrides))
+    return jobs
+
+
+def baseline_jobs(plan: Plan) -> list[Job]:
+    """LSH/PCAH/ITQ/SH at 48 bits on pixels, and on F7 where the 48-bit model completed."""
+    jobs = []
+    for dataset in plan.trained:
+        model_run = plan.runs / dataset / f"bits{BASELINE_BITS}"
+        metrics = read_metrics(model_run)
+        checkpoint = metrics.get("best_checkpoint") or metrics.get("last_checkpoint")
+        for features in plan.features:
+            extra = [f"features={features}"]
+            if features == "f7":
+                if not (is_complete(metrics) and checkpoint and Path(checkpoint).is_file()):
+                    log.warning(
+                        "%s: no completed %d-bit model, F7 baselines left out", dataset, BASELINE_BITS
+                    )
+                    continue
+                extra += [f"ckpt_path={hydra_value(checkpoint)}", *_data_options(model_run)]
+                if not plan.smoke and _cuda():
+                    extra.append("trainer=gpu")
+            for method in plan.methods:
+                overrides = [
+                    f"method={method}",
+                    f"data={dataset}",
+                    f"bits={BASELINE_BITS}",
+                    f"logger={plan.logger}",
+                    f"paths.data_dir={hydra_value(plan.data_dir)}",
+                    *extra,
+                ]
+                if plan.download and not plan.smoke:
+                    overrides.append("data.download=true")
+                jobs.append(Job(f"{dataset}/baselines/{method}-{features}", "baseline", overrides))
+    return jobs
+
+
+def yahoo_job(plan: Plan) -> Job | None:
+    """``experiment=paper_yahoo`` on ``--yahoo-root``; in smoke the small CNN for a few epochs on CPU."""
+    if plan.yahoo_root is None:
+        return None
+    overrides = [
+        "experiment=paper_yahoo",
+        f"data.root={hydra_value(plan.yahoo_root)}",
+        *common_overrides(plan),
+    ]
+    if plan.smoke:
+        overrides += [
+            "model=smallcnn",
+            "trainer=cpu",
+            "data.transform=native",
+            "data.image_size=32",
+            "data.num_workers=0",
+            "data.persistent_workers=false",
+            "trainer.max_steps=-1",
+            f"trainer.max_epochs={plan.epochs}",
+            "trainer.val_check_interval=null",
+            "trainer.check_val_every_n_epoch=1",
+        ]
+    return Job(f"yahoo/bits{YAHOO_BITS}", "train", [*overrides, *plan.yahoo_overrides])
+
+
+def _data_options(model_run: Path) -> list[str]:
+    """The data options a model was trained with that change its input (so its F7 is computed alike)."""
+    path = model_run / "config.yaml"
+    if not path.is_file():
+        return []
+    data = (yaml.safe_load(path.read_text()) or {}).get("data") or {}
+    keys = ("transform", "image_size", "resize", "protocol", "n_queries", "val_size")
+    return [f"data.{k}={hydra_value(data[k])}" for k in keys if data.get(k) is not None]
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()

@@ -1,0 +1,226 @@
+"""What a reproduction runs: the command line, the :class:`Plan` it fills, and the runs' state on disk.
+
+The runs live in ``<out>/runs/<name>`` (``mnist/bits48``, ``mnist/baselines/itq-f7``); ``<out>/status.json``
+records how each went (:mod:`experiments.launch`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from deephash.utils.errors import ConfigError
+
+REPO = Path(__file__).resolve().parent.parent
+CONF_DIR = REPO / "conf"
+PAPER_DATASETS = ("mnist", "cifar10")
+PAPER_BITS = (48, 128)
+BASELINE_BITS = 48
+YAHOO_BITS = 128
+METHODS = ("lsh", "pcah", "itq", "sh")
+FEATURES = ("pixels", "f7")
+FULL_BITS = (12, 24, 32, 48, 128)
+SMOKE_BITS = (12, 24, 48, 128)
+SMOKE_EPOCHS = 8
+SMOKE_BENCH = ("--n-database", "20000", "--n-queries", "100", "--dim", "256")
+
+
+@dataclass
+class Plan:
+    """What a reproduction runs. datasets: paper dataset -> the dataset trained for it (smoke: digits)."""
+
+    smoke: bool
+    out: Path
+    datasets: dict[str, str]
+    bits: list[int]
+    epochs: int | None
+    methods: list[str]
+    features: list[str]
+    data_dir: Path
+    weights: Path | None
+    yahoo_root: Path | None
+    download: bool
+    launcher: str
+    logger: str
+    overrides: list[str]
+    yahoo_overrides: list[str]
+    bench_args: list[str]
+    force: bool
+    command: str
+
+    @property
+    def runs(self) -> Path:
+        return self.out / "runs"
+
+    @property
+    def trained(self) -> list[str]:
+        """The datasets trained, each once."""
+        return list(dict.fromkeys(self.datasets.values()))
+
+
+@dataclass
+class Job:
+    """One run of ``deephash.<entry>`` (``train`` or ``baseline``) with Hydra overrides, in ``runs/<name>``."""
+
+    name: str
+    entry: str
+    overrides: list[str]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m experiments.reproduce",
+        description="Regenerate the paper's tables and figures (needs MNIST, CIFAR-10, ImageNet AlexNet "
+        "weights and, realistically, a GPU); --smoke runs every stage on the bundled digits on CPU.",
+    )
+    parser.add_argument("--smoke", action="store_true", help="every stage on digits, CPU, a few minutes")
+    parser.add_argument("--out", type=Path, default=Path("reports/reproduce"), help="where everything goes")
+    parser.add_argument(
+        "--data-root",
+        type=Path,
+        default=None,
+        help="datasets folder (paths.data_dir; "
+        "default $DEEPHASH_DATA or data): <dir>/mnist/MNIST/raw, <dir>/cifar10/cifar-10-batches-py",
+    )
+    parser.add_argument(
+        "--weights", type=Path, default=None, help="ImageNet AlexNet state dict (model.weights)"
+    )
+    parser.add_argument(
+        "--yahoo-root",
+        type=Path,
+        default=None,
+        help="Yahoo-1M-style image folder "
+        "(root/<class>/<image>; default $YAHOO_ROOT); no folder: the Yahoo run is left out",
+    )
+    parser.add_argument(
+        "--download", action="store_true", help="fetch missing MNIST/CIFAR-10 (data.download=true)"
+    )
+    parser.add_argument(
+        "--datasets",
+        nargs="+",
+        choices=PAPER_DATASETS,
+        default=list(PAPER_DATASETS),
+        help="paper datasets to run (smoke: digits stands in for both)",
+    )
+    parser.add_argument(
+        "--bits",
+        nargs="+",
+        type=int,
+        default=None,
+        help=f"code lengths trained (default {FULL_BITS}; smoke {SMOKE_BITS})",
+    )
+    parser.add_argument(
+        "--epochs", type=int, default=None, help=f"smoke only: epochs per run (default {SMOKE_EPOCHS})"
+    )
+    parser.add_argument(
+        "--methods", nargs="+", choices=METHODS, default=list(METHODS), help="baselines at 48 bits"
+    )
+    parser.add_argument(
+        "--features",
+        nargs="+",
+        choices=FEATURES,
+        default=list(FEATURES),
+        help="what the baselines hash: raw pixels, the F7 of our 48-bit model",
+    )
+    parser.add_argument(
+        "--launcher",
+        choices=("subprocess", "inprocess"),
+        default=None,
+        help="each run as `python -m deephash.train` (default) or in this process (smoke default)",
+    )
+    parser.add_argument(
+        "--logger", choices=("wandb", "csv", "none"), default="wandb", help="the runs' logger"
+    )
+    parser.add_argument(
+        "--override",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a Hydra override for every training run, e.g. trainer.devices=2 (repeatable)",
+    )
+    parser.add_argument(
+        "--yahoo-override",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a Hydra override for the Yahoo run only, e.g. data.list_file=train.txt",
+    )
+    parser.add_argument(
+        "--bench-args", default="", help='extra `deephash.bench` options, e.g. "--n-database 100000"'
+    )
+    parser.add_argument("--force", action="store_true", help="delete and redo runs that already completed")
+    parser.add_argument(
+        "--report-only", action="store_true", help="only rebuild RESULTS.md from the runs on disk"
+    )
+    return parser
+
+
+def make_plan(args: argparse.Namespace, argv: Sequence[str] = ()) -> Plan:
+    """Check the arguments and fill the mode's defaults."""
+    bits = list(dict.fromkeys(args.bits or (SMOKE_BITS if args.smoke else FULL_BITS)))
+    if any(b < 1 for b in bits):
+        raise ConfigError(f"--bits must be positive integers, got {bits}")
+    if args.epochs is not None and not args.smoke:
+        raise ConfigError(
+            "--epochs is for --smoke; the paper's runs are bounded by iterations: "
+            "pass --override trainer.max_steps=N"
+        )
+    if args.epochs is not None and args.epochs < 1:
+        raise ConfigError(f"--epochs must be >= 1, got {args.epochs}")
+    yahoo = args.yahoo_root or (Path(os.environ["YAHOO_ROOT"]) if os.environ.get("YAHOO_ROOT") else None)
+    data_dir = args.data_root or Path(os.environ.get("DEEPHASH_DATA") or "data")
+    datasets = {ds: "digits" for ds in PAPER_DATASETS} if args.smoke else {ds: ds for ds in args.datasets}
+    return Plan(
+        smoke=args.smoke,
+        out=args.out.expanduser().resolve(),
+        datasets=datasets,
+        bits=sorted(bits),
+        epochs=(args.epochs or SMOKE_EPOCHS) if args.smoke else None,
+        methods=list(dict.fromkeys(args.methods)),
+        features=list(dict.fromkeys(args.features)),
+        data_dir=data_dir.expanduser().resolve(),
+        weights=args.weights.expanduser().resolve() if args.weights else None,
+        yahoo_root=yahoo.expanduser().resolve() if yahoo else None,
+        download=args.download,
+        launcher=args.launcher or ("inprocess" if args.smoke else "subprocess"),
+        logger=args.logger,
+        overrides=list(args.override),
+        yahoo_overrides=list(args.yahoo_override),
+        bench_args=[*(SMOKE_BENCH if args.smoke else ()), *shlex.split(args.bench_args)],
+        force=args.force,
+        command=" ".join(["python -m experiments.reproduce", *map(shlex.quote, argv)]),
+    )
+
+
+def read_metrics(run_dir: Path) -> dict[str, Any]:
+    """A run's metrics.json, ``{}`` when missing or unreadable."""
+    try:
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return metrics if isinstance(metrics, dict) else {}
+
+
+def is_complete(metrics: dict[str, Any]) -> bool:
+    """Completed and evaluated (a run killed while evaluating says completed but has no ``modes``)."""
+    return metrics.get("status") == "completed" and bool(metrics.get("modes"))
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    """A JSON object from ``path``, ``{}`` when missing, unreadable or not an object."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def read_status(plan: Plan) -> dict[str, Any]:
+    """status.json: ``{run name: {"status": ..., "seconds": ..., "error": ...}}``."""
+    return read_json(plan.out / "status.json")

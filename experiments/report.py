@@ -1,0 +1,248 @@
+"""RESULTS.md: the paper-vs-ours table, precision figures with the baselines, the code-length sweep,
+the speed table and each run's W&B link."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shlex
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from deephash.evaluation.plots import read_precision_curves
+from deephash.tracking.markdown import markdown_table
+from deephash.utils.errors import DeephashError
+from deephash.utils.io import atomic_write_text
+from experiments.paper import paper_table, planned_reason
+from experiments.plan import (
+    BASELINE_BITS,
+    PAPER_BITS,
+    Plan,
+    is_complete,
+    read_json,
+    read_metrics,
+    read_status,
+)
+
+log = logging.getLogger(__name__)
+
+WANDB_URL = re.compile(r"https?://[^\s\"'<>()]+/runs/[\w-]+")
+
+
+def wandb_link(run_dir: Path, metrics: dict[str, Any]) -> str:
+    """The run's W&B page: online, its URL (where recorded); offline, the command that uploads it."""
+    if metrics.get("wandb_url"):
+        return str(metrics["wandb_url"])
+    found = list((run_dir / "wandb").glob("run-*")) + list((run_dir / "wandb").glob("offline-run-*"))
+    if not found:
+        return "no W&B run"
+    latest = max(found, key=lambda p: p.name.removeprefix("offline-"))
+    if latest.name.startswith("offline-"):
+        return f"offline: `wandb sync {shlex.quote(str(latest))}`"
+    run_id = latest.name.rsplit("-", 1)[-1]
+    for log_file in ("files/output.log", "logs/debug.log", "logs/debug-internal.log"):
+        try:
+            text = (latest / log_file).read_text(errors="replace")
+        except OSError:
+            continue
+        urls = [u for u in WANDB_URL.findall(text) if u.endswith(f"/runs/{run_id}")]
+        if urls:
+            return urls[-1]
+    logger_cfg = (
+        (yaml.safe_load((run_dir / "config.yaml").read_text()) or {})
+        if (run_dir / "config.yaml").is_file()
+        else {}
+    ).get("logger") or {}
+    wandb_cfg = logger_cfg.get("wandb") or {}
+    entity = wandb_cfg.get("entity") or os.environ.get("WANDB_ENTITY")
+    project = wandb_cfg.get("project") or os.environ.get("WANDB_PROJECT") or "deephash"
+    if entity and not os.environ.get("WANDB_BASE_URL"):
+        return f"https://wandb.ai/{entity}/{project}/runs/{run_id}"
+    return f"online run {run_id} in project {project} (URL not recorded)"
+
+
+def write_results(plan: Plan) -> Path:
+    """Stage 6: ``RESULTS.md`` with the paper-vs-ours table, figures, sweep, speed and runs."""
+    sections = [
+        _header(plan),
+        paper_table(plan),
+        _precision_section(plan),
+        _sweep_section(plan),
+        _speed_section(plan),
+        _runs_section(plan),
+    ]
+    path = atomic_write_text(plan.out / "RESULTS.md", "\n".join(sections))
+    log.info("results written to %s", path)
+    return path
+
+
+def _header(plan: Plan) -> str:
+    lines = [
+        "# Reproduction of Lin et al., CVPRW 2015",
+        "",
+        "*Deep Learning of Binary Hash Codes for Fast Image Retrieval.*",
+        f"Written {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC by `{plan.command}`; "
+        f"the paper's numbers come from `experiments/paper_results.yaml`.",
+        "",
+    ]
+    if plan.smoke:
+        lines += [
+            "> **smoke: digits stands in for MNIST/CIFAR-10; numbers are not comparable.** Every stage ran on "
+            "scikit-learn's 8x8 digits (about 1,300 database images, 130 per class, so precision@1000 cannot "
+            f"exceed about 0.13) with the small CNN for {plan.epochs} epoch(s) per run on CPU.",
+            "",
+        ]
+    return "\n".join(lines)
+
+
+def _precision_section(plan: Plan) -> str:
+    from deephash.evaluation.plots import write_precision_curves
+
+    parts = [f"## Precision at k, {BASELINE_BITS} bits (figures 4 and 6)\n"]
+    for dataset in plan.trained:
+        runs = [
+            (f"ours {mode}", f"{dataset}/bits{BASELINE_BITS}", mode) for mode in ("hamming", "hierarchical")
+        ]
+        runs += [
+            (f"{m} ({f})", f"{dataset}/baselines/{m}-{f}", "hamming")
+            for f in plan.features
+            for m in plan.methods
+        ]
+        curves, rows = {}, []
+        for label, name, mode in runs:
+            metrics = read_metrics(plan.runs / name)
+            curve = read_precision_curves(plan.runs / name / "precision_at_k.csv").get(mode)
+            if not is_complete(metrics) or curve is None:
+                rows.append([label, *["-"] * 4, planned_reason(plan, name)])
+                continue
+            curves[label] = curve
+            results = metrics["modes"].get(mode) or {}
+            p = results.get("precision@k") or {}
+            rows.append(
+                [
+                    label,
+                    *(_num(v) for v in (results.get("mAP"), p.get("10"), p.get("100"), p.get("1000"))),
+                    name,
+                ]
+            )
+        title = f"{dataset}, {BASELINE_BITS} bits" + (" (stands in for MNIST/CIFAR-10)" if plan.smoke else "")
+        parts.append(f"### {title}\n")
+        if curves:
+            stem = plan.out / "figures" / f"{dataset}_precision_{BASELINE_BITS}"
+            write_precision_curves(curves, stem.with_suffix(".csv"), stem.with_suffix(".png"), title=title)
+            parts.append(f"![{title}](figures/{stem.name}.png)\n")
+        parts.append(markdown_table(["curve", "mAP", "P@10", "P@100", "P@1000", "run"], rows))
+    return "\n".join(parts)
+
+
+def _sweep_section(plan: Plan) -> str:
+    from deephash.tracking.compare import compare_runs
+
+    parts = ["## Code length sweep (mAP vs bits)\n"]
+    for dataset in plan.trained:
+        rows = []
+        for bits in sorted({*plan.bits, *PAPER_BITS}):
+            name = f"{dataset}/bits{bits}"
+            metrics = read_metrics(plan.runs / name)
+            if not is_complete(metrics):
+                rows.append([str(bits), "-", "-", "-", "-", f"not run: {planned_reason(plan, name)}"])
+                continue
+            modes = metrics["modes"]
+            acc = metrics.get("test_acc")
+            rows.append(
+                [
+                    str(bits),
+                    _num(100 * acc if isinstance(acc, (int, float)) else None, ".2f"),
+                    *(
+                        _num((modes.get(m) or {}).get("mAP"))
+                        for m in ("hamming", "hierarchical", "euclidean")
+                    ),
+                    "completed",
+                ]
+            )
+        parts.append(f"### {dataset}\n")
+        parts.append(
+            markdown_table(
+                ["bits", "test acc (%)", "hamming mAP", "hierarchical mAP", "euclidean mAP", "status"], rows
+            )
+        )
+        if (plan.runs / dataset).is_dir():
+            try:
+                compare_runs(plan.runs / dataset, plan.out / "compare" / dataset)
+                parts.append(
+                    f"\n![mAP vs bits, {dataset}](compare/{dataset}/map_vs_bits.png)\n\n"
+                    f"Every run of {dataset}: [compare/{dataset}/compare.md](compare/{dataset}/compare.md)\n"
+                )
+            except DeephashError as err:
+                parts.append(f"\n(no comparison figure: {err})\n")
+    return "\n".join(parts)
+
+
+def _speed_section(plan: Plan) -> str:
+    bench = read_json(plan.out / "bench" / "bench.json")
+    head = "## Retrieval speed (section 4.5)\n\n"
+    if not bench:
+        status = read_status(plan).get("bench") or {}
+        return head + f"not run: {status.get('error') or 'no bench/bench.json yet'}\n"
+    cfg, cmp_ = bench.get("config") or {}, bench.get("hamming_over_euclidean") or {}
+    hier = (bench.get("hierarchical") or {}).get(str(cmp_.get("bits"))) or {}
+    rows = [
+        [
+            f"Hamming k-NN, {cmp_.get('bits')} bits, ms/query",
+            _num(cmp_.get("hamming_ms_per_query"), ".4f"),
+            "0.113",
+        ],
+        [
+            f"exhaustive L2, {cmp_.get('dim')}-d F7, ms/query",
+            _num(cmp_.get("euclidean_ms_per_query"), ".3f"),
+            "109.767",
+        ],
+        ["Hamming over L2 speed-up", _num(cmp_.get("speedup"), ".1f"), "971.3"],
+        [
+            f"hierarchical search, {cmp_.get('bits')} bits, ms/query",
+            _num(hier.get("ms_per_query"), ".3f"),
+            "-",
+        ],
+    ]
+    setup = (
+        f"`deephash.bench` on {cfg.get('n_database', '?'):,} synthetic items, {cfg.get('n_queries')} queries "
+        f"({cfg.get('euclidean_queries')} for L2), k = {cmp_.get('k')}, {cfg.get('faiss_threads')} threads; "
+        "the paper: C/C++ on a CPU over Yahoo-1M. Full output: [bench/bench.json](bench/bench.json).\n\n"
+    )
+    return head + setup + markdown_table(["measure", "ours", "paper"], rows)
+
+
+def _runs_section(plan: Plan) -> str:
+    from deephash.tracking.compare import find_jobs
+
+    status = read_status(plan)
+    names = set(status) - {"bench"}
+    if plan.runs.is_dir():
+        names |= {p.relative_to(plan.runs).as_posix() for p in find_jobs(plan.runs)}
+    rows = []
+    for name in sorted(names):
+        metrics = read_metrics(plan.runs / name)
+        entry = status.get(name) or {}
+        state = metrics.get("status") or entry.get("status") or "missing"
+        if state == "completed" and not is_complete(metrics):
+            state = "interrupted (not evaluated)"
+        seconds = entry.get("seconds")
+        rows.append(
+            [
+                name,
+                state,
+                _num(seconds, ".0f") + (" (earlier)" if entry.get("skipped") else ""),
+                wandb_link(plan.runs / name, metrics),
+            ]
+        )
+    if not rows:
+        return "## Runs\n\nno runs yet\n"
+    return "## Runs\n\n" + markdown_table(["run (under runs/)", "status", "seconds", "W&B"], rows)
+
+
+def _num(value: Any, spec: str = ".4f") -> str:
+    return format(value, spec) if isinstance(value, (int, float)) and not isinstance(value, bool) else "-"

@@ -1,0 +1,101 @@
+"""The reproduction's plan: arguments, preflight checks and the Hydra overrides of each job."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from experiments import jobs as job_lists
+from experiments import preflight as checks
+from experiments.plan import build_parser, make_plan
+from experiments.preflight import preflight
+from tests.conftest import compose_config
+
+
+def plan_for(*argv: str):
+    return make_plan(build_parser().parse_args(list(argv)), argv)
+
+
+@pytest.fixture
+def no_network(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No network and an empty torch hub cache."""
+    monkeypatch.setattr(checks, "has_network", lambda *a, **k: False)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+
+
+def test_preflight_accepts_local_data_and_weights(no_network: None, tmp_path: Path) -> None:
+    raw = tmp_path / "data" / "mnist" / "MNIST" / "raw"
+    batches = tmp_path / "data" / "cifar10" / "cifar-10-batches-py"
+    for folder, names in ((raw, checks.MNIST_FILES), (batches, checks.CIFAR10_FILES)):
+        folder.mkdir(parents=True)
+        for name in names:
+            (folder / name).write_bytes(b"x")
+    weights = tmp_path / "alexnet.pth"
+    weights.write_bytes(b"x")
+    plan = plan_for("--data-root", str(tmp_path / "data"), "--weights", str(weights))
+    warnings = preflight(plan)
+    assert all("GPU" in w for w in warnings)
+    # one MNIST file missing is reported, with the weights found
+    (raw / checks.MNIST_FILES[0]).unlink()
+    with pytest.raises(checks.DataError, match="MNIST not found") as err:
+        preflight(plan)
+    assert "CIFAR-10" not in str(err.value) and "--weights" not in str(err.value)
+
+
+def test_preflight_finds_weights_in_the_torch_cache(no_network: None, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "th"))
+    cache = tmp_path / "th" / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    plan = plan_for("--datasets", "mnist", "--data-root", str(tmp_path))
+    with pytest.raises(checks.DataError, match="ImageNet AlexNet weights not found"):
+        preflight(plan)
+    (cache / checks.ALEXNET_FILE).write_bytes(b"x")
+    with pytest.raises(checks.DataError) as err:
+        preflight(plan)
+    assert "AlexNet" not in str(err.value) and "CIFAR-10" not in str(err.value)  # cifar10 not selected
+
+
+def test_smoke_needs_no_data_but_an_existing_yahoo_folder(no_network: None, tmp_path: Path) -> None:
+    assert preflight(plan_for("--smoke", "--data-root", str(tmp_path / "none"))) == []
+    with pytest.raises(checks.DataError, match="Yahoo folder not found"):
+        preflight(plan_for("--smoke", "--yahoo-root", str(tmp_path / "missing")))
+
+
+def test_file_lists_match_the_datamodules() -> None:
+    from deephash.data.cifar10 import FILES
+    from deephash.data.mnist import RAW_FILES
+
+    assert checks.MNIST_FILES == RAW_FILES
+    assert sorted(checks.CIFAR10_FILES) == sorted(FILES)
+
+
+def test_network_check_does_not_hang() -> None:
+    start = time.perf_counter()
+    assert checks.has_network(("127.0.0.1", 9), timeout=1.0) is False  # discard port: refused
+    assert time.perf_counter() - start < 3
+
+
+def test_full_mode_jobs_compose_to_the_paper_configs(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(job_lists, "_cuda", lambda: False)
+    weights = tmp_path / "alex net.pth"  # a space: the override must be quoted
+    plan = plan_for("--data-root", str(tmp_path / "d"), "--weights", str(weights), "--override", "seed=7")
+    jobs = job_lists.training_jobs(plan)
+    names = [j.name for j in jobs]
+    assert names[:2] == ["mnist/bits48", "mnist/bits128"]  # the paper's runs before the sweep
+    assert set(names) == {f"{ds}/bits{b}" for ds in ("mnist", "cifar10") for b in (12, 24, 32, 48, 128)}
+    job = jobs[names.index("cifar10/bits24")]
+    cfg = compose_config("train", job.overrides, tmp_path / "run")
+    assert cfg.model.backbone == "alexnet" and cfg.model.bits == 24
+    assert cfg.model.weights == str(weights)
+    assert cfg.data.root == str(tmp_path / "d" / "cifar10")
+    assert cfg.trainer.max_steps == 50000 and cfg.data.n_queries == 1000
+    assert cfg.trainer.accelerator == "cpu"  # no GPU: trainer=cpu
+    assert cfg.seed == 7
+    (baseline,) = [j for j in job_lists.baseline_jobs(plan) if j.name == "mnist/baselines/itq-pixels"]
+    cfg = compose_config("baseline", baseline.overrides, tmp_path / "b")
+    assert cfg.method.name == "itq" and cfg.features.name == "pixels" and cfg.bits == 48
+    assert cfg.data.root == str(tmp_path / "d" / "mnist")
+    # no 48-bit model yet: no F7 baselines
+    assert not [j for j in job_lists.baseline_jobs(plan) if j.name.endswith("-f7")]
