@@ -1,69 +1,97 @@
-"""The retrieval benchmark end to end on tiny sizes: every result key, the default subcommand, disk check."""
+"""The ``deephash-bench`` dispatcher (deephash/bench.py) and the import rule of deephash/benchmarks: the
+benchmarks never import the dispatcher, and the library never imports the benchmarks."""
 
 from __future__ import annotations
 
+import ast
 import json
-import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+import deephash
 from deephash import bench
 
-HAMMING_KEYS = {"ours_qps", "faiss_qps", "ratio", "cpu_ratio", "ours_ms_per_query"}
-PADDING_KEYS = {"unpadded_qps", "padded_qps", "speedup", "cpu_speedup", "code_bytes", "padded_bytes"}
-SMALL = ["--n-database", "5000", "--n-queries", "50", "--dim", "64", "--repeat", "1"]
+PACKAGE = Path(deephash.__file__).parent
+BENCHMARKS = sorted(p.stem for p in (PACKAGE / "benchmarks").glob("*.py") if p.stem != "__init__")
+ENTRY_POINTS = {"bench", "train", "evaluate", "index", "search", "baseline", "compare", "data_cli"}
 
 
-def test_retrieval_bench_writes_every_key(tmp_path: Path) -> None:
-    out = tmp_path / "bench.json"
-    assert (
-        bench.main([*SMALL, "--bits", "12", "48", "128", "--workdir", str(tmp_path), "--out", str(out)]) == 0
+def _imports(path: Path) -> set[str]:
+    """Every module ``path`` imports, at any depth (lazy imports in functions included)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+            found |= {f"{node.module}.{alias.name}" for alias in node.names}
+    return found
+
+
+def test_every_benchmark_module_is_a_subcommand() -> None:
+    assert sorted(bench.COMMANDS.values()) == sorted(
+        f"deephash.benchmarks.{m}" for m in BENCHMARKS if m != "common"
     )
-    results = json.loads(out.read_text())
-    assert set(results) == {
-        "config",
-        "hamming",
-        "padding",
-        "hierarchical",
-        "euclidean",
-        "hamming_over_euclidean",
-    }
-    assert {"n_database", "n_queries", "dim", "bits", "faiss_threads", "repeat", "faiss_version"} <= set(
-        results["config"]
-    )
-    for bits in ("12", "48", "128"):
-        for k in ("k100", "k1000"):
-            assert set(results["hamming"][bits][k]) == HAMMING_KEYS
-        assert PADDING_KEYS <= set(results["padding"][bits])
-        assert {"qps", "ms_per_query", "mean_pool_size", "k"} <= set(results["hierarchical"][bits])
-    assert results["padding"]["48"]["code_bytes"] == 6 and results["padding"]["48"]["padded_bytes"] == 8
-    assert results["padding"]["12"]["padded_bytes"] == 4
-    assert {"qps", "ms_per_query", "n_queries", "k"} <= set(results["euclidean"])
-    ratio = results["hamming_over_euclidean"]
-    assert (
-        ratio["bits"] == 128
-        and ratio["dim"] == 64
-        and ratio["speedup"] > 0
-        and ratio["paper_speedup"] == 971.3
-    )
-    assert [p.name for p in tmp_path.iterdir()] == ["bench.json"]  # the F7 scratch file is removed
 
 
-def test_retrieval_is_the_default_subcommand(tmp_path: Path) -> None:
-    out = tmp_path / "quick.json"
-    assert bench.main(["retrieval", "--quick", "--bits", "48", "--k", "10", "--out", str(out)]) == 0
-    results = json.loads(out.read_text())
-    assert results["config"]["n_database"] == 5000 and results["config"]["bits"] == [48]
-    assert results["hamming_over_euclidean"]["bits"] == 48
+@pytest.mark.parametrize("module", BENCHMARKS)
+def test_benchmarks_do_not_import_the_dispatcher(module: str) -> None:
+    imported = _imports(PACKAGE / "benchmarks" / f"{module}.py")
+    assert "deephash.bench" not in imported and not any(m.startswith("deephash.bench.") for m in imported)
+    # and importing one leaves the dispatcher unloaded
+    code = f"import sys, deephash.benchmarks.{module}; sys.exit('deephash.bench' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
 
-def test_short_disk_is_refused_with_a_suggestion(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
-) -> None:
-    usage = shutil.disk_usage(tmp_path)
-    monkeypatch.setattr(bench.shutil, "disk_usage", lambda path: usage._replace(free=3 << 30))
-    assert bench.main(["--workdir", str(tmp_path), "--out", str(tmp_path / "b.json")]) == 2
+def test_the_library_does_not_import_the_benchmarks() -> None:
+    for path in PACKAGE.rglob("*.py"):
+        rel = path.relative_to(PACKAGE)
+        if rel.parts[0] == "benchmarks" or (len(rel.parts) == 1 and rel.stem in ENTRY_POINTS):
+            continue
+        assert not any(m.startswith("deephash.benchmarks") for m in _imports(path)), rel
+
+
+def test_unknown_benchmark_is_one_line_and_status_2(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main(["nosuch", "--quick"])
+    assert exit_info.value.code == 2
     err = capsys.readouterr().err
-    assert "needs 8.2 GB" in err and "--n-database" in err
-    assert not (tmp_path / "b.json").exists()
+    assert (
+        err
+        == "error: unknown benchmark 'nosuch'; expected one of: retrieval, memory, sublinear, train, scan\n"
+    )
+
+
+def test_retrieval_is_the_default_and_options_reach_it(tmp_path: Path) -> None:
+    out = tmp_path / "quick.json"
+    assert bench.main(["--quick", "--bits", "48", "--k", "10", "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["config"]["bits"] == [48]
+
+
+def test_subcommand_status_and_errors_come_through(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "scan.json"
+    assert bench.main(["scan", "--quick", "--workdir", str(tmp_path), "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["timings"]["n_files"] == 2000
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main(["scan", "--n-files", "0"])
+    assert (
+        exit_info.value.code == 2 and capsys.readouterr().err == "error: --n-files must be positive, got 0\n"
+    )
+
+
+def test_help_lists_every_subcommand(capsys: pytest.CaptureFixture[str]) -> None:
+    assert bench.main(["--help"]) == 0
+    text = capsys.readouterr().out
+    assert all(f"  {name} " in text for name in bench.COMMANDS)
+
+
+def test_console_script_runs_the_dispatcher() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "deephash.bench", "memory", "--k", "0"], capture_output=True, text=True
+    )
+    assert proc.returncode == 2 and proc.stderr == "error: --k must be positive, got 0\n"

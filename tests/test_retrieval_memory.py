@@ -1,9 +1,8 @@
 """F7 on disk without memory maps: the row reader and writer against numpy, searches through them against
-in-RAM features, the encode writer's row semantics, and the memory benchmark's peak resident sets."""
+in-RAM features, and the encode writer's row semantics."""
 
 from __future__ import annotations
 
-import json
 import pickle
 from pathlib import Path
 from types import SimpleNamespace
@@ -12,7 +11,6 @@ import numpy as np
 import pytest
 import torch
 
-from deephash.benchmarks import memory as memory_bench
 from deephash.retrieval import features as features_mod
 from deephash.retrieval import store as store_mod
 from deephash.retrieval.codes import pack_codes
@@ -284,38 +282,3 @@ def test_encode_writer_puts_each_sample_at_its_row(tmp_path: Path) -> None:
     np.testing.assert_array_equal(np.load(tmp_path / "enc" / "codes.npy"), np.packbits(codes, axis=1))
     np.testing.assert_array_equal(np.load(tmp_path / "enc" / "f7.npy"), f7)
     np.testing.assert_array_equal(np.load(tmp_path / "enc" / "labels.npy"), labels)
-
-
-# --------------------------------------------------------------- the benchmark
-
-
-def test_memory_bench_reports_bounded_peaks(tmp_path: Path) -> None:
-    """100k x 1024 float16 (195 MB): every operation's peak stays under half the feature file."""
-    out = tmp_path / "memory.json"
-    argv = ["--n-database", "100000", "--dim", "1024", "--batch-rows", "1024", "--n-queries", "20"]
-    argv += ["--euclidean-queries", "10", "--chunk-rows", "4096", "--threads", "1"]
-    assert memory_bench.main([*argv, "--workdir", str(tmp_path / "work"), "--out", str(out)]) == 0
-    results = json.loads(out.read_text())
-    assert set(results) == {"config", "sizes", "operations"}
-    assert results["config"]["n_database"] == 100000 and results["config"]["dim"] == 1024
-    file_mb = results["sizes"]["f7_file_mb"]
-    assert file_mb == pytest.approx(100000 * 1024 * 2 / 2**20)
-    assert list(results["operations"]) == ["build", "hierarchical", "euclidean"]
-    for op, r in results["operations"].items():
-        assert {"seconds", "baseline_rss_mb", "peak_rss_mb", "peak_over_baseline_mb", "within_limit"} <= set(
-            r
-        )
-        assert r["peak_rss_mb"] >= r["baseline_peak_mb"] > 0
-        # a memmap would keep the pages it wrote or read resident: the whole file for build and L2
-        assert r["peak_over_baseline_mb"] < 0.5 * file_mb, op
-    assert results["operations"]["build"]["count"] == 100000
-    assert results["operations"]["hierarchical"]["mean_pool_size"] == 1000
-    assert list((tmp_path / "work").iterdir()) == []  # the staging and index files are removed
-
-
-def test_memory_bench_refuses_what_does_not_fit(tmp_path: Path, capsys) -> None:
-    assert memory_bench.main(["--n-database", str(10**12), "--workdir", str(tmp_path)]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("error: ") and "--n-database" in err and "GB free" in err
-    assert memory_bench.main(["--k", "0", "--workdir", str(tmp_path)]) == 2
-    assert "--k must be positive" in capsys.readouterr().err

@@ -17,7 +17,7 @@ On synthetic data (random codes, uniform float16 F7, random labels):
 * ``euclidean``: ``load_index`` and one ``euclidean_search`` call for ``--euclidean-queries``
   queries over every row, ``--chunk-rows`` rows at a time.
 
-Run as ``python -m deephash.benchmarks.memory`` (or the ``memory`` subcommand of ``deephash.bench``).
+Run as ``deephash-bench memory``.
 """
 
 from __future__ import annotations
@@ -39,7 +39,16 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from deephash.utils.errors import ConfigError
+from deephash.benchmarks.common import (
+    apply_quick,
+    check_disk,
+    finish,
+    limit_threads,
+    parse_args,
+    random_codes,
+    require_positive,
+)
+from deephash.cli import exit_on_user_error
 from deephash.utils.io import atomic_write_json
 
 OPERATIONS = ("build", "hierarchical", "euclidean")
@@ -105,14 +114,6 @@ class _Meter:
         }
 
 
-def _limit_threads(threads: int) -> Any:
-    import faiss
-    from threadpoolctl import threadpool_limits
-
-    faiss.omp_set_num_threads(threads)
-    return threadpool_limits(limits=threads, user_api="blas")
-
-
 def _op_build(spec: dict[str, Any]) -> dict[str, Any]:
     """Synthetic encoder batches -> ``_RowWriter`` staging -> ``save_index`` -> ``load_index``."""
     from types import SimpleNamespace
@@ -169,11 +170,10 @@ def _op_build(spec: dict[str, Any]) -> dict[str, Any]:
 
 def _op_hierarchical(spec: dict[str, Any]) -> dict[str, Any]:
     """``load_index`` and one batch of hierarchical queries."""
-    from deephash.bench import random_codes
     from deephash.retrieval.search import hierarchical_search
     from deephash.retrieval.store import load_index
 
-    with _limit_threads(spec["threads"]):
+    with limit_threads(spec["threads"])[1]:
         rng = np.random.default_rng(spec["seed"] + 1)
         meter = _Meter()
         store = load_index(spec["index_dir"], expect_bits=spec["bits"])
@@ -203,7 +203,7 @@ def _op_euclidean(spec: dict[str, Any]) -> dict[str, Any]:
     from deephash.retrieval.search import euclidean_search
     from deephash.retrieval.store import load_index
 
-    with _limit_threads(spec["threads"]):
+    with limit_threads(spec["threads"])[1]:
         rng = np.random.default_rng(spec["seed"] + 2)
         meter = _Meter()
         store = load_index(spec["index_dir"], expect_bits=spec["bits"])
@@ -243,40 +243,18 @@ def _run_in_subprocess(op: str, spec: dict[str, Any], scratch: Path) -> dict[str
     return json.loads(spec_path.with_suffix(".result.json").read_text())
 
 
-def check_disk(workdir: Path, n: int, dim: int, bits: int) -> int:
-    """Bytes the run writes at most (staging and index side by side); ConfigError when they do not fit."""
-    per_row = 2 * (2 * dim + (bits + 7) // 8 + 8) + 1 + 16  # staging + index rows, written flags, ids
-    need = n * per_row
-    free = shutil.disk_usage(workdir).free
-    if need + (1 << 30) > free:
-        fits = max(1000, int((free - (1 << 30)) // per_row) // 1000 * 1000)
-        raise ConfigError(
-            f"{workdir} has {free / 1e9:.1f} GB free but building a {n} x {dim} index needs {need / 1e9:.1f} GB "
-            f"(staging copy and index, +1 GB margin): pass --n-database {fits} or less, or another --workdir"
-        )
-    return need
-
-
 def run_memory_bench(args: argparse.Namespace) -> dict[str, Any]:
     """The memory benchmark; prints a table and writes ``args.out`` (JSON, atomically)."""
-    if args.quick:
-        for name, value in QUICK.items():
-            setattr(args, name, value)
-    for name in (
-        "n_database",
-        "dim",
-        "bits",
-        "n_queries",
-        "euclidean_queries",
-        "batch_rows",
-        "chunk_rows",
-        "k",
-    ):
-        if getattr(args, name) <= 0:
-            raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    apply_quick(args, QUICK)
+    require_positive(
+        args, "n_database", "dim", "bits", "n_queries", "euclidean_queries", "batch_rows", "chunk_rows", "k"
+    )
+    n, dim = args.n_database, args.dim
     workdir = Path(args.workdir or tempfile.gettempdir())
     workdir.mkdir(parents=True, exist_ok=True)
-    disk_bytes = check_disk(workdir, args.n_database, args.dim, args.bits)
+    # staging and index side by side: two copies of each row, the written flags and the ids
+    per_row = 2 * (2 * dim + (args.bits + 7) // 8 + 8) + 1 + 16
+    disk_bytes = check_disk(workdir, n, per_row, f"building a {n} x {dim} index (staging copy and index)")
     threads = args.threads or os.cpu_count() or 1
     config = {
         "n_database": args.n_database,
@@ -321,10 +299,7 @@ def run_memory_bench(args: argparse.Namespace) -> dict[str, Any]:
         else:
             shutil.rmtree(scratch, ignore_errors=True)
     results = {"config": config, "sizes": sizes, "operations": operations}
-    Console(width=max(120, shutil.get_terminal_size().columns)).print(render_table(results))
-    if args.out:
-        atomic_write_json(args.out, results)
-    return results
+    return finish(results, render_table(results), args.out)
 
 
 def render_table(results: dict[str, Any]) -> Table:
@@ -390,14 +365,14 @@ def add_memory_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help=f"tiny sizes for a smoke run: {QUICK}")
 
 
+@exit_on_user_error
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns the exit status (2 with a one-line message on bad input)."""
+    """``deephash-bench memory``; ``--worker OP SPEC`` is the subprocess side of one operation."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["--worker"]:
         return _worker(argv[1], argv[2])
-    from deephash.bench import main as bench_main  # the same CLI as `deephash-bench memory`
-
-    return bench_main(["memory", *argv])
+    run_memory_bench(parse_args("memory", __doc__, add_memory_arguments, argv))
+    return 0
 
 
 if __name__ == "__main__":

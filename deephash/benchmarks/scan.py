@@ -1,14 +1,30 @@
-"""Folder-scan benchmark: a cold parallel scan and a cached load of a large tree of tiny image files."""
+"""Folder scanning: a cold parallel scan and a cached load of a large tree of tiny image files.
+
+``n_files`` one-byte ``.jpg`` files in ``n_classes`` class folders are listed three ways: a one-thread
+scan, a cold scan on the thread pool that writes the file-list cache, and a load from that cache.
+Run as ``deephash-bench scan``.
+"""
 
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
-from deephash.data.scan import FileList, cached_file_list, scan_tree
+from rich.table import Table
+
+from deephash.benchmarks.common import apply_quick, check_disk, finish, parse_args, require_positive
+from deephash.cli import exit_on_user_error
+from deephash.data.scan import FileList, cached_file_list, default_threads, scan_tree
+
+QUICK = {"n_files": 2000, "n_classes": 10}
+STEPS = {"scan_1_thread_s": "scan, 1 thread", "cold_scan_s": "cold scan", "cached_load_s": "cached load"}
+_BYTES_PER_FILE = 4096  # one filesystem block per one-byte file
 
 
 def scan_benchmark(
@@ -54,3 +70,47 @@ def _bench_steps(root: Path, cache: Path, threads: int | None) -> list[tuple[str
         ("cold_scan_s", lambda: cached_file_list(str(root), None, cache, threads)),
         ("cached_load_s", lambda: cached_file_list(str(root), None, cache, threads)),
     ]
+
+
+def run_scan_bench(args: argparse.Namespace) -> dict[str, Any]:
+    """The folder-scan benchmark; prints a table and writes ``args.out`` (JSON, atomically)."""
+    apply_quick(args, QUICK)
+    require_positive(args, "n_files", "n_classes")
+    workdir = Path(args.workdir or tempfile.gettempdir())
+    workdir.mkdir(parents=True, exist_ok=True)
+    check_disk(workdir, args.n_files, _BYTES_PER_FILE, f"a tree of {args.n_files} files", "--n-files")
+    threads = args.threads or default_threads()
+    results = {"config": {"threads": threads, "cpu_count": os.cpu_count()}}
+    results["timings"] = scan_benchmark(args.n_files, args.n_classes, workdir, threads)
+    return finish(results, render_table(results), args.out)
+
+
+def render_table(results: dict[str, Any]) -> Table:
+    t = results["timings"]
+    table = Table(title=f"folder scan, {results['config']['threads']} threads")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    table.add_row("files / classes", f"{t['n_files']:,.0f} / {t['n_classes']:,.0f}")
+    for key, label in STEPS.items():
+        table.add_row(f"{label} s", f"{t[key]:,.3f}")
+    table.add_row("file-list cache MB", f"{t['cache_mb']:,.1f}")
+    return table
+
+
+def add_scan_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--n-files", type=int, default=1_000_000)
+    parser.add_argument("--n-classes", type=int, default=116)
+    parser.add_argument("--threads", type=int, default=None, help="scan threads (default: 4 per core, <= 32)")
+    parser.add_argument("--workdir", type=Path, default=None, help="where the tree goes (default: temp dir)")
+    parser.add_argument("--out", type=Path, default=Path("scan.json"))
+    parser.add_argument("--quick", action="store_true", help=f"tiny sizes for a smoke run: {QUICK}")
+
+
+@exit_on_user_error
+def main(argv: Sequence[str] | None = None) -> int:
+    run_scan_bench(parse_args("scan", __doc__, add_scan_arguments, argv))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -9,7 +9,7 @@ Data kinds: ``clustered`` codes copy a random centre per ``--cluster-size`` item
 probability ``--flip-prob`` (near neighbours exist, as with codes of a trained model); ``uniform`` codes
 are uniformly random, so apart from a query's source item every code sits near ``bits / 2`` and hashing
 has nothing to find. Queries are database items with ``--query-flips`` bits flipped.
-Run as ``python -m deephash.benchmarks.sublinear``.
+Run as ``deephash-bench sublinear``.
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ import argparse
 import gc
 import os
 import resource
-import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -29,39 +29,28 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from deephash.benchmarks.common import (
+    Best,
+    apply_quick,
+    best_of,
+    clustered_codes,
+    finish,
+    limit_threads,
+    parse_args,
+    qps,
+    random_codes,
+    require_positive,
+)
 from deephash.cli import exit_on_user_error
 from deephash.retrieval.codes import code_bytes, pad_codes
 from deephash.retrieval.search import HammingIndex
 from deephash.retrieval.sublinear import MultiHashIndex, faiss_layout
 from deephash.utils.errors import ConfigError
-from deephash.utils.io import atomic_write_json
 
 DATA_KINDS = ("clustered", "uniform")
 # "[NHASHx]B:NFLIP"; without NHASH the substrings cover the code: nhash = bits // b.
 DEFAULT_SETTINGS = ("16:0", "16:1")
 QUICK = {"n_database": [20_000], "n_queries": [100], "repeat": 1}
-_CHUNK = 1 << 18  # database rows generated at a time
-
-
-def clustered_codes(
-    rng: np.random.Generator, n: int, bits: int, cluster_size: int, flip_prob: float
-) -> np.ndarray:
-    """(n, ceil(bits / 8)) uint8: a random centre per ``cluster_size`` items, each bit flipped with ``flip_prob``."""
-    centres = rng.random((max(1, n // cluster_size), bits)) < 0.5
-    packed = np.empty((n, code_bytes(bits)), np.uint8)
-    for start in range(0, n, _CHUNK):
-        rows = min(_CHUNK, n - start)
-        codes = centres[rng.integers(0, len(centres), rows)]
-        codes ^= rng.random((rows, bits), dtype=np.float32) < flip_prob
-        packed[start : start + rows] = np.packbits(codes, axis=1)
-    return packed
-
-
-def uniform_codes(rng: np.random.Generator, n: int, bits: int) -> np.ndarray:
-    """(n, ceil(bits / 8)) uint8 uniformly random packed codes with zero padding bits."""
-    packed = rng.integers(0, 256, (n, code_bytes(bits)), dtype=np.uint8)
-    packed[:, -1] &= np.uint8((0xFF << (code_bytes(bits) * 8 - bits)) & 0xFF)
-    return packed
 
 
 def near_queries(
@@ -103,22 +92,6 @@ def recall_at(
     return {"recall": float(np.mean(within / wanted)), "id_recall": float(np.mean(overlap / wanted))}
 
 
-def best_time(fn: Callable[[], Any], repeat: int) -> tuple[float, float, Any]:
-    """Best wall and best process CPU seconds of ``repeat`` calls, and the last call's result."""
-    wall = cpu = float("inf")
-    result = None
-    for _ in range(repeat):
-        start, start_cpu = time.perf_counter(), time.process_time()
-        result = fn()
-        wall = min(wall, time.perf_counter() - start)
-        cpu = min(cpu, time.process_time() - start_cpu)
-    return wall, cpu, result
-
-
-def _qps(n: int, seconds: float) -> float:
-    return n / seconds if seconds > 0 else float("inf")
-
-
 def bench_multihash(
     db: np.ndarray,
     queries: np.ndarray,
@@ -126,7 +99,7 @@ def bench_multihash(
     nhash: int,
     b: int,
     nflips: Sequence[int],
-    exact: dict[int, dict[str, Any]],
+    exact: dict[int, Best],
     repeat: int,
 ) -> list[dict[str, Any]]:
     """One MultiHashIndex build; for each nflip and k: speed, raw FAISS speed and recall against ``exact``."""
@@ -151,15 +124,19 @@ def bench_multihash(
             "candidate_fraction": float(candidates.mean() / len(db)),
         }
         for k, ref in exact.items():
-            wall, cpu, (dist, idx) = best_time(lambda k=k: index.search(queries, k), repeat)
-            raw_wall = best_time(lambda k=k: index.faiss_index.search(raw_queries, k), repeat)[0]
+            fns = {
+                "ours": partial(index.search, queries, k),
+                "faiss": partial(index.faiss_index.search, raw_queries, k),
+            }
+            t = best_of(fns, repeat)
+            ours, (dist, idx) = t["ours"], t["ours"].result
             row[f"k{k}"] = {
-                "qps": _qps(len(queries), wall),
-                "raw_faiss_qps": _qps(len(queries), raw_wall),
-                "ms_per_query": 1e3 * wall / len(queries),
-                "speedup": ref["wall_s"] / wall,
-                "cpu_speedup": ref["cpu_s"] / cpu,
-                **recall_at(k, dist, idx, ref["dist"], ref["idx"]),
+                "qps": qps(len(queries), ours.wall),
+                "raw_faiss_qps": qps(len(queries), t["faiss"].wall),
+                "ms_per_query": 1e3 * ours.wall / len(queries),
+                "speedup": ref.wall / ours.wall,
+                "cpu_speedup": ref.cpu / ours.cpu,
+                **recall_at(k, dist, idx, *ref.result),
             }
         rows.append(row)
     return rows
@@ -167,19 +144,19 @@ def bench_multihash(
 
 def bench_flat(
     db: np.ndarray, queries: np.ndarray, bits: int, ks: Sequence[int], repeat: int
-) -> tuple[dict[str, Any], dict[int, dict[str, Any]]]:
-    """Exact ``HammingIndex`` speed per k -> (report row, per-k timings and (dist, idx) results)."""
+) -> tuple[dict[str, Any], dict[int, Best]]:
+    """Exact ``HammingIndex`` speed per k -> (report row, per-k timings with their (dist, idx) results)."""
     start = time.perf_counter()
     flat = HammingIndex(db, bits)
     row: dict[str, Any] = {
         "build_s": time.perf_counter() - start,
         "codes_mb": len(db) * flat.padded_bytes / 1e6,
     }
-    exact: dict[int, dict[str, Any]] = {}
+    exact: dict[int, Best] = {}
     for k in ks:
-        wall, cpu, (dist, idx) = best_time(lambda k=k: flat.search(queries, k), repeat)
-        exact[k] = {"wall_s": wall, "cpu_s": cpu, "dist": dist, "idx": idx}
-        row[f"k{k}"] = {"qps": _qps(len(queries), wall), "ms_per_query": 1e3 * wall / len(queries)}
+        exact[k] = best_of({"flat": partial(flat.search, queries, k)}, repeat)["flat"]
+        wall = exact[k].wall
+        row[f"k{k}"] = {"qps": qps(len(queries), wall), "ms_per_query": 1e3 * wall / len(queries)}
     return row, exact
 
 
@@ -191,7 +168,7 @@ def bench_case(
     if kind == "clustered":
         db = clustered_codes(rng, n, bits, args.cluster_size, args.flip_prob)
     else:
-        db = uniform_codes(rng, n, bits)
+        db = random_codes(rng, n, bits)
     queries = near_queries(rng, db, bits, n_queries, args.query_flips)
     generate_s = time.perf_counter() - start
     flat_row, exact = bench_flat(db, queries, bits, args.k, args.repeat)
@@ -221,13 +198,7 @@ def _validate(args: argparse.Namespace) -> list[tuple[int, int]]:
             f"--n-queries takes one count or one per --n-database size, got {len(args.n_queries)} "
             f"for {len(args.n_database)} sizes"
         )
-    for name in ("n_database", "n_queries", "bits", "k"):
-        bad = [v for v in getattr(args, name) if v <= 0]
-        if bad:
-            raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {bad[0]}")
-    for name in ("repeat", "cluster_size"):
-        if getattr(args, name) <= 0:
-            raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    require_positive(args, "n_database", "n_queries", "bits", "k", "repeat", "cluster_size")
     if not 0 <= args.flip_prob <= 0.5:
         raise ConfigError(f"--flip-prob must be in [0, 0.5], got {args.flip_prob}")
     for bits in args.bits:
@@ -244,12 +215,9 @@ def _validate(args: argparse.Namespace) -> list[tuple[int, int]]:
 
 def run_sublinear_bench(args: argparse.Namespace) -> dict[str, Any]:
     """The benchmark for parsed options: prints a table and writes ``args.out`` (JSON, atomically)."""
-    if getattr(args, "quick", False):
-        for name, value in QUICK.items():
-            setattr(args, name, value)
+    apply_quick(args, QUICK)
     sizes = _validate(args)
-    threads = args.threads or os.cpu_count() or 1
-    faiss.omp_set_num_threads(threads)
+    threads, blas_threads = limit_threads(args.threads)
     rng = np.random.default_rng(args.seed)
     config = {
         "n_database": list(args.n_database),
@@ -271,12 +239,13 @@ def run_sublinear_bench(args: argparse.Namespace) -> dict[str, Any]:
     log = Console(stderr=True).log
     cases = []
     start = time.perf_counter()
-    for n, n_queries in sizes:
-        for bits in args.bits:
-            for kind in args.data:
-                log(f"{n:,} {kind} {bits}-bit codes, {n_queries} queries")
-                cases.append(bench_case(rng, n, n_queries, bits, kind, args))
-                gc.collect()
+    with blas_threads:
+        for n, n_queries in sizes:
+            for bits in args.bits:
+                for kind in args.data:
+                    log(f"{n:,} {kind} {bits}-bit codes, {n_queries} queries")
+                    cases.append(bench_case(rng, n, n_queries, bits, kind, args))
+                    gc.collect()
     results = {
         "config": config,
         "cases": cases,
@@ -284,10 +253,7 @@ def run_sublinear_bench(args: argparse.Namespace) -> dict[str, Any]:
         # ru_maxrss is in KiB on Linux
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e6,
     }
-    Console(width=max(150, shutil.get_terminal_size().columns)).print(render_table(results))
-    if args.out:
-        atomic_write_json(args.out, results)
-    return results
+    return finish(results, render_table(results), args.out, width=150)
 
 
 def render_table(results: dict[str, Any]) -> Table:
@@ -368,14 +334,10 @@ def add_sublinear_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 @exit_on_user_error
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(
-        prog="python -m deephash.benchmarks.sublinear",
-        description="Multi-index hashing (FAISS IndexBinaryMultiHash) against the exhaustive Hamming scan.",
-    )
-    add_sublinear_arguments(parser)
-    return run_sublinear_bench(parser.parse_args(argv))
+def main(argv: Sequence[str] | None = None) -> int:
+    run_sublinear_bench(parse_args("sublinear", __doc__, add_sublinear_arguments, argv))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -3,7 +3,7 @@
 Both loops train an identically built HashModule in one process, on the same device, batch and precision,
 over the same in-memory synthetic batches, so their ratio (Lightning / raw images per second) is the cost of
 the framework. Runs alternate between the two to spread drift (clocks, caches) evenly.
-Run as ``python -m deephash.benchmarks.train_speed`` (or the ``train`` subcommand of ``deephash.bench``).
+Run as ``deephash-bench train``.
 """
 
 from __future__ import annotations
@@ -24,15 +24,14 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from rich.console import Console
 from rich.table import Table
 from torch.utils.data import DataLoader, Dataset
 
+from deephash.benchmarks.common import finish, parse_args
 from deephash.cli import exit_on_user_error
 from deephash.models.backbones import BACKBONES
 from deephash.models.module import HashModule
 from deephash.utils.errors import ConfigError
-from deephash.utils.io import atomic_write_json
 
 PRECISIONS = ("32-true", "bf16-mixed")
 DEVICES = ("auto", "cpu", "cuda")
@@ -440,21 +439,14 @@ def config_from_args(args: argparse.Namespace) -> TrainBenchConfig:
 def run_train_bench(args: argparse.Namespace) -> dict[str, Any]:
     """Run the benchmark for parsed options, print a table and write ``args.out`` (JSON) if given."""
     results = benchmark_train(config_from_args(args))
-    Console().print(render_table(results))
-    if getattr(args, "out", None):
-        atomic_write_json(args.out, results)
-    return results
+    return finish(results, render_table(results), getattr(args, "out", None))
 
 
 @exit_on_user_error
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(
-        prog="python -m deephash.benchmarks.train_speed",
-        description="Training images/s of Lightning against a raw PyTorch loop, and encoding images/s.",
-    )
-    add_train_arguments(parser)
-    return run_train_bench(parser.parse_args(argv))
+def main(argv: Sequence[str] | None = None) -> int:
+    run_train_bench(parse_args("train", __doc__, add_train_arguments, argv))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -1,0 +1,139 @@
+"""What every benchmark shares: best-of timing, synthetic codes, queries/s, the disk check, options and
+the "print the table, write the JSON" ending. Benchmarks import this; the library never imports them."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import time
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from deephash.retrieval.codes import code_bytes
+from deephash.utils.errors import ConfigError
+from deephash.utils.io import atomic_write_json
+
+DISK_MARGIN = 1 << 30  # bytes left free on top of what a run writes
+_CHUNK = 1 << 18  # rows of codes generated at a time
+
+
+@dataclass(frozen=True)
+class Best:
+    """The best wall and best process CPU seconds of repeated calls, and the last call's result."""
+
+    wall: float
+    cpu: float
+    result: Any
+
+
+def best_of(fns: Mapping[str, Callable[[], Any]], repeat: int) -> dict[str, Best]:
+    """Each function timed ``repeat`` times, the functions interleaved round by round so drift (clocks,
+    caches, other work) hits them alike. CPU time is the steadier comparison on a shared machine."""
+    wall = {name: float("inf") for name in fns}
+    cpu = dict(wall)
+    last: dict[str, Any] = {}
+    for _ in range(repeat):
+        for name, fn in fns.items():
+            start, start_cpu = time.perf_counter(), time.process_time()
+            last[name] = fn()
+            wall[name] = min(wall[name], time.perf_counter() - start)
+            cpu[name] = min(cpu[name], time.process_time() - start_cpu)
+    return {name: Best(wall[name], cpu[name], last.get(name)) for name in fns}
+
+
+def qps(n_queries: int, seconds: float) -> float:
+    """Queries per second (inf for a zero timing)."""
+    return n_queries / seconds if seconds > 0 else float("inf")
+
+
+def random_codes(rng: np.random.Generator, n: int, bits: int) -> np.ndarray:
+    """(n, ceil(bits / 8)) uint8 uniformly random packed codes with zero padding bits."""
+    packed = rng.integers(0, 256, (n, code_bytes(bits)), dtype=np.uint8)
+    packed[:, -1] &= np.uint8((0xFF << (code_bytes(bits) * 8 - bits)) & 0xFF)
+    return packed
+
+
+def clustered_codes(
+    rng: np.random.Generator, n: int, bits: int, cluster_size: int, flip_prob: float
+) -> np.ndarray:
+    """(n, ceil(bits / 8)) uint8: a random centre per ``cluster_size`` items, each bit flipped with ``flip_prob``
+    (near neighbours exist, as with the codes of a trained model)."""
+    centres = rng.random((max(1, n // cluster_size), bits)) < 0.5
+    packed = np.empty((n, code_bytes(bits)), np.uint8)
+    for start in range(0, n, _CHUNK):
+        rows = min(_CHUNK, n - start)
+        codes = centres[rng.integers(0, len(centres), rows)]
+        codes ^= rng.random((rows, bits), dtype=np.float32) < flip_prob
+        packed[start : start + rows] = np.packbits(codes, axis=1)
+    return packed
+
+
+def limit_threads(threads: int | None) -> tuple[int, AbstractContextManager[Any]]:
+    """Set FAISS's OpenMP threads to ``threads`` (None: all cores); returns the count and a context that
+    gives numpy's BLAS (exhaustive L2, re-ranking) the same count."""
+    import faiss
+    from threadpoolctl import threadpool_limits
+
+    threads = threads or os.cpu_count() or 1
+    faiss.omp_set_num_threads(threads)
+    return threads, threadpool_limits(limits=threads, user_api="blas")
+
+
+def check_disk(
+    workdir: Path, n: int, bytes_per_row: int, what: str, size_option: str = "--n-database"
+) -> int:
+    """Bytes ``n`` rows of ``bytes_per_row`` take; ConfigError suggesting a ``size_option`` value that fits
+    when they and a 1 GB margin do not fit in ``workdir``. ``what``: the files, for the message."""
+    need = n * bytes_per_row
+    free = shutil.disk_usage(workdir).free
+    if need + DISK_MARGIN > free:
+        fits = max(1000, int((free - DISK_MARGIN) // bytes_per_row) // 1000 * 1000)
+        raise ConfigError(
+            f"{workdir} has {free / 1e9:.1f} GB free but {what} needs {need / 1e9:.1f} GB (+1 GB margin): "
+            f"pass {size_option} {fits} or less, or another --workdir"
+        )
+    return need
+
+
+def require_positive(args: argparse.Namespace, *names: str) -> None:
+    """ConfigError naming the option when one of ``names`` (a number or a list of numbers) is <= 0."""
+    for name in names:
+        value = getattr(args, name)
+        bad = [v for v in (value if isinstance(value, list) else [value]) if v <= 0]
+        if bad:
+            raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {bad[0]}")
+
+
+def apply_quick(args: argparse.Namespace, quick: Mapping[str, Any]) -> None:
+    """With ``--quick``, replace the sizes in ``args`` by the tiny ones of ``quick``."""
+    if getattr(args, "quick", False):
+        for name, value in quick.items():
+            setattr(args, name, value)
+
+
+def parse_args(
+    name: str,
+    doc: str | None,
+    add_arguments: Callable[[argparse.ArgumentParser], None],
+    argv: Sequence[str] | None,
+) -> argparse.Namespace:
+    """The options of ``deephash-bench <name>``, described by the first paragraph of the module ``doc``."""
+    parser = argparse.ArgumentParser(prog=f"deephash-bench {name}", description=(doc or "").split("\n\n")[0])
+    add_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def finish(results: dict[str, Any], table: Table, out: Path | None, width: int = 120) -> dict[str, Any]:
+    """Print ``table`` (at least ``width`` columns wide) and write ``results`` to ``out`` as JSON, atomically."""
+    Console(width=max(width, shutil.get_terminal_size().columns)).print(table)
+    if out:
+        atomic_write_json(out, results)
+    return results

@@ -1,0 +1,110 @@
+"""The helpers every benchmark shares (deephash/benchmarks/common.py)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from rich.table import Table
+
+from deephash.benchmarks import common
+from deephash.retrieval.codes import hamming_distance_matrix
+from deephash.utils.errors import ConfigError
+
+
+def test_best_of_interleaves_and_keeps_the_minimum(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[str] = []
+    # a fake clock: each call of "slow" lasts 3 s, "fast" 1 s; the third round of "slow" only 2 s
+    durations = {"slow": iter([3.0, 3.0, 2.0]), "fast": iter([1.0, 1.0, 1.0])}
+    clock = [0.0]
+    monkeypatch.setattr(common.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(common.time, "process_time", lambda: clock[0] / 2)
+
+    def timed(name: str):
+        def fn() -> int:
+            calls.append(name)
+            clock[0] += next(durations[name])
+            return len(calls)
+
+        return fn
+
+    best = common.best_of({"slow": timed("slow"), "fast": timed("fast")}, repeat=3)
+    assert calls == ["slow", "fast"] * 3
+    assert (best["slow"].wall, best["slow"].cpu, best["slow"].result) == (2.0, 1.0, 5)
+    assert (best["fast"].wall, best["fast"].cpu, best["fast"].result) == (1.0, 0.5, 6)
+    assert common.qps(50, 0.5) == 100 and common.qps(50, 0.0) == float("inf")
+
+
+@pytest.mark.parametrize("bits", [12, 48, 128])
+def test_random_codes_have_zero_padding_and_half_set_bits(bits: int) -> None:
+    codes = common.random_codes(np.random.default_rng(0), 4000, bits)
+    assert codes.shape == (4000, -(-bits // 8)) and codes.dtype == np.uint8
+    unpacked = np.unpackbits(codes, axis=1)
+    assert not unpacked[:, bits:].any()
+    assert abs(unpacked[:, :bits].mean() - 0.5) < 0.02
+
+
+def test_clustered_codes_have_near_neighbours(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(common, "_CHUNK", 999)  # several generation chunks
+    rng = np.random.default_rng(7)
+    db = common.clustered_codes(rng, 5000, 48, cluster_size=500, flip_prob=0.05)
+    assert db.shape == (5000, 6) and db.dtype == np.uint8
+    # ten clusters: each code is close to many others, unlike random codes (about 24 bits apart)
+    nearest = np.sort(hamming_distance_matrix(db[:50], db), axis=1)[:, 10]
+    assert nearest.max() <= 12
+    uniform = common.random_codes(rng, 5000, 48)
+    assert np.sort(hamming_distance_matrix(uniform[:50], uniform), axis=1)[:, 10].min() > 12
+
+
+def test_check_disk_suggests_a_size_that_fits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(common.shutil, "disk_usage", lambda path: usage._replace(free=(1 << 30) + 10_500_000))
+    assert common.check_disk(tmp_path, 10_000, 1000, "ten thousand rows") == 10_000_000
+    with pytest.raises(ConfigError) as err:
+        common.check_disk(tmp_path, 20_000, 1000, "twenty thousand rows", "--n-files")
+    assert str(err.value) == (
+        f"{tmp_path} has 1.1 GB free but twenty thousand rows needs 0.0 GB (+1 GB margin): "
+        "pass --n-files 10000 or less, or another --workdir"
+    )
+
+
+def test_options_quick_sizes_and_positive_checks() -> None:
+    def add(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--n", type=int, nargs="+", default=[10])
+        parser.add_argument("--repeat", type=int, default=3)
+        parser.add_argument("--quick", action="store_true")
+
+    args = common.parse_args("demo", "Demo benchmark.\n\nDetails.", add, ["--n", "5", "7"])
+    assert args.n == [5, 7] and args.repeat == 3
+    common.apply_quick(args, {"repeat": 1})
+    assert args.repeat == 3
+    quick = common.parse_args("demo", None, add, ["--quick"])
+    common.apply_quick(quick, {"repeat": 1})
+    assert quick.repeat == 1
+    common.require_positive(args, "n", "repeat")
+    args.n = [5, 0]
+    with pytest.raises(ConfigError, match="^--n must be positive, got 0$"):
+        common.require_positive(args, "repeat", "n")
+
+
+def test_help_names_the_subcommand(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        common.parse_args("demo", "Demo benchmark.\n\nDetails.", lambda parser: None, ["--help"])
+    out = capsys.readouterr().out
+    assert out.startswith("usage: deephash-bench demo") and "Demo benchmark." in out and "Details" not in out
+
+
+def test_finish_prints_the_table_and_writes_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    table = Table(title="demo")
+    table.add_column("x")
+    table.add_row("42")
+    results = {"a": 1, "b": [np.float32(0.5)]}
+    assert common.finish(results, table, tmp_path / "out" / "r.json") is results
+    assert json.loads((tmp_path / "out" / "r.json").read_text()) == {"a": 1, "b": [0.5]}
+    assert "demo" in capsys.readouterr().out
+    common.finish(results, table, None)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["r.json"]

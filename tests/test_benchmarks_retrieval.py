@@ -1,0 +1,75 @@
+"""The retrieval benchmark (deephash/benchmarks/retrieval.py) end to end on tiny sizes: every result key,
+--quick, the disk check."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from deephash.benchmarks import common
+from deephash.benchmarks.retrieval import main
+
+HAMMING_KEYS = {"ours_qps", "faiss_qps", "ratio", "cpu_ratio", "ours_ms_per_query"}
+PADDING_KEYS = {"unpadded_qps", "padded_qps", "speedup", "cpu_speedup", "code_bytes", "padded_bytes"}
+SMALL = ["--n-database", "5000", "--n-queries", "50", "--dim", "64", "--repeat", "1"]
+
+
+def test_retrieval_bench_writes_every_key(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    assert main([*SMALL, "--bits", "12", "48", "128", "--workdir", str(tmp_path), "--out", str(out)]) == 0
+    results = json.loads(out.read_text())
+    assert set(results) == {
+        "config",
+        "hamming",
+        "padding",
+        "hierarchical",
+        "euclidean",
+        "hamming_over_euclidean",
+    }
+    assert {"n_database", "n_queries", "dim", "bits", "faiss_threads", "repeat", "faiss_version"} <= set(
+        results["config"]
+    )
+    for bits in ("12", "48", "128"):
+        for k in ("k100", "k1000"):
+            assert set(results["hamming"][bits][k]) == HAMMING_KEYS
+        assert PADDING_KEYS <= set(results["padding"][bits])
+        assert {"qps", "ms_per_query", "mean_pool_size", "k"} <= set(results["hierarchical"][bits])
+        # random codes leave the radius-2 buckets nearly empty: the pools are the fallback pool
+        assert results["hierarchical"][bits]["mean_pool_size"] >= 1
+    assert results["padding"]["48"]["code_bytes"] == 6 and results["padding"]["48"]["padded_bytes"] == 8
+    assert results["padding"]["12"]["padded_bytes"] == 4
+    assert {"qps", "ms_per_query", "n_queries", "k"} <= set(results["euclidean"])
+    ratio = results["hamming_over_euclidean"]
+    assert (
+        ratio["bits"] == 128
+        and ratio["dim"] == 64
+        and ratio["speedup"] > 0
+        and ratio["paper_speedup"] == 971.3
+    )
+    assert [p.name for p in tmp_path.iterdir()] == ["bench.json"]  # the F7 scratch file is removed
+
+
+def test_quick_sizes(tmp_path: Path) -> None:
+    out = tmp_path / "quick.json"
+    assert main(["--quick", "--bits", "48", "--k", "10", "--out", str(out)]) == 0
+    results = json.loads(out.read_text())
+    assert results["config"]["n_database"] == 5000 and results["config"]["bits"] == [48]
+    assert results["hamming_over_euclidean"]["bits"] == 48
+
+
+def test_short_disk_is_refused_with_a_suggestion(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(common.shutil, "disk_usage", lambda path: usage._replace(free=3 << 30))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--workdir", str(tmp_path), "--out", str(tmp_path / "b.json")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1
+    # 1M x 4096 float16 = 8.2 GB; 2 GB left after the margin hold 262,144 rows of 8 KB
+    assert "needs 8.2 GB" in err and "pass --n-database 262000 or less" in err
+    assert not (tmp_path / "b.json").exists()
