@@ -6,26 +6,19 @@ files and ``metrics.json`` as a trained model; the work is :func:`deephash.basel
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import hydra
 from omegaconf import DictConfig
 
 from deephash.baselines.run import run_baseline
-from deephash.cli import run_with_user_errors
-from deephash.evaluate import print_summary
+from deephash.cli import run_hydra_task
+from deephash.config import CONFIG_PATH
 from deephash.runs import record_failure
-
-CONFIG_PATH = str(Path(__file__).resolve().parent.parent / "conf")
 
 
 @hydra.main(config_path=CONFIG_PATH, config_name="baseline", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
-    metrics = run_with_user_errors(run_baseline, cfg, on_failure=record_failure)
-    print_summary(metrics)
-    # hydra sweepers optimise the scalar the task returns
-    key = cfg.get("optimized_metric")
-    return metrics.get(key) if key else None
+    # Hydra sweepers optimise the scalar the task returns
+    return run_hydra_task(run_baseline, cfg, on_failure=record_failure)
 
 
 if __name__ == "__main__":

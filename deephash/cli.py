@@ -1,4 +1,7 @@
-"""Shared entry-point plumbing: turn user errors into one line on stderr and exit status 2."""
+"""Shared entry-point plumbing: turn user errors into one line on stderr and exit status 2.
+
+Argparse mains are decorated with :func:`exit_on_user_error`; Hydra mains call :func:`run_hydra_task`.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +18,8 @@ T = TypeVar("T")
 
 
 def exit_on_user_error(fn: Callable[..., T]) -> Callable[..., T]:
-    """Print ``error: <message>`` for a :class:`DeephashError` and exit 2, without a traceback."""
+    """For argparse mains: print ``error: <message>`` for a :class:`DeephashError` and exit 2, without a
+    traceback."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -35,18 +39,25 @@ def _is_multirun() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
-def run_with_user_errors(
+def run_hydra_task(
     task: Callable[[DictConfig], dict[str, Any]],
     cfg: DictConfig,
+    *,
     on_failure: Callable[[DictConfig, BaseException], None] | None = None,
-) -> dict[str, Any]:
-    """Run a Hydra task; on failure record it, then exit 2 with one line for user errors.
+    report: Callable[[dict[str, Any]], None] | None = None,
+) -> float | None:
+    """The body of every Hydra main: run ``task(cfg)``, ``report`` its result (the metrics table by
+    default) and return the scalar a sweeper optimises (``cfg.optimized_metric``, a dotted key).
 
-    In a multirun the exception propagates instead, so Hydra's launcher marks only this job failed and
-    goes on with the others.
+    On failure ``on_failure`` records it; a user error then exits 2 with one line. In a multirun the
+    exception propagates instead, so Hydra's launcher marks only this job failed and goes on with the others.
     """
+    from deephash.runs import optimized_value, print_summary
+
     try:
-        return task(cfg)
+        result = task(cfg)
+        (report or print_summary)(result)
+        return optimized_value(result, cfg.get("optimized_metric"))
     except BaseException as err:
         if on_failure is not None and not isinstance(err, KeyboardInterrupt):
             on_failure(cfg, err)

@@ -6,9 +6,12 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from deephash.models.backbones import BACKBONES, _looks_like_path
+from deephash.models.backbones import BACKBONES, NATIVE_BACKBONES, _looks_like_path
 from deephash.models.latent_hash import validate_bits
 from deephash.utils.errors import ConfigError
+
+# The Hydra config directory every entry point composes from.
+CONFIG_PATH = str(Path(__file__).resolve().parent.parent / "conf")
 
 
 def validate_train_config(cfg: DictConfig) -> None:
@@ -35,10 +38,10 @@ def validate_train_config(cfg: DictConfig) -> None:
             f"model.weights file not found: {weights} (expected a torchvision weight name such as "
             f"IMAGENET1K_V1, null, or the path of a saved state dict)"
         )
-    if model.backbone != "smallcnn" and cfg.data.get("transform") == "native":
+    if model.backbone not in NATIVE_BACKBONES and cfg.data.get("transform") == "native":
         raise ConfigError(
             f"backbone {model.backbone!r} needs 3-channel ImageNet-style input; use data.transform=imagenet "
-            f"(data.transform=native is for model=smallcnn)"
+            f"(data.transform=native is for {' and '.join(NATIVE_BACKBONES)})"
         )
     ckpt = cfg.get("ckpt_path")
     if ckpt is not None and not Path(str(ckpt)).expanduser().is_file():

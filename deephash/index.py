@@ -15,14 +15,14 @@ import hydra
 import pytorch_lightning as pl
 from omegaconf import DictConfig
 
-from deephash.cli import exit_on_user_error, run_with_user_errors
-from deephash.evaluate import checkpoint_run_dir, run_data_config
+from deephash.cli import exit_on_user_error, run_hydra_task
+from deephash.config import CONFIG_PATH
 from deephash.models.module import load_hash_module
 from deephash.retrieval.build import build_index, drop_unreadable
 from deephash.retrieval.store import load_index
+from deephash.runs import build_predict_trainer, checkpoint_run_dir, run_data_config
 from deephash.utils.errors import ConfigError
 
-CONFIG_PATH = str(Path(__file__).resolve().parent.parent / "conf")
 USAGE = "usage: deephash-index build ckpt_path=<ckpt> [data=<name>] [index_dir=<dir>] | deephash-index info <index dir>"
 
 
@@ -45,19 +45,20 @@ def build(cfg: DictConfig) -> dict[str, Any]:
     datamodule = hydra.utils.instantiate(data_cfg)
     datamodule.prepare_data()
     datamodule.setup()
-    trainer = hydra.utils.instantiate(
-        cfg.trainer, logger=False, callbacks=[], enable_checkpointing=False, enable_model_summary=False
-    )
     bad_images = drop_unreadable(datamodule)
-    store, _ = build_index(module, datamodule, ckpt, index_dir, trainer, cfg.split, bad_images)
+    store = build_index(
+        module, datamodule, ckpt, index_dir, build_predict_trainer(cfg), cfg.split, bad_images
+    )
     return store.manifest if store is not None else {}
 
 
 @hydra.main(config_path=CONFIG_PATH, config_name="index", version_base="1.3")
 def _build_main(cfg: DictConfig) -> None:
-    manifest = run_with_user_errors(build, cfg)
-    if manifest:
-        print(json.dumps(_summary(manifest, cfg.get("index_dir") or "index"), indent=2))
+    def report(manifest: dict[str, Any]) -> None:
+        if manifest:
+            print(json.dumps(_summary(manifest, cfg.get("index_dir") or "index"), indent=2))
+
+    run_hydra_task(build, cfg, report=report)
 
 
 @exit_on_user_error

@@ -1,4 +1,5 @@
-"""Building a run's callbacks and loggers from config, and recording how a run ended."""
+"""Run plumbing shared by the entry points: callbacks, loggers and trainers from config, where a run's
+checkpoint and config live, the value a sweeper optimises, how a run ended, and the CLI summary table."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ from typing import Any
 
 import hydra
 import pytorch_lightning as pl
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
+from deephash.utils.errors import ConfigError
 from deephash.utils.io import update_json
 from deephash.utils.logging import get_logger
 
@@ -28,8 +30,6 @@ def instantiate_loggers(cfg: DictConfig | None, run_cfg: DictConfig) -> list[pl.
     if not cfg:
         return []
     loggers = [hydra.utils.instantiate(c) for c in cfg.values() if c is not None and "_target_" in c]
-    from omegaconf import OmegaConf
-
     params = OmegaConf.to_container(run_cfg, resolve=True, throw_on_missing=False)
     for logger in loggers:
         logger.log_hyperparams(params)
@@ -82,3 +82,83 @@ def wandb_url(loggers: list[pl.loggers.Logger]) -> str | None:
             if not getattr(run, "offline", True) and getattr(run, "url", None):
                 return str(run.url)
     return None
+
+
+def build_predict_trainer(cfg: DictConfig, trainer: pl.Trainer | None = None) -> pl.Trainer:
+    """A trainer for encoding on the same devices/strategy as ``cfg.trainer``, without loggers or checkpoints."""
+    if trainer is not None and trainer.world_size > 1:
+        return trainer  # already launched processes: reuse their strategy
+    return hydra.utils.instantiate(
+        cfg.trainer,
+        logger=False,
+        callbacks=[],
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        limit_predict_batches=None,
+        default_root_dir=None,
+    )
+
+
+def checkpoint_run_dir(ckpt: Path) -> Path | None:
+    """``<run>/checkpoints/x.ckpt`` -> ``<run>``."""
+    return ckpt.resolve().parent.parent if ckpt.resolve().parent.name == "checkpoints" else None
+
+
+def run_data_config(run_dir: Path | None) -> DictConfig | None:
+    """The ``data`` config of a training run: its resolved ``config.yaml`` (or Hydra's ``.hydra/config.yaml``)."""
+    if run_dir is None:
+        return None
+    for path in (run_dir / "config.yaml", run_dir / ".hydra" / "config.yaml"):
+        if path.is_file():
+            run_cfg = OmegaConf.load(path)
+            return OmegaConf.create(OmegaConf.to_container(run_cfg.data, resolve=True))
+    return None
+
+
+def optimized_value(metrics: dict[str, Any], key: str | None) -> float | None:
+    """``metrics[key]`` for a dotted key such as ``val_retrieval.mAP``; a missing key is a clear error."""
+    if not key:
+        return None
+    value: Any = metrics
+    for part in key.split("."):
+        if not isinstance(value, dict) or part not in value:
+            raise ConfigError(
+                f"optimized_metric {key!r} is not in the run's metrics (keys: {', '.join(metrics)})"
+            )
+        value = value[part]
+    return float(value)
+
+
+def print_summary(metrics: dict[str, Any]) -> None:
+    """A short table of the retrieval metrics (CLI output)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    modes = metrics.get("modes") or {}
+    if not modes:
+        return
+    title = f"retrieval: {metrics.get('n_queries')} queries x {metrics.get('n_database')} items"
+    if metrics.get("bits"):
+        title += f", {metrics['bits']} bits"
+    accuracy = ", ".join(
+        f"{k} {metrics[k]:.4f}" for k in ("val_acc", "test_acc") if metrics.get(k) is not None
+    )
+    table = Table(title=title, caption=accuracy or None)
+    for column in ("mode", "mAP", "mAP@1000", "P@10", "P@100", "P@r2", "queries/s"):
+        table.add_column(column, justify="right")
+
+    def fmt(value: Any, spec: str = ".4f") -> str:
+        return "-" if value is None else format(value, spec)
+
+    for mode, m in modes.items():
+        p = m.get("precision@k", {})
+        table.add_row(
+            mode,
+            fmt(m.get("mAP")),
+            fmt(m.get("mAP@1000")),
+            fmt(p.get("10")),
+            fmt(p.get("100")),
+            fmt(m.get("precision@r2", m.get("precision"))),
+            fmt(m.get("queries_per_second"), ",.0f"),
+        )
+    Console().print(table)

@@ -13,15 +13,14 @@ import hydra
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 
-from deephash.cli import run_with_user_errors
-from deephash.config import validate_train_config
+from deephash.cli import run_hydra_task
+from deephash.config import CONFIG_PATH, validate_train_config
+from deephash.evaluation.run import evaluate_checkpoint
 from deephash.runs import finish_loggers, instantiate_callbacks, instantiate_loggers, record_failure
-from deephash.utils.errors import ConfigError
 from deephash.utils.io import atomic_write_json, atomic_write_text
 from deephash.utils.logging import get_logger
 
 log = get_logger(__name__)
-CONFIG_PATH = str(Path(__file__).resolve().parent.parent / "conf")
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
@@ -86,11 +85,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         atomic_write_json(output_dir / "metrics.json", metrics)
 
     if cfg.get("evaluate"):
-        from deephash.evaluate import evaluate_checkpoint
-
-        metrics.update(
-            evaluate_checkpoint(cfg, best_ckpt or metrics["last_checkpoint"], datamodule, trainer, loggers)
-        )
+        metrics.update(evaluate_checkpoint(cfg, best_ckpt or metrics["last_checkpoint"], datamodule, trainer))
     if trainer.is_global_zero:
         finish_loggers(loggers, metrics, output_dir)
     return metrics
@@ -103,26 +98,8 @@ def _metric(trainer: pl.Trainer, key: str) -> float | None:
 
 @hydra.main(config_path=CONFIG_PATH, config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
-    metrics = run_with_user_errors(train, cfg, on_failure=record_failure)
-    from deephash.evaluate import print_summary
-
-    print_summary(metrics)
-    # hydra sweepers (e.g. Optuna) optimise the scalar the task returns
-    return optimized_value(metrics, cfg.get("optimized_metric"))
-
-
-def optimized_value(metrics: dict[str, Any], key: str | None) -> float | None:
-    """``metrics[key]`` for a dotted key such as ``val_retrieval.mAP``; a missing key is a clear error."""
-    if not key:
-        return None
-    value: Any = metrics
-    for part in key.split("."):
-        if not isinstance(value, dict) or part not in value:
-            raise ConfigError(
-                f"optimized_metric {key!r} is not in the run's metrics (keys: {', '.join(metrics)})"
-            )
-        value = value[part]
-    return float(value)
+    # Hydra sweepers (e.g. Optuna) optimise the scalar the task returns
+    return run_hydra_task(train, cfg, on_failure=record_failure)
 
 
 if __name__ == "__main__":

@@ -212,3 +212,26 @@ def test_cli_records_a_failed_run_and_exits_2(tmp_path: Path) -> None:
     assert proc.stderr.strip().splitlines()[-1] == "error: pcah needs bits <= feature dimension (64), got 65"
     saved = json.loads((run_dir / "metrics.json").read_text())
     assert saved["status"] == "failed" and saved["method"] == "pcah" and "feature dimension" in saved["error"]
+
+
+def test_baseline_honours_the_coarse_stage_of_retrieval_config(tmp_path: Path, monkeypatch) -> None:
+    """retrieval.coarse selects the Hamming index of a baseline's evaluation, as it does for a model."""
+    import deephash.evaluation.run as evaluation_run
+
+    built: list[tuple[str, dict]] = []
+    real = evaluation_run.build_hamming_index
+
+    def spy(codes, bits, method="flat", **params):
+        index = real(codes, bits, method=method, **params)
+        built.append((method, params))
+        return index
+
+    monkeypatch.setattr(evaluation_run, "build_hamming_index", spy)
+    coarse = ["retrieval.coarse.method=multihash", "+retrieval.coarse.params={nhash: 2, b: 8, nflip: 1}"]
+    flat = _run(tmp_path / "flat", "method=itq", "data=digits", "bits=16")
+    assert built == []
+    multihash = _run(tmp_path / "mh", "method=itq", "data=digits", "bits=16", *coarse)
+    assert built == [("multihash", {"nhash": 2, "b": 8, "nflip": 1})]
+    # radius 2 lies within the multi-index's exact radius nhash * (nflip + 1) - 1 = 3: same results
+    for key in ("precision", "recall", "mean_results"):
+        assert multihash["modes"]["hamming_radius"][key] == flat["modes"]["hamming_radius"][key]

@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from deephash.evaluation.pipeline import Encoded, default_curve_ks, evaluate_retrieval
+from deephash.evaluation.pipeline import default_curve_ks, evaluate_retrieval
 from deephash.retrieval.codes import pack_codes
 from deephash.retrieval.search import HammingIndex, hierarchical_search
+from deephash.retrieval.store import EncodedItems
 
 
 def _data(seed: int, n: int = 400, q: int = 30, bits: int = 12, d: int = 16, classes: int = 4):
@@ -16,12 +17,12 @@ def _data(seed: int, n: int = 400, q: int = 30, bits: int = 12, d: int = 16, cla
     centres = rng.random((classes, bits)) < 0.5
     fcentres = rng.normal(size=(classes, d)) * 3
 
-    def make(m: int) -> Encoded:
+    def make(m: int) -> EncodedItems:
         labels = rng.integers(0, classes, m)
         flips = rng.random((m, bits)) < 0.15
         codes = centres[labels] ^ flips
         f7 = (fcentres[labels] + rng.normal(size=(m, d))).astype(np.float16)
-        return Encoded(pack_codes(codes), f7, labels.astype(np.int64))
+        return EncodedItems(codes=pack_codes(codes), f7=f7, labels=labels.astype(np.int64))
 
     return make(n), make(q), bits
 
@@ -42,7 +43,7 @@ def _ap_at(rel: np.ndarray, k: int) -> float:
     return _ap(top, int(top.sum()))
 
 
-def _brute(rankings: list[np.ndarray], db: Encoded, queries: Encoded, ks, map_at) -> dict:
+def _brute(rankings: list[np.ndarray], db: EncodedItems, queries: EncodedItems, ks, map_at) -> dict:
     rels = [db.labels[r] == label for r, label in zip(rankings, queries.labels)]
     totals = [int((db.labels == label).sum()) for label in queries.labels]
     return {
@@ -152,7 +153,8 @@ def test_multihash_coarse_stage_gives_the_same_hierarchical_results_within_its_e
     labels = rng.integers(0, 6, n)
     codes = pack_codes(centres[labels] ^ (rng.random((n, bits)) < 0.02))
     f7 = rng.normal(size=(n, 8)).astype(np.float16)
-    db, queries = Encoded(codes, f7, labels), Encoded(codes[:20], f7[:20], labels[:20])
+    db = EncodedItems(codes=codes, f7=f7, labels=labels)
+    queries = EncodedItems(codes=codes[:20], f7=f7[:20], labels=labels[:20])
     kwargs = dict(modes=["hierarchical"], radius=2, min_pool=1, max_pool=n, pool_size=50)
     flat = evaluate_retrieval(db, queries, bits, **kwargs)
     multi = build_hamming_index(codes, bits, method="multihash", nhash=3, b=16, nflip=1)  # exact to radius 5

@@ -232,7 +232,7 @@ def test_store_streams_f7_in_blocks_from_memmaps_and_readers(tmp_path: Path, mon
     np.save(tmp_path / "src.npy", f7.astype(np.float16))
     first = save_index(tmp_path / "a", f7=np.load(tmp_path / "src.npy", mmap_mode="r"), **items)
     store = load_index(first)
-    assert isinstance(store.f7, F7File) and isinstance(load_index(first, mmap=False).f7, np.ndarray)
+    assert isinstance(store.f7, F7File) and isinstance(load_index(first, f7_in_memory=True).f7, np.ndarray)
     np.testing.assert_array_equal(np.asarray(store.f7), f7.astype(np.float16))
     second = save_index(tmp_path / "b", f7=store.f7, **items)  # an index re-saved from its reader
     assert (second / "f7.npy").read_bytes() == (first / "f7.npy").read_bytes()

@@ -64,7 +64,7 @@ def test_round_trip(tmp_path: Path, bits: int) -> None:
     assert store.ids == items["ids"] and store.bits == bits and store.count == 120 and store.feature_dim == 16
     assert isinstance(store.f7, F7File) and store.f7.dtype == np.float16  # read from disk, not held in RAM
     assert store.labels.dtype == np.int64
-    assert isinstance(load_index(path, mmap=False).f7, np.ndarray)
+    assert isinstance(load_index(path, f7_in_memory=True).f7, np.ndarray)
     m = store.manifest
     assert m["format_version"] == 1 and m["bits"] == bits and m["code_bytes"] == -(-bits // 8)
     assert m["feature_dim"] == 16 and m["count"] == 120 and m["dataset"] == "mnist"
@@ -220,7 +220,7 @@ def test_truncated_f7(saved: tuple[Path, dict], fix_manifest: bool) -> None:
         with pytest.raises(
             IndexFormatError, match=r"f7.npy is truncated or corrupt: expected 120 x 16 float16"
         ):
-            load_index(path, mmap=mmap)
+            load_index(path, f7_in_memory=not mmap)
 
 
 def test_array_disagreeing_with_manifest(saved: tuple[Path, dict]) -> None:

@@ -13,7 +13,8 @@ import cloudpickle
 import pytest
 from hydra import compose, initialize_config_dir
 
-from deephash.train import main, optimized_value, train
+from deephash.runs import optimized_value
+from deephash.train import main, train
 from deephash.utils.errors import ConfigError
 from tests.conftest import CONF_DIR
 from tests.test_tracking_wandb import parse_run, run_files

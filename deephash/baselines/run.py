@@ -17,7 +17,6 @@ from __future__ import annotations
 import shutil
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,12 +28,11 @@ from PIL import Image
 from deephash.baselines.base import HashMethod, validate_bits
 from deephash.baselines.features import flatten_images
 from deephash.baselines.registry import METHODS
-from deephash.evaluate import build_predict_trainer, write_reports
-from deephash.evaluation.pipeline import Encoded, RetrievalReport, evaluate_retrieval, settings
+from deephash.evaluation.run import evaluate_indexes
 from deephash.retrieval.codes import pack_codes
-from deephash.retrieval.encode import EncodedSplit, encode_split
-from deephash.retrieval.store import IndexStore, load_index, save_index
-from deephash.runs import finish_loggers, instantiate_loggers
+from deephash.retrieval.encode import encode_split
+from deephash.retrieval.store import EncodedItems, IndexStore, load_index, save_index
+from deephash.runs import build_predict_trainer, finish_loggers, instantiate_loggers
 from deephash.utils.errors import ConfigError
 from deephash.utils.io import atomic_write_json
 from deephash.utils.logging import get_logger
@@ -43,17 +41,6 @@ log = get_logger(__name__)
 FEATURES = ("pixels", "f7")
 FOLDER_PIXELS = 32  # side of the pixel features of datasets without a native size (image folders)
 _BLOCK = 16384  # rows converted to float and encoded at a time
-
-
-@dataclass
-class SplitFeatures:
-    """Inputs of one split. X: (n, d) uint8 pixels or float16 F7 (may be a memmap); labels: (n,) int64;
-    ids: n sample ids; pool_index: (n,) int64 positions in the datamodule's pool."""
-
-    X: np.ndarray
-    labels: np.ndarray
-    ids: list[str]
-    pool_index: np.ndarray
 
 
 def validate_baseline_config(cfg: DictConfig) -> None:
@@ -198,11 +185,11 @@ def run_baseline(cfg: DictConfig) -> dict[str, Any]:
         "fitting %s (%d bits) on %d x %d %s features",
         method.name,
         method.bits,
-        *train.X.shape,
+        *train.f7.shape,
         info["features"],
     )
     start = time.perf_counter()
-    method.fit(as_float(train.X))
+    method.fit(as_float(train.f7))
     fit_seconds = time.perf_counter() - start
     method.save(run_dir / "method.npz")
 
@@ -218,46 +205,21 @@ def run_baseline(cfg: DictConfig) -> dict[str, Any]:
     query_store = _save_split(run_dir / "queries", method, queries, {**meta, "split": "query"})
     shutil.rmtree(work, ignore_errors=True)  # the indexes hold the features now
 
-    report = _evaluate(cfg.retrieval, store, query_store, method.bits)
-    write_reports(
-        run_dir,
-        report,
-        datamodule,
-        _as_encoded(queries, query_store),
-        _as_encoded(database, store),
-        store.codes,
-        method.bits,
-        int(cfg.retrieval.grid_queries),
-    )
     metrics: dict[str, Any] = {
         "status": "completed",
         **info,
         "method_params": method.params(),
-        "feature_dim": int(train.X.shape[1]),
-        "fit_samples": int(len(train.labels)),
+        "feature_dim": int(train.f7.shape[1]),
+        "fit_samples": int(train.count),
         "fit_seconds": round(fit_seconds, 3),
         "method_file": str(run_dir / "method.npz"),
-        "n_queries": int(query_store.count),
-        "n_database": int(store.count),
-        "index_dir": str(index_dir),
-        "queries_dir": str(run_dir / "queries"),
-        "modes": report.metrics,
+        # the same evaluation as a trained model's, coarse stage (retrieval.coarse) included
+        **evaluate_indexes(cfg.retrieval, store, query_store, datamodule, run_dir),
     }
     atomic_write_json(run_dir / "metrics.json", metrics)
     log.info("retrieval metrics written to %s", run_dir / "metrics.json")
     finish_loggers(loggers, metrics, run_dir)
     return metrics
-
-
-def _evaluate(rcfg: DictConfig, store: IndexStore, query_store: IndexStore, bits: int) -> RetrievalReport:
-    """Every mode of ``retrieval.modes`` on the saved indexes, with the evaluation settings of our model."""
-    return evaluate_retrieval(
-        Encoded(store.codes, store.f7, store.labels),
-        Encoded(query_store.codes, np.asarray(query_store.f7), query_store.labels),
-        bits,
-        **settings(rcfg),
-        index=store.hamming_index,
-    )
 
 
 def _load_module(cfg: DictConfig, datamodule: Any) -> Any:
@@ -276,17 +238,23 @@ def _load_module(cfg: DictConfig, datamodule: Any) -> Any:
 
 def _split_features(
     cfg: DictConfig, datamodule: Any, module: Any, work: Path
-) -> tuple[SplitFeatures, SplitFeatures, SplitFeatures]:
-    """Training subsample, queries and database as pixels or F7."""
+) -> tuple[EncodedItems, EncodedItems, EncodedItems]:
+    """Training subsample, queries and database before hashing: their ``f7`` holds the input features,
+    pixels (uint8) or a checkpoint's F7 (float16)."""
     splits = datamodule.splits
     train_index = splits["train"][fit_rows(len(splits["train"]), cfg.get("fit_samples"), int(cfg.seed))]
     if module is None:
         size = pixel_size(datamodule, cfg.features.get("size"))
 
-        def pixels(split: str, pool_index: np.ndarray) -> SplitFeatures:
-            labels = datamodule.pool.labels[pool_index]
+        def pixels(split: str, pool_index: np.ndarray) -> EncodedItems:
             ids = [datamodule.pool.sample_id(int(p)) for p in pool_index] if split != "train" else []
-            return SplitFeatures(pixel_features(datamodule, pool_index, size), labels, ids, pool_index)
+            return EncodedItems(
+                codes=None,
+                f7=pixel_features(datamodule, pool_index, size),
+                labels=datamodule.pool.labels[pool_index],
+                ids=ids,
+                pool_index=pool_index,
+            )
 
         return (
             pixels("train", train_index),
@@ -295,39 +263,30 @@ def _split_features(
         )
 
     trainer = build_predict_trainer(cfg, None)
-    queries = _f7(encode_split(module, datamodule, "query", work / "query", trainer))
-    database = _f7(encode_split(module, datamodule, "database", work / "database", trainer))
+    queries = encode_split(module, datamodule, "query", work / "query", trainer)
+    database = encode_split(module, datamodule, "database", work / "database", trainer)
     # every protocol's database holds the training split: take its rows instead of encoding it again
     if np.isin(train_index, database.pool_index).all():
         source = database
     else:
-        source = _f7(encode_split(module, datamodule, "train", work / "train", trainer))
-    rows = np.searchsorted(source.pool_index, train_index)
-    train = SplitFeatures(np.asarray(source.X[rows]), source.labels[rows], [], train_index)
+        source = encode_split(module, datamodule, "train", work / "train", trainer)
+    train = source.take(np.searchsorted(source.pool_index, train_index))
+    train.ids = []
     return train, queries, database
 
 
-def _f7(encoded: EncodedSplit) -> SplitFeatures:
-    return SplitFeatures(encoded.f7, encoded.labels, encoded.ids, encoded.pool_index)
-
-
-def _save_split(path: Path, method: HashMethod, split: SplitFeatures, meta: dict[str, Any]) -> IndexStore:
+def _save_split(path: Path, method: HashMethod, split: EncodedItems, meta: dict[str, Any]) -> IndexStore:
     """Encode ``split`` with ``method`` and save codes, features (float16), labels and ids as an index."""
     save_index(
         path,
-        codes_packed=encode_packed(method, split.X),
-        f7=float_blocks(split.X),
+        codes_packed=encode_packed(method, split.f7),
+        f7=float_blocks(split.f7),
         labels=split.labels,
         ids=split.ids,
         bits=method.bits,
         meta=meta,
     )
-    return load_index(path, expect_bits=method.bits)
-
-
-def _as_encoded(split: SplitFeatures, store: IndexStore) -> EncodedSplit:
-    """What ``write_reports`` reads of a split: labels, pool indices (and the saved codes/features)."""
-    return EncodedSplit(store.codes, store.f7, store.labels, store.ids, split.pool_index, store.path)
+    return load_index(path, expect_bits=method.bits, pool_index=split.pool_index)
 
 
 def _preprocess(cfg: DictConfig, datamodule: Any) -> dict[str, Any]:

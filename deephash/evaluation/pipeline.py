@@ -32,20 +32,11 @@ from deephash.evaluation.metrics import (
 )
 from deephash.retrieval.codes import hamming_distance_matrix
 from deephash.retrieval.search import HammingIndex, euclidean_search, hierarchical_search
+from deephash.retrieval.store import EncodedItems
 from deephash.utils.errors import ConfigError
 
 MODES = ("hamming", "hamming_radius", "hierarchical", "euclidean")
 _BLOCK_CELLS = 1 << 24  # query x database cells per block (~16M: 64 MB of int32 distances)
-
-
-@dataclass
-class Encoded:
-    """Encoded items. codes: (n, ceil(bits/8)) uint8 packed; f7: (n, d) float16/32 (may be a memmap);
-    labels: (n,) int64."""
-
-    codes: np.ndarray
-    f7: np.ndarray
-    labels: np.ndarray
 
 
 @dataclass
@@ -67,8 +58,8 @@ def default_curve_ks(n_database: int, max_k: int = 1000) -> np.ndarray:
 
 
 def evaluate_retrieval(
-    database: Encoded,
-    queries: Encoded,
+    database: EncodedItems,
+    queries: EncodedItems,
     bits: int,
     *,
     modes: Sequence[str] = MODES,
@@ -108,7 +99,7 @@ def evaluate_retrieval(
         pr_sums: dict = {"n": 0}
         tops = []
         for rows in _query_blocks(len(queries.labels), n):
-            q = Encoded(queries.codes[rows], queries.f7[rows], queries.labels[rows])
+            q = queries.take(rows, f7=mode != "hamming")
             if mode == "hamming":
                 dist = hamming_distance_matrix(q.codes, database.codes)
                 ranking = _stable_ranking(dist)
@@ -239,7 +230,9 @@ def _merge_pr(acc: dict, pr: dict, weight: int) -> dict:
 # ---------------------------------------------------------------- per-mode extras
 
 
-def _radius_mode(database: Encoded, queries: Encoded, bits: int, radius: int, index: HammingIndex) -> dict:
+def _radius_mode(
+    database: EncodedItems, queries: EncodedItems, bits: int, radius: int, index: HammingIndex
+) -> dict:
     """Hamming-ball retrieval: everything within ``radius`` (inclusive), unordered."""
     start = time.perf_counter()
     results = index.range_search(queries.codes, radius)
@@ -278,4 +271,4 @@ def _time_mode(mode, database, queries, bits, k, index, radius, min_pool, max_po
     return {"queries_per_second": q / seconds, "ms_per_query": 1000 * seconds / q}
 
 
-__all__ = ["MODES", "Encoded", "RetrievalReport", "default_curve_ks", "evaluate_retrieval", "settings"]
+__all__ = ["MODES", "RetrievalReport", "default_curve_ks", "evaluate_retrieval", "settings"]

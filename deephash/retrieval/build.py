@@ -10,7 +10,7 @@ from typing import Any
 import pytorch_lightning as pl
 
 from deephash.data.query import preprocess_spec
-from deephash.retrieval.encode import EncodedSplit, encode_split
+from deephash.retrieval.encode import encode_split
 from deephash.retrieval.store import IndexStore, load_index, save_index, sha256_file
 
 
@@ -36,21 +36,22 @@ def build_index(
     trainer: pl.Trainer | None = None,
     split: str = "database",
     bad_images: Sequence[str] = (),
-) -> tuple[IndexStore | None, EncodedSplit | None]:
-    """Encode ``split`` and save it as an index at ``index_dir`` (atomically); returns the loaded index.
+) -> IndexStore | None:
+    """Encode ``split`` and save it as an index at ``index_dir`` (atomically); returns the loaded index,
+    which knows its items' pool indices.
 
     ``bad_images``: what :func:`drop_unreadable` left out of the splits (call it once, before encoding),
     recorded in the manifest.
 
     The manifest records the dataset, the checkpoint (path and sha256) and the query preprocessing, so a
     search can check that a model matches the index and encode new images the same way. Under DDP every
-    rank encodes; rank 0 saves, the other ranks get ``(None, None)``.
+    rank encodes; rank 0 saves, the other ranks get ``None``.
     """
     index_dir = Path(index_dir)
     work = index_dir.parent / f".{index_dir.name}.encode-{split}"
     encoded = encode_split(module, datamodule, split, work, trainer)
     if trainer is not None and not trainer.is_global_zero:
-        return None, None
+        return None
     try:
         save_index(
             index_dir,
@@ -71,9 +72,6 @@ def build_index(
                 "bad_images": list(bad_images),  # left out of the index
             },
         )
-        store = load_index(index_dir, expect_bits=module.bits)
+        return load_index(index_dir, expect_bits=module.bits, pool_index=encoded.pool_index)
     finally:
-        # the index holds the features now; keep only the small arrays of the encoding in memory
-        encoded.f7 = None  # type: ignore[assignment]
-        shutil.rmtree(work, ignore_errors=True)
-    return store, encoded
+        shutil.rmtree(work, ignore_errors=True)  # the index holds the features now

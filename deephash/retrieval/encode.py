@@ -12,7 +12,6 @@ row with the same values. The result holds each sample exactly once, in split or
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,20 +21,8 @@ from pytorch_lightning.callbacks import BasePredictionWriter
 
 from deephash.retrieval.codes import code_bytes
 from deephash.retrieval.features import F7File, NpyRowWriter, create_npy
+from deephash.retrieval.store import EncodedItems
 from deephash.utils.errors import DeephashError
-
-
-@dataclass
-class EncodedSplit:
-    """One encoded split. codes: (n, ceil(bits/8)) uint8 packed; f7: (n, d) float16 on disk (F7File);
-    labels: (n,) int64; ids: n sample ids; pool_index: (n,) int64 positions in the datamodule's pool."""
-
-    codes: np.ndarray
-    f7: np.ndarray
-    labels: np.ndarray
-    ids: list[str]
-    pool_index: np.ndarray
-    directory: Path
 
 
 class _RowWriter(BasePredictionWriter):
@@ -105,8 +92,10 @@ def encode_split(
     split: str,
     directory: str | Path,
     trainer: pl.Trainer | None = None,
-) -> EncodedSplit:
+) -> EncodedItems:
     """Encode ``split`` of ``datamodule`` into ``directory`` (created, or replaced if it exists).
+
+    Returns the split's items with their pool indices; ``f7`` is an ``F7File`` over ``directory/f7.npy``.
 
     ``trainer`` defaults to a single-device CPU/GPU trainer; pass the training trainer (or one with a DDP
     strategy) to encode on every rank.
@@ -129,13 +118,12 @@ def encode_split(
             f"encoding {split} missed {missing.size} of {written.size} samples (first: row {missing[0]}); "
             f"are trainer.limit_predict_batches or a filtering sampler set?"
         )
-    return EncodedSplit(
+    return EncodedItems(
         codes=np.load(directory / "codes.npy"),
         f7=F7File(directory / "f7.npy"),  # read on demand: a million rows never have to be resident
         labels=np.load(directory / "labels.npy"),
         ids=datamodule.sample_ids(split),
         pool_index=pool_index,
-        directory=directory,
     )
 
 

@@ -55,24 +55,49 @@ def sha256_file(path: str | os.PathLike, block: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-@dataclass
-class IndexStore:
-    """A loaded index. codes: (n, ceil(bits / 8)) uint8; f7: (n, d) float16, an ``F7File`` reading rows
-    from disk on demand by default (an ndarray in RAM with ``mmap=False``); labels: (n,) int64;
-    ids: n strings; manifest: the parsed manifest.json."""
+@dataclass(kw_only=True)
+class EncodedItems:
+    """Encoded items, one row each: the record every stage passes on (encoding, index, search, evaluation).
 
-    path: Path
-    codes: np.ndarray
-    f7: np.ndarray | F7File
+    codes: (n, ceil(bits / 8)) uint8 packed, or None for a baseline's inputs before hashing;
+    f7: (n, d) float16/float32 ndarray, or an ``F7File`` reading rows from disk on demand, or None where
+    only codes are needed; labels: (n,) int64; ids: n item ids (empty where not kept);
+    pool_index: (n,) int64 positions in the datamodule's pool, or None where unknown.
+    """
+
+    codes: np.ndarray | None
+    f7: np.ndarray | F7File | None
     labels: np.ndarray
-    ids: list[str]
-    bits: int
-    manifest: dict[str, Any]
-    _hamming: HammingIndex | None = field(default=None, repr=False)
+    ids: list[str] = field(default_factory=list)
+    pool_index: np.ndarray | None = None
 
     @property
     def count(self) -> int:
-        return len(self.codes)
+        return len(self.labels)
+
+    def take(self, rows: np.ndarray | slice, *, f7: bool = True) -> EncodedItems:
+        """The items at ``rows`` (F7 read into memory, or left out with ``f7=False``)."""
+        picked = np.arange(self.count)[rows] if isinstance(rows, slice) else np.asarray(rows)
+        return EncodedItems(
+            codes=None if self.codes is None else self.codes[rows],
+            f7=self.f7[rows] if f7 and self.f7 is not None else None,
+            labels=self.labels[rows],
+            ids=[self.ids[i] for i in picked] if self.ids else [],
+            pool_index=None if self.pool_index is None else self.pool_index[rows],
+        )
+
+
+@dataclass(kw_only=True)
+class IndexStore(EncodedItems):
+    """A loaded index: its encoded items (f7 an ``F7File`` by default, an ndarray with
+    ``f7_in_memory=True``) with the directory, the code length and the parsed manifest.json."""
+
+    codes: np.ndarray
+    f7: np.ndarray | F7File
+    path: Path
+    bits: int
+    manifest: dict[str, Any]
+    _hamming: HammingIndex | None = field(default=None, repr=False)
 
     @property
     def feature_dim(self) -> int:
@@ -369,16 +394,18 @@ def load_index(
     expect_bits: int | None = None,
     expect_feature_dim: int | None = None,
     expect_checkpoint_sha256: str | None = None,
-    mmap: bool = True,
+    f7_in_memory: bool = False,
     verify: bool = True,
+    pool_index: np.ndarray | None = None,
 ) -> IndexStore:
     """Load and validate an index saved by ``save_index``/``IndexWriter``.
 
     Raises IndexFormatError (one line, naming the file) when the directory, manifest or a file is
     missing, truncated or inconsistent, or when it does not match the expected bits, feature size or
-    checkpoint. ``mmap`` (the default) leaves f7 on disk as an ``F7File`` that reads only the rows asked
-    for (no memory map, despite the name: see ``deephash.retrieval.features``), otherwise f7 is loaded
-    into RAM; ``verify`` checks the sha256 of codes, labels and ids.
+    checkpoint. By default f7 stays on disk as an ``F7File`` that reads only the rows asked for (see
+    ``deephash.retrieval.features``); ``f7_in_memory`` loads it into RAM. ``verify`` checks the sha256 of
+    codes, labels and ids. ``pool_index``: where the items sit in a datamodule's pool, when the caller
+    knows (an index it has just built).
     """
     path = Path(path)
     manifest = _read_manifest(path)
@@ -409,7 +436,7 @@ def load_index(
 
     codes = _load_array(path, CODES, (n, code_bytes(bits)), DTYPES["codes"], entry(CODES).get("bytes"), False)
     labels = _load_array(path, LABELS, (n,), DTYPES["labels"], entry(LABELS).get("bytes"), False)
-    f7 = _load_array(path, F7, (n, d), DTYPES["f7"], entry(F7).get("bytes"), mmap)
+    f7 = _load_array(path, F7, (n, d), DTYPES["f7"], entry(F7).get("bytes"), not f7_in_memory)
     ids_file = path / IDS
     if not ids_file.is_file():
         raise IndexFormatError(f"{IDS} is missing from {path}: expected {n} item ids, one per line")
@@ -427,4 +454,15 @@ def load_index(
         codes = check_packed(codes, bits, CODES)
     except IndexFormatError as e:
         raise IndexFormatError(f"{e} (in {path})") from None
-    return IndexStore(path=path, codes=codes, f7=f7, labels=labels, ids=ids, bits=bits, manifest=manifest)
+    if pool_index is not None and len(pool_index) != n:
+        raise ConfigError(f"pool_index has {len(pool_index)} entries for an index of {n} items")
+    return IndexStore(
+        path=path,
+        codes=codes,
+        f7=f7,
+        labels=labels,
+        ids=ids,
+        pool_index=pool_index,
+        bits=bits,
+        manifest=manifest,
+    )
