@@ -1,5 +1,6 @@
 """Evaluation: retrieval metrics (pure functions) and report writers (CSV + PNG)."""
 
+from deephash.evaluation.hamming_metrics import HammingMetrics, hamming_retrieval_metrics
 from deephash.evaluation.metrics import (
     average_precision,
     average_precision_at_k,
@@ -14,9 +15,6 @@ from deephash.evaluation.metrics import (
     precision_at_k,
     precision_curve,
     precision_within_radius,
-    ranked_relevance,
-    relevance_matrix,
-    retrieval_metrics,
 )
 from deephash.evaluation.plots import (
     write_bit_balance,
@@ -26,12 +24,14 @@ from deephash.evaluation.plots import (
 )
 
 __all__ = [
+    "HammingMetrics",
     "average_precision",
     "average_precision_at_k",
     "bit_balance",
     "count_relevant",
     "empty_ball_fraction",
     "hamming_ball_precision",
+    "hamming_retrieval_metrics",
     "hamming_ranking",
     "map_at_k",
     "mean_average_precision",
@@ -39,9 +39,6 @@ __all__ = [
     "precision_at_k",
     "precision_curve",
     "precision_within_radius",
-    "ranked_relevance",
-    "relevance_matrix",
-    "retrieval_metrics",
     "write_bit_balance",
     "write_pr_curve",
     "write_precision_curves",

@@ -9,6 +9,10 @@ torchmetrics' retrieval metrics loop over queries on a flat (query id, score, ta
 too slow for 1,000 x 60,000; these are vectorised numpy. Queries are processed in row blocks of
 ``chunk`` rows (default: about 16M matrix cells per block), so integer intermediates stay bounded
 and a 1,000 x 1,000,000 evaluation fits in memory. ``rel`` may be a ``numpy.memmap``.
+
+These serve the rankings of the hierarchical and euclidean modes, and any ranking given as indices.
+The Hamming mode goes through ``deephash.evaluation.hamming_metrics``, which gets the same numbers
+straight from packed codes, without a (q, n) ranking.
 """
 
 from __future__ import annotations
@@ -23,38 +27,6 @@ _BLOCK_CELLS = 1 << 24
 
 
 # ---------------------------------------------------------------- relevance
-
-
-def relevance_matrix(query_labels: np.ndarray, ranked_labels: np.ndarray) -> np.ndarray:
-    """``rel[i, j] = ranked_labels[i, j] == query_labels[i]``.
-
-    query_labels: (q,) int; ranked_labels: (q, n) labels of each query's ranked items -> (q, n) bool.
-    """
-    query_labels = np.asarray(query_labels)
-    ranked_labels = np.asarray(ranked_labels)
-    if query_labels.ndim != 1 or ranked_labels.ndim != 2 or len(query_labels) != len(ranked_labels):
-        raise ValueError(
-            f"expected query_labels (q,) and ranked_labels (q, n), got {query_labels.shape} and {ranked_labels.shape}"
-        )
-    return ranked_labels == query_labels[:, None]
-
-
-def ranked_relevance(
-    query_labels: np.ndarray, ranking: np.ndarray, db_labels: np.ndarray, chunk: int | None = None
-) -> np.ndarray:
-    """Relevance of a ranking given as database indices, gathered in row blocks (no (q, n) label copy).
-
-    query_labels: (q,); ranking: (q, n) int64 indices into db_labels: (N,) -> (q, n) bool.
-    """
-    query_labels, ranking, db_labels = np.asarray(query_labels), np.asarray(ranking), np.asarray(db_labels)
-    if query_labels.ndim != 1 or ranking.ndim != 2 or len(query_labels) != len(ranking):
-        raise ValueError(
-            f"expected query_labels (q,) and ranking (q, n), got {query_labels.shape} and {ranking.shape}"
-        )
-    rel = np.empty(ranking.shape, dtype=bool)
-    for rows in _row_blocks(*ranking.shape, chunk):
-        np.equal(db_labels[ranking[rows]], query_labels[rows, None], out=rel[rows])
-    return rel
 
 
 def count_relevant(query_labels: np.ndarray, db_labels: np.ndarray) -> np.ndarray:
@@ -296,30 +268,6 @@ def bit_balance(codes: np.ndarray) -> np.ndarray:
     if codes.ndim != 2 or codes.shape[0] == 0:
         raise ValueError(f"expected codes of shape (n, bits) with n >= 1, got {codes.shape}")
     return codes.astype(bool).mean(axis=0, dtype=np.float64)
-
-
-# ---------------------------------------------------------------- one call
-
-
-def retrieval_metrics(
-    rel: np.ndarray,
-    n_relevant: np.ndarray | None = None,
-    ks: Sequence[int] = (1, 10, 100, 1000),
-    map_k: int | None = 1000,
-    chunk: int | None = None,
-) -> dict:
-    """The metrics reported for one retrieval mode.
-
-    rel: (q, n) bool relevance of the full ranking; n_relevant: (q,) relevant items per query in
-    the database (default rel.sum(1)). Returns ``{"mAP": float, "mAP@<map_k>": float,
-    "precision@k": {"1": float, ...}}``. Every value is a plain mean over queries, so results of
-    query blocks combine exactly by a mean weighted by block size.
-    """
-    out: dict = {"mAP": mean_average_precision(rel, n_relevant, chunk)}
-    if map_k is not None:
-        out[f"mAP@{int(map_k)}"] = map_at_k(rel, map_k, chunk)
-    out["precision@k"] = {str(k): p for k, p in precision_at_k(rel, ks, chunk).items()}
-    return out
 
 
 # ---------------------------------------------------------------- checks
