@@ -22,13 +22,12 @@ from typing import Any
 
 import numpy as np
 
+from deephash.evaluation.hamming_metrics import hamming_retrieval_metrics
 from deephash.evaluation.metrics import (
     average_precision,
     average_precision_at_k,
     count_relevant,
-    pr_curve_hamming,
     precision_curve,
-    precision_within_radius,
 )
 from deephash.retrieval.codes import hamming_distance_matrix
 from deephash.retrieval.search import HammingIndex, euclidean_search, hierarchical_search
@@ -95,18 +94,29 @@ def evaluate_retrieval(
         if mode == "hamming_radius":
             report.metrics[mode] = _radius_mode(database, queries, bits, radius, index)
             continue
+        if mode == "hamming":
+            found = hamming_retrieval_metrics(
+                queries.codes,
+                database.codes,
+                queries.labels,
+                database.labels,
+                bits,
+                ks=ks,
+                map_at=map_at,
+                radius=radius,
+                curve_ks=curve_ks,
+                top_n=top_n,
+            )
+            report.metrics[mode] = found.metrics | _time_mode(
+                mode, database, queries, bits, kmax, index, radius, min_pool, max_pool, pool_size
+            )
+            report.curves[mode], report.pr, report.top[mode] = found.curve, found.pr, found.top
+            continue
         sums = _Accumulator(len(ks), len(curve_ks))
-        pr_sums: dict = {"n": 0}
         tops = []
         for rows in _query_blocks(len(queries.labels), n):
-            q = queries.take(rows, f7=mode != "hamming")
-            if mode == "hamming":
-                dist = hamming_distance_matrix(q.codes, database.codes)
-                ranking = _stable_ranking(dist)
-                relevant = database.labels[None, :] == q.labels[:, None]
-                sums.add_radius(precision_within_radius(dist, relevant, radius) * len(q.labels))
-                pr_sums = _merge_pr(pr_sums, pr_curve_hamming(dist, relevant, bits), len(q.labels))
-            elif mode == "hierarchical":
+            q = queries.take(rows)
+            if mode == "hierarchical":
                 dist = hamming_distance_matrix(q.codes, database.codes)
                 pool = hierarchical_search(
                     index, database.f7, q.codes, q.f7, pool_cap, radius, min_pool, max_pool, pool_size
@@ -118,10 +128,6 @@ def evaluate_retrieval(
             sums.add(rel, n_relevant[rows], ks, map_at, curve_ks)
             tops.append(ranking[:, :top_n])
         result = sums.result(ks, map_at)
-        if mode == "hamming":
-            result["precision@r2" if radius == 2 else f"precision@r{radius}"] = sums.radius_mean()
-            report.pr = {"radius": np.arange(bits + 1)}
-            report.pr.update({key: pr_sums[key] / pr_sums["n"] for key in ("precision", "recall")})
         result.update(
             _time_mode(mode, database, queries, bits, kmax, index, radius, min_pool, max_pool, pool_size)
         )
@@ -193,7 +199,6 @@ class _Accumulator:
         self.ap_at = 0.0
         self.p_at = np.zeros(n_ks)
         self.p_curve = np.zeros(n_curve)
-        self.radius = 0.0
 
     def add(self, rel, n_relevant, ks, map_at, curve_ks) -> None:
         b = len(rel)
@@ -202,9 +207,6 @@ class _Accumulator:
         self.ap_at += float(average_precision_at_k(rel, map_at).sum())
         self.p_at += precision_curve(rel, ks) * b
         self.p_curve += precision_curve(rel, curve_ks) * b
-
-    def add_radius(self, weighted: float) -> None:
-        self.radius += weighted
 
     def result(self, ks, map_at) -> dict:
         return {
@@ -215,16 +217,6 @@ class _Accumulator:
 
     def curve(self) -> np.ndarray:
         return self.p_curve / self.count
-
-    def radius_mean(self) -> float:
-        return self.radius / self.count
-
-
-def _merge_pr(acc: dict, pr: dict, weight: int) -> dict:
-    out = {"n": acc.get("n", 0) + weight}
-    for key in ("precision", "recall"):
-        out[key] = acc.get(key, 0) + np.asarray(pr[key]) * weight
-    return out
 
 
 # ---------------------------------------------------------------- per-mode extras
