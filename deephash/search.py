@@ -17,12 +17,10 @@ from deephash.cli import exit_on_user_error
 from deephash.data.query import preprocess_queries
 from deephash.models.module import load_hash_module
 from deephash.retrieval.codes import hamming_distance_matrix, pack_codes
-from deephash.retrieval.search import euclidean_search, exact_l2, hierarchical_search
+from deephash.retrieval.search import MODES, PoolRule, euclidean_search, exact_l2, hierarchical_search
 from deephash.retrieval.store import IndexStore, load_index, sha256_file
-from deephash.retrieval.sublinear import build_hamming_index
+from deephash.retrieval.sublinear import METHODS, build_hamming_index
 from deephash.utils.errors import ConfigError, IndexFormatError
-
-MODES = ("hamming", "hamming_radius", "hierarchical", "euclidean")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -38,7 +36,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--pool-size", type=int, default=1000, help="hierarchical: nearest codes used otherwise")
     p.add_argument(
         "--coarse",
-        choices=("flat", "multihash", "hash"),
+        choices=METHODS,
         default="flat",
         help="coarse Hamming index: flat (exact, default) or FAISS multi-index hashing (sub-linear, for many millions)",
     )
@@ -54,13 +52,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def search(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Check the index against the checkpoint, encode the images, search, and describe each result."""
     module = load_hash_module(args.ckpt, map_location=args.device)
-    store = load_index(args.index, expect_bits=module.bits, expect_feature_dim=module.net.f7_dim)
-    expected_sha = store.manifest.get("checkpoint_sha256")
-    if expected_sha and sha256_file(args.ckpt) != expected_sha:
-        raise IndexFormatError(
-            f"index {args.index} was built from {store.manifest.get('checkpoint')}, not {args.ckpt}: "
-            f"its codes are not comparable; rebuild it with deephash-index build ckpt_path={args.ckpt}"
-        )
+    store = load_index(
+        args.index,
+        expect_bits=module.bits,
+        expect_feature_dim=module.net.f7_dim,
+        expect_checkpoint_sha256=sha256_file(args.ckpt),
+    )
     spec = store.manifest.get("meta", {}).get("preprocess")
     if spec is None:
         raise IndexFormatError(
@@ -97,17 +94,13 @@ def _run(
         return [idx[: args.k] for _, idx in index.range_search(query_codes, args.radius)]
     if args.mode == "euclidean":
         return list(euclidean_search(store.f7, query_f7, k)[1])
-    result = hierarchical_search(
-        index,
-        store.f7,
-        query_codes,
-        query_f7,
-        k,
-        args.radius,
-        min(args.min_pool, args.pool_size),
-        max(args.max_pool, args.pool_size),
-        args.pool_size,
+    pool = PoolRule(
+        radius=args.radius,
+        min_pool=min(args.min_pool, args.pool_size),
+        max_pool=max(args.max_pool, args.pool_size),
+        pool_size=args.pool_size,
     )
+    result = hierarchical_search(index, store.f7, query_codes, query_f7, k, pool)
     return [row[row >= 0] for row in result.idx]
 
 

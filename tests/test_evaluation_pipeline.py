@@ -7,7 +7,7 @@ import pytest
 
 from deephash.evaluation.pipeline import default_curve_ks, evaluate_retrieval
 from deephash.retrieval.codes import pack_codes
-from deephash.retrieval.search import HammingIndex, hierarchical_search
+from deephash.retrieval.search import HammingIndex, PoolRule, hierarchical_search
 from deephash.retrieval.store import EncodedItems
 
 
@@ -64,9 +64,7 @@ def _check(result: dict, expected: dict) -> None:
 def test_every_mode_matches_brute_force(seed: int) -> None:
     db, queries, bits = _data(seed)
     ks, map_at, radius = (1, 5, 10, 50), 50, 2
-    report = evaluate_retrieval(
-        db, queries, bits, ks=ks, map_at=map_at, radius=radius, min_pool=20, max_pool=120, pool_size=60
-    )
+    report = evaluate_retrieval(db, queries, bits, ks=ks, map_at=map_at, pool=PoolRule(radius, 20, 120, 60))
     dbits, qbits = _unpacked(db.codes, bits), _unpacked(queries.codes, bits)
     ham = (qbits[:, None, :] != dbits[None, :, :]).sum(-1)
     f32_db, f32_q = db.f7.astype(np.float64), queries.f7.astype(np.float64)
@@ -105,11 +103,9 @@ def test_every_mode_matches_brute_force(seed: int) -> None:
 
 def test_hierarchical_top_k_equals_search_result() -> None:
     db, queries, bits = _data(3)
-    report = evaluate_retrieval(
-        db, queries, bits, modes=["hierarchical"], min_pool=20, max_pool=120, pool_size=60
-    )
+    report = evaluate_retrieval(db, queries, bits, modes=["hierarchical"], pool=PoolRule(2, 20, 120, 60))
     index = HammingIndex(db.codes, bits)
-    found = hierarchical_search(index, db.f7, queries.codes, queries.f7, 10, 2, 20, 120, 60).idx
+    found = hierarchical_search(index, db.f7, queries.codes, queries.f7, 10, PoolRule(2, 20, 120, 60)).idx
     assert np.array_equal(report.top["hierarchical"], found)
 
 
@@ -155,7 +151,7 @@ def test_multihash_coarse_stage_gives_the_same_hierarchical_results_within_its_e
     f7 = rng.normal(size=(n, 8)).astype(np.float16)
     db = EncodedItems(codes=codes, f7=f7, labels=labels)
     queries = EncodedItems(codes=codes[:20], f7=f7[:20], labels=labels[:20])
-    kwargs = dict(modes=["hierarchical"], radius=2, min_pool=1, max_pool=n, pool_size=50)
+    kwargs = dict(modes=["hierarchical"], pool=PoolRule(radius=2, min_pool=1, max_pool=n, pool_size=50))
     flat = evaluate_retrieval(db, queries, bits, **kwargs)
     multi = build_hamming_index(codes, bits, method="multihash", nhash=3, b=16, nflip=1)  # exact to radius 5
     hashed = evaluate_retrieval(db, queries, bits, index=multi, **kwargs)

@@ -16,7 +16,7 @@ from deephash.retrieval import store as store_mod
 from deephash.retrieval.codes import pack_codes
 from deephash.retrieval.encode import _RowWriter
 from deephash.retrieval.features import F7File, NpyRowWriter, create_npy, release_pages
-from deephash.retrieval.search import HammingIndex, euclidean_search, hierarchical_search
+from deephash.retrieval.search import HammingIndex, PoolRule, euclidean_search, hierarchical_search
 from deephash.retrieval.store import IndexWriter, load_index, save_index
 from deephash.utils.errors import ConfigError, IndexFormatError
 
@@ -181,10 +181,10 @@ def test_hierarchical_through_the_reader_equals_in_ram(search_data, pools, monke
     db_codes, q_codes, db_f7, q_f7, path = search_data
     monkeypatch.setattr(features_mod, "_BLOCK_BYTES", 1000)
     index = HammingIndex(db_codes, 24)
-    ram = hierarchical_search(index, db_f7, q_codes, q_f7, 25, **pools)
+    ram = hierarchical_search(index, db_f7, q_codes, q_f7, 25, PoolRule(**pools))
     with F7File(path) as f:
-        on_disk = hierarchical_search(index, f, q_codes, q_f7, 25, chunk_size=37, **pools)
-    mapped = hierarchical_search(index, np.load(path, mmap_mode="r"), q_codes, q_f7, 25, **pools)
+        on_disk = hierarchical_search(index, f, q_codes, q_f7, 25, PoolRule(**pools), chunk_size=37)
+    mapped = hierarchical_search(index, np.load(path, mmap_mode="r"), q_codes, q_f7, 25, PoolRule(**pools))
     for field in ("l2", "idx", "hamming", "pool_sizes"):
         np.testing.assert_array_equal(getattr(ram, field), getattr(on_disk, field))
         np.testing.assert_array_equal(getattr(ram, field), getattr(mapped, field))

@@ -11,10 +11,9 @@ from deephash.retrieval import search as search_mod
 from deephash.retrieval.codes import pack_codes
 from deephash.retrieval.search import (
     HammingIndex,
+    PoolRule,
     euclidean_search,
     exact_l2,
-    hamming_radius_search,
-    hamming_search,
     hierarchical_search,
     select_topk,
 )
@@ -101,15 +100,14 @@ def test_large_k_numpy_path_matches_faiss_path(monkeypatch: pytest.MonkeyPatch) 
     np.testing.assert_array_equal(got_d, exp_d)
 
 
-def test_convenience_functions_and_empty_queries() -> None:
+def test_flat_range_results_and_empty_queries() -> None:
     rng = np.random.default_rng(7)
     db, q = pack_codes(tied_codes(rng, 500, 12)), pack_codes(tied_codes(rng, 6, 12))
     index = HammingIndex(db, 12)
-    for a, b in zip(hamming_search(db, q, 12, 40), index.search(q, 40)):
-        np.testing.assert_array_equal(a, b)
-    for (ad, ai), (bd, bi) in zip(hamming_radius_search(db, q, 12, 3), index.range_search(q, 3)):
-        np.testing.assert_array_equal(ad, bd)
-        np.testing.assert_array_equal(ai, bi)
+    lims, dist, idx = index.range_search_flat(q, 3)
+    for j, (d, i) in enumerate(index.range_search(q, 3)):
+        np.testing.assert_array_equal(dist[lims[j] : lims[j + 1]], d)
+        np.testing.assert_array_equal(idx[lims[j] : lims[j + 1]], i)
     d, i = index.search(q[:0], 5)
     assert d.shape == i.shape == (0, 5)
 
@@ -250,10 +248,7 @@ def test_hierarchical_pool_rule_and_rerank(hier_data, radius, min_pool, max_pool
         pack_codes(q_bits),
         q_f7,
         k,
-        radius=radius,
-        min_pool=min_pool,
-        max_pool=max_pool,
-        pool_size=pool_size,
+        PoolRule(radius, min_pool, max_pool, pool_size),
     )
     expected = expected_hierarchical(db_bits, q_bits, db_f7, q_f7, k, radius, min_pool, max_pool, pool_size)
     n_within = (brute_distances(q_bits, db_bits) <= radius).sum(axis=1)
@@ -271,7 +266,9 @@ def test_hierarchical_pool_rule_and_rerank(hier_data, radius, min_pool, max_pool
 def test_hierarchical_short_pool_is_padded(hier_data) -> None:
     db_bits, q_bits, db_f7, q_f7 = hier_data
     index = HammingIndex(pack_codes(db_bits), 48)
-    res = hierarchical_search(index, db_f7, pack_codes(q_bits), q_f7, 50, radius=0, min_pool=1, pool_size=10)
+    res = hierarchical_search(
+        index, db_f7, pack_codes(q_bits), q_f7, 50, PoolRule(radius=0, min_pool=1, pool_size=10)
+    )
     sizes = (brute_distances(q_bits, db_bits) == 0).sum(axis=1)
     sizes = np.where(sizes < 1, 10, sizes)
     np.testing.assert_array_equal(res.pool_sizes, sizes)
@@ -289,7 +286,7 @@ def test_hierarchical_database_smaller_than_pool_size() -> None:
     q_f7 = rng.standard_normal((4, 8)).astype(np.float32)
     index = HammingIndex(pack_codes(db_bits), 16)
     q = pack_codes(q_bits)
-    res = hierarchical_search(index, db_f7, q, q_f7, 3, radius=1, min_pool=2, max_pool=60, pool_size=50)
+    res = hierarchical_search(index, db_f7, q, q_f7, 3, PoolRule(1, 2, 60, 50))
     expected = expected_hierarchical(db_bits, q_bits, db_f7, q_f7, 3, 1, 2, 60, 50)
     for j, (size, top, ham, _) in enumerate(expected):
         assert res.pool_sizes[j] == size
@@ -305,9 +302,9 @@ def test_hierarchical_whole_database_pool_equals_euclidean(hier_data, tmp_path: 
     mm[:] = db_f7
     mm.flush()
     mapped = np.load(tmp_path / "f7.npy", mmap_mode="r")
-    kwargs = dict(radius=48, min_pool=1, max_pool=len(db_bits), pool_size=1)
-    res = hierarchical_search(index, db_f7, pack_codes(q_bits), q_f7, 30, **kwargs)
-    res_mm = hierarchical_search(index, mapped, pack_codes(q_bits), q_f7, 30, chunk_size=100, **kwargs)
+    pool = PoolRule(radius=48, min_pool=1, max_pool=len(db_bits), pool_size=1)
+    res = hierarchical_search(index, db_f7, pack_codes(q_bits), q_f7, 30, pool)
+    res_mm = hierarchical_search(index, mapped, pack_codes(q_bits), q_f7, 30, pool, chunk_size=100)
     for field in ("l2", "idx", "hamming", "pool_sizes"):
         np.testing.assert_array_equal(getattr(res, field), getattr(res_mm, field))
     assert (res.pool_sizes == len(db_bits)).all()
@@ -321,8 +318,22 @@ def test_hierarchical_bad_arguments(hier_data) -> None:
     index = HammingIndex(pack_codes(db_bits), 48)
     q = pack_codes(q_bits)
     with pytest.raises(ConfigError, match="min_pool <= pool_size <= max_pool"):
-        hierarchical_search(index, db_f7, q, q_f7, 10, min_pool=100, pool_size=50)
+        hierarchical_search(index, db_f7, q, q_f7, 10, PoolRule(min_pool=100, pool_size=50))
     with pytest.raises(IndexFormatError, match="rows but the Hamming index holds"):
         hierarchical_search(index, db_f7[:-1], q, q_f7, 10)
     with pytest.raises(ConfigError, match="query codes but"):
         hierarchical_search(index, db_f7, q[:-1], q_f7, 10)
+
+
+def test_pool_rule_is_validated_frozen_and_resolves_defaults() -> None:
+    with pytest.raises(ConfigError, match="radius must be a non-negative integer"):
+        PoolRule(radius=-1)
+    with pytest.raises(ConfigError, match="pool_size must be a positive integer"):
+        PoolRule(pool_size=0)
+    rule = PoolRule(radius=1)
+    with pytest.raises(AttributeError):
+        rule.radius = 3  # type: ignore[misc]
+    # min_pool defaults to k, pool_size to max(min_pool, 1000), max_pool to max(10000, pool_size)
+    assert rule.limits(20) == (20, 10_000, 1000)
+    assert rule.limits(5000) == (5000, 10_000, 5000)
+    assert rule.resolved(20) == PoolRule(1, 20, 10_000, 1000)

@@ -8,7 +8,7 @@ import pytest
 from deephash.benchmarks.sublinear import recall_at
 from deephash.retrieval import sublinear
 from deephash.retrieval.codes import pack_codes
-from deephash.retrieval.search import HammingIndex, hierarchical_search
+from deephash.retrieval.search import HammingIndex, PoolRule, hierarchical_search
 from deephash.retrieval.sublinear import BinaryHashIndex, MultiHashIndex, build_hamming_index
 from deephash.utils.errors import ConfigError, IndexFormatError
 
@@ -172,9 +172,9 @@ def test_hierarchical_search_accepts_multihash() -> None:
     f7 = rng.standard_normal((2000, 16)).astype(np.float16)
     query_f7 = rng.standard_normal((20, 16)).astype(np.float32)
     index = MultiHashIndex(db, 48, nflip=1)
-    limits = {"radius": index.exact_radius, "min_pool": 1, "max_pool": 2000, "pool_size": 30}
-    exact = hierarchical_search(HammingIndex(db, 48), f7, queries, query_f7, 10, **limits)
-    got = hierarchical_search(index, f7, queries, query_f7, 10, **limits)
+    limits = PoolRule(radius=index.exact_radius, min_pool=1, max_pool=2000, pool_size=30)
+    exact = hierarchical_search(HammingIndex(db, 48), f7, queries, query_f7, 10, limits)
+    got = hierarchical_search(index, f7, queries, query_f7, 10, limits)
     assert (exact.pool_sizes > 30).any()  # some pools need the range search
     for name in ("idx", "l2", "hamming", "pool_sizes"):
         np.testing.assert_array_equal(getattr(got, name), getattr(exact, name))

@@ -170,7 +170,7 @@ def _op_build(spec: dict[str, Any]) -> dict[str, Any]:
 
 def _op_hierarchical(spec: dict[str, Any]) -> dict[str, Any]:
     """``load_index`` and one batch of hierarchical queries."""
-    from deephash.retrieval.search import hierarchical_search
+    from deephash.retrieval.search import PoolRule, hierarchical_search
     from deephash.retrieval.store import load_index
 
     with limit_threads(spec["threads"])[1]:
@@ -186,8 +186,7 @@ def _op_hierarchical(spec: dict[str, Any]) -> dict[str, Any]:
             queries,
             query_f7,
             spec["k"],
-            radius=spec["radius"],
-            pool_size=spec["pool_size"],
+            PoolRule(radius=spec["radius"], pool_size=spec["pool_size"]),
         )
         search_s = time.perf_counter() - search_start
         return {

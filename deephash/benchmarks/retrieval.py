@@ -37,7 +37,7 @@ from deephash.benchmarks.common import (
 )
 from deephash.cli import exit_on_user_error
 from deephash.retrieval.codes import pad_codes
-from deephash.retrieval.search import HammingIndex, euclidean_search, hierarchical_search
+from deephash.retrieval.search import HammingIndex, PoolRule, euclidean_search, hierarchical_search
 
 PAPER_HAMMING_OVER_L2 = 971.3  # section 4: 109.767 ms (4096-d L2) / 0.113 ms (128-bit Hamming)
 _WRITE_ROWS = 65536
@@ -106,7 +106,7 @@ def bench_hierarchical(
     repeat: int,
 ) -> dict[str, Any]:
     """Hierarchical search with the default pool limits (random codes mostly take the fallback pool)."""
-    run = partial(hierarchical_search, index, db_f7, queries, query_f7, k, radius=radius)
+    run = partial(hierarchical_search, index, db_f7, queries, query_f7, k, PoolRule(radius=radius))
     best = best_of({"hierarchical": run}, repeat)["hierarchical"]
     return {
         "k": k,

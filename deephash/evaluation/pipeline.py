@@ -30,11 +30,19 @@ from deephash.evaluation.metrics import (
     precision_curve,
 )
 from deephash.retrieval.codes import hamming_distance_matrix
-from deephash.retrieval.search import HammingIndex, euclidean_search, hierarchical_search
+from deephash.retrieval.search import (
+    MODES,
+    HammingIndex,
+    HammingSearch,
+    PoolRule,
+    euclidean_search,
+    hierarchical_search,
+)
 from deephash.retrieval.store import EncodedItems
 from deephash.utils.errors import ConfigError
 
-MODES = ("hamming", "hamming_radius", "hierarchical", "euclidean")
+# the pool rule of conf/retrieval's defaults
+EVAL_POOL = PoolRule(radius=2, min_pool=100, max_pool=10_000, pool_size=1000)
 _BLOCK_CELLS = 1 << 24  # query x database cells per block (~16M: 64 MB of int32 distances)
 
 
@@ -64,15 +72,15 @@ def evaluate_retrieval(
     modes: Sequence[str] = MODES,
     ks: Sequence[int] = (1, 10, 100, 1000),
     map_at: int = 1000,
-    radius: int = 2,
-    min_pool: int = 100,
-    max_pool: int = 10_000,
-    pool_size: int = 1000,
+    pool: PoolRule = EVAL_POOL,
     top_n: int = 10,
     curve_ks: np.ndarray | None = None,
-    index: HammingIndex | None = None,
+    index: HammingSearch | None = None,
 ) -> RetrievalReport:
-    """Metrics of every requested mode (see the module docstring) for ``queries`` against ``database``."""
+    """Metrics of every requested mode (see the module docstring) for ``queries`` against ``database``.
+
+    ``pool``: the hierarchical pool rule (its defaults resolved for k = max(ks)); its radius is also
+    that of ``hamming_radius`` and of precision@r."""
     unknown = [m for m in modes if m not in MODES]
     if unknown:
         raise ConfigError(f"unknown retrieval mode(s) {unknown}; expected any of: {', '.join(MODES)}")
@@ -86,13 +94,15 @@ def evaluate_retrieval(
     report = RetrievalReport(curve_ks=curve_ks)
     n_relevant = count_relevant(queries.labels, database.labels)
     kmax = max(ks)
+    pool = pool.resolved(kmax)
+    radius = pool.radius
     # the pool is never larger than this (a radius pool <= max_pool, else the pool_size nearest codes),
     # so a hierarchical search with k = pool_cap returns each query's whole pool, re-ranked
-    pool_cap = max(max_pool, pool_size)
+    pool_cap = max(pool.max_pool, pool.pool_size)
 
     for mode in modes:
         if mode == "hamming_radius":
-            report.metrics[mode] = _radius_mode(database, queries, bits, radius, index)
+            report.metrics[mode] = _radius_mode(database, queries, radius, index)
             continue
         if mode == "hamming":
             found = hamming_retrieval_metrics(
@@ -107,9 +117,7 @@ def evaluate_retrieval(
                 curve_ks=curve_ks,
                 top_n=top_n,
             )
-            report.metrics[mode] = found.metrics | _time_mode(
-                mode, database, queries, bits, kmax, index, radius, min_pool, max_pool, pool_size
-            )
+            report.metrics[mode] = found.metrics | _time_mode(mode, database, queries, kmax, index, pool)
             report.curves[mode], report.pr, report.top[mode] = found.curve, found.pr, found.top
             continue
         sums = _Accumulator(len(ks), len(curve_ks))
@@ -118,19 +126,15 @@ def evaluate_retrieval(
             q = queries.take(rows)
             if mode == "hierarchical":
                 dist = hamming_distance_matrix(q.codes, database.codes)
-                pool = hierarchical_search(
-                    index, database.f7, q.codes, q.f7, pool_cap, radius, min_pool, max_pool, pool_size
-                ).idx
-                ranking = _pool_first(pool, _stable_ranking(dist))
+                pooled = hierarchical_search(index, database.f7, q.codes, q.f7, pool_cap, pool).idx
+                ranking = _pool_first(pooled, _stable_ranking(dist))
             else:  # euclidean
                 ranking = _stable_ranking(_l2_block(q.f7, database.f7))
             rel = database.labels[ranking] == q.labels[:, None]
             sums.add(rel, n_relevant[rows], ks, map_at, curve_ks)
             tops.append(ranking[:, :top_n])
         result = sums.result(ks, map_at)
-        result.update(
-            _time_mode(mode, database, queries, bits, kmax, index, radius, min_pool, max_pool, pool_size)
-        )
+        result.update(_time_mode(mode, database, queries, kmax, index, pool))
         report.metrics[mode] = result
         report.curves[mode] = sums.curve()
         report.top[mode] = np.concatenate(tops)
@@ -143,11 +147,18 @@ def settings(retrieval: Mapping[str, Any]) -> dict[str, Any]:
         "modes": list(retrieval["modes"]),
         "ks": [int(k) for k in retrieval["ks"]],
         "map_at": int(retrieval["map_at"]),
-        "radius": int(retrieval["radius"]),
-        "min_pool": int(retrieval["min_pool"]),
-        "max_pool": int(retrieval["max_pool"]),
-        "pool_size": int(retrieval["pool_size"]),
+        "pool": pool_rule(retrieval),
     }
+
+
+def pool_rule(retrieval: Mapping[str, Any]) -> PoolRule:
+    """The hierarchical pool rule of a ``retrieval`` config (conf/retrieval)."""
+    return PoolRule(
+        radius=int(retrieval["radius"]),
+        min_pool=int(retrieval["min_pool"]),
+        max_pool=int(retrieval["max_pool"]),
+        pool_size=int(retrieval["pool_size"]),
+    )
 
 
 # ---------------------------------------------------------------- rankings
@@ -222,9 +233,7 @@ class _Accumulator:
 # ---------------------------------------------------------------- per-mode extras
 
 
-def _radius_mode(
-    database: EncodedItems, queries: EncodedItems, bits: int, radius: int, index: HammingIndex
-) -> dict:
+def _radius_mode(database: EncodedItems, queries: EncodedItems, radius: int, index: HammingSearch) -> dict:
     """Hamming-ball retrieval: everything within ``radius`` (inclusive), unordered."""
     start = time.perf_counter()
     results = index.range_search(queries.codes, radius)
@@ -246,16 +255,16 @@ def _radius_mode(
     }
 
 
-def _time_mode(mode, database, queries, bits, k, index, radius, min_pool, max_pool, pool_size) -> dict:
+def _time_mode(
+    mode: str, database: EncodedItems, queries: EncodedItems, k: int, index: HammingSearch, pool: PoolRule
+) -> dict:
     """Wall time of the top-k search this mode offers, over all queries."""
     k = min(k, len(database.labels))
     start = time.perf_counter()
     if mode == "hamming":
         index.search(queries.codes, k)
     elif mode == "hierarchical":
-        hierarchical_search(
-            index, database.f7, queries.codes, queries.f7, k, radius, min_pool, max_pool, pool_size
-        )
+        hierarchical_search(index, database.f7, queries.codes, queries.f7, k, pool)
     else:
         euclidean_search(database.f7, queries.f7, k)
     seconds = max(time.perf_counter() - start, 1e-9)
@@ -263,4 +272,4 @@ def _time_mode(mode, database, queries, bits, k, index, radius, min_pool, max_po
     return {"queries_per_second": q / seconds, "ms_per_query": 1000 * seconds / q}
 
 
-__all__ = ["MODES", "RetrievalReport", "default_curve_ks", "evaluate_retrieval", "settings"]
+__all__ = ["MODES", "RetrievalReport", "default_curve_ks", "evaluate_retrieval", "pool_rule", "settings"]

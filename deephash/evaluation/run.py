@@ -15,7 +15,7 @@ import numpy as np
 import pytorch_lightning as pl
 from omegaconf import DictConfig
 
-from deephash.evaluation.pipeline import RetrievalReport, evaluate_retrieval, settings
+from deephash.evaluation.pipeline import RetrievalReport, evaluate_retrieval, pool_rule, settings
 from deephash.evaluation.plots import (
     write_bit_balance,
     write_pr_curve,
@@ -109,7 +109,7 @@ def validation_retrieval(database: IndexStore, val_index: np.ndarray, rcfg: Dict
         modes=["hamming"],
         ks=[k for k in rcfg.ks if k <= rest.size] or [1],
         map_at=int(rcfg.map_at),
-        radius=int(rcfg.radius),
+        pool=pool_rule(rcfg),
     )
     result = report.metrics["hamming"]
     return {

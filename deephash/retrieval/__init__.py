@@ -13,16 +13,23 @@ from deephash.retrieval.codes import (
 )
 from deephash.retrieval.search import (
     HammingIndex,
+    HammingSearch,
     HierarchicalResult,
+    PoolRule,
     euclidean_search,
     exact_l2,
-    hamming_radius_search,
-    hamming_search,
     hierarchical_search,
     l2_distances,
     select_topk,
 )
-from deephash.retrieval.store import IndexStore, IndexWriter, load_index, save_index, sha256_file
+from deephash.retrieval.store import (
+    EncodedItems,
+    IndexStore,
+    IndexWriter,
+    load_index,
+    save_index,
+    sha256_file,
+)
 
 __all__ = [
     "FAST_CODE_BYTES",
@@ -38,11 +45,12 @@ __all__ = [
     "HierarchicalResult",
     "euclidean_search",
     "exact_l2",
-    "hamming_radius_search",
-    "hamming_search",
+    "HammingSearch",
+    "PoolRule",
     "hierarchical_search",
     "l2_distances",
     "select_topk",
+    "EncodedItems",
     "IndexStore",
     "IndexWriter",
     "load_index",

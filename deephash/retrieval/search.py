@@ -18,6 +18,7 @@ which copies the rows asked for to float32 and never leaves more than those rows
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import faiss
 import numpy as np
@@ -33,6 +34,7 @@ from deephash.retrieval.codes import (
 from deephash.retrieval.features import F7File, release_pages
 from deephash.utils.errors import ConfigError, IndexFormatError
 
+MODES = ("hamming", "hamming_radius", "hierarchical", "euclidean")  # the search modes, everywhere
 # Ids buffer of FAISS's counting k-NN: (query batch) x (bits + 1 buckets) x k int64 ids.
 _COUNTING_BUDGET_BYTES = 256 << 20
 _RANGE_QUERY_BATCH = 256
@@ -158,28 +160,47 @@ class HammingIndex:
         query_packed: (q, ceil(bits / 8)) uint8 -> per query ``(dist (m,) int32, idx (m,) int64)``,
         ordered by (distance, index).
         """
-        queries = self._queries(query_packed)
-        if int(radius) != radius or radius < 0:
-            raise ConfigError(f"radius must be a non-negative integer, got {radius}")
-        results: list[tuple[np.ndarray, np.ndarray]] = []
-        for q0 in range(0, len(queries), _RANGE_QUERY_BATCH):
-            lims, dist, idx = self._range_sorted(queries[q0 : q0 + _RANGE_QUERY_BATCH], radius)
-            results.extend((dist[a:b], idx[a:b]) for a, b in zip(lims[:-1], lims[1:]))
-        return results
+        return split_ranges(self, query_packed, radius)
+
+    def range_search_flat(self, query_packed: np.ndarray, radius: int) -> tuple[np.ndarray, ...]:
+        """``range_search`` as flat arrays: (lims (q + 1,) int64, dist int32, idx int64), the results of
+        query i at ``lims[i]:lims[i + 1]``, ordered by (query, distance, index)."""
+        return self._range_sorted(self._queries(query_packed), _check_radius(radius))
 
 
-def hamming_search(
-    db_packed: np.ndarray, query_packed: np.ndarray, bits: int, k: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """One-off ``HammingIndex(db_packed, bits).search(query_packed, k)``."""
-    return HammingIndex(db_packed, bits).search(query_packed, k)
+class HammingSearch(Protocol):
+    """What a Hamming index offers search and evaluation: the exact ``HammingIndex`` and the sub-linear
+    ``MultiHashIndex``/``BinaryHashIndex`` (``deephash.retrieval.sublinear``). Queries are packed codes
+    (q, ceil(bits / 8)) uint8; results are ordered by (distance, index)."""
+
+    bits: int
+    code_bytes: int
+
+    @property
+    def ntotal(self) -> int: ...
+
+    def search(self, query_packed: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]: ...
+
+    def range_search(self, query_packed: np.ndarray, radius: int) -> list[tuple[np.ndarray, np.ndarray]]: ...
+
+    def range_search_flat(self, query_packed: np.ndarray, radius: int) -> tuple[np.ndarray, ...]: ...
 
 
-def hamming_radius_search(
-    db_packed: np.ndarray, query_packed: np.ndarray, bits: int, radius: int
+def _check_radius(radius: int) -> int:
+    if isinstance(radius, bool) or int(radius) != radius or radius < 0:
+        raise ConfigError(f"radius must be a non-negative integer, got {radius}")
+    return int(radius)
+
+
+def split_ranges(
+    index: HammingSearch, query_packed: np.ndarray, radius: int
 ) -> list[tuple[np.ndarray, np.ndarray]]:
-    """One-off ``HammingIndex(db_packed, bits).range_search(query_packed, radius)``."""
-    return HammingIndex(db_packed, bits).range_search(query_packed, radius)
+    """``index.range_search_flat`` in query batches, split into one ``(dist, idx)`` pair per query."""
+    results: list[tuple[np.ndarray, np.ndarray]] = []
+    for q0 in range(0, len(query_packed), _RANGE_QUERY_BATCH):
+        lims, dist, idx = index.range_search_flat(query_packed[q0 : q0 + _RANGE_QUERY_BATCH], radius)
+        results.extend((dist[a:b], idx[a:b]) for a, b in zip(lims[:-1], lims[1:]))
+    return results
 
 
 def l2_distances(
@@ -306,51 +327,69 @@ class HierarchicalResult:
     pool_sizes: np.ndarray
 
 
-def _pool_limits(
-    k: int, min_pool: int | None, max_pool: int | None, pool_size: int | None
-) -> tuple[int, int, int]:
-    min_pool = k if min_pool is None else _check_k(min_pool, "min_pool")
-    pool_size = max(min_pool, 1000) if pool_size is None else _check_k(pool_size, "pool_size")
-    max_pool = max(10_000, pool_size) if max_pool is None else _check_k(max_pool, "max_pool")
-    if not min_pool <= pool_size <= max_pool:
-        raise ConfigError(
-            f"hierarchical search needs min_pool <= pool_size <= max_pool, got {min_pool}, {pool_size}, {max_pool}"
-        )
-    return min_pool, max_pool, pool_size
+@dataclass(frozen=True)
+class PoolRule:
+    """How hierarchical search forms each query's coarse pool (paper section 3.2), per query:
 
-
-def hierarchical_search(
-    index: HammingIndex,
-    db_f7: np.ndarray | F7File,
-    query_packed: np.ndarray,
-    query_f7: np.ndarray,
-    k: int,
-    radius: int = 2,
-    min_pool: int | None = None,
-    max_pool: int | None = None,
-    pool_size: int | None = None,
-    chunk_size: int = 65536,
-) -> HierarchicalResult:
-    """Coarse-to-fine search (paper section 3.2): a Hamming candidate pool re-ranked by L2 on F7.
-
-    index: Hamming index over the n database codes; db_f7: (n, d) float16/float32 array, memmap or
-    ``F7File``;
-    query_packed: (q, ceil(bits / 8)) uint8; query_f7: (q, d).
-
-    Pool rule, per query:
       1. the pool is every item within Hamming distance ``radius`` (inclusive; the paper says "lower
          than a threshold");
       2. if it holds fewer than ``min_pool`` (default k) or more than ``max_pool`` (default
          max(10000, pool_size)) items, it is replaced by the ``pool_size`` (default max(min_pool, 1000))
          nearest codes, ties by index. A too-small pool is thus always contained in its replacement.
+
+    ``radius`` is also the radius of the ``hamming_radius`` mode and of precision@r in evaluation.
+    """
+
+    radius: int = 2
+    min_pool: int | None = None
+    max_pool: int | None = None
+    pool_size: int | None = None
+
+    def __post_init__(self) -> None:
+        _check_radius(self.radius)
+        for name in ("min_pool", "max_pool", "pool_size"):
+            if getattr(self, name) is not None:
+                _check_k(getattr(self, name), name)
+
+    def limits(self, k: int) -> tuple[int, int, int]:
+        """(min_pool, max_pool, pool_size) for a top-``k`` search, defaults filled in."""
+        min_pool = k if self.min_pool is None else int(self.min_pool)
+        pool_size = max(min_pool, 1000) if self.pool_size is None else int(self.pool_size)
+        max_pool = max(10_000, pool_size) if self.max_pool is None else int(self.max_pool)
+        if not min_pool <= pool_size <= max_pool:
+            raise ConfigError(
+                f"hierarchical search needs min_pool <= pool_size <= max_pool, got {min_pool}, {pool_size}, {max_pool}"
+            )
+        return min_pool, max_pool, pool_size
+
+    def resolved(self, k: int) -> PoolRule:
+        """This rule with the defaults for a top-``k`` search written out, so it applies unchanged at
+        any other k."""
+        min_pool, max_pool, pool_size = self.limits(k)
+        return PoolRule(self.radius, min_pool, max_pool, pool_size)
+
+
+def hierarchical_search(
+    index: HammingSearch,
+    db_f7: np.ndarray | F7File,
+    query_packed: np.ndarray,
+    query_f7: np.ndarray,
+    k: int,
+    pool: PoolRule = PoolRule(),
+    *,
+    chunk_size: int = 65536,
+) -> HierarchicalResult:
+    """Coarse-to-fine search (paper section 3.2): a Hamming candidate pool re-ranked by L2 on F7.
+
+    index: Hamming index over the n database codes; db_f7: (n, d) float16/float32 array, memmap or
+    ``F7File``; query_packed: (q, ceil(bits / 8)) uint8; query_f7: (q, d); pool: the pool rule.
     Only the pool's F7 rows are read (in index order, ``chunk_size`` rows at a time) and ranked by
     (L2, index); the top k are returned, fewer when the pool is smaller than k.
     """
     k = _check_k(k)
-    min_pool, max_pool, pool_size = _pool_limits(k, min_pool, max_pool, pool_size)
-    if int(radius) != radius or radius < 0:
-        raise ConfigError(f"radius must be a non-negative integer, got {radius}")
-    queries = index._queries(query_packed)
+    min_pool, max_pool, pool_size = pool.limits(k)
+    radius = pool.radius
+    queries = padded_queries(query_packed, index.bits, index.code_bytes)  # validated, not padded
     query32 = _check_features(db_f7, query_f7, index.ntotal)
     if len(queries) != len(query32):
         raise ConfigError(f"got {len(queries)} query codes but {len(query32)} query F7 rows")
@@ -377,7 +416,7 @@ def hierarchical_search(
 
 
 def _coarse_pools(
-    index: HammingIndex, padded_queries: np.ndarray, radius: int, min_pool: int, max_pool: int, pool_size: int
+    index: HammingSearch, queries: np.ndarray, radius: int, min_pool: int, max_pool: int, pool_size: int
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """Each query's pool under the rule of ``hierarchical_search`` -> [(hamming (m,) int32, idx (m,) int64)].
 
@@ -385,7 +424,7 @@ def _coarse_pools(
     lies beyond ``radius`` (or it holds the whole database), every code within the radius is among
     them. Only queries with ``pool_size`` or more codes inside the radius need the range search.
     """
-    near_d, near_i = index.search(padded_queries[:, : index.code_bytes], pool_size)
+    near_d, near_i = index.search(queries, pool_size)
     pools: list[tuple[np.ndarray, np.ndarray]] = []
     unresolved = []
     for j, (dist, idx) in enumerate(zip(near_d, near_i)):
@@ -397,7 +436,7 @@ def _coarse_pools(
             pools.append((dist, idx))
             unresolved.append(j)
     if unresolved:
-        lims, dist, idx = index._range_sorted(padded_queries[unresolved], radius)
+        lims, dist, idx = index.range_search_flat(queries[unresolved], radius)
         for row, j in enumerate(unresolved):
             if lims[row + 1] - lims[row] <= max_pool:  # it holds >= pool_size >= min_pool codes
                 pools[j] = (dist[lims[row] : lims[row + 1]], idx[lims[row] : lims[row + 1]])

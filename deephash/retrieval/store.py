@@ -423,7 +423,7 @@ def load_index(
         built_from = f"checkpoint sha256 {recorded}" if recorded else "a checkpoint it does not record"
         raise IndexFormatError(
             f"index {path} was built from {built_from} but the given checkpoint has sha256 "
-            f"{expect_checkpoint_sha256}: rebuild the index"
+            f"{expect_checkpoint_sha256}: its codes are not comparable; rebuild it with deephash-index build"
         )
     if int(manifest["code_bytes"]) != code_bytes(bits):
         raise IndexFormatError(

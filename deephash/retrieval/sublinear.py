@@ -17,9 +17,9 @@ bucket holds about ``n / 2**b`` unrelated codes, so the search stays sub-linear 
 non-empty bucket costs ~80 bytes in FAISS's ``unordered_map``), so past a few million codes its cost grows
 linearly again, though with a constant far below the exhaustive scan's.
 
-Both share ``HammingIndex``'s interface (``search``, ``range_search``, ``ntotal``, ``code_bytes``,
-``bits``, ``_queries``, ``_range_sorted``), so ``hierarchical_search`` accepts them; its radius pool is
-exact whenever ``radius <= exact_radius``.
+Both implement the ``HammingSearch`` protocol of ``deephash.retrieval.search`` (``search``,
+``range_search``, ``range_search_flat``, ``ntotal``, ``code_bytes``, ``bits``), so ``hierarchical_search``
+accepts them; its radius pool is exact whenever ``radius <= exact_radius``.
 """
 
 from __future__ import annotations
@@ -32,14 +32,13 @@ import faiss
 import numpy as np
 
 from deephash.retrieval.codes import check_packed, code_bytes, pad_codes, padded_code_bytes, padded_queries
-from deephash.retrieval.search import HammingIndex
+from deephash.retrieval.search import HammingIndex, split_ranges
 from deephash.utils.errors import ConfigError
 
 METHODS = ("flat", "multihash", "hash")
 DEFAULT_SUBSTRING_BITS = 16
 MAX_SUBSTRING_BITS = 56  # FAISS reads a substring as one 8-byte word shifted by up to 7 bits
 MAX_PROBES = 1 << 20  # buckets probed per table per query: sum_{i <= nflip} C(b, i)
-_RANGE_QUERY_BATCH = 256
 _RESULT_BUDGET = 1 << 22  # candidates per k-NN query batch (~200 MB of temporaries)
 # The first batch measures the shortlist size. It is small because a skewed table (say, a constant code
 # bit) can make every shortlist the whole database; FAISS only runs batches of over 100 queries in parallel.
@@ -208,13 +207,11 @@ class MultiHashIndex:
         ordered by (distance, index). Exact (equal to ``HammingIndex.range_search``) when
         ``radius <= exact_radius``; beyond it, a subset.
         """
-        queries = self._queries(query_packed)
-        radius = _int_in(radius, "radius", 0)
-        results: list[tuple[np.ndarray, np.ndarray]] = []
-        for q0 in range(0, len(queries), _RANGE_QUERY_BATCH):
-            lims, dist, idx = self._range_sorted(queries[q0 : q0 + _RANGE_QUERY_BATCH], radius)
-            results.extend((dist[a:b], idx[a:b]) for a, b in zip(lims[:-1], lims[1:]))
-        return results
+        return split_ranges(self, query_packed, radius)
+
+    def range_search_flat(self, query_packed: np.ndarray, radius: int) -> tuple[np.ndarray, ...]:
+        """``range_search`` as flat arrays (lims, dist int32, idx int64), ordered by (query, dist, idx)."""
+        return self._range_sorted(self._queries(query_packed), _int_in(radius, "radius", 0))
 
     def _shortlists(
         self, padded_queries: np.ndarray
