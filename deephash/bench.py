@@ -19,6 +19,7 @@ COMMANDS: dict[str, str] = {
     "sublinear": "deephash.benchmarks.sublinear",
     "train": "deephash.benchmarks.train_speed",
     "scan": "deephash.benchmarks.scan",
+    "eval": "deephash.benchmarks.evaluation",
 }
 DEFAULT = "retrieval"
 USAGE = (
