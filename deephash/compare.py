@@ -1,7 +1,8 @@
 """Entry point: ``python -m deephash.compare`` / ``deephash-compare <multirun dir> [--out DIR] [--metric mAP]``.
 
-Tabulates every job of a sweep (failed ones included) into compare.md and compare.csv, draws
-map_vs_bits.png and precision_curves.png, and prints the table.
+Tabulates every job of a sweep (failed ones included) into compare.md and compare.csv, averages the
+seeds of each setting (jobs that differ in no swept override but the seed) into groups.csv, draws
+<metric>_vs_bits and precision_curves (PNG, SVG, PDF), and prints the tables.
 """
 
 from __future__ import annotations

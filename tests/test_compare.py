@@ -7,6 +7,7 @@ import io
 import json
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,14 +17,9 @@ from PIL import Image
 
 from deephash.compare import main
 from deephash.evaluation.plots import write_precision_curves
-from deephash.tracking.compare import (
-    NO_METRICS,
-    dataset_from_target,
-    find_jobs,
-    load_jobs,
-    plot_metric_vs_bits,
-    plot_precision_curves,
-)
+from deephash.tracking.compare import compare_runs, group_table
+from deephash.tracking.figures import figure_name, plot_metric_vs_bits, plot_precision_curves
+from deephash.tracking.sweep import NO_METRICS, dataset_from_target, find_jobs, load_jobs
 
 HYDRA_CONFIG = """\
 task_name: train
@@ -68,11 +64,18 @@ def metrics(bits: int, seed: int, hamming_map: float) -> dict[str, Any]:
 
 
 def write_job(
-    job: Path, bits: int, seed: int, result: dict[str, Any] | None = None, curve: bool = True
+    job: Path,
+    bits: int,
+    seed: int,
+    result: dict[str, Any] | None = None,
+    curve: bool = True,
+    overrides: Sequence[str] = (),
 ) -> None:
+    """A job folder as Hydra writes it; ``overrides`` come after ``model.bits`` and ``seed``."""
     (job / ".hydra").mkdir(parents=True)
     (job / ".hydra" / "config.yaml").write_text(HYDRA_CONFIG.format(seed=seed, bits=bits))
-    (job / ".hydra" / "overrides.yaml").write_text(f"- model.bits={bits}\n")
+    lines = [f"model.bits={bits}", f"seed={seed}", *overrides]
+    (job / ".hydra" / "overrides.yaml").write_text("".join(f"- {line}\n" for line in lines))
     if result is not None:
         (job / "metrics.json").write_text(json.dumps(result, indent=2))
     if curve and result is not None and result.get("status") == "completed":
@@ -110,17 +113,20 @@ def test_compare_writes_every_job(sweep: Path, capsys: pytest.CaptureFixture[str
     stdout = capsys.readouterr().out
     md = (out_dir / "compare.md").read_text()
     assert stdout == md
-    lines = [line for line in md.splitlines() if line.startswith("|")]
+    jobs_section = md.split("## Jobs", 1)[1].split("\n## ", 1)[0]
+    lines = [line for line in jobs_section.splitlines() if line.startswith("|")]
     assert len(lines) == 2 + 3  # header, separator, one row per job
     header = [c.strip() for c in lines[0].strip("|").split("|")]
-    assert header[:9] == [
+    assert header[:11] == [
         "job",
         "status",
         "dataset",
         "backbone",
         "method",
+        "features",
         "bits",
         "seed",
+        "overrides",
         "val_acc",
         "test_acc",
     ]
@@ -153,21 +159,23 @@ def test_compare_writes_every_job(sweep: Path, capsys: pytest.CaptureFixture[str
     else:
         assert rows[2]["error"] == NO_METRICS
 
-    for name in ("map_vs_bits.png", "precision_curves.png"):
-        with Image.open(out_dir / name) as image:
+    for name in ("map_vs_bits", "precision_curves"):
+        with Image.open(out_dir / f"{name}.png") as image:
             image.load()
             assert image.format == "PNG" and image.width > 100 and image.height > 100
+        assert (out_dir / f"{name}.pdf").read_bytes().startswith(b"%PDF")
+        assert b"<svg" in (out_dir / f"{name}.svg").read_bytes()[:2000]
 
 
 def test_out_dir_and_metric(sweep: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "report"
     assert main([str(sweep), "--out", str(out), "--metric", "precision@10"]) == 0
-    assert sorted(p.name for p in out.iterdir()) == [
-        "compare.csv",
-        "compare.md",
-        "map_vs_bits.png",
-        "precision_curves.png",
+    figures = [
+        f"{stem}.{ext}"
+        for stem in ("precision_at_10_vs_bits", "precision_curves")
+        for ext in ("pdf", "png", "svg")
     ]
+    assert sorted(p.name for p in out.iterdir()) == ["compare.csv", "compare.md", "groups.csv", *figures]
     assert not (sweep / "compare").exists()
     capsys.readouterr()
     with pytest.raises(SystemExit) as exit_info:
@@ -225,6 +233,12 @@ def test_seeds_are_averaged_per_bit_count(tmp_path: Path) -> None:
     assert lines["hamming"].get_xdata().tolist() == [16, 32, 64]
     np.testing.assert_allclose(np.asarray(lines["hamming"].get_ydata(), float), [0.75, 0.925, 0.97])
     np.testing.assert_allclose(np.asarray(lines["hierarchical"].get_ydata(), float), [0.77, 0.945, 0.99])
+    # error bars: the sample standard deviation over the seeds, none for the single seed at 64 bits
+    (bars,) = [c for c in ax.containers if c.get_label() == "hamming"][0].lines[2]
+    half_heights = [(seg[1][1] - seg[0][1]) / 2 for seg in bars.get_segments()]
+    np.testing.assert_allclose(half_heights, [np.std([0.7, 0.8], ddof=1), np.std([0.9, 0.95], ddof=1), 0.0])
+    assert ax.get_xscale() == "log" and ax.get_title() == "mAP vs code length, digits"
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["16", "32", "64"]
 
     fig = plot_precision_curves(jobs)
     assert [ax.get_title() for ax in fig.axes] == ["hamming", "euclidean"]
@@ -265,3 +279,97 @@ def test_markdown_escapes_pipes(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert "bad \\| value" in md
     rows = list(csv.DictReader(io.StringIO((tmp_path / "compare" / "compare.csv").read_text())))
     assert rows[0]["error"] == "bad | value"
+
+
+def read_groups(out_dir: Path) -> list[dict[str, str]]:
+    with (out_dir / "groups.csv").open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_sweeps_that_differ_in_one_override_are_not_averaged(tmp_path: Path) -> None:
+    """Two learning rates at the same seeds: two lines, two groups, each the mean of its own seeds only."""
+    root = tmp_path / "sweep"
+    values = {("0.01", 1): 0.5, ("0.01", 2): 0.6, ("0.001", 1): 0.8, ("0.001", 2): 0.9}
+    for i, ((lr, seed), m) in enumerate(values.items()):
+        write_job(root / str(i), 32, seed, metrics(32, seed, m), overrides=[f"model.optimizer.lr={lr}"])
+    jobs = load_jobs(root)
+    ax = plot_metric_vs_bits(jobs).axes[0]
+    means = {c.get_label(): float(c.lines[0].get_ydata()[0]) for c in ax.containers}
+    assert means["model.optimizer.lr=0.01 hamming"] == pytest.approx(0.55)
+    assert means["model.optimizer.lr=0.001 hamming"] == pytest.approx(0.85)
+    assert len(means) == 2 * 3  # two settings, three modes
+
+    comparison = compare_runs(root)
+    rows = [r for r in read_groups(comparison.files["groups"].parent) if r["mode"] == "hamming"]
+    assert [(r["overrides"], r["seeds"]) for r in rows] == [
+        ("model.optimizer.lr=0.001", "2"),
+        ("model.optimizer.lr=0.01", "2"),
+    ]
+    assert float(rows[0]["mAP mean"]) == pytest.approx(0.85)
+    assert float(rows[0]["mAP std"]) == pytest.approx(np.std([0.8, 0.9], ddof=1))
+    assert "| 0.8500 ± 0.0707 |" in comparison.markdown
+    with (root / "compare" / "compare.csv").open(newline="") as f:
+        assert [r["overrides"] for r in csv.DictReader(f)] == [
+            "model.optimizer.lr=0.01",
+            "model.optimizer.lr=0.01",
+            "model.optimizer.lr=0.001",
+            "model.optimizer.lr=0.001",
+        ]
+
+
+def test_seeds_of_one_setting_are_averaged_whatever_else_differs_per_seed(tmp_path: Path) -> None:
+    """The seed, the checkpoint a job resumed from and where it logs do not split a setting."""
+    root = tmp_path / "sweep"
+    for seed, m in ((0, 0.6), (1, 0.7), (2, 0.8)):
+        extra = [
+            f"ckpt_path=/runs/seed{seed}/last.ckpt",
+            f"paths.output_dir=/out/{seed}",
+            "model.optimizer.lr=0.01",
+        ]
+        write_job(root / f"seed{seed}", 48, seed, metrics(48, seed, m), overrides=extra)
+    (group,) = [r for r in group_table(load_jobs(root))[1] if r["mode"] == "hamming"]
+    assert group["seeds"] == 3 and group["overrides"] == "-"
+    assert group["mAP mean"] == pytest.approx(0.7) and group["mAP std"] == pytest.approx(0.1)
+    fig = plot_precision_curves(load_jobs(root))
+    assert len(fig.axes[0].collections) == 1  # one band of one standard deviation around the mean
+    assert fig.texts[0].get_text() == "Precision at k, digits"
+
+
+def test_baselines_with_different_features_are_not_merged(tmp_path: Path) -> None:
+    """A training sweep and LSH on pixels and on F7 at 48 bits: three settings, labelled without 'None'."""
+    root = tmp_path / "runs" / "digits"
+    write_job(root / "bits48", 48, 0, metrics(48, 0, 0.9), overrides=["experiment=demo"])
+    for features, m in (("pixels", 0.3), ("f7", 0.7)):
+        result = {**metrics(48, 0, m), "method": "lsh", "features": features, "backbone": None}
+        job = root / "baselines" / f"lsh-{features}"
+        extra = ["method=lsh", "data=digits", f"features={features}", "bits=48"]
+        write_job(job, 48, 0, result, overrides=extra)
+    jobs = load_jobs(root)
+    assert [j.info.get("features") for j in jobs] == ["f7", "pixels", None]
+    ax = plot_metric_vs_bits(jobs).axes[0]
+    means = {c.get_label(): float(c.lines[0].get_ydata()[0]) for c in ax.containers}
+    assert means["lsh pixels hamming"] == pytest.approx(0.3)
+    assert means["lsh f7 hamming"] == pytest.approx(0.7)
+    assert means["deephash hamming"] == pytest.approx(0.9)
+    assert not [label for label in means if "None" in label]
+    rows = [r for r in group_table(jobs)[1] if r["mode"] == "hamming"]
+    assert sorted((r["method"], r["features"], r["seeds"]) for r in rows) == [
+        ("deephash", None, 1),
+        ("lsh", "f7", 1),
+        ("lsh", "pixels", 1),
+    ]
+
+
+def test_jobs_without_overrides_group_by_what_metrics_say(tmp_path: Path) -> None:
+    for seed, m in ((1, 0.4), (2, 0.6)):
+        write_job(tmp_path / str(seed), 16, seed, metrics(16, seed, m))
+        (tmp_path / str(seed) / ".hydra" / "overrides.yaml").unlink()
+    (group,) = [r for r in group_table(load_jobs(tmp_path))[1] if r["mode"] == "hamming"]
+    assert group["seeds"] == 2 and group["mAP mean"] == pytest.approx(0.5)
+
+
+def test_figure_names_follow_the_metric() -> None:
+    assert figure_name("mAP") == "map_vs_bits"
+    assert figure_name("mAP@1000") == "map_at_1000_vs_bits"
+    assert figure_name("precision@10") == "precision_at_10_vs_bits"
+    assert figure_name("queries_per_second") == "queries_per_second_vs_bits"

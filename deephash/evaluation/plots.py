@@ -28,11 +28,15 @@ def write_precision_curves(
     png_path: PathLike,
     title: str = "Precision vs number of retrieved images",
     log_x: bool = False,
+    spread: Mapping[str, np.ndarray] | None = None,
+    formats: Sequence[str] = ("png",),
 ) -> tuple[Path, Path]:
     """Precision@k curves of several modes or baselines (the paper's figures 4 and 6).
 
     curves: ``{mode: (ks (m,) int, precision (m,) float)}``. The CSV has a column ``k`` (union of
-    all grids, ascending) then one column per mode, empty where a mode lacks that k.
+    all grids, ascending) then one column per mode, empty where a mode lacks that k. spread: ``{mode:
+    std (m,)}``, drawn as a band around the curve (a mean over seeds). formats: the figure's formats, the
+    first written to ``png_path``, the others beside it (``svg``, ``pdf``).
     """
     curves = {name: _curve(name, ks, p) for name, (ks, p) in _non_empty(curves).items()}
     grid = np.unique(np.concatenate([ks for ks, _ in curves.values()]))
@@ -43,13 +47,16 @@ def write_precision_curves(
     fig = Figure(figsize=(6.4, 4.8))
     ax = fig.add_subplot()
     for name, (ks, p) in curves.items():
-        ax.plot(ks, p, marker="o" if len(ks) <= 20 else None, markersize=4, label=name)
+        (line,) = ax.plot(ks, p, marker="o" if len(ks) <= 20 else None, markersize=4, label=name)
+        if spread is not None and name in spread:
+            std = np.asarray(spread[name], dtype=np.float64)
+            ax.fill_between(ks, p - std, p + std, color=line.get_color(), alpha=0.2, linewidth=0)
     if log_x:
         ax.set_xscale("log")
     ax.set(xlabel="Number of retrieved images", ylabel="Precision", title=title, ylim=(0.0, 1.02))
     ax.grid(True, alpha=0.3)
     ax.legend(loc="best")
-    return csv_out, _write_png(fig, png_path)
+    return csv_out, write_figure(fig, png_path, formats)[0]
 
 
 def read_precision_curves(csv_path: PathLike) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -113,7 +120,7 @@ def write_pr_curve(
         ax.grid(True, alpha=0.3)
         ax.legend(loc="best")
     fig.suptitle(title)
-    return csv_out, _write_png(fig, png_path)
+    return csv_out, _write_image(fig, png_path)
 
 
 def write_retrieval_grid(
@@ -173,7 +180,7 @@ def write_retrieval_grid(
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    return _write_png(fig, path)
+    return _write_image(fig, path)
 
 
 def write_bit_balance(
@@ -209,7 +216,7 @@ def write_bit_balance(
         ylim=(0.0, 1.0),
         title=f"{title} (mean |p - 0.5| = {imbalance:.3f})",
     )
-    return _write_png(fig, png_path)
+    return _write_image(fig, png_path)
 
 
 def _non_empty(curves: Mapping) -> Mapping:
@@ -256,7 +263,17 @@ def _write_csv(path: PathLike, header: list[str], rows: list[list]) -> Path:
     return atomic_write_text(path, buf.getvalue())
 
 
-def _write_png(fig: Figure, path: PathLike, dpi: int = 100) -> Path:
+def write_figure(
+    fig: Figure, png_path: PathLike, formats: Sequence[str] = ("png", "svg", "pdf")
+) -> list[Path]:
+    """``fig`` as ``png_path`` and, beside it, the same name in the other ``formats`` (vector copies for papers)."""
+    png_path = Path(png_path)
+    return [_write_image(fig, png_path.with_suffix(f".{fmt}"), fmt=fmt) for fmt in formats]
+
+
+def _write_image(fig: Figure, path: PathLike, dpi: int = 100, fmt: str = "png") -> Path:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi)
+    # no creation date in the vector files, so that rewriting an unchanged figure gives the same bytes
+    metadata = {"svg": {"Date": None}, "pdf": {"CreationDate": None}}.get(fmt)
+    fig.savefig(buf, format=fmt, dpi=dpi, metadata=metadata)
     return atomic_write_bytes(path, buf.getvalue())

@@ -4,6 +4,7 @@
 tool needs neither.
 """
 
-from deephash.tracking.compare import Comparison, Job, compare_runs, dataset_from_target, find_jobs, load_jobs
+from deephash.tracking.compare import Comparison, compare_runs
+from deephash.tracking.sweep import Job, dataset_from_target, find_jobs, load_jobs
 
 __all__ = ["Comparison", "Job", "compare_runs", "dataset_from_target", "find_jobs", "load_jobs"]

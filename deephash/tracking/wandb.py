@@ -27,7 +27,7 @@ from lightning_utilities.core.rank_zero import rank_zero_only
 from pytorch_lightning.loggers import WandbLogger
 
 from deephash.evaluation.plots import read_precision_curves
-from deephash.tracking.compare import dataset_from_target
+from deephash.tracking.sweep import dataset_from_target
 from deephash.utils.errors import ConfigError
 from deephash.utils.logging import get_logger
 
