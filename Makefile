@@ -42,6 +42,7 @@ bench: $(STAMP) ## speed and memory benchmarks at 1M items (~30 min on 2 cores; 
 	$(PY) -m deephash.bench memory --out bench/memory.json $(BENCH_ARGS)
 	$(PY) -m deephash.bench sublinear --out bench/sublinear.json
 	$(PY) -m deephash.bench train --out bench/train.json
+	$(PY) -m deephash.bench eval --out bench/eval.json
 
 reproduce: $(STAMP) ## regenerate the paper's results (needs datasets, ImageNet weights, ideally a GPU)
 	$(PY) -m experiments.reproduce $(REPRODUCE_ARGS)
