@@ -8,6 +8,7 @@ from omegaconf import DictConfig
 
 from deephash.models.backbones import BACKBONES, NATIVE_BACKBONES, _looks_like_path
 from deephash.models.latent_hash import validate_bits
+from deephash.utils.checks import check_int
 from deephash.utils.errors import ConfigError
 
 # The Hydra config directory every entry point composes from.
@@ -26,8 +27,7 @@ def validate_train_config(cfg: DictConfig) -> None:
         value = cfg.data.get(key)
         if key == "eval_batch_size" and value is None:
             continue
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ConfigError(f"data.{key} must be an integer >= 1, got {value!r}")
+        check_int(value, f"data.{key}")
     weights = model.get("weights")
     if (
         weights is not None

@@ -137,7 +137,7 @@ def test_bad_arguments() -> None:
     index = HammingIndex(pack_codes(np.zeros((10, 48), bool)), 48)
     with pytest.raises(IndexFormatError, match="48-bit codes"):
         index.search(pack_codes(np.zeros((2, 128), bool)), 3)
-    with pytest.raises(ConfigError, match="k must be a positive integer"):
+    with pytest.raises(ConfigError, match="k must be an integer >= 1"):
         index.search(pack_codes(np.zeros((2, 48), bool)), 0)
     with pytest.raises(ConfigError, match="radius"):
         index.range_search(pack_codes(np.zeros((2, 48), bool)), -1)
@@ -326,9 +326,9 @@ def test_hierarchical_bad_arguments(hier_data) -> None:
 
 
 def test_pool_rule_is_validated_frozen_and_resolves_defaults() -> None:
-    with pytest.raises(ConfigError, match="radius must be a non-negative integer"):
+    with pytest.raises(ConfigError, match="radius must be an integer >= 0"):
         PoolRule(radius=-1)
-    with pytest.raises(ConfigError, match="pool_size must be a positive integer"):
+    with pytest.raises(ConfigError, match="pool_size must be an integer >= 1"):
         PoolRule(pool_size=0)
     rule = PoolRule(radius=1)
     with pytest.raises(AttributeError):

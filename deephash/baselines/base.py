@@ -14,6 +14,7 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 
+from deephash.utils.checks import check_int
 from deephash.utils.errors import ConfigError, DataError, DeephashError
 from deephash.utils.io import atomic_write_bytes
 
@@ -41,9 +42,7 @@ class HashMethod(Protocol):
 
 
 def validate_bits(bits: object) -> int:
-    if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) or bits < 1:
-        raise ConfigError(f"bits must be an integer >= 1, got {bits!r}")
-    return int(bits)
+    return check_int(bits, "bits")
 
 
 def as_features(X: Any, what: str = "features") -> np.ndarray:

@@ -7,7 +7,7 @@ from threadpoolctl import threadpool_limits
 
 from deephash.baselines.base import LinearHash
 from deephash.baselines.pca import principal_components
-from deephash.utils.errors import ConfigError
+from deephash.utils.checks import check_int
 
 
 class ITQ(LinearHash):
@@ -19,9 +19,7 @@ class ITQ(LinearHash):
 
     def __init__(self, bits: int, seed: int = 0, n_iter: int = 50) -> None:
         super().__init__(bits, seed)
-        if isinstance(n_iter, bool) or not isinstance(n_iter, (int, np.integer)) or n_iter < 0:
-            raise ConfigError(f"itq n_iter must be an integer >= 0, got {n_iter!r}")
-        self.n_iter = int(n_iter)
+        self.n_iter = check_int(n_iter, "itq n_iter", 0)
 
     def params(self) -> dict[str, int | float]:
         return {**super().params(), "n_iter": self.n_iter}

@@ -33,6 +33,7 @@ from deephash.retrieval.codes import pack_codes
 from deephash.retrieval.encode import encode_split
 from deephash.retrieval.store import EncodedItems, IndexStore, load_index, save_index
 from deephash.runs import build_predict_trainer, finish_loggers, instantiate_loggers
+from deephash.utils.checks import check_int
 from deephash.utils.errors import ConfigError
 from deephash.utils.io import atomic_write_json
 from deephash.utils.logging import get_logger
@@ -58,13 +59,11 @@ def validate_baseline_config(cfg: DictConfig) -> None:
             f"features must be one of {', '.join(FEATURES)}, got {name!r}; pass features=<pixels|f7>"
         )
     size = features.get("size")
-    if name == "pixels" and size is not None and not _is_int(size, 1):
-        raise ConfigError(f"features.size must be an integer >= 1 (pixels per side) or null, got {size!r}")
+    if name == "pixels" and size is not None:
+        check_int(size, "features.size (pixels per side, or null)")
     fit_samples = cfg.get("fit_samples")
-    if fit_samples is not None and not _is_int(fit_samples, 2):
-        raise ConfigError(
-            f"fit_samples must be an integer >= 2 or null (the whole train split), got {fit_samples!r}"
-        )
+    if fit_samples is not None:
+        check_int(fit_samples, "fit_samples (or null: the whole train split)", 2)
     ckpt = cfg.get("ckpt_path")
     if name == "f7" and ckpt is None:
         raise ConfigError(
@@ -74,10 +73,6 @@ def validate_baseline_config(cfg: DictConfig) -> None:
         raise ConfigError("ckpt_path is only used with features=f7; pass features=f7 or drop ckpt_path")
     if ckpt is not None and not Path(str(ckpt)).expanduser().is_file():
         raise ConfigError(f"ckpt_path not found: {ckpt} (expected a .ckpt written by deephash-train)")
-
-
-def _is_int(value: Any, minimum: int) -> bool:
-    return not isinstance(value, bool) and isinstance(value, int) and value >= minimum
 
 
 def build_baseline(cfg: DictConfig) -> HashMethod:

@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader, Dataset
 from deephash.data.protocols import PROTOCOLS, SPLITS, make_splits
 from deephash.data.sources import Pool, Source
 from deephash.data.transforms import TRANSFORMS, ImageTransform, imagenet_transform, native_transform
+from deephash.utils.checks import check_int
 from deephash.utils.errors import ConfigError
 from deephash.utils.io import atomic_write_bytes, atomic_write_json
 from deephash.utils.logging import get_logger
@@ -72,14 +73,14 @@ class RetrievalDataModule(pl.LightningDataModule):
         resize: int = 256,
     ) -> None:
         super().__init__()
-        check_int("batch_size", batch_size, 1)
+        check_int(batch_size, "data.batch_size", 1)
         if eval_batch_size is not None:
-            check_int("eval_batch_size", eval_batch_size, 1)
-        check_int("num_workers", num_workers, 0)
-        check_int("seed", seed, 0)
-        check_int("n_queries", n_queries, 1)
-        check_int("image_size", image_size, 1)
-        check_int("resize", resize, 1)
+            check_int(eval_batch_size, "data.eval_batch_size", 1)
+        check_int(num_workers, "data.num_workers", 0)
+        check_int(seed, "data.seed", 0)
+        check_int(n_queries, "data.n_queries", 1)
+        check_int(image_size, "data.image_size", 1)
+        check_int(resize, "data.resize", 1)
         for flag, value in (("pin_memory", pin_memory), ("persistent_workers", persistent_workers)):
             if not isinstance(value, bool):
                 raise ConfigError(f"data.{flag} must be true or false, got {value!r}")
@@ -288,11 +289,6 @@ class RetrievalDataModule(pl.LightningDataModule):
             collate_fn=getattr(dataset, "collate_fn", None),
             **ahead,
         )
-
-
-def check_int(name: str, value: Any, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"data.{name} must be an integer >= {minimum}, got {value!r}")
 
 
 def check_val_size(val_size: Any) -> None:

@@ -8,8 +8,9 @@ import pickle
 from torchvision.datasets import CIFAR10
 from torchvision.datasets.utils import check_integrity
 
-from deephash.data.base import RetrievalDataModule, check_int
+from deephash.data.base import RetrievalDataModule
 from deephash.data.sources import ArraySource
+from deephash.utils.checks import check_int
 from deephash.utils.errors import ConfigError, DataError
 
 FILES = tuple(name for name, _ in CIFAR10.train_list + CIFAR10.test_list) + (CIFAR10.meta["filename"],)
@@ -46,7 +47,7 @@ class CIFAR10DataModule(RetrievalDataModule):
         super().__init__(*args, **kwargs)
         if not isinstance(verify_checksums, bool):
             raise ConfigError(f"data.verify_checksums must be true or false, got {verify_checksums!r}")
-        check_int("train_per_class", train_per_class, 1)
+        check_int(train_per_class, "data.train_per_class", 1)
         self.verify_checksums = verify_checksums
         self.train_per_class = train_per_class
 

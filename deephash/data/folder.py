@@ -20,7 +20,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
-from deephash.data.base import RetrievalDataModule, SplitDataset, check_int
+from deephash.data.base import RetrievalDataModule, SplitDataset
 from deephash.data.gpu_decode import collate_encoded, decode_batch, is_encoded_batch, read_encoded
 from deephash.data.scan import (
     IMG_EXTENSIONS,  # noqa: F401  (re-exported: the extensions a folder dataset reads)
@@ -42,6 +42,7 @@ from deephash.data.transforms import (
     imagenet_tensor_transform,
     native_tensor_transform,
 )
+from deephash.utils.checks import check_int
 from deephash.utils.errors import ConfigError, DataError
 from deephash.utils.io import atomic_write_text
 from deephash.utils.logging import get_logger
@@ -185,7 +186,7 @@ class FolderDataModule(RetrievalDataModule):
             or not 0 < test_fraction < 1
         ):
             raise ConfigError(f"data.test_fraction must be a fraction in (0, 1), got {test_fraction!r}")
-        check_int("split_seed", split_seed, 0)
+        check_int(split_seed, "data.split_seed", 0)
         if on_bad_image not in ON_BAD_IMAGE:
             raise ConfigError(
                 f"data.on_bad_image must be one of {', '.join(ON_BAD_IMAGE)}, got {on_bad_image!r}"
@@ -193,7 +194,7 @@ class FolderDataModule(RetrievalDataModule):
         if not isinstance(decode_on_gpu, bool):
             raise ConfigError(f"data.decode_on_gpu must be true or false, got {decode_on_gpu!r}")
         if prefetch_factor is not None:
-            check_int("prefetch_factor", prefetch_factor, 1)
+            check_int(prefetch_factor, "data.prefetch_factor", 1)
         self.list_file = list_file
         self.test_list_file = test_list_file
         self.classes_file = classes_file

@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 from sklearn.model_selection import train_test_split
 
+from deephash.utils.checks import check_int
 from deephash.utils.errors import ConfigError
 
 PROTOCOLS = ("paper", "cifar_1k5k", "cifar_10k50k")
@@ -74,8 +75,7 @@ def _per_class_draw(
         raise ConfigError(
             f"protocol cifar_1k5k needs data.n_queries divisible by the {len(classes)} classes, got {n_queries}"
         )
-    if train_per_class < 1:
-        raise ConfigError(f"data.train_per_class must be an integer >= 1, got {train_per_class}")
+    check_int(train_per_class, "data.train_per_class")
     per_class = n_queries // len(classes)
     query, training = [], []
     for c in classes:

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from deephash.models.backbones import build_backbone
+from deephash.utils.checks import check_int
 from deephash.utils.errors import ConfigError
 
 MAX_BITS = 4096
@@ -22,9 +23,7 @@ class HashOutput(NamedTuple):
 
 def validate_bits(bits: object) -> int:
     """``model.bits`` must be an integer in 1..4096."""
-    if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= MAX_BITS:
-        raise ConfigError(f"model.bits must be an integer in 1..{MAX_BITS}, got {bits!r}")
-    return bits
+    return check_int(bits, "model.bits", 1, MAX_BITS)
 
 
 class LatentHashNet(nn.Module):

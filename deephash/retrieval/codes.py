@@ -12,6 +12,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from deephash.utils.checks import check_int
 from deephash.utils.errors import ConfigError, IndexFormatError
 
 # faiss/utils/hamming_distance/hamming_computer.h (``with_HammingComputer``) and hamdis-inl.h
@@ -27,9 +28,7 @@ _BLOCK_CELLS = 1 << 22  # query x database x word cells per block of the distanc
 
 def code_bytes(bits: int) -> int:
     """Bytes of one packed code: ``ceil(bits / 8)``."""
-    if bits <= 0:
-        raise ConfigError(f"bits must be a positive integer, got {bits}")
-    return (bits + 7) // 8
+    return (check_int(bits, "bits") + 7) // 8
 
 
 def pack_codes(codes: np.ndarray) -> np.ndarray:

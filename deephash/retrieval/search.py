@@ -32,6 +32,7 @@ from deephash.retrieval.codes import (
     padded_queries,
 )
 from deephash.retrieval.features import F7File, release_pages
+from deephash.utils.checks import check_int
 from deephash.utils.errors import ConfigError, IndexFormatError
 
 MODES = ("hamming", "hamming_radius", "hierarchical", "euclidean")  # the search modes, everywhere
@@ -69,12 +70,6 @@ def _pad_columns(arr: np.ndarray, k: int, fill: float) -> np.ndarray:
     return out
 
 
-def _check_k(k: int, name: str = "k") -> int:
-    if int(k) != k or k <= 0:
-        raise ConfigError(f"{name} must be a positive integer, got {k}")
-    return int(k)
-
-
 class HammingIndex:
     """Exact Hamming search over packed codes, wrapping ``faiss.IndexBinaryFlat``.
 
@@ -110,7 +105,7 @@ class HammingIndex:
         query_packed: (q, ceil(bits / 8)) uint8 -> (dist (q, k) int32, idx (q, k) int64), ordered by
         (distance, index); slots beyond the database size hold distance -1 and index -1.
         """
-        queries, k = self._queries(query_packed), _check_k(k)
+        queries, k = self._queries(query_packed), check_int(k, "k")
         kk = min(k, self.ntotal)
         if kk == 0 or len(queries) == 0:
             return np.full((len(queries), k), -1, np.int32), np.full((len(queries), k), -1, np.int64)
@@ -165,7 +160,7 @@ class HammingIndex:
     def range_search_flat(self, query_packed: np.ndarray, radius: int) -> tuple[np.ndarray, ...]:
         """``range_search`` as flat arrays: (lims (q + 1,) int64, dist int32, idx int64), the results of
         query i at ``lims[i]:lims[i + 1]``, ordered by (query, distance, index)."""
-        return self._range_sorted(self._queries(query_packed), _check_radius(radius))
+        return self._range_sorted(self._queries(query_packed), check_int(radius, "radius", 0))
 
 
 class HammingSearch(Protocol):
@@ -184,12 +179,6 @@ class HammingSearch(Protocol):
     def range_search(self, query_packed: np.ndarray, radius: int) -> list[tuple[np.ndarray, np.ndarray]]: ...
 
     def range_search_flat(self, query_packed: np.ndarray, radius: int) -> tuple[np.ndarray, ...]: ...
-
-
-def _check_radius(radius: int) -> int:
-    if isinstance(radius, bool) or int(radius) != radius or radius < 0:
-        raise ConfigError(f"radius must be a non-negative integer, got {radius}")
-    return int(radius)
 
 
 def split_ranges(
@@ -297,8 +286,8 @@ def euclidean_search(
     -> (l2 (q, k) float32, idx (q, k) int64) ordered by (distance, index). A running shortlist is kept
     from BLAS distances, then its distances are recomputed exactly (``exact_l2``) and cut to k.
     """
-    queries, k = _check_features(db_f7, query_f7), _check_k(k)
-    chunk_size = _check_k(chunk_size, "chunk_size")
+    queries, k = _check_features(db_f7, query_f7), check_int(k, "k")
+    chunk_size = check_int(chunk_size, "chunk_size")
     qnorms = np.einsum("ij,ij->i", queries, queries)
     best_d = np.empty((len(queries), 0), np.float32)
     best_i = np.empty((len(queries), 0), np.int64)
@@ -346,10 +335,10 @@ class PoolRule:
     pool_size: int | None = None
 
     def __post_init__(self) -> None:
-        _check_radius(self.radius)
+        check_int(self.radius, "radius", 0)
         for name in ("min_pool", "max_pool", "pool_size"):
             if getattr(self, name) is not None:
-                _check_k(getattr(self, name), name)
+                check_int(getattr(self, name), name)
 
     def limits(self, k: int) -> tuple[int, int, int]:
         """(min_pool, max_pool, pool_size) for a top-``k`` search, defaults filled in."""
@@ -386,7 +375,7 @@ def hierarchical_search(
     Only the pool's F7 rows are read (in index order, ``chunk_size`` rows at a time) and ranked by
     (L2, index); the top k are returned, fewer when the pool is smaller than k.
     """
-    k = _check_k(k)
+    k = check_int(k, "k")
     min_pool, max_pool, pool_size = pool.limits(k)
     radius = pool.radius
     queries = padded_queries(query_packed, index.bits, index.code_bytes)  # validated, not padded

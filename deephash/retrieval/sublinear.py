@@ -33,6 +33,7 @@ import numpy as np
 
 from deephash.retrieval.codes import check_packed, code_bytes, pad_codes, padded_code_bytes, padded_queries
 from deephash.retrieval.search import HammingIndex, split_ranges
+from deephash.utils.checks import check_int
 from deephash.utils.errors import ConfigError
 
 METHODS = ("flat", "multihash", "hash")
@@ -55,15 +56,6 @@ _BUCKET_OVERHEAD = 80
 # queries, so distances are unchanged) makes substring h exactly code bits [h * b, (h + 1) * b) and
 # keeps the zero padding bits out of every substring.
 _REVERSE_BITS = np.array([int(f"{i:08b}"[::-1], 2) for i in range(256)], dtype=np.uint8)
-
-
-def _int_in(value: Any, name: str, low: int, high: int | None = None) -> int:
-    """``value`` as an int in [low, high] or a one-line ConfigError."""
-    ok = isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-    if not ok or value < low or (high is not None and value > high):
-        bound = f"[{low}, {high}]" if high is not None else f">= {low}"
-        raise ConfigError(f"{name} must be an integer {bound}, got {value!r}")
-    return int(value)
 
 
 def faiss_layout(padded: np.ndarray) -> np.ndarray:
@@ -128,7 +120,7 @@ class MultiHashIndex:
         nflip: int = 1,
         pad: bool = True,
     ) -> None:
-        self.bits = _int_in(bits, "bits", 1)
+        self.bits = check_int(bits, "bits", 1)
         self.codes = check_packed(codes_packed, self.bits, "database codes")
         self.code_bytes = code_bytes(self.bits)
         self.padded_bytes = padded_code_bytes(self.code_bytes) if pad else self.code_bytes
@@ -141,8 +133,8 @@ class MultiHashIndex:
         """Validated (b, nhash) with the defaults filled in."""
         if b is None:
             b = min(DEFAULT_SUBSTRING_BITS, self.bits)
-        b = _int_in(b, "b (bits per substring)", 1, min(MAX_SUBSTRING_BITS, self.bits))
-        nhash = self.bits // b if nhash is None else _int_in(nhash, "nhash", 1)
+        b = check_int(b, "b (bits per substring)", 1, min(MAX_SUBSTRING_BITS, self.bits))
+        nhash = self.bits // b if nhash is None else check_int(nhash, "nhash", 1)
         if nhash * b > self.bits:
             raise ConfigError(
                 f"nhash * b must not exceed the code length: {nhash} x {b} = {nhash * b} > {self.bits} bits"
@@ -158,7 +150,7 @@ class MultiHashIndex:
 
     @nflip.setter
     def nflip(self, value: int) -> None:
-        nflip = _int_in(value, "nflip", 0, self.b)
+        nflip = check_int(value, "nflip", 0, self.b)
         probes = sum(comb(self.b, i) for i in range(nflip + 1))
         if probes > MAX_PROBES:
             raise ConfigError(
@@ -211,7 +203,7 @@ class MultiHashIndex:
 
     def range_search_flat(self, query_packed: np.ndarray, radius: int) -> tuple[np.ndarray, ...]:
         """``range_search`` as flat arrays (lims, dist int32, idx int64), ordered by (query, dist, idx)."""
-        return self._range_sorted(self._queries(query_packed), _int_in(radius, "radius", 0))
+        return self._range_sorted(self._queries(query_packed), check_int(radius, "radius", 0))
 
     def _shortlists(
         self, padded_queries: np.ndarray
@@ -242,7 +234,7 @@ class MultiHashIndex:
         shortlist size hold distance -1 and index -1. Equal to ``HammingIndex.search`` for every query
         whose exact k-th distance is at most ``exact_radius``.
         """
-        queries, k = self._queries(query_packed), _int_in(k, "k", 1)
+        queries, k = self._queries(query_packed), check_int(k, "k", 1)
         dist_out = np.full((len(queries), k), -1, np.int32)
         idx_out = np.full((len(queries), k), -1, np.int64)
         n = max(self.ntotal, 1)
