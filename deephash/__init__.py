@@ -10,10 +10,10 @@ __version__ = "0.1.0"
 
 from omegaconf import OmegaConf as _OmegaConf
 
-# conf/data: MNIST and CIFAR-10 default to their native resolution for the small CNN and to the paper's
+# conf/data: MNIST and CIFAR-10 default to their native resolution for the small CNNs and to the paper's
 # ImageNet preprocessing for the ImageNet backbones.
 _OmegaConf.register_new_resolver(
     "deephash.input_transform",
-    lambda backbone: "native" if backbone == "smallcnn" else "imagenet",
+    lambda backbone: "native" if backbone in ("smallcnn", "mnistcnn") else "imagenet",
     replace=True,
 )

@@ -71,6 +71,9 @@ class RetrievalDataModule(pl.LightningDataModule):
         transform: str = "imagenet",
         image_size: int = 227,
         resize: int = 256,
+        translate: float | None = None,
+        rotate: float = 0.0,
+        scale: float = 0.0,
     ) -> None:
         super().__init__()
         check_int(batch_size, "data.batch_size", 1)
@@ -97,6 +100,15 @@ class RetrievalDataModule(pl.LightningDataModule):
         if transform == "imagenet" and image_size > resize:
             raise ConfigError(f"data.image_size={image_size} must not exceed data.resize={resize}")
         check_val_size(val_size)
+        if translate is None:
+            translate = self.native_translate
+        for key, value, top in (
+            ("translate", translate, 1.0),
+            ("rotate", rotate, 180.0),
+            ("scale", scale, 1.0),
+        ):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < top:
+                raise ConfigError(f"data.{key} must be a number in [0, {top:g}), got {value!r}")
 
         self.root = root
         self.batch_size = batch_size
@@ -113,6 +125,8 @@ class RetrievalDataModule(pl.LightningDataModule):
         self.transform = transform
         self.image_size = image_size
         self.resize = resize
+        # training augmentation under data.transform=native (see native_transform)
+        self.translate, self.rotate, self.scale = float(translate), float(rotate), float(scale)
 
         self.train_transform = self._make_transform(train=True)
         self.eval_transform = self._make_transform(train=False)
@@ -269,7 +283,9 @@ class RetrievalDataModule(pl.LightningDataModule):
             std=self.native_std,
             flip=self.native_flip,
             size=size,
-            translate=self.native_translate,
+            translate=self.translate,
+            rotate=self.rotate,
+            scale=self.scale,
         )
 
     def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool) -> DataLoader:

@@ -54,20 +54,25 @@ def native_transform(
     flip: bool = False,
     size: tuple[int, int] | None = None,
     translate: float = 0.0,
+    rotate: float = 0.0,
+    scale: float = 0.0,
 ) -> ImageTransform:
     """ToTensor + per-dataset normalisation, channels as the source gives them.
 
     ``size`` resizes (only for datasets without a native size, e.g. image folders); ``flip`` adds a
-    random horizontal flip in training (right for natural images, wrong for digits); ``translate`` adds a
-    random shift of up to that fraction of the image in training (a pixel on 8x8 digits).
+    random horizontal flip in training (right for natural images, wrong for digits). In training, a random
+    affine map shifts by up to ``translate`` of the image (a pixel on 8x8 digits), rotates by up to
+    ``rotate`` degrees and scales by a factor in ``[1 - scale, 1 + scale]``.
     """
     steps: list[Callable] = []
     if size is not None:
         steps.append(T.Resize(size))
     if train and flip:
         steps.append(T.RandomHorizontalFlip())
-    if train and translate > 0:
-        steps.append(T.RandomAffine(degrees=0, translate=(translate, translate)))
+    if train and (translate > 0 or rotate > 0 or scale > 0):
+        shift = (translate, translate) if translate > 0 else None
+        zoom = (1 - scale, 1 + scale) if scale > 0 else None
+        steps.append(T.RandomAffine(degrees=rotate, translate=shift, scale=zoom))
     steps += [T.ToTensor(), T.Normalize(tuple(mean), tuple(std))]
     return T.Compose(steps)
 

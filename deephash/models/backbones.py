@@ -2,7 +2,7 @@
 
 F7 is the output of the second fully connected layer's ReLU for AlexNet/VGG16
 (Caffe's ``relu7``), the pooled penultimate features for ResNet-50, and a small
-fully connected layer for ``smallcnn``.
+fully connected layer for ``smallcnn`` and ``mnistcnn``.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from torchvision import models as tvm
 
+from deephash.models.mnist_cnn import MnistCNN
 from deephash.utils.errors import ConfigError
 
 
@@ -93,7 +94,9 @@ _TORCHVISION: dict[str, tuple[Callable[..., nn.Module], Callable[[nn.Module], nn
     "vgg16": (tvm.vgg16, _TorchvisionFC7, 4096),
     "resnet50": (tvm.resnet50, _ResNetPooled, 2048),
 }
-BACKBONES = ("alexnet", "vgg16", "resnet50", "smallcnn")
+BACKBONES = ("alexnet", "vgg16", "resnet50", "smallcnn", "mnistcnn")
+# the backbones that take the dataset's own resolution and channels (data.transform=native)
+NATIVE_BACKBONES: dict[str, Callable[..., nn.Module]] = {"smallcnn": SmallCNN, "mnistcnn": MnistCNN}
 BACKBONE_DROPOUTS = ("torchvision", "caffenet")
 
 
@@ -142,13 +145,10 @@ def build_backbone(
 
 
 def _build(name: str, weights: str | None, *, in_channels: int, f7_dim: int) -> Backbone:
-    if name == "smallcnn":
+    if name in NATIVE_BACKBONES:
+        net = NATIVE_BACKBONES[name](in_channels=in_channels, f7_dim=f7_dim)
         if weights is not None:
-            state = _load_state_dict(weights)
-            net = SmallCNN(in_channels=in_channels, f7_dim=f7_dim)
-            net.load_state_dict(_strip_prefix(state))
-        else:
-            net = SmallCNN(in_channels=in_channels, f7_dim=f7_dim)
+            net.load_state_dict(_strip_prefix(_load_state_dict(weights)))
         return Backbone(net, f7_dim)
     factory, wrap, dim = _TORCHVISION[name]
     if in_channels != 3:
