@@ -31,6 +31,7 @@ from deephash.benchmarks.common import finish, parse_args
 from deephash.cli import exit_on_user_error
 from deephash.models.backbones import BACKBONES
 from deephash.models.module import HashModule
+from deephash.utils.checks import positive_int_arg
 from deephash.utils.errors import ConfigError
 
 PRECISIONS = ("32-true", "bf16-mixed")
@@ -374,26 +375,19 @@ def render_table(results: dict[str, Any]) -> Table:
     return table
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text}")
-    return value
-
-
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of the training-throughput benchmark; unset sizes follow --quick or the full defaults."""
     parser.add_argument(
         "--backbone", choices=BACKBONES, default=None, help="default alexnet (smallcnn with --quick)"
     )
-    parser.add_argument("--bits", type=_positive_int, default=48)
-    parser.add_argument("--num-classes", type=_positive_int, default=10)
-    parser.add_argument("--batch-size", type=_positive_int, default=None, help="default 64 (16 with --quick)")
+    parser.add_argument("--bits", type=positive_int_arg, default=48)
+    parser.add_argument("--num-classes", type=positive_int_arg, default=10)
+    parser.add_argument("--batch-size", type=positive_int_arg, default=None, help="default 64 (16 with --quick)")
     parser.add_argument(
-        "--image-size", type=_positive_int, default=None, help="default 224 (32 with --quick)"
+        "--image-size", type=positive_int_arg, default=None, help="default 224 (32 with --quick)"
     )
     parser.add_argument(
-        "--steps", type=_positive_int, default=None, help="timed steps per run (cuda 50, cpu 10)"
+        "--steps", type=positive_int_arg, default=None, help="timed steps per run (cuda 50, cpu 10)"
     )
     parser.add_argument("--warmup", type=int, default=None, help="untimed steps per run (cuda 10, cpu 3)")
     parser.add_argument("--precision", choices=PRECISIONS, default="32-true")
@@ -401,7 +395,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compile", action="store_true", help="torch.compile the network (both loops)")
     parser.add_argument("--device", choices=DEVICES, default="auto")
     parser.add_argument(
-        "--repeats", type=_positive_int, default=None, help="alternating runs of each loop (3)"
+        "--repeats", type=positive_int_arg, default=None, help="alternating runs of each loop (3)"
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="small CPU-sized defaults, well under a minute")
