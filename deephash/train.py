@@ -31,8 +31,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     pl.seed_everything(cfg.seed, workers=True)
 
     datamodule: pl.LightningDataModule = hydra.utils.instantiate(cfg.data)
-    if hasattr(datamodule, "set_report_dir"):  # image folders list the unreadable files they skip here
-        datamodule.set_report_dir(output_dir)
+    datamodule.set_report_dir(output_dir)  # image folders list the unreadable files they skip here
     datamodule.prepare_data()
     datamodule.setup("fit")
     model: pl.LightningModule = hydra.utils.instantiate(

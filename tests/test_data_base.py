@@ -17,7 +17,7 @@ from sklearn.datasets import load_digits
 
 from deephash.data import CIFAR10DataModule, DigitsDataModule, FolderDataModule, MNISTDataModule
 from deephash.data.transforms import imagenet_transform
-from deephash.utils.errors import ConfigError
+from deephash.utils.errors import ConfigError, DataError
 from tests.fixtures_data import write_image_tree
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "data"
@@ -231,3 +231,19 @@ def test_datasets_pickle_for_worker_processes(digits):
         expected = ds[2]
         torch.testing.assert_close(image, expected[0])
         assert (label, index) == expected[1:]
+
+
+def test_in_memory_datasets_have_no_bad_images_and_refuse_to_exclude(tmp_path) -> None:
+    """The unreadable-image hooks every datamodule offers are no-ops where there are no image files."""
+    from deephash.retrieval.build import drop_unreadable
+
+    dm = DigitsDataModule(seed=0, n_queries=100)
+    dm.setup()
+    before = {k: v.copy() for k, v in dm.splits.items()}
+    dm.set_report_dir(tmp_path)
+    assert dm.on_bad_image == "error" and dm.find_bad_images() == [] and dm.bad_images() == []
+    assert drop_unreadable(dm) == [] and dm.exclude([]) == 0
+    with pytest.raises(DataError, match="digits has no image files to leave out"):
+        dm.exclude(["0"])
+    assert all(np.array_equal(before[k], dm.splits[k]) for k in before)
+    assert not any(tmp_path.iterdir())

@@ -10,8 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from deephash.data import FolderDataModule, read_list_file, scan_folder
+from deephash.data import FolderDataModule
 from deephash.data.folder import stratified_holdout
+from deephash.data.scan import scan_list_file, scan_tree
 from deephash.utils.errors import ConfigError, DataError
 from tests.fixtures_data import write_image, write_image_tree, write_list_file
 
@@ -34,9 +35,10 @@ def _dm(root, **kwargs) -> FolderDataModule:
     return FolderDataModule(root=str(root), **kwargs)
 
 
-def test_scan_folder(tree):
+def test_scan_tree_lists_a_class_folder(tree):
     root, paths, labels = tree
-    found, found_labels, classes = scan_folder(str(root))
+    files = scan_tree(str(root))
+    found, found_labels, classes = files.paths.tolist(), files.labels, files.classes
     assert classes == ["cat", "dog", "fish"]
     assert found == paths  # relative, sorted, every extension in any case, non-images skipped
     np.testing.assert_array_equal(found_labels, labels)
@@ -142,10 +144,11 @@ def test_list_file_without_classes_file_names_labels(tree):
     assert len(dm.pool) == len(paths) and len(dm.pool.test) == 6
 
 
-def test_read_list_file_handles_spaces_comments_and_blank_lines(tmp_path):
+def test_scan_list_file_handles_spaces_comments_and_blank_lines(tmp_path):
     write_image(tmp_path / "my cls" / "an image.png", "RGB", "PNG")
     (tmp_path / "l.txt").write_text("# comment\n\n  my cls/an image.png   3  \n")
-    paths, labels = read_list_file(str(tmp_path / "l.txt"), str(tmp_path))
+    files = scan_list_file(str(tmp_path / "l.txt"), str(tmp_path))
+    paths, labels = files.paths.tolist(), files.labels
     assert paths == ["my cls/an image.png"] and labels.tolist() == [3]
 
 
@@ -156,7 +159,7 @@ def test_missing_root(tmp_path):
     with pytest.raises(DataError, match=re.escape(f"folder dataset root {tmp_path / 'nope'} does not exist")):
         _dm(tmp_path / "nope")
     with pytest.raises(DataError, match="does not exist"):
-        scan_folder(str(tmp_path / "nope"))
+        scan_tree(str(tmp_path / "nope"))
 
 
 def test_one_class(tmp_path):
@@ -228,16 +231,18 @@ def test_hidden_folders_empty_files_and_link_loops_are_skipped(tree):
     write_image(root / "cat" / ".thumbnails" / "t.jpg", "RGB", "JPEG")
     (root / "dog" / "zero.jpg").write_bytes(b"")
     (root / "fish" / "loop").symlink_to(root / "fish", target_is_directory=True)
-    found, found_labels, _ = scan_folder(str(root))
+    files = scan_tree(str(root))
+    found, found_labels = files.paths.tolist(), files.labels
     assert found == paths  # no hidden folder, no empty file, the loop walked once
     np.testing.assert_array_equal(found_labels, labels)
 
 
-def test_read_list_file_leaves_out_empty_files(tmp_path):
+def test_scan_list_file_leaves_out_empty_files(tmp_path):
     write_image(tmp_path / "a" / "x.png", "RGB", "PNG")
     (tmp_path / "a" / "empty.png").write_bytes(b"")
     (tmp_path / "l.txt").write_text("a/x.png 0\na/empty.png 1\n")
-    paths, labels = read_list_file(str(tmp_path / "l.txt"), str(tmp_path))
+    files = scan_list_file(str(tmp_path / "l.txt"), str(tmp_path))
+    paths, labels = files.paths.tolist(), files.labels
     assert paths == ["a/x.png"] and labels.tolist() == [0]
 
 

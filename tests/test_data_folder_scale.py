@@ -16,6 +16,7 @@ import pytorch_lightning as pl
 import torch
 from PIL import Image, ImageFile
 
+import deephash.data.bad_images as bad_images
 import deephash.data.scan as scan
 from deephash.data import FolderDataModule
 from deephash.data.gpu_decode import collate_encoded, decode_batch, read_encoded
@@ -288,9 +289,9 @@ def test_path_list_round_trips_gathers_and_pickles():
 def test_pil_keeps_refusing_truncated_images(bad_tree):
     root, _ = bad_tree
     assert ImageFile.LOAD_TRUNCATED_IMAGES is False
-    assert "truncated" in scan.check_image(str(root / "dog" / "truncated.jpg"))
-    assert scan.check_image(str(root / "dog" / "notes.jpg")).startswith("cannot identify image file")
-    assert scan.check_image(str(root / "cat" / "cat_00.jpg")) is None
+    assert "truncated" in bad_images.check_image(str(root / "dog" / "truncated.jpg"))
+    assert bad_images.check_image(str(root / "dog" / "notes.jpg")).startswith("cannot identify image file")
+    assert bad_images.check_image(str(root / "cat" / "cat_00.jpg")) is None
 
 
 def test_empty_files_are_left_out_at_scan_time(bad_tree):
@@ -329,7 +330,7 @@ def test_skip_replaces_a_bad_item_with_the_next_readable_one(bad_tree):
     k = next(
         i for i, sid in enumerate(ids) if sid in ("cat/corrupt.jpg", "dog/notes.jpg", "dog/truncated.jpg")
     )
-    j = next(i for i in range(k + 1, len(ids)) if scan.check_image(str(root / ids[i])) is None)
+    j = next(i for i in range(k + 1, len(ids)) if bad_images.check_image(str(root / ids[i])) is None)
     image, label, index = ds[k]
     expected = ds[j]
     torch.testing.assert_close(image, expected[0])
@@ -356,8 +357,8 @@ def test_find_bad_images_caches_checks_and_exclude_removes_them(bad_tree, monkey
     dm = _dm(root)
     assert dm.find_bad_images() == sorted(bad)
     calls = []
-    check = scan.check_image
-    monkeypatch.setattr(scan, "check_image", lambda path: calls.append(path) or check(path))
+    check = bad_images.check_image
+    monkeypatch.setattr(bad_images, "check_image", lambda path: calls.append(path) or check(path))
     again = _dm(root)
     assert again.find_bad_images("database") == sorted(
         set(bad) & set(again.sample_ids("database")) - {"cat/empty.jpg"}
@@ -520,15 +521,3 @@ def test_device_decode_training_through_lightning(smooth_tree, tmp_path):
     trainer.test(module, datamodule=dm, verbose=False)
     assert seen and all(s[1:] == (3, 16, 16) for s in seen)
     assert (tmp_path / "run" / "bad_images.txt").read_text() == "cat/cat_bad.jpg\n"
-
-
-def test_epoch_end_callback_reports(bad_tree, tmp_path):
-    from types import SimpleNamespace
-
-    from deephash.data.folder import BadImageReport
-
-    root, _ = bad_tree
-    dm = _dm(root, report_dir=str(tmp_path / "run"))
-    dm.setup()
-    BadImageReport().on_train_epoch_end(SimpleNamespace(datamodule=dm, is_global_zero=True), None)
-    assert (tmp_path / "run" / "bad_images.txt").read_text() == "cat/empty.jpg\n"

@@ -3,7 +3,7 @@
 from deephash.data.base import RetrievalDataModule, SplitDataset
 from deephash.data.cifar10 import CIFAR10DataModule
 from deephash.data.digits import DigitsDataModule
-from deephash.data.folder import FolderDataModule, read_list_file, scan_folder
+from deephash.data.folder import FolderDataModule
 from deephash.data.mnist import MNISTDataModule
 from deephash.data.protocols import PROTOCOLS, SPLITS, make_splits
 from deephash.data.transforms import imagenet_transform, native_transform
@@ -18,8 +18,6 @@ __all__ = [
     "PROTOCOLS",
     "SPLITS",
     "make_splits",
-    "read_list_file",
-    "scan_folder",
     "imagenet_transform",
     "native_transform",
 ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -16,7 +17,7 @@ from deephash.data.protocols import PROTOCOLS, SPLITS, make_splits
 from deephash.data.sources import Pool, Source
 from deephash.data.transforms import TRANSFORMS, ImageTransform, imagenet_transform, native_transform
 from deephash.utils.checks import check_int
-from deephash.utils.errors import ConfigError
+from deephash.utils.errors import ConfigError, DataError
 from deephash.utils.io import atomic_write_bytes, atomic_write_json
 from deephash.utils.logging import get_logger
 
@@ -252,6 +253,27 @@ class RetrievalDataModule(pl.LightningDataModule):
                 "seed": self.seed,
             },
         )
+
+    # ---- run reports and unreadable images: only image folders have any; these are the defaults ----------
+    on_bad_image: str = "error"  # what an unreadable image does: only image folders offer "skip"
+
+    def set_report_dir(self, path: str | os.PathLike | None) -> None:
+        """Where this run's data reports go (image folders write ``bad_images.txt``); nothing here."""
+
+    def find_bad_images(self, split: str | None = None, workers: int | None = None) -> list[str]:
+        """Sample ids of the images of ``split`` (None: all) that cannot be decoded: none in memory."""
+        return []
+
+    def exclude(self, paths: Iterable[str]) -> int:
+        """Leave the images at ``paths`` out of every split; returns how many were removed."""
+        unknown = list(paths)
+        if unknown:
+            raise DataError(f"cannot exclude {unknown[0]}: {self.name} has no image files to leave out")
+        return 0
+
+    def bad_images(self) -> list[str]:
+        """Sample ids of the images known to be unreadable: none for datasets held in memory."""
+        return []
 
     # ---- internals -------------------------------------------------------------------------
     def _root_dir(self) -> str:

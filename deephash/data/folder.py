@@ -16,22 +16,17 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
-import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
+from deephash.data.bad_images import BadImageLog, check_images, error_reason
 from deephash.data.base import RetrievalDataModule, SplitDataset
 from deephash.data.gpu_decode import collate_encoded, decode_batch, is_encoded_batch, read_encoded
 from deephash.data.scan import (
     IMG_EXTENSIONS,  # noqa: F401  (re-exported: the extensions a folder dataset reads)
-    BadImageLog,
     cache_key,
     cached_file_list,
-    check_images,
-    error_reason,
     resolve_cache_dir,
-    scan_list_file,
-    scan_tree,
 )
 from deephash.data.sources import ImageFileSource, Pool
 from deephash.data.transforms import (
@@ -50,23 +45,6 @@ from deephash.utils.logging import get_logger
 log = get_logger(__name__)
 
 ON_BAD_IMAGE = ("skip", "error")
-
-
-def scan_folder(root: str) -> tuple[list[str], np.ndarray, list[str]]:
-    """``(relative paths, labels (n,) int64, class names)`` of a ``root/<class>/<image>`` tree.
-
-    Classes are the sorted non-hidden subfolders; images are found recursively (extensions are
-    case-insensitive, hidden files and folders skipped, zero-byte files left out), in sorted order.
-    """
-    files = scan_tree(root)
-    return files.paths.tolist(), files.labels, files.classes
-
-
-def read_list_file(path: str, root: str) -> tuple[list[str], np.ndarray]:
-    """``(relative paths, labels (n,) int64)`` from ``relative/path label`` lines; every file must exist
-    (zero-byte files are left out)."""
-    files = scan_list_file(path, root)
-    return files.paths.tolist(), files.labels
 
 
 def read_classes_file(path: str) -> list[str]:
@@ -396,12 +374,3 @@ class FolderDataModule(RetrievalDataModule):
         if not os.path.isabs(path) and os.path.isfile(under_root):
             return under_root
         raise DataError(f"file {path} not found (also looked under {self._root_dir()})")
-
-
-class BadImageReport(pl.Callback):
-    """Reports the unreadable images at the end of every training epoch (``report_bad_images``)."""
-
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        report = getattr(trainer.datamodule, "report_bad_images", None)
-        if report is not None and trainer.is_global_zero:
-            report()

@@ -20,7 +20,7 @@ def drop_unreadable(datamodule: Any) -> list[str]:
     Returns their paths (relative to the dataset root) for the index manifest. Datasets without image
     files (digits, MNIST, CIFAR-10) have none.
     """
-    if getattr(datamodule, "on_bad_image", None) != "skip" or not hasattr(datamodule, "find_bad_images"):
+    if datamodule.on_bad_image != "skip":
         return []
     bad = datamodule.find_bad_images()
     if bad:
