@@ -35,8 +35,20 @@ def common_overrides(plan: Plan) -> list[str]:
     return out
 
 
+def seeded(plan: Plan, name: str, entry: str, overrides: list[str]) -> list[Job]:
+    """The job ``name`` once, or once per seed of ``--seeds`` (``<name>/seed<s>`` with ``seed=<s>``)."""
+    if plan.seeds is None:
+        return [Job(name, entry, overrides)]
+    return [Job(f"{name}/seed{seed}", entry, [*overrides, f"seed={seed}"]) for seed in plan.seeds]
+
+
 def training_jobs(plan: Plan) -> list[Job]:
-    """The paper's 48/128-bit runs first, then the rest of the code-length sweep, for every dataset."""
+    """The paper's 48/128-bit runs first, then the rest of the code-length sweep, for every dataset.
+
+    Every code length runs ``experiment=paper_<dataset>_48`` with ``model.bits=<k>``: paper_<dataset>_128
+    is the same configuration at 128 bits, and one experiment for the sweep keeps its runs one setting in
+    the comparison (which averages only runs whose overrides differ in the seed and code length).
+    """
     order = [b for b in PAPER_BITS if b in plan.bits] + [b for b in plan.bits if b not in PAPER_BITS]
     jobs = []
     for dataset in plan.trained:
@@ -44,17 +56,20 @@ def training_jobs(plan: Plan) -> list[Job]:
             if plan.smoke:
                 experiment = ["experiment=demo", f"trainer.max_epochs={plan.epochs}"]
             else:
-                experiment = [f"experiment=paper_{dataset}_{128 if bits == 128 else 48}"]
+                experiment = [f"experiment=paper_{dataset}_{BASELINE_BITS}"]
             overrides = [*experiment, f"model.bits={bits}", *common_overrides(plan), *plan.overrides]
-            jobs.append(Job(f"{dataset}/bits{bits}", "train", overrides))
+            jobs += seeded(plan, f"{dataset}/bits{bits}", "train", overrides)
     return jobs
 
 
 def baseline_jobs(plan: Plan) -> list[Job]:
-    """LSH/PCAH/ITQ/SH at 48 bits on pixels, and on F7 where the 48-bit model completed."""
+    """LSH/PCAH/ITQ/SH at 48 bits on pixels, and on F7 where the 48-bit model completed.
+
+    With ``--seeds`` each seed's baselines take the F7 of that seed's model (``.../seed<s>``).
+    """
     jobs = []
-    for dataset in plan.trained:
-        model_run = plan.runs / dataset / f"bits{BASELINE_BITS}"
+    for dataset, suffix in ((ds, s) for ds in plan.trained for s in _seed_suffixes(plan)):
+        model_run = plan.runs / dataset / f"bits{BASELINE_BITS}{suffix}"
         metrics = read_metrics(model_run)
         checkpoint = metrics.get("best_checkpoint") or metrics.get("last_checkpoint")
         for features in plan.features:
@@ -62,7 +77,10 @@ def baseline_jobs(plan: Plan) -> list[Job]:
             if features == "f7":
                 if not (is_complete(metrics) and checkpoint and Path(checkpoint).is_file()):
                     log.warning(
-                        "%s: no completed %d-bit model, F7 baselines left out", dataset, BASELINE_BITS
+                        "%s%s: no completed %d-bit model, F7 baselines left out",
+                        dataset,
+                        suffix,
+                        BASELINE_BITS,
                     )
                     continue
                 extra += [f"ckpt_path={hydra_value(checkpoint)}", *_data_options(model_run)]
@@ -79,14 +97,22 @@ def baseline_jobs(plan: Plan) -> list[Job]:
                 ]
                 if plan.download and not plan.smoke:
                     overrides.append("data.download=true")
-                jobs.append(Job(f"{dataset}/baselines/{method}-{features}", "baseline", overrides))
+                if suffix:
+                    overrides.append(f"seed={suffix.removeprefix('/seed')}")
+                jobs.append(Job(f"{dataset}/baselines/{method}-{features}{suffix}", "baseline", overrides))
     return jobs
 
 
-def yahoo_job(plan: Plan) -> Job | None:
-    """``experiment=paper_yahoo`` on ``--yahoo-root``; in smoke the small CNN for a few epochs on CPU."""
+def _seed_suffixes(plan: Plan) -> list[str]:
+    """``[""]``, or ``["/seed0", "/seed1", ...]`` with ``--seeds``."""
+    return [""] if plan.seeds is None else [f"/seed{seed}" for seed in plan.seeds]
+
+
+def yahoo_jobs(plan: Plan) -> list[Job]:
+    """``experiment=paper_yahoo`` on ``--yahoo-root`` (none without); in smoke the small CNN for a few
+    epochs on CPU."""
     if plan.yahoo_root is None:
-        return None
+        return []
     overrides = [
         "experiment=paper_yahoo",
         f"data.root={hydra_value(plan.yahoo_root)}",
@@ -105,7 +131,7 @@ def yahoo_job(plan: Plan) -> Job | None:
             "trainer.val_check_interval=null",
             "trainer.check_val_every_n_epoch=1",
         ]
-    return Job(f"yahoo/bits{YAHOO_BITS}", "train", [*overrides, *plan.yahoo_overrides])
+    return seeded(plan, f"yahoo/bits{YAHOO_BITS}", "train", [*overrides, *plan.yahoo_overrides])
 
 
 def _data_options(model_run: Path) -> list[str]:

@@ -11,9 +11,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from deephash.utils.errors import DeephashError
-from deephash.utils.io import update_json
-from experiments.jobs import baseline_jobs, hydra_value, training_jobs, yahoo_job
+from deephash.utils.io import atomic_write_text, update_json
+from experiments.jobs import baseline_jobs, hydra_value, training_jobs, yahoo_jobs
 from experiments.plan import CONF_DIR, REPO, Job, Plan, is_complete, read_metrics
 
 log = logging.getLogger(__name__)
@@ -55,7 +57,7 @@ def run_job(plan: Plan, job: Job) -> dict[str, Any]:
 
 def _run_inprocess(entry: str, overrides: list[str], run_dir: Path) -> None:
     from hydra import compose, initialize_config_dir
-    from omegaconf import open_dict
+    from omegaconf import OmegaConf, open_dict
 
     from deephash.runs import record_failure
 
@@ -63,6 +65,9 @@ def _run_inprocess(entry: str, overrides: list[str], run_dir: Path) -> None:
         cfg = compose(config_name=entry, overrides=overrides)
     with open_dict(cfg):
         cfg.paths.output_dir = str(run_dir)
+    # what a Hydra launch writes: the comparison reads the job's config and groups runs by their overrides
+    atomic_write_text(run_dir / ".hydra" / "config.yaml", OmegaConf.to_yaml(cfg))
+    atomic_write_text(run_dir / ".hydra" / "overrides.yaml", yaml.safe_dump(list(overrides)))
     if entry == "train":
         from deephash.train import train as task
     else:
@@ -107,8 +112,7 @@ def run_baselines(plan: Plan) -> dict[str, dict[str, Any]]:
 
 def run_yahoo(plan: Plan) -> dict[str, dict[str, Any]]:
     """Stage 4: the Yahoo-style folder run, when a folder was given."""
-    job = yahoo_job(plan)
-    return {job.name: run_job(plan, job)} if job else {}
+    return {job.name: run_job(plan, job) for job in yahoo_jobs(plan)}
 
 
 def run_speed(plan: Plan) -> dict[str, dict[str, Any]]:

@@ -10,6 +10,7 @@ import yaml
 
 from deephash.evaluation.plots import read_precision_curves
 from deephash.tracking.markdown import markdown_table
+from deephash.tracking.sweep import mean_std
 from deephash.utils.errors import ConfigError
 from experiments.launch import one_line
 from experiments.plan import (
@@ -23,7 +24,9 @@ from experiments.plan import (
 )
 
 PAPER_RESULTS = Path(__file__).with_name("paper_results.yaml")
-RUN_NAME = re.compile(r"(?P<dataset>[^/]+)/(?:bits(?P<bits>\d+)|baselines/(?P<method>\w+)-(?P<features>\w+))")
+RUN_NAME = re.compile(
+    r"(?P<dataset>[^/]+)/(?:bits(?P<bits>\d+)|baselines/(?P<method>\w+)-(?P<features>\w+))(?P<seed>/seed\d+)?"
+)
 
 
 def load_paper_results(path: Path = PAPER_RESULTS) -> list[dict[str, Any]]:
@@ -69,45 +72,65 @@ def planned_reason(plan: Plan, name: str) -> str:
         if m["features"] not in plan.features:
             return f"{m['features']} not in --features"
         if m["features"] == "f7" and not is_complete(
-            read_metrics(plan.runs / m["dataset"] / f"bits{BASELINE_BITS}")
+            read_metrics(plan.runs / m["dataset"] / f"bits{BASELINE_BITS}{m['seed'] or ''}")
         ):
             return f"no completed {BASELINE_BITS}-bit model to take F7 from"
     return f"no results in runs/{name} yet"
 
 
 def our_value(plan: Plan, entry: dict[str, Any]) -> tuple[float | None, str, str]:
-    """(our value in the entry's unit, its text, the run it came from); value None and the reason if absent."""
+    """(our value in the entry's unit, its text, the run it came from); value None and the reason if absent.
+
+    With ``--seeds`` the value is the mean over the seeds that completed, the text ``mean ± std (n seeds)``.
+    """
     name, reason = resolve_run(plan, str(entry["run"]))
     if name is None:
         return None, f"not run: {reason}", "-"
+    if name == "bench" or plan.seeds is None:
+        return (*run_value(plan, entry, name), name)
+    found = [run_value(plan, entry, run) for run in plan.seed_runs(name)]
+    values = [value for value, _ in found if value is not None]
+    runs = f"{name}/seed*"
+    if not values:
+        return None, found[0][1], runs
+    mean, std = mean_std(values)
+    text = f"{_fmt(mean, entry)} ± {_fmt(std, entry)} ({len(values)} seeds)"
+    missing = [why for value, why in found if value is None]
+    if missing:
+        text += f"; {len(missing)} of {len(found)} seeds missing: {missing[0]}"
+    return mean, text, runs
+
+
+def run_value(plan: Plan, entry: dict[str, Any], name: str) -> tuple[float | None, str]:
+    """(the entry's value in one run ``name`` or the bench, in the entry's unit, its text); None and why not."""
     metric = str(entry["metric"])
     if name == "bench":
         source, data = "bench/bench.json", read_json(plan.out / "bench" / "bench.json")
         if not data:
             error = (read_status(plan).get("bench") or {}).get("error")
-            return None, f"not run: {f'failed: {error}' if error else 'no bench/bench.json yet'}", name
+            return None, f"not run: {f'failed: {error}' if error else 'no bench/bench.json yet'}"
     else:
         source, data = f"runs/{name}/metrics.json", read_metrics(plan.runs / name)
         if not is_complete(data):
             failed = data.get("status") == "failed"
             why = f"failed: {one_line(str(data.get('error')))}" if failed else planned_reason(plan, name)
-            return None, f"not run: {why}", name
+            return None, f"not run: {why}"
     if metric.startswith("curve."):
         mode = metric.split(".")[1]
         stats = curve_stats(plan.runs / name / "precision_at_k.csv", mode)
         if stats is None:
-            return None, f"not available: no {mode} curve in runs/{name}/precision_at_k.csv", name
+            return None, f"not available: no {mode} curve in runs/{name}/precision_at_k.csv"
         mean, sd = (_scaled(v, entry) for v in stats)
-        return mean, f"{_fmt(mean, entry)} (sd {_fmt(sd, entry)})", name
+        return mean, f"{_fmt(mean, entry)} (sd {_fmt(sd, entry)})"
     if metric == "test_error":
         acc = lookup(data, "test_acc")
         value = None if acc is None else 1.0 - acc
     else:
         value = lookup(data, metric)
     if value is None:
-        return None, f"not available: no {metric} in {source}", name
+        return None, f"not available: no {metric} in {source}"
     scaled = _scaled(value, entry)
-    return scaled, _fmt(scaled, entry), name
+    return scaled, _fmt(scaled, entry)
 
 
 def lookup(data: dict[str, Any], path: str) -> float | None:

@@ -53,10 +53,15 @@ class Plan:
     bench_args: list[str]
     force: bool
     command: str
+    seeds: list[int] | None = None
 
     @property
     def runs(self) -> Path:
         return self.out / "runs"
+
+    def seed_runs(self, name: str) -> list[str]:
+        """The run names of ``name`` (``digits/bits48``): itself, or one per seed (``digits/bits48/seed0``)."""
+        return [name] if self.seeds is None else [f"{name}/seed{seed}" for seed in self.seeds]
 
     @property
     def trained(self) -> list[str]:
@@ -154,6 +159,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--bench-args", default="", help='extra `deephash.bench` options, e.g. "--n-database 100000"'
     )
+    parser.add_argument(
+        "--seeds",
+        nargs="+",
+        type=int,
+        default=None,
+        metavar="SEED",
+        help="run every configuration with several seeds and report mean ± std: one number N (seeds 0 to "
+        "N-1) or the seeds themselves (--seeds 1 7 42); runs go to runs/<name>/seed<s>",
+    )
     parser.add_argument("--force", action="store_true", help="delete and redo runs that already completed")
     parser.add_argument(
         "--report-only", action="store_true", help="only rebuild RESULTS.md from the runs on disk"
@@ -173,6 +187,15 @@ def make_plan(args: argparse.Namespace, argv: Sequence[str] = ()) -> Plan:
         )
     if args.epochs is not None and args.epochs < 1:
         raise ConfigError(f"--epochs must be >= 1, got {args.epochs}")
+    seeds = None
+    if args.seeds is not None:
+        if any(s < 0 for s in args.seeds) or args.seeds == [0]:
+            raise ConfigError(
+                f"--seeds takes a count N >= 1 or seeds >= 0, got {' '.join(map(str, args.seeds))}"
+            )
+        seeds = list(range(args.seeds[0])) if len(args.seeds) == 1 else list(dict.fromkeys(args.seeds))
+        if any(o.lstrip("+~").split("=", 1)[0] == "seed" for o in [*args.override, *args.yahoo_override]):
+            raise ConfigError("--seeds sets each run's seed: drop --override seed=...")
     yahoo = args.yahoo_root or (Path(os.environ["YAHOO_ROOT"]) if os.environ.get("YAHOO_ROOT") else None)
     data_dir = args.data_root or Path(os.environ.get("DEEPHASH_DATA") or "data")
     datasets = {ds: "digits" for ds in PAPER_DATASETS} if args.smoke else {ds: ds for ds in args.datasets}
@@ -195,6 +218,7 @@ def make_plan(args: argparse.Namespace, argv: Sequence[str] = ()) -> Plan:
         bench_args=[*(SMOKE_BENCH if args.smoke else ()), *shlex.split(args.bench_args)],
         force=args.force,
         command=" ".join(["python -m experiments.reproduce", *map(shlex.quote, argv)]),
+        seeds=seeds,
     )
 
 
@@ -210,6 +234,12 @@ def read_metrics(run_dir: Path) -> dict[str, Any]:
 def is_complete(metrics: dict[str, Any]) -> bool:
     """Completed and evaluated (a run killed while evaluating says completed but has no ``modes``)."""
     return metrics.get("status") == "completed" and bool(metrics.get("modes"))
+
+
+def completed_runs(plan: Plan, name: str) -> list[tuple[str, dict[str, Any]]]:
+    """``(run name, metrics)`` of each completed seed run of ``name`` (the run itself without --seeds)."""
+    runs = [(run, read_metrics(plan.runs / run)) for run in plan.seed_runs(name)]
+    return [(run, metrics) for run, metrics in runs if is_complete(metrics)]
 
 
 def read_json(path: Path) -> dict[str, Any]:

@@ -11,10 +11,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 from deephash.evaluation.plots import read_precision_curves
 from deephash.tracking.markdown import markdown_table
+from deephash.tracking.sweep import mean_std
 from deephash.utils.errors import DeephashError
 from deephash.utils.io import atomic_write_text
 from experiments.paper import paper_table, planned_reason
@@ -22,6 +24,7 @@ from experiments.plan import (
     BASELINE_BITS,
     PAPER_BITS,
     Plan,
+    completed_runs,
     is_complete,
     read_json,
     read_metrics,
@@ -30,6 +33,7 @@ from experiments.plan import (
 
 log = logging.getLogger(__name__)
 
+FIGURE_FORMATS = ("png", "svg", "pdf")
 WANDB_URL = re.compile(r"https?://[^\s\"'<>()]+/runs/[\w-]+")
 
 
@@ -96,6 +100,12 @@ def _header(plan: Plan) -> str:
             f"exceed about 0.13) with the small CNN for {plan.epochs} epoch(s) per run on CPU.",
             "",
         ]
+    if plan.seeds is not None:
+        lines += [
+            f"Every run was repeated with seeds {', '.join(map(str, plan.seeds))} (`runs/<name>/seed<s>`): "
+            "each number is the mean ± sample standard deviation over the seeds that completed.",
+            "",
+        ]
     return "\n".join(lines)
 
 
@@ -112,28 +122,42 @@ def _precision_section(plan: Plan) -> str:
             for f in plan.features
             for m in plan.methods
         ]
-        curves, rows = {}, []
+        curves, spread, rows = {}, {}, []
         for label, name, mode in runs:
-            metrics = read_metrics(plan.runs / name)
-            curve = read_precision_curves(plan.runs / name / "precision_at_k.csv").get(mode)
-            if not is_complete(metrics) or curve is None:
-                rows.append([label, *["-"] * 4, planned_reason(plan, name)])
+            done = completed_runs(plan, name)
+            found = [
+                read_precision_curves(plan.runs / run / "precision_at_k.csv").get(mode) for run, _ in done
+            ]
+            found = [curve for curve in found if curve is not None]
+            if not found:
+                rows.append([label, *["-"] * 4, planned_reason(plan, plan.seed_runs(name)[0])])
                 continue
-            curves[label] = curve
-            results = metrics["modes"].get(mode) or {}
-            p = results.get("precision@k") or {}
+            curves[label], std = _mean_curve(found)
+            if len(found) > 1:
+                spread[label] = std
+            results = [metrics["modes"].get(mode) or {} for _, metrics in done]
+            at_k = [r.get("precision@k") or {} for r in results]
             rows.append(
                 [
                     label,
-                    *(_num(v) for v in (results.get("mAP"), p.get("10"), p.get("100"), p.get("1000"))),
-                    name,
+                    _stat([r.get("mAP") for r in results]),
+                    *(_stat([p.get(k) for p in at_k]) for k in ("10", "100", "1000")),
+                    _runs_text(plan, name, len(done)),
                 ]
             )
         title = f"{dataset}, {BASELINE_BITS} bits" + (" (stands in for MNIST/CIFAR-10)" if plan.smoke else "")
         parts.append(f"### {title}\n")
         if curves:
             stem = plan.out / "figures" / f"{dataset}_precision_{BASELINE_BITS}"
-            write_precision_curves(curves, stem.with_suffix(".csv"), stem.with_suffix(".png"), title=title)
+            figure_title = title + (f", mean ± std over {len(plan.seeds)} seeds" if plan.seeds else "")
+            write_precision_curves(
+                curves,
+                stem.with_suffix(".csv"),
+                stem.with_suffix(".png"),
+                title=figure_title,
+                spread=spread,
+                formats=FIGURE_FORMATS,
+            )
             parts.append(f"![{title}](figures/{stem.name}.png)\n")
         parts.append(markdown_table(["curve", "mAP", "P@10", "P@100", "P@1000", "run"], rows))
     return "\n".join(parts)
@@ -147,21 +171,23 @@ def _sweep_section(plan: Plan) -> str:
         rows = []
         for bits in sorted({*plan.bits, *PAPER_BITS}):
             name = f"{dataset}/bits{bits}"
-            metrics = read_metrics(plan.runs / name)
-            if not is_complete(metrics):
-                rows.append([str(bits), "-", "-", "-", "-", f"not run: {planned_reason(plan, name)}"])
+            done = [metrics for _, metrics in completed_runs(plan, name)]
+            if not done:
+                reason = planned_reason(plan, plan.seed_runs(name)[0])
+                rows.append([str(bits), "-", "-", "-", "-", f"not run: {reason}"])
                 continue
-            modes = metrics["modes"]
-            acc = metrics.get("test_acc")
+            accuracy = [m.get("test_acc") for m in done]
             rows.append(
                 [
                     str(bits),
-                    _num(100 * acc if isinstance(acc, (int, float)) else None, ".2f"),
+                    _stat([100 * a if isinstance(a, (int, float)) else None for a in accuracy], ".2f"),
                     *(
-                        _num((modes.get(m) or {}).get("mAP"))
-                        for m in ("hamming", "hierarchical", "euclidean")
+                        _stat([(m["modes"].get(mode) or {}).get("mAP") for m in done])
+                        for mode in ("hamming", "hierarchical", "euclidean")
                     ),
-                    "completed",
+                    "completed"
+                    if plan.seeds is None
+                    else f"{len(done)} of {len(plan.seeds)} seeds completed",
                 ]
             )
         parts.append(f"### {dataset}\n")
@@ -172,14 +198,44 @@ def _sweep_section(plan: Plan) -> str:
         )
         if (plan.runs / dataset).is_dir():
             try:
-                compare_runs(plan.runs / dataset, plan.out / "compare" / dataset)
-                parts.append(
-                    f"\n![mAP vs bits, {dataset}](compare/{dataset}/map_vs_bits.png)\n\n"
-                    f"Every run of {dataset}: [compare/{dataset}/compare.md](compare/{dataset}/compare.md)\n"
-                )
+                files = compare_runs(plan.runs / dataset, plan.out / "compare" / dataset).files
             except DeephashError as err:
                 parts.append(f"\n(no comparison figure: {err})\n")
+                continue
+            figure = files["metric_vs_bits"].relative_to(plan.out).as_posix()
+            parts.append(
+                f"\n![mAP vs bits, {dataset}]({figure}) (also as [SVG]({Path(figure).with_suffix('.svg')}) "
+                f"and [PDF]({Path(figure).with_suffix('.pdf')}))\n\n"
+                f"Every run of {dataset}, and each setting's mean ± std over seeds: "
+                f"[compare/{dataset}/compare.md](compare/{dataset}/compare.md)\n"
+            )
     return "\n".join(parts)
+
+
+def _mean_curve(
+    curves: list[tuple[np.ndarray, np.ndarray]],
+) -> tuple[tuple[np.ndarray, np.ndarray], np.ndarray]:
+    """Precision curves of several seeds -> ``((ks, mean precision), sample std)`` on the union of their ks."""
+    ks = np.unique(np.concatenate([k for k, _ in curves]))
+    values = np.full((len(curves), len(ks)), np.nan)
+    for row, (k, p) in zip(values, curves):
+        row[np.searchsorted(ks, k)] = p
+    std = np.nanstd(values, axis=0, ddof=1) if len(curves) > 1 else np.zeros(len(ks))
+    return (ks, np.nanmean(values, axis=0)), std
+
+
+def _stat(values: list[Any], spec: str = ".4f") -> str:
+    """The mean of the numbers in ``values``, with `` ± std`` over several seeds; ``-`` when none."""
+    numbers = [float(v) for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    if not numbers:
+        return "-"
+    mean, std = mean_std(numbers)
+    return f"{mean:{spec}}" + (f" ± {std:{spec}}" if len(numbers) > 1 else "")
+
+
+def _runs_text(plan: Plan, name: str, completed: int) -> str:
+    """``name``, or ``name/seed* (2 of 3 seeds)`` with --seeds."""
+    return name if plan.seeds is None else f"{name}/seed* ({completed} of {len(plan.seeds)} seeds)"
 
 
 def _speed_section(plan: Plan) -> str:
@@ -217,7 +273,7 @@ def _speed_section(plan: Plan) -> str:
 
 
 def _runs_section(plan: Plan) -> str:
-    from deephash.tracking.compare import find_jobs
+    from deephash.tracking.sweep import find_jobs
 
     status = read_status(plan)
     names = set(status) - {"bench"}

@@ -30,7 +30,6 @@ from deephash.utils.errors import DeephashError
 from experiments import launch
 from experiments.plan import BASELINE_BITS, build_parser, make_plan
 from experiments.preflight import preflight
-from experiments.report import write_results
 
 # a plain logger: this driver is one process (deephash.utils.get_logger needs Lightning's rank set)
 log = logging.getLogger("experiments.reproduce")
@@ -63,6 +62,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             log.info("stage 5/6: retrieval speed")
             ran.update(launch.run_speed(plan))
         log.info("stage 6/6: RESULTS.md")
+        from experiments.report import write_results  # matplotlib and FAISS: not before preflight answers
+
         path = write_results(plan)
     except DeephashError as err:
         print(f"error: {err}", file=sys.stderr)

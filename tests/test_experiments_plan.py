@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
 import pytest
 
+from deephash.utils.errors import ConfigError
 from experiments import jobs as job_lists
 from experiments import preflight as checks
 from experiments.plan import build_parser, make_plan
@@ -99,3 +101,55 @@ def test_full_mode_jobs_compose_to_the_paper_configs(tmp_path: Path, monkeypatch
     assert cfg.data.root == str(tmp_path / "d" / "mnist")
     # no 48-bit model yet: no F7 baselines
     assert not [j for j in job_lists.baseline_jobs(plan) if j.name.endswith("-f7")]
+
+
+def test_seeds_count_or_list(tmp_path: Path) -> None:
+    assert plan_for("--smoke").seeds is None
+    assert plan_for("--smoke", "--seeds", "3").seeds == [0, 1, 2]
+    assert plan_for("--smoke", "--seeds", "7", "1", "7").seeds == [7, 1]
+    with pytest.raises(ConfigError, match="--seeds takes a count N >= 1"):
+        plan_for("--smoke", "--seeds", "0")
+    with pytest.raises(ConfigError, match="drop --override seed"):
+        plan_for("--smoke", "--seeds", "2", "--override", "seed=3")
+
+
+def test_seeded_jobs_run_every_setting_per_seed(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(job_lists, "_cuda", lambda: False)
+    plan = plan_for(
+        "--data-root", str(tmp_path), "--seeds", "2", "--datasets", "mnist", "--out", str(tmp_path)
+    )
+    jobs = job_lists.training_jobs(plan)
+    assert [j.name for j in jobs][:4] == [
+        "mnist/bits48/seed0",
+        "mnist/bits48/seed1",
+        "mnist/bits128/seed0",
+        "mnist/bits128/seed1",
+    ]
+    # one experiment for the whole code-length sweep, so the comparison keeps it one setting
+    assert {o for j in jobs for o in j.overrides if o.startswith("experiment=")} == {
+        "experiment=paper_mnist_48"
+    }
+    job = jobs[3]
+    cfg = compose_config("train", job.overrides, tmp_path / "run")
+    assert cfg.seed == 1 and cfg.model.bits == 128 and cfg.trainer.max_steps == 50000
+
+    # only seed 1's 48-bit model completed: F7 baselines for seed 1, from that model
+    model = tmp_path / "runs" / "mnist" / "bits48" / "seed1"
+    (model / "checkpoints").mkdir(parents=True)
+    (model / "checkpoints" / "best.ckpt").write_bytes(b"x")
+    metrics = {
+        "status": "completed",
+        "modes": {"hamming": {}},
+        "best_checkpoint": str(model / "checkpoints" / "best.ckpt"),
+    }
+    (model / "metrics.json").write_text(json.dumps(metrics))
+    baselines = {j.name: j for j in job_lists.baseline_jobs(plan) if j.name.startswith("mnist/baselines/itq")}
+    assert sorted(baselines) == [
+        "mnist/baselines/itq-f7/seed1",
+        "mnist/baselines/itq-pixels/seed0",
+        "mnist/baselines/itq-pixels/seed1",
+    ]
+    f7 = baselines["mnist/baselines/itq-f7/seed1"].overrides
+    assert f"ckpt_path={model / 'checkpoints' / 'best.ckpt'}" in f7 and f7[-1] == "seed=1"
+    cfg = compose_config("baseline", baselines["mnist/baselines/itq-pixels/seed0"].overrides, tmp_path / "b")
+    assert cfg.seed == 0 and cfg.features.name == "pixels"

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from experiments import launch, reproduce
 from experiments import preflight as checks
@@ -91,7 +92,20 @@ def test_tiny_smoke_writes_every_stage(tiny_smoke: tuple[Path, int]) -> None:
     assert (out / "figures" / "digits_precision_48.png").stat().st_size > 0
     with (out / "figures" / "digits_precision_48.csv").open() as f:
         assert next(csv.reader(f)) == ["k", "ours hamming", "ours hierarchical", "lsh (pixels)", "lsh (f7)"]
-    assert (out / "compare" / "digits" / "map_vs_bits.png").is_file()
+    assert (out / "figures" / "digits_precision_48.svg").stat().st_size > 0
+    compare = out / "compare" / "digits"
+    assert all((compare / f"map_vs_bits.{ext}").stat().st_size > 0 for ext in ("png", "svg", "pdf"))
+    # in-process runs record their overrides as Hydra does, so the comparison tells the settings apart
+    overrides = yaml.safe_load((out / "runs" / "digits" / "bits48" / ".hydra" / "overrides.yaml").read_text())
+    assert "model.bits=48" in overrides and "experiment=demo" in overrides
+    with (compare / "groups.csv").open() as f:
+        groups = [r for r in csv.DictReader(f) if r["mode"] == "hamming"]
+    assert sorted((g["method"], g["features"], g["bits"]) for g in groups) == [
+        ("deephash", "", "12"),
+        ("deephash", "", "48"),
+        ("lsh", "f7", "48"),
+        ("lsh", "pixels", "48"),
+    ]
     assert json.loads((out / "bench" / "bench.json").read_text())["config"]["n_database"] == 2000
 
 
@@ -155,3 +169,60 @@ def test_smoke_with_a_yahoo_style_folder(tmp_path: Path) -> None:
     assert metrics["status"] == "completed" and metrics["bits"] == 128 and metrics["n_queries"] == 3
     rows = {row[0].strip("`"): row for row in results_table((out / "RESULTS.md").read_text())}
     assert rows["yahoo_test_acc_128"][4] == f"{100 * metrics['test_acc']:.2f}%"
+
+
+def fake_run(run_dir: Path, seed: int, acc: float, hamming_map: float, overrides: list[str]) -> None:
+    """A completed run as the pipeline leaves it: metrics.json, precision_at_k.csv, .hydra/overrides.yaml."""
+    from deephash.evaluation.plots import write_precision_curves
+
+    modes = {
+        mode: {"mAP": hamming_map + d, "precision@k": {"10": hamming_map, "100": 0.5, "1000": 0.1}}
+        for mode, d in (("hamming", 0.0), ("hierarchical", 0.01))
+    }
+    metrics = {"status": "completed", "dataset": "digits", "backbone": "smallcnn", "method": "deephash"}
+    metrics.update({"bits": 48, "seed": seed, "test_acc": acc, "modes": modes})
+    run_dir.mkdir(parents=True)
+    (run_dir / "metrics.json").write_text(json.dumps(metrics))
+    ks = np.array([10, 100])
+    curves = {
+        "hamming": (ks, np.array([hamming_map, 0.5])),
+        "hierarchical": (ks, np.array([hamming_map, 0.6])),
+    }
+    write_precision_curves(curves, run_dir / "precision_at_k.csv", run_dir / "precision_at_k.png")
+    (run_dir / ".hydra").mkdir()
+    (run_dir / ".hydra" / "overrides.yaml").write_text(
+        "".join(f"- {o}\n" for o in [*overrides, f"seed={seed}"])
+    )
+
+
+def test_seeds_are_reported_as_mean_and_std(tmp_path: Path) -> None:
+    """Two of three seeds completed: every number of RESULTS.md is their mean ± std, the third said missing."""
+    runs = tmp_path / "runs" / "digits" / "bits48"
+    for seed, acc, m in ((0, 0.90, 0.70), (1, 0.94, 0.80)):
+        fake_run(runs / f"seed{seed}", seed, acc, m, ["experiment=demo", "model.bits=48"])
+    argv = ["--smoke", "--seeds", "3", "--bits", "48", "--methods", "lsh", "--features", "pixels"]
+    assert reproduce.main([*argv, "--out", str(tmp_path), "--report-only"]) == 0
+    markdown = (tmp_path / "RESULTS.md").read_text()
+    assert "seeds 0, 1, 2" in markdown
+    rows = {row[0].strip("`"): row for row in results_table(markdown)}
+    errors = [100 * (1 - 0.90), 100 * (1 - 0.94)]
+    assert rows["mnist_test_error_48"][4] == (
+        f"{np.mean(errors):.2f}% ± {np.std(errors, ddof=1):.2f}% (2 seeds); "
+        "1 of 3 seeds missing: not run: no results in runs/digits/bits48/seed2 yet"
+    )
+    assert rows["mnist_test_error_48"][6] == "digits/bits48/seed*"
+    curve_means = [np.mean([0.70, 0.5]), np.mean([0.80, 0.5])]
+    assert rows["mnist_precision_curve_48"][4].startswith(
+        f"{100 * np.mean(curve_means):.2f}% ± {100 * np.std(curve_means, ddof=1):.2f}% (2 seeds)"
+    )
+    hamming = f"{0.75:.4f} ± {np.std([0.7, 0.8], ddof=1):.4f}"
+    assert f"| ours hamming | {hamming} |" in markdown  # the precision section
+    assert f"| 48 | {92:.2f} ± {np.std([90, 94], ddof=1):.2f} | {hamming} |" in markdown  # the sweep table
+    with (tmp_path / "figures" / "digits_precision_48.csv").open() as f:
+        mean_curve = [(r["k"], float(r["ours hamming"])) for r in csv.DictReader(f)]
+    assert mean_curve == [("10", pytest.approx(0.75)), ("100", pytest.approx(0.5))]
+    compare = tmp_path / "compare" / "digits"
+    assert all((compare / f"map_vs_bits.{ext}").stat().st_size > 0 for ext in ("png", "svg", "pdf"))
+    with (compare / "groups.csv").open() as f:
+        groups = [r for r in csv.DictReader(f) if r["mode"] == "hamming"]
+    assert [(g["seeds"], float(g["mAP mean"])) for g in groups] == [("2", pytest.approx(0.75))]

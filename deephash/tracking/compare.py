@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from deephash.evaluation.plots import write_figure
-from deephash.tracking.figures import figure_name, mean_std, plot_metric_vs_bits, plot_precision_curves
+from deephash.tracking.figures import figure_name, plot_metric_vs_bits, plot_precision_curves
 from deephash.tracking.markdown import markdown_table
 from deephash.tracking.sweep import (
     INFO,
@@ -26,6 +26,7 @@ from deephash.tracking.sweep import (
     Job,
     completed,
     load_jobs,
+    mean_std,
     metric_value,
     result_modes,
     setting,

@@ -19,6 +19,7 @@ from deephash.tracking.sweep import (
     MODE_ORDER,
     Job,
     completed,
+    mean_std,
     metric_value,
     natural_key,
     setting,
@@ -32,12 +33,6 @@ def figure_name(metric: str) -> str:
     ``precision_at_10_vs_bits``."""
     slug = re.sub(r"[^a-z0-9]+", "_", metric.lower().replace("@", "_at_")).strip("_")
     return f"{slug}_vs_bits"
-
-
-def mean_std(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation over seeds (0 for a single seed)."""
-    array = np.asarray(values, dtype=np.float64)
-    return float(array.mean()), float(array.std(ddof=1)) if len(array) > 1 else 0.0
 
 
 def datasets_title(jobs: Sequence[Job]) -> str:

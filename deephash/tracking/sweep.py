@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 from deephash.utils.errors import ConfigError
@@ -190,6 +191,12 @@ def result_modes(jobs: Sequence[Job]) -> list[str]:
         if isinstance(v, Mapping) and "mAP" in v
     }
     return [m for m in MODE_ORDER if m in found] + sorted(found - set(MODE_ORDER))
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation over seeds (0 for a single seed)."""
+    array = np.asarray(values, dtype=np.float64)
+    return float(array.mean()), float(array.std(ddof=1)) if len(array) > 1 else 0.0
 
 
 def completed(jobs: Sequence[Job]) -> list[Job]:
