@@ -18,7 +18,7 @@ from sklearn.datasets import load_digits
 from deephash.data import CIFAR10DataModule, DigitsDataModule, FolderDataModule, MNISTDataModule
 from deephash.data.transforms import imagenet_transform
 from deephash.utils.errors import ConfigError, DataError
-from tests.fixtures_data import write_image_tree
+from tests.fixtures_data import CIFAR_CLASSES, write_cifar10, write_image_tree, write_mnist
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "data"
 
@@ -247,3 +247,43 @@ def test_in_memory_datasets_have_no_bad_images_and_refuse_to_exclude(tmp_path) -
         dm.exclude(["0"])
     assert all(np.array_equal(before[k], dm.splits[k]) for k in before)
     assert not any(tmp_path.iterdir())
+
+
+# MNIST IDX files and CIFAR-10 pickle batches, each written in its release format
+RELEASES = {
+    "mnist": (write_mnist, MNISTDataModule, {}, "L", (28, 28), [str(d) for d in range(10)]),
+    "cifar10": (
+        write_cifar10,
+        CIFAR10DataModule,
+        {"verify_checksums": False},
+        "RGB",
+        (32, 32),
+        CIFAR_CLASSES,
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(RELEASES))
+def test_release_files_load_pixel_exact_and_batch(name: str, tmp_path) -> None:
+    write, cls, extra, mode, size, classes = RELEASES[name]
+    written = write(tmp_path / name, train_per_class=11, test_per_class=5)
+    dm = cls(root=str(tmp_path / name), transform="native", n_queries=20, batch_size=8, **extra)
+    dm.setup()
+    assert (len(dm.pool.train), len(dm.pool.test)) == (110, 50)
+    np.testing.assert_array_equal(dm.pool.train.labels, written.train_labels)
+    np.testing.assert_array_equal(dm.pool.test.labels, written.test_labels)
+    for p in (0, 57, 109):  # across CIFAR-10's batch boundaries
+        img = dm.pool.image(p)
+        assert img.mode == mode and img.size == size
+        np.testing.assert_array_equal(np.asarray(img), written.train_images[p])
+    np.testing.assert_array_equal(np.asarray(dm.pool.image(110 + 7)), written.test_images[7])
+    assert (dm.pool.sample_id(0), dm.pool.sample_id(110)) == (f"{name}/train/0", f"{name}/test/0")
+    assert dm.class_names == classes and dm.num_classes == 10
+
+    channels = 1 if mode == "L" else 3
+    images, labels, index = next(iter(dm.train_dataloader()))
+    assert images.shape == (8, channels, *size) and dm.in_channels == channels and dm.input_size == size
+    np.testing.assert_array_equal(labels.numpy(), dm.pool.labels[index.numpy()])
+    dm = cls(root=str(tmp_path / name), transform="imagenet", image_size=24, resize=28, n_queries=20, **extra)
+    images, _, _ = next(iter(dm.encode_dataloader("query")))
+    assert images.shape == (20, 3, 24, 24) and dm.in_channels == 3 and dm.input_size == (24, 24)

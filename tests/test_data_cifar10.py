@@ -11,7 +11,7 @@ from torchvision.datasets import CIFAR10
 
 from deephash.data import CIFAR10DataModule
 from deephash.utils.errors import ConfigError, DataError
-from tests.fixtures_data import CIFAR_CLASSES, write_cifar10
+from tests.fixtures_data import write_cifar10
 
 
 @pytest.fixture
@@ -23,33 +23,6 @@ def cifar(tmp_path):
 def _dm(root, **kwargs) -> CIFAR10DataModule:
     kwargs = {"transform": "native", "n_queries": 20, "batch_size": 8, "verify_checksums": False, **kwargs}
     return CIFAR10DataModule(root=str(root), **kwargs)
-
-
-def test_loads_the_written_batches(cifar):
-    root, written = cifar
-    dm = _dm(root)
-    dm.setup()
-    assert (len(dm.pool.train), len(dm.pool.test)) == (100, 50)
-    np.testing.assert_array_equal(dm.pool.train.labels, written.train_labels)
-    np.testing.assert_array_equal(dm.pool.test.labels, written.test_labels)
-    for p in (0, 21, 99):  # across batch boundaries
-        img = dm.pool.image(p)
-        assert img.mode == "RGB" and img.size == (32, 32)
-        np.testing.assert_array_equal(np.asarray(img), written.train_images[p])
-    np.testing.assert_array_equal(np.asarray(dm.pool.image(100 + 4)), written.test_images[4])
-    assert dm.class_names == CIFAR_CLASSES and dm.num_classes == 10
-    assert dm.sample_ids("database")[:2] == ["cifar10/train/0", "cifar10/train/1"]
-
-
-def test_batches_native_and_imagenet(cifar):
-    root, _ = cifar
-    dm = _dm(root)
-    images, labels, index = next(iter(dm.train_dataloader()))
-    assert images.shape == (8, 3, 32, 32) and dm.in_channels == 3 and dm.input_size == (32, 32)
-    np.testing.assert_array_equal(labels.numpy(), dm.pool.labels[index.numpy()])
-    dm = _dm(root, transform="imagenet", image_size=24, resize=28)
-    images, _, _ = next(iter(dm.train_dataloader()))
-    assert images.shape == (8, 3, 24, 24) and dm.input_size == (24, 24)
 
 
 def test_cifar_1k5k_protocol_scaled_down(cifar):

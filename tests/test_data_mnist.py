@@ -33,33 +33,6 @@ def _dm(root, **kwargs) -> MNISTDataModule:
     return MNISTDataModule(root=str(root), **kwargs)
 
 
-def test_loads_the_written_idx_files(mnist):
-    root, written = mnist
-    dm = _dm(root)
-    dm.setup()
-    assert (len(dm.pool.train), len(dm.pool.test)) == (120, 50)
-    np.testing.assert_array_equal(dm.pool.train.labels, written.train_labels)
-    np.testing.assert_array_equal(dm.pool.test.labels, written.test_labels)
-    for p in (0, 57, 119):
-        img = dm.pool.image(p)
-        assert img.mode == "L" and img.size == (28, 28)
-        np.testing.assert_array_equal(np.asarray(img), written.train_images[p])
-    np.testing.assert_array_equal(np.asarray(dm.pool.image(120 + 7)), written.test_images[7])
-    assert dm.sample_ids("test")[:2] == ["mnist/test/0", "mnist/test/1"]
-    assert dm.class_names == [str(d) for d in range(10)]
-
-
-def test_native_and_imagenet_batches(mnist):
-    root, _ = mnist
-    dm = _dm(root)
-    images, labels, index = next(iter(dm.train_dataloader()))
-    assert images.shape == (8, 1, 28, 28) and dm.in_channels == 1 and dm.input_size == (28, 28)
-    np.testing.assert_array_equal(labels.numpy(), dm.pool.labels[index.numpy()])
-    dm = _dm(root, transform="imagenet", image_size=32, resize=36)
-    images, _, _ = next(iter(dm.encode_dataloader("query")))
-    assert images.shape == (20, 3, 32, 32) and dm.in_channels == 3
-
-
 def test_paper_protocol_on_mnist(mnist):
     root, written = mnist
     dm = _dm(root, val_size=0.25, seed=3)

@@ -40,6 +40,11 @@ def _cli(*args: str, timeout: int = 180) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, timeout=timeout)
 
 
+def _search(index: Path, ckpt: str | Path, image: Path, *options: str) -> subprocess.CompletedProcess:
+    """``deephash-search --index INDEX --ckpt CKPT IMAGE [options]`` in a fresh process."""
+    return _cli("deephash.search", "--index", str(index), "--ckpt", str(ckpt), str(image), *options)
+
+
 def _ap(rel: np.ndarray, total: int) -> float:
     hits = np.cumsum(rel)
     return float((hits / np.arange(1, len(rel) + 1))[rel].sum() / total) if total else 0.0
@@ -102,18 +107,7 @@ def test_search_cli_finds_a_known_image(run: Path, tmp_path: Path) -> None:
     image_path = tmp_path / "query.png"
     dm.pool.image(int(pool_index)).save(image_path)
     for mode in ("euclidean", "hierarchical"):
-        proc = _cli(
-            "deephash.search",
-            "--index",
-            str(run / "index"),
-            "--ckpt",
-            ckpt,
-            str(image_path),
-            "--k",
-            "5",
-            "--mode",
-            mode,
-        )
+        proc = _search(run / "index", ckpt, image_path, "--k", "5", "--mode", mode)
         assert proc.returncode == 0, proc.stderr[-2000:]
         results = json.loads(proc.stdout)
         top = results[0]["results"][0]
@@ -122,20 +116,9 @@ def test_search_cli_finds_a_known_image(run: Path, tmp_path: Path) -> None:
         assert top["l2"] < 1e-2 * np.linalg.norm(db.f7[target].astype(np.float32)) and top["hamming"] == 0
         assert len(results[0]["results"]) == 5
         assert all(r["label"] == db.labels[r["index"]] for r in results[0]["results"])
-    proc = _cli(
-        "deephash.search", "--index", str(run / "index"), "--ckpt", ckpt, str(image_path), "--mode", "hamming"
-    )
+    proc = _search(run / "index", ckpt, image_path, "--mode", "hamming")
     assert json.loads(proc.stdout)[0]["results"][0]["hamming"] == 0
-    proc = _cli(
-        "deephash.search",
-        "--index",
-        str(run / "index"),
-        "--ckpt",
-        ckpt,
-        str(image_path),
-        "--coarse",
-        "multihash",
-    )
+    proc = _search(run / "index", ckpt, image_path, "--coarse", "multihash")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.loads(proc.stdout)[0]["results"][0]["index"] == target
 
@@ -144,7 +127,7 @@ def test_search_cli_rejects_a_non_image(run: Path, tmp_path: Path) -> None:
     bad = tmp_path / "notes.jpg"
     bad.write_text("not an image")
     ckpt = load_index(run / "index").manifest["checkpoint"]
-    proc = _cli("deephash.search", "--index", str(run / "index"), "--ckpt", ckpt, str(bad))
+    proc = _search(run / "index", ckpt, bad)
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith(f"error: cannot read query image {bad}")
 
@@ -158,14 +141,7 @@ def test_search_cli_rejects_an_index_of_another_checkpoint(run: Path, tmp_path: 
     state["state_dict"][key] = state["state_dict"][key] + 0.5  # another model with the same shapes
     other = tmp_path / "other.ckpt"
     torch.save(state, other)
-    proc = _cli(
-        "deephash.search",
-        "--index",
-        str(run / "index"),
-        "--ckpt",
-        str(other),
-        str(run / "retrieval_grid.png"),
-    )
+    proc = _search(run / "index", other, run / "retrieval_grid.png")
     assert proc.returncode == 2
     assert "its codes are not comparable; rebuild it with deephash-index build" in proc.stderr
 
@@ -176,7 +152,7 @@ def test_corrupt_index_is_a_clear_error(run: Path, tmp_path: Path) -> None:
     codes = copy / "codes.npy"
     codes.write_bytes(codes.read_bytes()[:-100])
     ckpt = load_index(run / "index").manifest["checkpoint"]
-    proc = _cli("deephash.search", "--index", str(copy), "--ckpt", ckpt, str(run / "retrieval_grid.png"))
+    proc = _search(copy, ckpt, run / "retrieval_grid.png")
     assert proc.returncode == 2
     assert "codes.npy" in proc.stderr and "Traceback" not in proc.stderr
 

@@ -40,39 +40,30 @@ def test_digits_default_run_reaches_098(train_cfg, tmp_path: Path) -> None:
     ]
 
 
-def test_mnist_idx_files_train_offline(train_cfg, tmp_path: Path) -> None:
-    write_mnist(tmp_path / "mnist", train_per_class=6, test_per_class=3)
-    cfg = train_cfg(
-        "data=mnist",
-        f"data.root={tmp_path / 'mnist'}",
-        "data.transform=native",
-        "data.num_workers=0",
-        "data.n_queries=10",
-        "trainer.max_epochs=1",
-        "model.bits=12",
-    )
+@pytest.mark.parametrize(
+    ("write", "overrides", "backbone"),
+    [
+        (
+            write_mnist,
+            ["data=mnist", "data.transform=native", "data.num_workers=0", "model.bits=12"],
+            "smallcnn",
+        ),
+        (
+            write_cifar10,
+            ["data=cifar10", "data.verify_checksums=false", "data.train_per_class=2", "data.batch_size=8"]
+            + ["model=alexnet", "model.weights=null", "trainer.limit_train_batches=2", *SMALL_IMAGENET],
+            "alexnet",
+        ),
+    ],
+    ids=["mnist-idx", "cifar10-pickles-alexnet"],
+)
+def test_release_files_train_offline(train_cfg, tmp_path: Path, write, overrides, backbone) -> None:
+    write(tmp_path / "data", train_per_class=6, test_per_class=3)
+    cfg = train_cfg(*overrides, f"data.root={tmp_path / 'data'}", "data.n_queries=10", "trainer.max_epochs=1")
     metrics = train(cfg)
-    assert metrics["dataset"] == "mnist" and metrics["bits"] == 12
+    assert metrics["dataset"] == overrides[0].removeprefix("data=")
+    assert metrics["backbone"] == backbone and metrics["bits"] == cfg.model.bits
     assert 0.0 <= metrics["test_acc"] <= 1.0
-
-
-def test_cifar10_pickles_train_with_alexnet_offline(train_cfg, tmp_path: Path) -> None:
-    write_cifar10(tmp_path / "cifar", train_per_class=4, test_per_class=3)
-    cfg = train_cfg(
-        "data=cifar10",
-        f"data.root={tmp_path / 'cifar'}",
-        "data.verify_checksums=false",
-        "data.train_per_class=2",
-        "data.n_queries=10",
-        "data.batch_size=8",
-        "model=alexnet",
-        "model.weights=null",
-        "trainer.max_epochs=1",
-        "trainer.limit_train_batches=2",
-        *SMALL_IMAGENET,
-    )
-    metrics = train(cfg)
-    assert metrics["dataset"] == "cifar10" and metrics["backbone"] == "alexnet"
 
 
 def test_folder_tree_trains_and_saves_class_mapping(train_cfg, tmp_path: Path) -> None:
