@@ -3,7 +3,9 @@
 For each mode a *full* ranking of the database is built per query (ties by database index), from
 which mAP, mAP@k and precision@k follow (``deephash.evaluation.metrics``):
 
-* ``hamming``: all items by Hamming distance on the codes.
+* ``hamming``: all items by Hamming distance on the codes; computed straight from the codes by
+  :func:`deephash.evaluation.hamming_metrics.hamming_retrieval_metrics` (a radix sort per query, no
+  ranking matrix), which also gives precision@r and the Hamming precision-recall curve.
 * ``hierarchical``: the coarse pool of :func:`deephash.retrieval.hierarchical_search` ranked by L2 on F7,
   followed by every other item in Hamming order (so its top k are exactly what the search returns).
 * ``euclidean``: all items by L2 distance on F7 (the paper's exhaustive search).
@@ -166,6 +168,8 @@ def pool_rule(retrieval: Mapping[str, Any]) -> PoolRule:
 
 def _stable_ranking(dist: np.ndarray) -> np.ndarray:
     """(b, n) distances -> (b, n) database indices by (distance, index)."""
+    if dist.dtype.kind in "iu" and dist.size and dist.min() >= 0 and dist.max() < 1 << 16:
+        dist = dist.astype(np.uint16)  # numpy's stable sort of 16-bit keys is a linear-time radix sort
     return np.argsort(dist, axis=1, kind="stable")
 
 
