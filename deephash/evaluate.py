@@ -18,6 +18,7 @@ from deephash.cli import run_hydra_task
 from deephash.config import CONFIG_PATH
 from deephash.evaluation.run import evaluate_checkpoint
 from deephash.runs import (
+    build_predict_trainer,
     checkpoint_run_dir,
     finish_loggers,
     instantiate_loggers,
@@ -45,7 +46,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     datamodule.setup()
     run_dir.mkdir(parents=True, exist_ok=True)
     loggers = instantiate_loggers(cfg.get("logger"), cfg)
-    metrics = evaluate_checkpoint(cfg, ckpt, datamodule, run_dir=run_dir)
+    metrics = evaluate_checkpoint(cfg, ckpt, datamodule, build_predict_trainer(cfg), run_dir=run_dir)
     if metrics:
         finish_loggers(loggers, {**metrics, "best_checkpoint": None}, run_dir)
     return metrics

@@ -16,7 +16,13 @@ from omegaconf import DictConfig, OmegaConf
 from deephash.cli import run_hydra_task
 from deephash.config import CONFIG_PATH, validate_train_config
 from deephash.evaluation.run import evaluate_checkpoint
-from deephash.runs import finish_loggers, instantiate_callbacks, instantiate_loggers, record_failure
+from deephash.runs import (
+    build_predict_trainer,
+    finish_loggers,
+    instantiate_callbacks,
+    instantiate_loggers,
+    record_failure,
+)
 from deephash.utils.io import atomic_write_json, atomic_write_text
 from deephash.utils.logging import get_logger
 
@@ -84,7 +90,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         atomic_write_json(output_dir / "metrics.json", metrics)
 
     if cfg.get("evaluate"):
-        metrics.update(evaluate_checkpoint(cfg, best_ckpt or metrics["last_checkpoint"], datamodule, trainer))
+        ckpt = best_ckpt or metrics["last_checkpoint"]
+        metrics.update(evaluate_checkpoint(cfg, ckpt, datamodule, build_predict_trainer(cfg, trainer)))
     if trainer.is_global_zero:
         finish_loggers(loggers, metrics, output_dir)
     return metrics

@@ -382,7 +382,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--bits", type=positive_int_arg, default=48)
     parser.add_argument("--num-classes", type=positive_int_arg, default=10)
-    parser.add_argument("--batch-size", type=positive_int_arg, default=None, help="default 64 (16 with --quick)")
+    parser.add_argument(
+        "--batch-size", type=positive_int_arg, default=None, help="default 64 (16 with --quick)"
+    )
     parser.add_argument(
         "--image-size", type=positive_int_arg, default=None, help="default 224 (32 with --quick)"
     )

@@ -26,7 +26,6 @@ from deephash.models.module import load_hash_module
 from deephash.retrieval.build import build_index, drop_unreadable
 from deephash.retrieval.store import IndexStore
 from deephash.retrieval.sublinear import build_hamming_index
-from deephash.runs import build_predict_trainer
 from deephash.utils.io import update_json
 from deephash.utils.logging import get_logger
 
@@ -38,14 +37,16 @@ def evaluate_checkpoint(
     cfg: DictConfig,
     ckpt_path: str | Path,
     datamodule: Any,
-    trainer: pl.Trainer | None = None,
+    predict_trainer: pl.Trainer,
     run_dir: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Encode, index and evaluate ``ckpt_path`` on ``datamodule``; returns (and saves) the retrieval metrics."""
+    """Encode, index and evaluate ``ckpt_path`` on ``datamodule``; returns (and saves) the retrieval metrics.
+
+    ``predict_trainer`` encodes (``deephash.runs.build_predict_trainer``); under DDP every rank encodes
+    and global rank 0 evaluates, the others get ``{}``."""
     run_dir = Path(run_dir or cfg.paths.output_dir)
     rcfg = cfg.retrieval
     module = load_hash_module(ckpt_path)
-    predict_trainer = build_predict_trainer(cfg, trainer)
     bad_images = drop_unreadable(datamodule)  # once, before any split is encoded
     index_dir = Path(rcfg.index_dir) if rcfg.get("index_dir") else run_dir / "index"
     # the encoded queries are saved too (<run>/queries), so anyone can re-check the metrics
