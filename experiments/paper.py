@@ -64,7 +64,7 @@ def planned_reason(plan: Plan, name: str) -> str:
     if status.get("status") == "failed":
         return f"failed: {status.get('error', 'see its run directory')}"
     m = RUN_NAME.fullmatch(name)
-    if m and m["bits"] and int(m["bits"]) not in plan.bits:
+    if m and m["bits"] and m["dataset"] != "yahoo" and int(m["bits"]) not in plan.bits:
         return f"{m['bits']} bits not in --bits"
     if m and m["method"]:
         if m["method"] not in plan.methods:

@@ -11,17 +11,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import yaml
 
-from deephash.evaluation.plots import read_precision_curves
 from deephash.tracking.markdown import markdown_table
-from deephash.tracking.sweep import mean_std
 from deephash.utils.errors import DeephashError
 from deephash.utils.io import atomic_write_text
+from experiments.figures import examples_section, precision_section, stat
 from experiments.paper import paper_table, planned_reason
 from experiments.plan import (
-    BASELINE_BITS,
     PAPER_BITS,
     Plan,
     completed_runs,
@@ -33,7 +30,6 @@ from experiments.plan import (
 
 log = logging.getLogger(__name__)
 
-FIGURE_FORMATS = ("png", "svg", "pdf")
 WANDB_URL = re.compile(r"https?://[^\s\"'<>()]+/runs/[\w-]+")
 
 
@@ -70,11 +66,12 @@ def wandb_link(run_dir: Path, metrics: dict[str, Any]) -> str:
 
 
 def write_results(plan: Plan) -> Path:
-    """Stage 6: ``RESULTS.md`` with the paper-vs-ours table, figures, sweep, speed and runs."""
+    """Stage 6: ``RESULTS.md`` with the paper-vs-ours table, figures, grids, sweep, speed and runs."""
     sections = [
         _header(plan),
         paper_table(plan),
-        _precision_section(plan),
+        precision_section(plan),
+        examples_section(plan),
         _sweep_section(plan),
         _speed_section(plan),
         _runs_section(plan),
@@ -109,60 +106,6 @@ def _header(plan: Plan) -> str:
     return "\n".join(lines)
 
 
-def _precision_section(plan: Plan) -> str:
-    from deephash.evaluation.plots import write_precision_curves
-
-    parts = [f"## Precision at k, {BASELINE_BITS} bits (figures 4 and 6)\n"]
-    for dataset in plan.trained:
-        runs = [
-            (f"ours {mode}", f"{dataset}/bits{BASELINE_BITS}", mode) for mode in ("hamming", "hierarchical")
-        ]
-        runs += [
-            (f"{m} ({f})", f"{dataset}/baselines/{m}-{f}", "hamming")
-            for f in plan.features
-            for m in plan.methods
-        ]
-        curves, spread, rows = {}, {}, []
-        for label, name, mode in runs:
-            done = completed_runs(plan, name)
-            found = [
-                read_precision_curves(plan.runs / run / "precision_at_k.csv").get(mode) for run, _ in done
-            ]
-            found = [curve for curve in found if curve is not None]
-            if not found:
-                rows.append([label, *["-"] * 4, planned_reason(plan, plan.seed_runs(name)[0])])
-                continue
-            curves[label], std = _mean_curve(found)
-            if len(found) > 1:
-                spread[label] = std
-            results = [metrics["modes"].get(mode) or {} for _, metrics in done]
-            at_k = [r.get("precision@k") or {} for r in results]
-            rows.append(
-                [
-                    label,
-                    _stat([r.get("mAP") for r in results]),
-                    *(_stat([p.get(k) for p in at_k]) for k in ("10", "100", "1000")),
-                    _runs_text(plan, name, len(done)),
-                ]
-            )
-        title = f"{dataset}, {BASELINE_BITS} bits" + (" (stands in for MNIST/CIFAR-10)" if plan.smoke else "")
-        parts.append(f"### {title}\n")
-        if curves:
-            stem = plan.out / "figures" / f"{dataset}_precision_{BASELINE_BITS}"
-            figure_title = title + (f", mean ± std over {len(plan.seeds)} seeds" if plan.seeds else "")
-            write_precision_curves(
-                curves,
-                stem.with_suffix(".csv"),
-                stem.with_suffix(".png"),
-                title=figure_title,
-                spread=spread,
-                formats=FIGURE_FORMATS,
-            )
-            parts.append(f"![{title}](figures/{stem.name}.png)\n")
-        parts.append(markdown_table(["curve", "mAP", "P@10", "P@100", "P@1000", "run"], rows))
-    return "\n".join(parts)
-
-
 def _sweep_section(plan: Plan) -> str:
     from deephash.tracking.compare import compare_runs
 
@@ -180,9 +123,9 @@ def _sweep_section(plan: Plan) -> str:
             rows.append(
                 [
                     str(bits),
-                    _stat([100 * a if isinstance(a, (int, float)) else None for a in accuracy], ".2f"),
+                    stat([100 * a if isinstance(a, (int, float)) else None for a in accuracy], ".2f"),
                     *(
-                        _stat([(m["modes"].get(mode) or {}).get("mAP") for m in done])
+                        stat([(m["modes"].get(mode) or {}).get("mAP") for m in done])
                         for mode in ("hamming", "hierarchical", "euclidean")
                     ),
                     "completed"
@@ -210,32 +153,6 @@ def _sweep_section(plan: Plan) -> str:
                 f"[compare/{dataset}/compare.md](compare/{dataset}/compare.md)\n"
             )
     return "\n".join(parts)
-
-
-def _mean_curve(
-    curves: list[tuple[np.ndarray, np.ndarray]],
-) -> tuple[tuple[np.ndarray, np.ndarray], np.ndarray]:
-    """Precision curves of several seeds -> ``((ks, mean precision), sample std)`` on the union of their ks."""
-    ks = np.unique(np.concatenate([k for k, _ in curves]))
-    values = np.full((len(curves), len(ks)), np.nan)
-    for row, (k, p) in zip(values, curves):
-        row[np.searchsorted(ks, k)] = p
-    std = np.nanstd(values, axis=0, ddof=1) if len(curves) > 1 else np.zeros(len(ks))
-    return (ks, np.nanmean(values, axis=0)), std
-
-
-def _stat(values: list[Any], spec: str = ".4f") -> str:
-    """The mean of the numbers in ``values``, with `` ± std`` over several seeds; ``-`` when none."""
-    numbers = [float(v) for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
-    if not numbers:
-        return "-"
-    mean, std = mean_std(numbers)
-    return f"{mean:{spec}}" + (f" ± {std:{spec}}" if len(numbers) > 1 else "")
-
-
-def _runs_text(plan: Plan, name: str, completed: int) -> str:
-    """``name``, or ``name/seed* (2 of 3 seeds)`` with --seeds."""
-    return name if plan.seeds is None else f"{name}/seed* ({completed} of {len(plan.seeds)} seeds)"
 
 
 def _speed_section(plan: Plan) -> str:

@@ -169,6 +169,9 @@ def test_smoke_with_a_yahoo_style_folder(tmp_path: Path) -> None:
     assert metrics["status"] == "completed" and metrics["bits"] == 128 and metrics["n_queries"] == 3
     rows = {row[0].strip("`"): row for row in results_table((out / "RESULTS.md").read_text())}
     assert rows["yahoo_test_acc_128"][4] == f"{100 * metrics['test_acc']:.2f}%"
+    assert (out / "runs" / "yahoo" / "bits128" / "retrieval_grid.png").stat().st_size > 0
+    with (out / "figures" / "yahoo_precision_128.csv").open() as f:
+        assert next(csv.reader(f))[:3] == ["k", "hamming", "hierarchical"]
 
 
 def fake_run(run_dir: Path, seed: int, acc: float, hamming_map: float, overrides: list[str]) -> None:
@@ -226,3 +229,39 @@ def test_seeds_are_reported_as_mean_and_std(tmp_path: Path) -> None:
     with (compare / "groups.csv").open() as f:
         groups = [r for r in csv.DictReader(f) if r["mode"] == "hamming"]
     assert [(g["seeds"], float(g["mAP mean"])) for g in groups] == [("2", pytest.approx(0.75))]
+    # the grid is the first completed seed's; the Yahoo run was not asked for
+    examples = markdown.split("## Retrieval examples", 1)[1].split("\n## ", 1)[0]
+    assert "### digits, 48 bits: figure 3 and figure 5" in examples
+    assert "no retrieval grid in runs/digits/bits48/seed0" in examples
+    (runs / "seed1" / "retrieval_grid.png").write_bytes(b"png")
+    assert reproduce.main([*argv, "--out", str(tmp_path), "--report-only"]) == 0
+    markdown = (tmp_path / "RESULTS.md").read_text()
+    assert "![digits retrieval examples](runs/digits/bits48/seed1/retrieval_grid.png)" in markdown
+    assert (
+        "not run: no --yahoo-root (or YAHOO_ROOT) given" in markdown.split("### Yahoo-style image folder")[1]
+    )
+
+
+def test_folder_run_precision_and_grid_in_results(tmp_path: Path) -> None:
+    """Figure 8: the folder run's precision at k for each search mode, with its retrieval grid."""
+    run = tmp_path / "runs" / "yahoo" / "bits128"
+    fake_run(run, 0, 0.8, 0.6, ["experiment=paper_yahoo"])
+    (run / "retrieval_grid.png").write_bytes(b"png")
+    (tmp_path / "photos").mkdir()
+    missing = tmp_path / "without-run"
+    argv = ["--smoke", "--bits", "48", "--yahoo-root", str(tmp_path / "photos"), "--out", str(missing)]
+    assert reproduce.main([*argv, "--report-only"]) == 0
+    rows = {row[0].strip("`"): row for row in results_table((missing / "RESULTS.md").read_text())}
+    assert rows["yahoo_test_acc_128"][4] == "not run: no results in runs/yahoo/bits128 yet"  # not: --bits
+    argv = ["--smoke", "--bits", "48", "--yahoo-root", str(tmp_path / "photos"), "--out", str(tmp_path)]
+    assert reproduce.main([*argv, "--report-only"]) == 0
+    section = (tmp_path / "RESULTS.md").read_text().split("### Yahoo-style image folder, 128 bits")[1]
+    section = section.split("\n## ", 1)[0]
+    assert "![yahoo retrieval examples](runs/yahoo/bits128/retrieval_grid.png)" in section
+    assert "![image folder, 128 bits](figures/yahoo_precision_128.png)" in section
+    assert "| hamming | 0.6000 | 0.6000 | 0.5000 | 0.1000 | yahoo/bits128 |" in section
+    assert "| euclidean | - | - | - | - | no euclidean curve in runs/yahoo/bits128 |" in section
+    for ext in ("csv", "png", "svg", "pdf"):
+        assert (tmp_path / "figures" / f"yahoo_precision_128.{ext}").stat().st_size > 0
+    with (tmp_path / "figures" / "yahoo_precision_128.csv").open() as f:
+        assert next(csv.reader(f)) == ["k", "hamming", "hierarchical"]
