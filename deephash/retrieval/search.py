@@ -252,13 +252,22 @@ def _refine(
     """
     l2 = np.full(cand.shape, np.inf, np.float32)
     rows, cols = np.nonzero(cand >= 0)
-    step = max(1, (1 << 24) // db_f7.shape[1])  # candidate rows per block: ~64 MB of float32
-    for s in range(0, len(rows), step):
-        r, c = rows[s : s + step], cols[s : s + step]
-        uniq, inverse = np.unique(cand[r, c], return_inverse=True)
-        diff = _f7_rows(db_f7, uniq)[inverse]  # one sorted gather from disk
-        diff -= queries[r]
-        l2[r, c] = _norms(diff)
+    # (query, candidate) pairs in database order across all queries: each F7 row is read once per
+    # block, in one sorted gather, however many queries share it
+    by_item = np.argsort(cand[rows, cols], kind="stable")
+    rows, cols = rows[by_item], cols[by_item]
+    items = cand[rows, cols]
+    step = max(1, (1 << 24) // db_f7.shape[1])  # distinct rows per block: ~64 MB of float32
+    bounds = np.r_[np.flatnonzero(np.diff(items, prepend=-1))[::step], len(items)]
+    in_cache = max(1, (1 << 17) // db_f7.shape[1])  # pairs per difference slice: ~512 KB of float32
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        uniq, inverse = np.unique(items[a:b], return_inverse=True)
+        rows_f7 = _f7_rows(db_f7, uniq)
+        for s in range(a, b, in_cache):
+            t = slice(s, min(b, s + in_cache))
+            diff = rows_f7[inverse[t.start - a : t.stop - a]]
+            diff -= queries[rows[t]]
+            l2[rows[t], cols[t]] = _norms(diff)
     # empty slots get an index past every real one, so they sort last
     key_idx = np.where(cand >= 0, cand, np.iinfo(np.int64).max)
     order = np.lexsort((key_idx, l2), axis=-1)[:, :k]
