@@ -1,18 +1,23 @@
 """Regenerate the paper's results: ``python -m experiments.reproduce [--smoke] [--out DIR] ...``.
 
-Stages, each a function writing under ``--out`` (default ``reports/reproduce``); the plan and its jobs are
-built by :mod:`experiments.plan` and :mod:`experiments.jobs`:
+Stages, each a function writing under ``--out`` (default ``reports/reproduce``); the plan and its jobs
+come from :mod:`experiments.plan` and :mod:`experiments.jobs`:
 
-1. :func:`~experiments.preflight.preflight`: the datasets, ImageNet AlexNet weights and Yahoo folder a run needs exist; if not,
-   stop at once (exit 2) saying what to put where.
-2. :func:`~experiments.launch.run_training`: MNIST and CIFAR-10 at 48 and 128 bits with the paper's experiment configs, plus a
-   code-length sweep, each run in ``runs/<dataset>/bits<k>``.
-3. :func:`~experiments.launch.run_baselines`: LSH, PCAH, ITQ, SH at 48 bits on raw pixels and on the F7 of our 48-bit model,
-   in ``runs/<dataset>/baselines/<method>-<features>``.
-4. :func:`~experiments.launch.run_yahoo`: the Yahoo-1M-style image folder run (``--yahoo-root``), in ``runs/yahoo/bits128``.
+1. :func:`~experiments.preflight.preflight`: the datasets, ImageNet AlexNet weights and Yahoo folder a
+   run needs exist; if not, stop at once (exit 2) saying what to put where.
+2. :func:`~experiments.launch.run_training`: MNIST and CIFAR-10 at 48 and 128 bits with the paper's
+   experiment configs, plus a code-length sweep, each run in ``runs/<dataset>/bits<k>``.
+3. :func:`~experiments.launch.run_baselines`: LSH, PCAH, ITQ, SH at 48 bits on raw pixels and on the F7
+   of our 48-bit model, in ``runs/<dataset>/baselines/<method>-<features>``.
+4. :func:`~experiments.launch.run_yahoo`: the Yahoo-1M-style image folder run (``--yahoo-root``), in
+   ``runs/yahoo/bits128``.
 5. :func:`~experiments.launch.run_speed`: the ``deephash.bench`` retrieval timings, in ``bench/bench.json``.
-6. :func:`~experiments.report.write_results`: ``RESULTS.md``, every entry of ``paper_results.yaml`` against ours, the precision
-   figures with the baselines, the mAP-vs-bits sweep, the speed table and the runs' W&B links.
+6. :func:`~experiments.report.write_results`: ``RESULTS.md``, every entry of ``paper_results.yaml``
+   against ours, the precision figures with the baselines, the retrieval grids, the mAP-vs-bits sweep, the
+   speed table and the runs' W&B links.
+
+``--seeds N`` (or a list of seeds) runs every configuration once per seed, in ``<run>/seed<s>``, and
+reports the mean ± std over the seeds.
 
 A run whose metrics.json says completed is skipped and an interrupted training run resumes from its
 ``last.ckpt``, so the command can simply be re-run. ``--smoke`` runs every stage on the bundled digits on
