@@ -2,10 +2,12 @@
 
 deephash-index build ckpt_path=<run>/checkpoints/last.ckpt [data=...] [index_dir=...]   (Hydra overrides)
 deephash-index info <index dir>
+deephash-index verify <index dir>   (checks every file, every F7 block; exit 0 with one OK line, or 2)
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -15,15 +17,13 @@ import hydra
 import pytorch_lightning as pl
 from omegaconf import DictConfig
 
-from deephash.cli import exit_on_user_error, run_hydra_task
+from deephash.cli import accepts_version, exit_on_user_error, run_hydra_task
 from deephash.config import CONFIG_PATH
 from deephash.models.module import load_hash_module
 from deephash.retrieval.build import build_index, drop_unreadable
-from deephash.retrieval.store import load_index
+from deephash.retrieval.store import load_index, verify_index
 from deephash.runs import build_predict_trainer, checkpoint_run_dir, run_data_config
 from deephash.utils.errors import ConfigError
-
-USAGE = "usage: deephash-index build ckpt_path=<ckpt> [data=<name>] [index_dir=<dir>] | deephash-index info <index dir>"
 
 
 def build(cfg: DictConfig) -> dict[str, Any]:
@@ -67,25 +67,49 @@ def info(path: str) -> None:
     print(json.dumps(_summary(store.manifest, path), indent=2))
 
 
+@exit_on_user_error
+def verify(path: str) -> None:
+    r = verify_index(path)
+    print(
+        f"OK {r['index']}: {r['count']} items, {r['bits']} bits, {r['feature_dim']}-d F7; {r['files']} files "
+        f"({r['bytes']:,} bytes) and {r['f7_blocks']} F7 blocks match their checksums"
+    )
+
+
 def _summary(manifest: dict[str, Any], path: Any) -> dict[str, Any]:
     keys = ("count", "bits", "feature_dim", "dataset", "split", "backbone", "checkpoint", "created_at")
     merged = {**manifest.get("meta", {}), **manifest}
     return {"index": str(path), **{k: merged.get(k) for k in keys}}
 
 
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="deephash-index", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    build_cmd = commands.add_parser(
+        "build",
+        help="encode a dataset split with a checkpoint and save it as an index",
+        description="Hydra overrides: ckpt_path=<run>/checkpoints/last.ckpt (required), data=<name> "
+        "(default: the checkpoint's training data; data=folder data.root=DIR data.unlabelled=true for a "
+        "plain folder of photos), split=database, index_dir=DIR (default: <run>/index). Hydra's own flags "
+        "work too: --cfg job prints the composed config, --hydra-help lists Hydra's options.",
+    )
+    build_cmd.add_argument("overrides", nargs=argparse.REMAINDER, help="Hydra overrides (key=value ...)")
+    info_cmd = commands.add_parser(
+        "info", help="describe a saved index", description="Describe a saved index."
+    )
+    info_cmd.add_argument("index_dir", metavar="INDEX_DIR", help="an index directory")
+    return parser
+
+
+@accepts_version("deephash-index")
 def main(argv: list[str] | None = None) -> None:
-    args = sys.argv[1:] if argv is None else argv
-    if not args or args[0] not in ("build", "info"):
-        print(USAGE, file=sys.stderr)
-        sys.exit(2)
-    if args[0] == "info":
-        if len(args) != 2:
-            print(USAGE, file=sys.stderr)
-            sys.exit(2)
-        info(args[1])
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["build"] and not {"-h", "--help"} & set(args[1:]):
+        sys.argv = [sys.argv[0], *args[1:]]  # Hydra parses everything after the subcommand
+        _build_main()
         return
-    sys.argv = [sys.argv[0], *args[1:]]  # Hydra parses the overrides after the subcommand
-    _build_main()
+    parsed = build_parser().parse_args(args)
+    info(parsed.index_dir)
 
 
 if __name__ == "__main__":

@@ -50,6 +50,7 @@ def test_round_trip(tmp_path: Path, bits: int) -> None:
     path = save_index(tmp_path / "index", **items, meta=meta)
     assert sorted(p.name for p in path.iterdir()) == [
         "codes.npy",
+        "f7.crc32.npy",
         "f7.npy",
         "ids.txt",
         "labels.npy",
@@ -66,12 +67,20 @@ def test_round_trip(tmp_path: Path, bits: int) -> None:
     assert store.labels.dtype == np.int64
     assert isinstance(load_index(path, f7_in_memory=True).f7, np.ndarray)
     m = store.manifest
-    assert m["format_version"] == 1 and m["bits"] == bits and m["code_bytes"] == -(-bits // 8)
+    assert m["format_version"] == 2 and m["bits"] == bits and m["code_bytes"] == -(-bits // 8)
     assert m["feature_dim"] == 16 and m["count"] == 120 and m["dataset"] == "mnist"
     assert m["dtypes"] == {"codes": "uint8", "f7": "float16", "labels": "int64"}
     assert m["checkpoint_sha256"] == hashlib.sha256(b"weights").hexdigest() and m["meta"]["note"] == "x"
     assert m["files"]["codes.npy"]["sha256"] == sha256_file(path / "codes.npy")
-    assert m["files"]["f7.npy"] == {"bytes": (path / "f7.npy").stat().st_size, "shape": [120, 16]}
+    assert m["checkpoint_free"] is False
+    f7_entry = m["files"]["f7.npy"]
+    assert f7_entry["bytes"] == (path / "f7.npy").stat().st_size and f7_entry["shape"] == [120, 16]
+    assert f7_entry["block_rows"] == 2048  # 64 KiB of 16-d float16 rows under one checksum
+    assert m["files"]["f7.crc32.npy"] == {
+        "bytes": (path / "f7.crc32.npy").stat().st_size,
+        "shape": [1],
+        "sha256": sha256_file(path / "f7.crc32.npy"),
+    }
     assert "T" in m["created_at"]
     queries = items["codes_packed"][:5]
     for a, b in zip(
@@ -187,7 +196,11 @@ def test_unknown_format_version(saved: tuple[Path, dict]) -> None:
     manifest = json.loads((path / "manifest.json").read_text())
     manifest["format_version"] = 7
     (path / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(IndexFormatError, match="format_version 7; this deephash reads format_version 1"):
+    with pytest.raises(IndexFormatError, match="format_version 7; this deephash reads format_version 2"):
+        load_index(path)
+    manifest["format_version"] = 1
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(IndexFormatError, match="format_version 1, from an older deephash .*; rebuild it"):
         load_index(path)
 
 
@@ -212,9 +225,9 @@ def test_truncated_f7(saved: tuple[Path, dict], fix_manifest: bool) -> None:
     path, _ = saved
     data = (path / "f7.npy").read_bytes()
     (path / "f7.npy").write_bytes(data[: len(data) // 2])
-    if fix_manifest:  # no size in the manifest: np.load itself must fail on the short file
+    if fix_manifest:  # the manifest's size made to agree: the header's shape must still catch it
         manifest = json.loads((path / "manifest.json").read_text())
-        del manifest["files"]["f7.npy"]["bytes"]
+        manifest["files"]["f7.npy"]["bytes"] = len(data) // 2
         (path / "manifest.json").write_text(json.dumps(manifest))
     for mmap in (True, False):
         with pytest.raises(
@@ -249,18 +262,21 @@ def test_expectation_mismatches(saved: tuple[Path, dict]) -> None:
         load_index(path, expect_bits=128)
     with pytest.raises(IndexFormatError, match="has 16-d F7 features but the model produces 4096-d features"):
         load_index(path, expect_feature_dim=4096)
-    with pytest.raises(IndexFormatError, match="does not record but the given checkpoint has sha256 abc"):
+    with pytest.raises(IndexFormatError, match=r"built from no checkpoint \(its codes are a baseline's\)"):
         load_index(path, expect_checkpoint_sha256="abc")
 
 
 def test_checkpoint_hash_mismatch(tmp_path: Path) -> None:
-    meta = {"checkpoint": "x.ckpt", "checkpoint_sha256": "f00d"}
+    f00d, beef = "f00d" * 16, "beef" * 16
+    meta = {"checkpoint": "x.ckpt", "checkpoint_sha256": f00d}
     path = save_index(tmp_path / "index", **make_items(), meta=meta)
-    assert load_index(path, expect_checkpoint_sha256="f00d").manifest["checkpoint"] == "x.ckpt"
+    assert load_index(path, expect_checkpoint_sha256=f00d).manifest["checkpoint"] == "x.ckpt"
     with pytest.raises(
-        IndexFormatError, match="from checkpoint sha256 f00d but the given checkpoint has sha256 beef"
+        IndexFormatError, match=f"from checkpoint sha256 {f00d} but the given checkpoint has sha256 {beef}"
     ):
-        load_index(path, expect_checkpoint_sha256="beef")
+        load_index(path, expect_checkpoint_sha256=beef)
+    with pytest.raises(ConfigError, match="checkpoint nowhere.ckpt not found: its sha256 cannot be recorded"):
+        save_index(tmp_path / "other", **make_items(), meta={"checkpoint": "nowhere.ckpt"})
 
 
 def test_codes_sha256_mismatch(saved: tuple[Path, dict]) -> None:

@@ -8,10 +8,22 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
+import torch
 
 from deephash.data.query import preprocess_spec
 from deephash.retrieval.encode import encode_split
-from deephash.retrieval.store import IndexStore, load_index, save_index, sha256_file
+from deephash.retrieval.store import (
+    IndexStore,
+    acquire_index_lock,
+    index_lock,
+    load_index,
+    release_index_lock,
+    save_index,
+    sha256_file,
+    staging_dir,
+    write_errors,
+)
+from deephash.utils.errors import ConfigError, DeephashError
 
 
 def drop_unreadable(datamodule: Any) -> list[str]:
@@ -46,10 +58,56 @@ def build_index(
     The manifest records the dataset, the checkpoint (path and sha256) and the query preprocessing, so a
     search can check that a model matches the index and encode new images the same way. Under DDP every
     rank encodes; rank 0 saves, the other ranks get ``None``.
+
+    Global rank 0 holds the index's lock from encoding to saving (a second writer fails with one line)
+    and encodes into a staging directory of its own, removed afterwards (or by the next writer, if this
+    one dies).
     """
     index_dir = Path(index_dir)
-    work = index_dir.parent / f".{index_dir.name}.encode-{split}"
-    encoded = encode_split(module, datamodule, split, work, trainer)
+    if trainer is None or trainer.world_size == 1:
+        with index_lock(index_dir):
+            work = staging_dir(index_dir, split)
+            return _encode_and_save(
+                module, datamodule, ckpt_path, index_dir, trainer, split, bad_images, work
+            )
+    # DDP: every rank writes into the same staging files, so rank 0 picks them (and takes the lock)
+    rank_zero, message = trainer.is_global_zero, ""
+    if rank_zero:
+        try:
+            acquire_index_lock(index_dir)
+        except DeephashError as err:
+            message = str(err)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        work = staging_dir(index_dir, split) if rank_zero and not message else None
+        message, work = trainer.strategy.broadcast((message if rank_zero else "", work), src=0)
+    else:  # ranks not launched yet: each one reruns this, so the name must not depend on the process
+        work = index_dir.parent / f".{index_dir.name}.staging-{split}-ddp"
+    if message:
+        raise ConfigError(message)
+    try:
+        return _encode_and_save(module, datamodule, ckpt_path, index_dir, trainer, split, bad_images, work)
+    finally:
+        if rank_zero:
+            release_index_lock(index_dir)
+
+
+def _encode_and_save(
+    module: pl.LightningModule,
+    datamodule: Any,
+    ckpt_path: str | Path,
+    index_dir: Path,
+    trainer: pl.Trainer | None,
+    split: str,
+    bad_images: Sequence[str],
+    work: Path,
+) -> IndexStore | None:
+    try:
+        with write_errors(index_dir):
+            encoded = encode_split(module, datamodule, split, work, trainer)
+    except BaseException:
+        if trainer is None or trainer.is_global_zero:
+            shutil.rmtree(work, ignore_errors=True)
+        raise
     if trainer is not None and not trainer.is_global_zero:
         return None
     try:

@@ -6,12 +6,18 @@ rows of a 4096-d float16 memmap was seen to map over a gigabyte. ``F7File`` inst
 rows with ``os.preadv`` straight into a fresh array and ``NpyRowWriter`` writes rows with ``os.pwrite``,
 so the resident memory is the rows in hand; the file's pages stay in the kernel's shared, reclaimable
 page cache. Runs of consecutive rows are read or written with one call each.
+
+An index's F7 file comes with a CRC-32 per block of ``block_rows`` rows (``block_checksums``); an ``F7File``
+given them checks each block, and that it holds no NaN or inf, the first time one of its rows is read,
+so a flipped byte or a NaN row is an ``IndexFormatError`` instead of a silently different ranking. A file
+without checksums (an encoder's staging) checks the rows it returns for non-finite values instead.
 """
 
 from __future__ import annotations
 
 import mmap
 import os
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +71,26 @@ def release_pages(arr: Any) -> None:
         mm.madvise(mmap.MADV_DONTNEED)
 
 
+def non_finite_rows(rows: np.ndarray) -> np.ndarray:
+    """Positions of the rows of ``rows`` (m, d) holding NaN or inf. float16 is tested on its bits (an all-ones
+    exponent), which numpy does far faster than ``isfinite`` on emulated half floats."""
+    if rows.dtype == np.float16:
+        bad = (rows.view(np.uint16) & 0x7C00) == 0x7C00
+    elif np.issubdtype(rows.dtype, np.floating):
+        bad = ~np.isfinite(rows)
+    else:
+        return np.zeros(0, np.int64)
+    return np.flatnonzero(bad.reshape(len(rows), -1).any(axis=1))
+
+
+def block_checksums(data: np.ndarray, block_rows: int) -> np.ndarray:
+    """CRC-32 of each block of ``block_rows`` rows of ``data`` (m, d) (the last block may be shorter):
+    ``(ceil(m / block_rows),) uint32``."""
+    view = memoryview(np.ascontiguousarray(data)).cast("B")
+    step = block_rows * (view.nbytes // max(1, len(data)))
+    return np.array([zlib.crc32(view[s : s + step]) for s in range(0, view.nbytes, step)], np.uint32)
+
+
 def _runs(rows: np.ndarray) -> tuple[list[int], list[int], list[int]]:
     """Strictly increasing rows -> (position in ``rows``, first row, length) of each run of consecutive rows."""
     if len(rows) == 0:
@@ -82,9 +108,14 @@ class F7File:
     ``f[idx]`` with an integer array of any shape, order, duplicates or negative values -> idx.shape + (d,),
     ``f[mask]`` with an (n,) bool mask, and ``f[rows, cols]``. Results are fresh arrays of the file's
     dtype; ``read(key, np.float32)`` converts through a small buffer instead of a full-size copy.
+
+    checksums: ``(ceil(n / block_rows),) uint32`` CRC-32 of each block of ``block_rows`` rows (see
+    ``block_checksums``); each block is checked once, when a read first touches it (or by ``verify_all``).
     """
 
-    def __init__(self, path: str | os.PathLike) -> None:
+    def __init__(
+        self, path: str | os.PathLike, checksums: np.ndarray | None = None, block_rows: int = 0
+    ) -> None:
         self._fd: int | None = None
         self.path = Path(path)
         self.offset, shape, self.dtype = npy_layout(self.path)
@@ -98,6 +129,17 @@ class F7File:
                 f"{self.path} is truncated: {self.shape[0]} x {self.shape[1]} {self.dtype} needs "
                 f"{self.offset + self.shape[0] * self.row_bytes} bytes, the file has {size}"
             )
+        self.checksums, self.block_rows = None, 0
+        if checksums is not None:
+            self.block_rows = int(block_rows)
+            blocks = -(-self.shape[0] // self.block_rows) if self.block_rows > 0 else -1
+            if np.shape(checksums) != (blocks,):
+                raise IndexFormatError(
+                    f"{self.path} has {self.shape[0]} rows in blocks of {block_rows}, so {blocks} checksums, "
+                    f"got {np.shape(checksums)}"
+                )
+            self.checksums = np.asarray(checksums, np.uint32)
+            self._verified = np.zeros(blocks, bool)
         self._fd = os.open(self.path, os.O_RDONLY)
 
     ndim = 2
@@ -166,11 +208,55 @@ class F7File:
         uniq, inverse = np.unique(flat, return_inverse=True)
         return self._read_sorted(uniq, out_dtype)[inverse.ravel()].reshape(*index.shape, self.shape[1])
 
+    def verify_all(self) -> None:
+        """Check every block against its checksum (and for NaN or inf); raises ``IndexFormatError``."""
+        if self.checksums is None:
+            raise IndexFormatError(f"{self.path} has no checksums to verify")
+        self._verify(np.flatnonzero(~self._verified))
+
+    def _verify(self, blocks: np.ndarray) -> None:
+        """Check the unchecked ``blocks`` (increasing), reading runs of consecutive blocks in pieces."""
+        blocks = blocks[~self._verified[blocks]]
+        if len(blocks) == 0:
+            return
+        br, n = self.block_rows, self.shape[0]
+        per_read = max(1, _BLOCK_BYTES // (br * self.row_bytes))
+        for _, first, length in zip(*_runs(blocks)):
+            for b0 in range(first, first + length, per_read):
+                b1 = min(b0 + per_read, first + length)
+                r0, r1 = b0 * br, min(b1 * br, n)
+                data = np.empty((r1 - r0, self.shape[1]), self.dtype)
+                self._pread_into(memoryview(data).cast("B"), r0)
+                bad = np.flatnonzero(block_checksums(data, br) != self.checksums[b0:b1])
+                if bad.size:
+                    b = b0 + int(bad[0])
+                    raise IndexFormatError(
+                        f"{self.path} rows {b * br}:{min((b + 1) * br, n)} do not match their checksum: "
+                        "the features were modified or corrupted; rebuild the index"
+                    )
+                self._check_finite(data, np.arange(r0, r1))
+                self._verified[b0:b1] = True
+
+    def _check_finite(self, data: np.ndarray, rows: np.ndarray) -> None:
+        """data: (m, d) the file's ``rows`` (m,)."""
+        bad = non_finite_rows(data)
+        if bad.size:
+            raise IndexFormatError(
+                f"{self.path} row {int(rows[bad[0]])} holds NaN or inf: the features are corrupt; "
+                "rebuild the index"
+            )
+
     def _read_sorted(self, rows: np.ndarray, dtype: np.dtype) -> np.ndarray:
-        """Rows ``rows`` (strictly increasing, in range) -> (m, d) ``dtype``, one read per run of rows."""
+        """Rows ``rows`` (strictly increasing, in range) -> (m, d) ``dtype``, one read per run of rows.
+
+        With checksums, the blocks the rows lie in are checked first (once each); without, the rows read
+        are checked for NaN and inf."""
         out = np.empty((len(rows), self.shape[1]), dtype)
         if out.size == 0:
             return out
+        if self.checksums is not None:
+            blocks = rows // self.block_rows
+            self._verify(blocks[np.flatnonzero(np.diff(blocks, prepend=-1))])
         direct = dtype == self.dtype
         step = len(rows) if direct else max(1, _BLOCK_BYTES // self.row_bytes)
         buffer = None if direct else np.empty((min(step, len(rows)), self.shape[1]), self.dtype)
@@ -180,6 +266,8 @@ class F7File:
             view = memoryview(dest).cast("B")
             for pos, row, length in zip(*_runs(block)):
                 self._pread_into(view[pos * self.row_bytes : (pos + length) * self.row_bytes], row)
+            if self.checksums is None:
+                self._check_finite(dest, block)
             if not direct:
                 out[c : c + len(block)] = dest
         return out
@@ -209,10 +297,10 @@ class F7File:
         self.close()
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"path": self.path}
+        return {"path": self.path, "checksums": self.checksums, "block_rows": self.block_rows}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["path"])
+        self.__init__(state["path"], state.get("checksums"), state.get("block_rows", 0))
 
 
 class NpyRowWriter:

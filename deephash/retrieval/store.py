@@ -2,15 +2,24 @@
 
 Layout of ``<path>/``::
 
-    manifest.json   format_version, bits, code_bytes, feature_dim, count, dtypes, file sizes/sha256, meta
+    manifest.json   format_version, bits, code_bytes, feature_dim, count, dtypes, files (sizes, shapes and
+                    sha256 of every file), the checkpoint the codes come from (or checkpoint_free), meta
     codes.npy       (n, ceil(bits / 8)) uint8 packed codes
     f7.npy          (n, d) float16 F7 features (read on demand through ``F7File`` on load)
+    f7.crc32.npy    (ceil(n / block_rows),) uint32 CRC-32 of each block of ``block_rows`` F7 rows
     labels.npy      (n,) int64 class labels
     ids.txt         n item ids, one per line
 
-A save writes everything into a temporary sibling ``.<name>.tmp-XXXX`` (manifest last) and renames it
-to ``path``; an existing index is renamed aside first and removed once the new one is in place. An
-interrupted save therefore never leaves a loadable half-written index at ``path``.
+Every file is checked: the small ones against their sha256 on load, f7.npy's header against its sha256 and
+each block of its rows against its CRC-32 when a read first touches it (``verify_index`` checks them all).
+A checksum missing from the manifest is an error, never a skipped check; an index whose codes come from no
+checkpoint (a baseline's) says so with ``"checkpoint_free": true``.
+
+Writes: one writer at a time holds ``.<name>.lock`` beside the index (a second fails with one line). A save
+writes everything into ``.<name>.tmp-XXXX`` (manifest last), then exchanges it with ``path`` in one atomic
+``renameat2(RENAME_EXCHANGE)`` (where the filesystem lacks it: the old index is renamed to ``.<name>.old-XXXX``
+first, and an open that finds no index there puts it back). An interrupted save therefore leaves the old
+index or the new one at ``path``, never a half-written one; the next writer removes the leftovers.
 
 F7 never goes through a memory map, whose pages would count toward the resident set (see
 ``deephash.retrieval.features``): rows are written with positional writes, in blocks of about
@@ -20,12 +29,17 @@ million 4096-d items thus takes memory for the codes, labels and ids, not for th
 
 from __future__ import annotations
 
+import ctypes
+import errno
+import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -34,16 +48,39 @@ from typing import Any
 import numpy as np
 
 from deephash.retrieval.codes import check_packed, code_bytes
-from deephash.retrieval.features import F7File, NpyRowWriter, create_npy, npy_layout, release_pages
+from deephash.retrieval.features import (
+    F7File,
+    NpyRowWriter,
+    block_checksums,
+    create_npy,
+    non_finite_rows,
+    npy_layout,
+    release_pages,
+)
 from deephash.retrieval.search import HammingIndex
-from deephash.utils.errors import ConfigError, IndexFormatError
+from deephash.utils.errors import ConfigError, DeephashError, IndexFormatError
 from deephash.utils.io import atomic_write_json
+from deephash.utils.logging import get_logger
 
-FORMAT_VERSION = 1
+log = get_logger(__name__)
+
+FORMAT_VERSION = 2  # 2: F7 block checksums, every file's sha256 required, checkpoint_free
 MANIFEST = "manifest.json"
-CODES, F7, LABELS, IDS = "codes.npy", "f7.npy", "labels.npy", "ids.txt"
+CODES, F7, F7_SUMS, LABELS, IDS = "codes.npy", "f7.npy", "f7.crc32.npy", "labels.npy", "ids.txt"
 DTYPES = {"codes": "uint8", "f7": "float16", "labels": "int64"}
 _F7_BLOCK_BYTES = 32 << 20  # float32 bytes of F7 converted and checked at a time
+# Bytes of F7 under one checksum: a read's first touch of a block reads and checks all of it, so small
+# blocks keep a search's scattered row reads cheap (64 KiB: 8 rows of 4096-d float16).
+_CHECK_BLOCK_BYTES = 64 << 10
+# The keys of each file's manifest entry: all required, no others (a misspelt key is an error).
+_FILE_KEYS = {
+    CODES: {"bytes", "shape", "sha256"},
+    LABELS: {"bytes", "shape", "sha256"},
+    IDS: {"bytes", "sha256"},
+    F7_SUMS: {"bytes", "shape", "sha256"},
+    F7: {"bytes", "shape", "header_sha256", "block_rows"},
+}
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 def sha256_file(path: str | os.PathLike, block: int = 1 << 20) -> str:
@@ -111,12 +148,19 @@ class IndexStore(EncodedItems):
         return self._hamming
 
 
+def f7_block_rows(feature_dim: int) -> int:
+    """Rows of ``feature_dim``-d float16 F7 under one checksum."""
+    return max(1, _CHECK_BLOCK_BYTES // (2 * feature_dim))
+
+
 class IndexWriter:
     """Streams an index of ``n`` items to disk without holding the features in RAM.
 
     Rows may be written in any order and in blocks of any size; ``commit()`` checks every row was
-    written, writes the manifest and moves the directory into place. Used as a context manager, an
-    exception (or leaving without ``commit()``) removes the temporary directory.
+    written, writes the F7 checksums and the manifest and moves the directory into place. The writer holds
+    the index's lock (``index_lock``) from creation to commit or abort. Used as a context manager, an
+    exception (or leaving without ``commit()``) removes the temporary directory. A failed write (a full
+    disk, a permission) is a one-line ``IndexWriteError``, with nothing left behind.
     """
 
     def __init__(
@@ -128,20 +172,36 @@ class IndexWriter:
         self.n, self.bits, self.feature_dim = int(n), int(bits), int(feature_dim)
         self.code_bytes = code_bytes(self.bits)
         self.meta = dict(meta or {})
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.tmp-", dir=self.path.parent))
-        self.tmp.chmod(0o755)  # mkdtemp makes it private; the published index should not be
+        self._done = True  # until the lock and the temporary directory are ours
+        self._checkpoint_sha = _checkpoint_sha256(self.meta)
+        self.block_rows = f7_block_rows(self.feature_dim)
+        blocks = -(-self.n // self.block_rows)
+        self._sums = np.zeros(blocks, np.uint32)
+        self._summed = np.zeros(blocks, bool)
         self._files: dict[str, NpyRowWriter] = {}
-        for name, shape, dtype in (
-            (CODES, (self.n, self.code_bytes), np.uint8),
-            (F7, (self.n, self.feature_dim), np.float16),
-            (LABELS, (self.n,), np.int64),
-        ):
-            create_npy(self.tmp / name, shape, dtype)
-            self._files[name] = NpyRowWriter(self.tmp / name)
+        with write_errors(self.path):
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            acquire_index_lock(self.path)
+            try:
+                self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.tmp-", dir=self.path.parent))
+            except BaseException:
+                release_index_lock(self.path)
+                raise
+            self._done = False
+            try:
+                self.tmp.chmod(0o755)  # mkdtemp makes it private; the published index should not be
+                for name, shape, dtype in (
+                    (CODES, (self.n, self.code_bytes), np.uint8),
+                    (F7, (self.n, self.feature_dim), np.float16),
+                    (LABELS, (self.n,), np.int64),
+                ):
+                    create_npy(self.tmp / name, shape, dtype)
+                    self._files[name] = NpyRowWriter(self.tmp / name)
+            except BaseException:
+                self.abort()
+                raise
         self._ids: list[str | None] = [None] * self.n
         self._written = np.zeros(self.n, dtype=bool)
-        self._done = False
 
     def write(
         self, start: int, codes_packed: np.ndarray, f7: np.ndarray, labels: np.ndarray, ids: Sequence[str]
@@ -168,22 +228,34 @@ class IndexWriter:
         if any("\n" in str(i) for i in ids):
             raise ConfigError("item ids must not contain newlines (ids.txt holds one id per line)")
         step = max(1, _F7_BLOCK_BYTES // (4 * self.feature_dim))
-        for s in range(0, m, step):
-            with np.errstate(over="ignore"):  # reported below as a one-line error
-                f7_half = f7[s : s + step].astype(np.float16)
-            release_pages(f7)
-            if not np.isfinite(f7_half).all():
-                raise ConfigError(
-                    f"F7 rows {start}:{start + m} hold NaN or values beyond float16's range (65504)"
-                )
-            self._files[F7].write_at(start + s, f7_half)
-        self._files[CODES].write_at(start, codes_packed)
-        self._files[LABELS].write_at(start, labels)
+        with write_errors(self.path):
+            for s in range(0, m, step):
+                with np.errstate(over="ignore"):  # reported below as a one-line error
+                    f7_half = f7[s : s + step].astype(np.float16)
+                release_pages(f7)
+                if non_finite_rows(f7_half).size:
+                    raise ConfigError(
+                        f"F7 rows {start}:{start + m} hold NaN or values beyond float16's range (65504)"
+                    )
+                self._files[F7].write_at(start + s, f7_half)
+                self._sum_blocks(start + s, f7_half)
+            self._files[CODES].write_at(start, codes_packed)
+            self._files[LABELS].write_at(start, labels)
         self._ids[start : start + m] = [str(i) for i in ids]
         self._written[start : start + m] = True
 
+    def _sum_blocks(self, start: int, f7_half: np.ndarray) -> None:
+        """Checksums of the blocks rows ``start:start + len(f7_half)`` cover whole; the blocks they cover in
+        part are summed again from the file at commit."""
+        br, stop = self.block_rows, start + len(f7_half)
+        first, last = -(-start // br), (stop // br if stop < self.n else -(-stop // br))
+        self._summed[start // br : -(-stop // br)] = False
+        if last > first:
+            self._sums[first:last] = block_checksums(f7_half[first * br - start : last * br - start], br)
+            self._summed[first:last] = True
+
     def commit(self) -> Path:
-        """Flush, write the manifest last and atomically move the index to ``path``."""
+        """Flush, write the checksums, the manifest last and atomically move the index to ``path``."""
         if self._done:
             raise ConfigError(f"index {self.path} was already committed or aborted")
         missing = np.flatnonzero(~self._written)
@@ -191,21 +263,37 @@ class IndexWriter:
             raise ConfigError(
                 f"{missing.size} of {self.n} index rows were never written (first: row {missing[0]})"
             )
-        self._close_files()
-        (self.tmp / IDS).write_bytes("".join(f"{i}\n" for i in self._ids).encode("utf-8"))
-        for name in (CODES, F7, LABELS, IDS):
-            _fsync(self.tmp / name)
-        _write_manifest(self.tmp, self._manifest())
-        _fsync(self.tmp)
-        _swap_into_place(self.tmp, self.path)
+        with write_errors(self.path):
+            self._close_files()
+            self._sum_remaining_blocks()
+            np.save(self.tmp / F7_SUMS, self._sums)
+            (self.tmp / IDS).write_bytes("".join(f"{i}\n" for i in self._ids).encode("utf-8"))
+            for name in (CODES, F7, F7_SUMS, LABELS, IDS):
+                _fsync(self.tmp / name)
+            _write_manifest(self.tmp, self._manifest())
+            _fsync(self.tmp)
+            _swap_into_place(self.tmp, self.path)
         self._done = True
+        release_index_lock(self.path)
         return self.path
+
+    def _sum_remaining_blocks(self) -> None:
+        todo = np.flatnonzero(~self._summed)
+        if todo.size == 0:
+            return
+        with F7File(self.tmp / F7) as f7:
+            for b in todo:
+                rows = f7[b * self.block_rows : (b + 1) * self.block_rows]
+                self._sums[b] = block_checksums(rows, self.block_rows)[0]
 
     def abort(self) -> None:
         """Discard everything written so far."""
+        if self._done:
+            return
         self._done = True
         self._close_files()
         shutil.rmtree(self.tmp, ignore_errors=True)
+        release_index_lock(self.path)
 
     def _close_files(self) -> None:
         for writer in getattr(self, "_files", {}).values():
@@ -220,16 +308,24 @@ class IndexWriter:
 
     def _manifest(self) -> dict[str, Any]:
         files: dict[str, dict[str, Any]] = {}
-        for name, shape in ((CODES, [self.n, self.code_bytes]), (LABELS, [self.n]), (IDS, None)):
+        blocks = len(self._sums)
+        for name, shape in (
+            (CODES, [self.n, self.code_bytes]),
+            (LABELS, [self.n]),
+            (IDS, None),
+            (F7_SUMS, [blocks]),
+        ):
             files[name] = {"bytes": (self.tmp / name).stat().st_size, "sha256": sha256_file(self.tmp / name)}
             if shape is not None:
                 files[name]["shape"] = shape
-        # Hashing a multi-GB feature file would dominate the save: size and shape only.
-        files[F7] = {"bytes": (self.tmp / F7).stat().st_size, "shape": [self.n, self.feature_dim]}
+        # a multi-GB feature file is checked block by block as it is read (f7.crc32.npy), not hashed whole
+        files[F7] = {
+            "bytes": (self.tmp / F7).stat().st_size,
+            "shape": [self.n, self.feature_dim],
+            "header_sha256": _header_sha256(self.tmp / F7),
+            "block_rows": self.block_rows,
+        }
         checkpoint = self.meta.get("checkpoint")
-        checkpoint_sha = self.meta.get("checkpoint_sha256")
-        if checkpoint and not checkpoint_sha and Path(checkpoint).is_file():
-            checkpoint_sha = sha256_file(checkpoint)
         return {
             "format_version": FORMAT_VERSION,
             "bits": self.bits,
@@ -240,10 +336,56 @@ class IndexWriter:
             "files": files,
             "dataset": self.meta.get("dataset"),
             "checkpoint": None if checkpoint is None else str(checkpoint),
-            "checkpoint_sha256": checkpoint_sha,
+            "checkpoint_sha256": self._checkpoint_sha,
+            # explicit: codes from no checkpoint (a baseline's), so there is no checkpoint to check against
+            "checkpoint_free": checkpoint is None,
             "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "meta": self.meta,
         }
+
+
+class IndexWriteError(DeephashError, OSError):
+    """Writing an index failed (a full disk, a permission): nothing was left half-written."""
+
+
+@contextmanager
+def write_errors(path: Path) -> Iterator[None]:
+    """An ``OSError`` while writing the index at ``path`` (or its staging) -> one-line ``IndexWriteError``."""
+    try:
+        yield
+    except DeephashError:
+        raise
+    except OSError as e:
+        reason = e.strerror or str(e)
+        raise IndexWriteError(
+            f"cannot write index {path}: {reason} ({e.filename or path}); nothing was left half-written"
+        ) from None
+
+
+def _checkpoint_sha256(meta: dict[str, Any]) -> str | None:
+    """The sha256 of ``meta["checkpoint"]`` (given or computed); None without a checkpoint."""
+    checkpoint = meta.get("checkpoint")
+    sha = meta.get("checkpoint_sha256")
+    if checkpoint is None:
+        if sha is not None:
+            raise ConfigError("an index's meta gives checkpoint_sha256 without the checkpoint it belongs to")
+        return None
+    if sha is None:
+        if not Path(checkpoint).is_file():
+            raise ConfigError(
+                f"checkpoint {checkpoint} not found: its sha256 cannot be recorded in the index"
+            )
+        sha = sha256_file(checkpoint)
+    if not isinstance(sha, str) or not _SHA256.fullmatch(sha):
+        raise ConfigError(f"checkpoint_sha256 must be 64 lowercase hex digits, got {sha!r}")
+    return sha
+
+
+def _header_sha256(path: Path) -> str:
+    """sha256 of a ``.npy`` file's header (the bytes before its data)."""
+    offset = npy_layout(path)[0]
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read(offset)).hexdigest()
 
 
 def _write_manifest(directory: Path, manifest: dict[str, Any]) -> None:
@@ -259,20 +401,164 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap the entries ``a`` and ``b`` in one atomic step (Linux ``renameat2``); False where unsupported."""
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
 def _swap_into_place(tmp: Path, path: Path) -> None:
-    """Rename ``tmp`` to ``path``; an existing ``path`` is moved aside first and removed afterwards."""
-    old = None
-    if path.exists() or path.is_symlink():
-        old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
-        os.replace(path, old / "index")
+    """Move ``tmp`` to ``path``. An existing ``path`` is exchanged with ``tmp`` atomically and then removed;
+    without ``renameat2`` it is renamed aside to ``.<name>.old-*`` first (``recover_index`` puts it back
+    should the process die before the second rename)."""
+    if not (path.exists() or path.is_symlink()):
+        os.replace(tmp, path)
+        return
+    if _exchange(tmp, path):
+        _fsync(path.parent)
+        _remove(tmp)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
+    os.replace(path, old / "index")
     try:
         os.replace(tmp, path)
     except BaseException:
-        if old is not None:
-            os.replace(old / "index", path)
+        os.replace(old / "index", path)
         raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    _fsync(path.parent)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+# ---- one writer at a time, and what crashed writers leave behind -------------------------------------------
+
+_HELD: dict[Path, list[int]] = {}  # lock path -> [fd, depth]: this process's index locks (re-entrant)
+
+
+def _lock_path(path: Path) -> Path:
+    return path.parent / f".{path.name}.lock"
+
+
+def acquire_index_lock(path: str | os.PathLike) -> None:
+    """Take the write lock of the index at ``path`` (re-entrant within a process; ``flock``, so a dead
+    process's lock is released by the kernel). Another live writer -> one-line ``ConfigError``. The first
+    acquisition removes what interrupted writers left (``clean_leftovers``)."""
+    path = Path(path).absolute()
+    lock = _lock_path(path)
+    if lock in _HELD:
+        _HELD[lock][1] += 1
+        return
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise ConfigError(
+                f"index {path} is being written by another process (pid {holder}, lock {lock}); "
+                "wait for it to finish or choose another index_dir"
+            ) from None
+        try:  # the holder we waited on may have removed the file: lock the one at the path
+            if os.stat(lock).st_ino == os.fstat(fd).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    _HELD[lock] = [fd, 1]
+    try:
+        clean_leftovers(path)
+    except BaseException:
+        release_index_lock(path)
+        raise
+
+
+def release_index_lock(path: str | os.PathLike) -> None:
+    lock = _lock_path(Path(path).absolute())
+    held = _HELD.get(lock)
+    if held is None:
+        return
+    held[1] -= 1
+    if held[1] == 0:
+        del _HELD[lock]
+        lock.unlink(missing_ok=True)  # while still locked: a later writer locks a fresh file
+        os.close(held[0])  # releases the flock
+
+
+@contextmanager
+def index_lock(path: str | os.PathLike) -> Iterator[None]:
+    """Hold the index's write lock for a whole build (encoding and saving)."""
+    acquire_index_lock(path)
+    try:
+        yield
+    finally:
+        release_index_lock(path)
+
+
+def staging_dir(path: str | os.PathLike, label: str) -> Path:
+    """A fresh private working directory ``.<name>.staging-<label>-XXXX`` beside the index at ``path``
+    (one per writer; removed with the other leftovers if the writer dies)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{path.name}.staging-{label}-", dir=path.parent))
+
+
+def leftovers(path: str | os.PathLike) -> list[Path]:
+    """What interrupted writers of the index at ``path`` left beside it: temporary, set-aside and staging
+    directories (``.<name>.encode-*`` is the staging name of earlier versions)."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        return []
+    prefixes = tuple(f".{path.name}.{kind}-" for kind in ("tmp", "old", "staging", "encode"))
+    return sorted(p for p in path.parent.iterdir() if p.name.startswith(prefixes))
+
+
+def recover_index(path: str | os.PathLike) -> bool:
+    """Put back an index a writer renamed aside (``.<name>.old-*``) and died before replacing; True if one
+    was restored. Only while no writer holds the lock."""
+    path = Path(path)
+    if path.exists() or path.is_symlink():
+        return False
+    candidates = [p / "index" for p in leftovers(path) if p.name.startswith(f".{path.name}.old-")]
+    candidates = [p for p in candidates if (p / MANIFEST).is_file()]
+    if not candidates:
+        return False
+    newest = max(candidates, key=lambda p: (p / MANIFEST).stat().st_mtime)
+    os.replace(newest, path)
+    log.warning("restored index %s from %s (a writer died while replacing it)", path, newest.parent)
+    return True
+
+
+def clean_leftovers(path: str | os.PathLike) -> list[Path]:
+    """Under the index lock: restore an index left aside, then remove the other leftovers; returns them."""
+    path = Path(path)
+    recover_index(path)
+    removed = leftovers(path)
+    for p in removed:
+        _remove(p)
+        log.warning("removed %s, left by an interrupted index write", p)
+    return removed
 
 
 def save_index(
@@ -330,6 +616,9 @@ def save_index(
 
 
 def _read_manifest(path: Path) -> dict[str, Any]:
+    if not path.is_dir() and leftovers(path):
+        with index_lock(path):  # restores an index a dead writer left aside; busy -> one line
+            pass
     if not path.is_dir():
         raise IndexFormatError(f"index directory {path} does not exist")
     manifest_path = path / MANIFEST
@@ -343,15 +632,71 @@ def _read_manifest(path: Path) -> dict[str, Any]:
         raise IndexFormatError(f"{manifest_path} is not valid JSON ({e}): re-create the index") from None
     if not isinstance(manifest, dict):
         raise IndexFormatError(f"{manifest_path} must hold a JSON object, got {type(manifest).__name__}")
-    if manifest.get("format_version") != FORMAT_VERSION:
+    version = manifest.get("format_version")
+    if isinstance(version, int) and 0 < version < FORMAT_VERSION:
         raise IndexFormatError(
-            f"{manifest_path} has format_version {manifest.get('format_version')!r}; "
-            f"this deephash reads format_version {FORMAT_VERSION}"
+            f"index {path} has format_version {version}, from an older deephash without F7 checksums; "
+            "rebuild it (deephash-index build, or rerun the training or baseline that wrote it)"
         )
-    for key in ("bits", "code_bytes", "feature_dim", "count", "files"):
+    if version != FORMAT_VERSION:
+        raise IndexFormatError(
+            f"{manifest_path} has format_version {version!r}; this deephash reads format_version {FORMAT_VERSION}"
+        )
+    for key in ("bits", "code_bytes", "feature_dim", "count", "files", "checkpoint_free"):
         if key not in manifest:
             raise IndexFormatError(f"{manifest_path} lacks the '{key}' field")
+    _check_manifest(manifest, manifest_path)
     return manifest
+
+
+def _check_manifest(manifest: dict[str, Any], manifest_path: Path) -> None:
+    """Every file's entry holds exactly its keys, with checksums of the right form; the checkpoint is
+    recorded with its sha256, or the index says it has none (``checkpoint_free``)."""
+    files = manifest["files"]
+    if not isinstance(files, dict):
+        raise IndexFormatError(f"{manifest_path}: 'files' must be an object")
+    for name, keys in _FILE_KEYS.items():
+        entry = files.get(name)
+        if not isinstance(entry, dict):
+            raise IndexFormatError(
+                f"{manifest_path} has no entry for {name}: every file's checksum is required"
+            )
+        if entry.keys() != keys:
+            missing, unknown = sorted(keys - entry.keys()), sorted(entry.keys() - keys)
+            raise IndexFormatError(
+                f"{manifest_path}: the entry of {name} "
+                + (f"lacks {', '.join(missing)}" if missing else "")
+                + ("; " if missing and unknown else "")
+                + (f"has unknown key(s) {', '.join(unknown)} (misspelt?)" if unknown else "")
+            )
+        for key in keys & {"sha256", "header_sha256"}:
+            if not isinstance(entry[key], str) or not _SHA256.fullmatch(entry[key]):
+                raise IndexFormatError(
+                    f"{manifest_path}: {name} {key} must be 64 hex digits, got {entry[key]!r}"
+                )
+    block_rows = files[F7]["block_rows"]
+    if not isinstance(block_rows, int) or isinstance(block_rows, bool) or block_rows < 1:
+        raise IndexFormatError(
+            f"{manifest_path}: {F7} block_rows must be a positive integer, got {block_rows!r}"
+        )
+    free, checkpoint, sha = (
+        manifest["checkpoint_free"],
+        manifest.get("checkpoint"),
+        manifest.get("checkpoint_sha256"),
+    )
+    if free is True:
+        if checkpoint is not None or sha is not None:
+            raise IndexFormatError(
+                f"{manifest_path} says checkpoint_free but records checkpoint {checkpoint!r} (sha256 {sha!r})"
+            )
+    elif free is False:
+        if not isinstance(sha, str) or not _SHA256.fullmatch(sha):
+            raise IndexFormatError(
+                f"{manifest_path} records checkpoint {checkpoint!r} without a valid checkpoint_sha256 "
+                f"(got {sha!r}): the index cannot be checked against a model; rebuild it"
+            )
+    else:
+        raise IndexFormatError(f"{manifest_path}: checkpoint_free must be true or false, got {free!r}")
 
 
 def _load_array(
@@ -388,6 +733,32 @@ def _dims(shape: tuple[int, ...]) -> str:
     return " x ".join(map(str, shape))
 
 
+def _check_sha256(path: Path, name: str, expected: str) -> None:
+    if sha256_file(path / name) != expected:
+        raise IndexFormatError(
+            f"{name} in {path} does not match its sha256 in {MANIFEST}: the file was modified or corrupted"
+        )
+
+
+def _open_f7(path: Path, manifest: dict[str, Any], in_memory: bool) -> np.ndarray | F7File:
+    """f7.npy as an ``F7File`` checking each block against f7.crc32.npy on first read (``in_memory``: read
+    and checked whole)."""
+    n, d = int(manifest["count"]), int(manifest["feature_dim"])
+    entry, sums_entry = manifest["files"][F7], manifest["files"][F7_SUMS]
+    block_rows = int(entry["block_rows"])
+    blocks = -(-n // block_rows)
+    sums = _load_array(path, F7_SUMS, (blocks,), "uint32", sums_entry["bytes"], False)
+    _check_sha256(path, F7_SUMS, sums_entry["sha256"])
+    _load_array(path, F7, (n, d), DTYPES["f7"], entry["bytes"], True).close()
+    if _header_sha256(path / F7) != entry["header_sha256"]:
+        raise IndexFormatError(f"the header of {F7} in {path} does not match its sha256 in {MANIFEST}")
+    f7 = F7File(path / F7, checksums=sums, block_rows=block_rows)
+    if not in_memory:
+        return f7
+    with f7:
+        return f7[:]
+
+
 def load_index(
     path: str | os.PathLike,
     *,
@@ -401,11 +772,12 @@ def load_index(
     """Load and validate an index saved by ``save_index``/``IndexWriter``.
 
     Raises IndexFormatError (one line, naming the file) when the directory, manifest or a file is
-    missing, truncated or inconsistent, or when it does not match the expected bits, feature size or
-    checkpoint. By default f7 stays on disk as an ``F7File`` that reads only the rows asked for (see
-    ``deephash.retrieval.features``); ``f7_in_memory`` loads it into RAM. ``verify`` checks the sha256 of
-    codes, labels and ids. ``pool_index``: where the items sit in a datamodule's pool, when the caller
-    knows (an index it has just built).
+    missing, truncated, corrupt or inconsistent, when a label lies outside ``meta.class_names``, or when it
+    does not match the expected bits, feature size or checkpoint. By default f7 stays on disk as an
+    ``F7File`` that reads only the rows asked for, each block checked against its checksum when first read
+    (see ``deephash.retrieval.features``); ``f7_in_memory`` loads (and checks) it whole. ``verify`` checks the
+    sha256 of codes, labels and ids (the F7 checksums and header are always checked). ``pool_index``: where
+    the items sit in a datamodule's pool, when the caller knows (an index it has just built).
     """
     path = Path(path)
     manifest = _read_manifest(path)
@@ -420,7 +792,11 @@ def load_index(
         )
     recorded = manifest.get("checkpoint_sha256")
     if expect_checkpoint_sha256 is not None and recorded != expect_checkpoint_sha256:
-        built_from = f"checkpoint sha256 {recorded}" if recorded else "a checkpoint it does not record"
+        built_from = (
+            "no checkpoint (its codes are a baseline's)"
+            if manifest["checkpoint_free"]
+            else f"checkpoint sha256 {recorded}"
+        )
         raise IndexFormatError(
             f"index {path} was built from {built_from} but the given checkpoint has sha256 "
             f"{expect_checkpoint_sha256}: its codes are not comparable; rebuild it with deephash-index build"
@@ -430,23 +806,15 @@ def load_index(
             f"{path / MANIFEST} says {manifest['code_bytes']} code bytes for {bits}-bit codes"
         )
     files = manifest["files"]
-
-    def entry(name: str) -> dict[str, Any]:
-        return files.get(name) or {}
-
-    codes = _load_array(path, CODES, (n, code_bytes(bits)), DTYPES["codes"], entry(CODES).get("bytes"), False)
-    labels = _load_array(path, LABELS, (n,), DTYPES["labels"], entry(LABELS).get("bytes"), False)
-    f7 = _load_array(path, F7, (n, d), DTYPES["f7"], entry(F7).get("bytes"), not f7_in_memory)
+    codes = _load_array(path, CODES, (n, code_bytes(bits)), DTYPES["codes"], files[CODES]["bytes"], False)
+    labels = _load_array(path, LABELS, (n,), DTYPES["labels"], files[LABELS]["bytes"], False)
     ids_file = path / IDS
     if not ids_file.is_file():
         raise IndexFormatError(f"{IDS} is missing from {path}: expected {n} item ids, one per line")
     if verify:
         for name in (CODES, LABELS, IDS):
-            expected = entry(name).get("sha256")
-            if expected and sha256_file(path / name) != expected:
-                raise IndexFormatError(
-                    f"{name} in {path} does not match its sha256 in {MANIFEST}: the file was modified or corrupted"
-                )
+            _check_sha256(path, name, files[name]["sha256"])
+    f7 = _open_f7(path, manifest, f7_in_memory)
     ids = ids_file.read_bytes().decode("utf-8").split("\n")[:-1]
     if len(ids) != n:
         raise IndexFormatError(f"{IDS} in {path} has {len(ids)} ids but the index holds {n} items")
@@ -454,6 +822,7 @@ def load_index(
         codes = check_packed(codes, bits, CODES)
     except IndexFormatError as e:
         raise IndexFormatError(f"{e} (in {path})") from None
+    _check_labels(path, labels, (manifest.get("meta") or {}).get("class_names"))
     if pool_index is not None and len(pool_index) != n:
         raise ConfigError(f"pool_index has {len(pool_index)} entries for an index of {n} items")
     return IndexStore(
@@ -466,3 +835,36 @@ def load_index(
         bits=bits,
         manifest=manifest,
     )
+
+
+def _check_labels(path: Path, labels: np.ndarray, class_names: Any) -> None:
+    """Every label names one of ``class_names`` (when the index records them)."""
+    if class_names is None or len(labels) == 0:
+        return
+    if not isinstance(class_names, list):
+        raise IndexFormatError(f"{path / MANIFEST}: meta.class_names must be a list, got {class_names!r}")
+    bad = np.flatnonzero((labels < 0) | (labels >= len(class_names)))
+    if bad.size:
+        raise IndexFormatError(
+            f"{LABELS} in {path} holds label {int(labels[bad[0]])} (item {int(bad[0])}) but the index names "
+            f"{len(class_names)} classes (0..{len(class_names) - 1}): rebuild the index"
+        )
+
+
+def verify_index(path: str | os.PathLike) -> dict[str, Any]:
+    """Check every file of the index at ``path``: the manifest, each small file's sha256, f7.npy's header
+    and every block of its rows (checksums, NaN and inf), the labels against the class names. Returns a
+    summary; raises a one-line ``IndexFormatError`` on the first problem."""
+    store = load_index(path)
+    with store.f7 as f7:
+        f7.verify_all()
+    checked = [MANIFEST, *_FILE_KEYS]
+    return {
+        "index": str(path),
+        "count": store.count,
+        "bits": store.bits,
+        "feature_dim": store.feature_dim,
+        "files": len(checked),
+        "bytes": sum((store.path / name).stat().st_size for name in checked),
+        "f7_blocks": len(store.f7.checksums),
+    }
