@@ -8,6 +8,7 @@ from omegaconf import DictConfig
 
 from deephash.models.backbones import BACKBONES, NATIVE_BACKBONES, _looks_like_path
 from deephash.models.latent_hash import validate_bits
+from deephash.runs import check_checkpoint_selection
 from deephash.utils.checks import check_int
 from deephash.utils.errors import ConfigError
 
@@ -43,6 +44,7 @@ def validate_train_config(cfg: DictConfig) -> None:
             f"backbone {model.backbone!r} needs 3-channel ImageNet-style input; use data.transform=imagenet "
             f"(data.transform=native is for {' and '.join(NATIVE_BACKBONES)})"
         )
+    check_checkpoint_selection(cfg.get("checkpoint_selection", "best_val"))
     ckpt = cfg.get("ckpt_path")
     if ckpt is not None and not Path(str(ckpt)).expanduser().is_file():
         raise ConfigError(

@@ -99,6 +99,37 @@ def build_predict_trainer(cfg: DictConfig, trainer: pl.Trainer | None = None) ->
     )
 
 
+CHECKPOINT_SELECTIONS = ("best_val", "last")
+
+
+def check_checkpoint_selection(selection: Any) -> str:
+    """``checkpoint_selection`` as given, or a one-line ConfigError naming the choices."""
+    if selection not in CHECKPOINT_SELECTIONS:
+        raise ConfigError(
+            f"checkpoint_selection must be one of {', '.join(CHECKPOINT_SELECTIONS)}, got {selection!r}"
+        )
+    return str(selection)
+
+
+def select_checkpoint(cfg: DictConfig, trainer: pl.Trainer, run_dir: Path) -> dict[str, str]:
+    """The checkpoint a finished fit is tested and evaluated with: ``{"selection", "evaluated_checkpoint"}``.
+
+    ``best_val`` (the default): the checkpoint with the best monitored validation score. ``last``: the
+    weights at the final iteration (the authors' protocol: all the training data, no model selection),
+    written to ``<run>/checkpoints/last.ckpt`` now, so it is the final step's even when the periodic saves
+    missed it. A ``best_val`` run that has no best checkpoint (no validation split, or no monitored metric)
+    falls back to ``last`` and says so.
+    """
+    selection = check_checkpoint_selection(cfg.get("checkpoint_selection", "best_val"))
+    callback = trainer.checkpoint_callback
+    best = callback.best_model_path if callback is not None and callback.monitor is not None else ""
+    if selection == "best_val" and best:
+        return {"selection": "best_val", "evaluated_checkpoint": best}
+    last = run_dir / "checkpoints" / "last.ckpt"
+    trainer.save_checkpoint(last)  # every rank calls it (a collective under DDP); rank 0 writes
+    return {"selection": "last", "evaluated_checkpoint": str(last)}
+
+
 def checkpoint_run_dir(ckpt: Path) -> Path | None:
     """``<run>/checkpoints/x.ckpt`` -> ``<run>``."""
     return ckpt.resolve().parent.parent if ckpt.resolve().parent.name == "checkpoints" else None

@@ -22,6 +22,7 @@ from deephash.runs import (
     instantiate_callbacks,
     instantiate_loggers,
     record_failure,
+    select_checkpoint,
 )
 from deephash.utils.io import atomic_write_json, atomic_write_text
 from deephash.utils.logging import get_logger
@@ -65,9 +66,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     best_ckpt = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     best_score = trainer.checkpoint_callback.best_model_score if trainer.checkpoint_callback else None
     val_acc = float(best_score) if best_score is not None else _metric(trainer, "val/acc")
+    chosen = select_checkpoint(cfg, trainer, output_dir)  # best validation score, or the final iteration
+    ckpt = chosen["evaluated_checkpoint"]
     test_acc = None
     if cfg.get("test"):
-        results = trainer.test(model, datamodule=datamodule, ckpt_path=best_ckpt or None, verbose=False)
+        results = trainer.test(model, datamodule=datamodule, ckpt_path=ckpt, verbose=False)
         test_acc = float(results[0]["test/acc"]) if results else None
 
     metrics: dict[str, Any] = {
@@ -83,6 +86,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "train_seconds": round(train_seconds, 3),
         "best_checkpoint": best_ckpt,
         "last_checkpoint": str(output_dir / "checkpoints" / "last.ckpt"),
+        **chosen,
         "protocol": datamodule.describe()["protocol"],
         "data": datamodule.describe(),
     }
@@ -90,7 +94,6 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         atomic_write_json(output_dir / "metrics.json", metrics)
 
     if cfg.get("evaluate"):
-        ckpt = best_ckpt or metrics["last_checkpoint"]
         metrics.update(evaluate_checkpoint(cfg, ckpt, datamodule, build_predict_trainer(cfg, trainer)))
     if trainer.is_global_zero:
         finish_loggers(loggers, metrics, output_dir)

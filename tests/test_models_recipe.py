@@ -68,6 +68,31 @@ def test_yahoo_schedule_is_the_cifar_shape_scaled(tmp_path: Path) -> None:
     assert final == pytest.approx(1e-4)
 
 
+# ---------------------------------------------------------------------------------- training protocol
+
+
+@pytest.mark.parametrize("experiment", PAPER_EXPERIMENTS)
+def test_paper_experiments_train_on_everything_and_evaluate_the_last_iteration(
+    experiment: str, tmp_path: Path
+) -> None:
+    """The authors trained on every training image and evaluated the final iteration."""
+    cfg = _compose(tmp_path, f"experiment={experiment}")
+    assert cfg.data.val_size == 0
+    assert cfg.checkpoint_selection == "last"
+    # without validation nothing is monitored; periodic saves keep a long run resumable
+    full = compose_config("train", ["logger=none", f"experiment={experiment}"], tmp_path / "full")
+    assert full.callbacks.model_checkpoint.monitor is None
+    assert full.callbacks.model_checkpoint.every_n_train_steps > 0
+    assert full.trainer.max_steps % full.callbacks.model_checkpoint.every_n_train_steps == 0
+
+
+@pytest.mark.parametrize("overrides", [[], ["experiment=demo"], ["data=cifar10", "model=alexnet"]])
+def test_other_configs_select_on_validation(overrides: list[str], tmp_path: Path) -> None:
+    cfg = _compose(tmp_path, *overrides)
+    assert cfg.checkpoint_selection == "best_val"
+    assert cfg.data.val_size > 0
+
+
 # -------------------------------------------------------------------------------------- initialisation
 
 
