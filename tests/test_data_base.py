@@ -39,7 +39,10 @@ def digits() -> DigitsDataModule:
         ({"num_workers": -1}, "data.num_workers must be an integer >= 0, got -1"),
         ({"n_queries": 0}, "data.n_queries must be an integer >= 1, got 0"),
         ({"seed": -3}, "data.seed must be an integer >= 0, got -3"),
-        ({"protocol": "nope"}, "data.protocol must be one of paper, cifar_1k5k, cifar_10k50k, got 'nope'"),
+        (
+            {"protocol": "nope"},
+            "data.protocol must be one of paper, held_out, whole_set, cifar_1k5k, cifar_10k50k, got 'nope'",
+        ),
         (
             {"protocol": "cifar_1k5k"},
             "data.protocol 'cifar_1k5k' is not available for digits; choose one of paper",

@@ -104,9 +104,42 @@ def test_cifar_10k50k():
     assert len(s["val"]) == 30 and len(s["train"]) == 270
 
 
+def test_held_out_is_the_paper_split():
+    for seed in (0, 3):
+        held_out = make_splits("held_out", TRAIN, TEST, n_queries=20, val_size=0.1, seed=seed)
+        paper = make_splits("paper", TRAIN, TEST, n_queries=20, val_size=0.1, seed=seed)
+        for name in SPLITS:
+            np.testing.assert_array_equal(held_out[name], paper[name])
+
+
+def test_whole_set_trains_on_and_searches_every_image():
+    """Section 4.5: fine-tuned on the whole set, 1,000 random queries against the same whole set."""
+    n_pool = len(TRAIN) + len(TEST)
+    s = make_splits("whole_set", TRAIN, TEST, n_queries=50, val_size=0, seed=0)
+    np.testing.assert_array_equal(s["database"], np.arange(n_pool))
+    np.testing.assert_array_equal(s["train"], np.arange(n_pool))  # the test source is trained on too
+    assert s["val"].size == 0
+    assert len(s["query"]) == 50 and np.isin(s["query"], s["database"]).all()
+    assert np.isin(s["query"], s["train"]).all()
+    np.testing.assert_array_equal(s["test"], s["query"])
+    # drawn from the whole pool, not only the test source
+    assert s["query"].min() < len(TRAIN) <= s["query"].max()
+    other = make_splits("whole_set", TRAIN, TEST, n_queries=50, val_size=0, seed=1)
+    assert not np.array_equal(s["query"], other["query"])
+
+
+def test_whole_set_val_is_carved_from_the_training_images_only():
+    s = make_splits("whole_set", TRAIN, TEST, n_queries=20, val_size=38, seed=0)
+    assert len(s["val"]) == 38 and len(s["train"]) == len(TRAIN) + len(TEST) - 38
+    assert np.intersect1d(s["val"], s["train"]).size == 0
+    np.testing.assert_array_equal(np.union1d(s["val"], s["train"]), s["database"])
+
+
 def test_errors():
     with pytest.raises(ConfigError, match=r"data.n_queries=81 but the test set has only 80 images"):
         make_splits("paper", TRAIN, TEST, n_queries=81, val_size=0.1, seed=0)
+    with pytest.raises(ConfigError, match=r"data.n_queries=381 but the whole set has only 380 images"):
+        make_splits("whole_set", TRAIN, TEST, n_queries=381, val_size=0.1, seed=0)
     with pytest.raises(
         ConfigError, match=r"val_size=300 leaves no training images \(the training data has 300\)"
     ):
@@ -116,6 +149,7 @@ def test_errors():
     with pytest.raises(ConfigError, match=r"needs 1 query \+ 40 train images of class 0, the pool has 38"):
         make_splits("cifar_1k5k", TRAIN, TEST, n_queries=10, val_size=0.1, seed=0, train_per_class=40)
     with pytest.raises(
-        ConfigError, match="data.protocol must be one of paper, cifar_1k5k, cifar_10k50k, got 'x'"
+        ConfigError,
+        match="data.protocol must be one of paper, held_out, whole_set, cifar_1k5k, cifar_10k50k, got 'x'",
     ):
         make_splits("x", TRAIN, TEST, n_queries=1, val_size=0.1, seed=0)

@@ -124,6 +124,9 @@ class FolderDataModule(RetrievalDataModule):
     """
 
     name = "folder"
+    # held_out: queries from the held-out test images, database = the rest; whole_set: the paper's Yahoo-1M
+    # protocol (section 4.5), trained on every image, queries drawn from the database; paper = held_out
+    protocols = ("held_out", "whole_set", "paper")
     native_channels = 3
     native_size = None
     native_mean = IMAGENET_MEAN

@@ -11,7 +11,7 @@ from sklearn.model_selection import train_test_split
 from deephash.utils.checks import check_int
 from deephash.utils.errors import ConfigError
 
-PROTOCOLS = ("paper", "cifar_1k5k", "cifar_10k50k")
+PROTOCOLS = ("paper", "held_out", "whole_set", "cifar_1k5k", "cifar_10k50k")
 SPLITS = ("train", "val", "test", "query", "database")
 
 
@@ -27,8 +27,12 @@ def make_splits(
 ) -> dict[str, np.ndarray]:
     """Sorted ``int64`` pool indices for each of ``SPLITS``; the same inputs give the same splits.
 
-    * ``paper`` (Lin et al., section 4.3): query = ``n_queries`` random test images, database = the
+    * ``paper`` (Lin et al., sections 4.3-4.4): query = ``n_queries`` random test images, database = the
       whole training set, val = ``val_size`` of the training set, train = the rest, test = test set.
+    * ``held_out``: the same split, named for image folders, whose test source is held out of the images.
+    * ``whole_set`` (section 4.5, Yahoo-1M): the whole pool is trained on (less ``val_size``) and is the
+      database; query = test = ``n_queries`` random images of it, so every query is in the database (it
+      finds itself at distance 0) and was trained on.
     * ``cifar_1k5k``: from the whole pool, query = ``n_queries / num_classes`` random images per class,
       train = ``train_per_class`` per class from the rest (val carved from it), database = all but
       the queries, test = query.
@@ -42,12 +46,18 @@ def make_splits(
     query_rng = np.random.default_rng([seed, 0])
     test_part = np.arange(n_train, n_pool, dtype=np.int64)
 
-    if protocol == "paper":
+    if protocol in ("paper", "held_out"):
         if n_queries > n_test:
             raise ConfigError(f"data.n_queries={n_queries} but the test set has only {n_test} images")
         query = query_rng.choice(test_part, size=n_queries, replace=False)
         training = np.arange(n_train, dtype=np.int64)
         database, test = training, test_part
+    elif protocol == "whole_set":
+        if n_queries > n_pool:
+            raise ConfigError(f"data.n_queries={n_queries} but the whole set has only {n_pool} images")
+        training = np.arange(n_pool, dtype=np.int64)
+        query = query_rng.choice(training, size=n_queries, replace=False)
+        database, test = training, query
     elif protocol == "cifar_10k50k":
         training = np.arange(n_train, dtype=np.int64)
         query, database, test = test_part, training, test_part
