@@ -28,10 +28,14 @@ from deephash.tracking.wandb import (  # noqa: E402
     build_wandb_logger,
     finish,
     flatten_metrics,
+    hydra_job,
     log_artifacts,
     log_retrieval_results,
     make_artifacts,
     resolve_mode,
+    retrieval_scalars,
+    sweep_name,
+    wandb_summary,
 )
 from deephash.utils.errors import ConfigError  # noqa: E402
 from tests.conftest import compose_config  # noqa: E402
@@ -114,6 +118,8 @@ def parse_run(path: Path) -> dict[str, Any]:
         "history": {},
         "exit": None,
         "dir": path.parent,
+        "metrics": {},
+        "artifacts": [],
     }
     for record in finished_records(path):
         kind = record.WhichOneof("record_type")
@@ -126,6 +132,10 @@ def parse_run(path: Path) -> dict[str, Any]:
             _apply(out["summary"], record.summary.update)
         elif kind == "history":
             _apply(out["history"], record.history.item)
+        elif kind == "metric":
+            out["metrics"][record.metric.name or record.metric.glob_name] = record.metric
+        elif kind == "artifact" and not record.artifact.type.startswith("run_table"):
+            out["artifacts"].append(record.artifact)
         elif kind == "exit":
             out["exit"] = record.exit
     return out
@@ -229,19 +239,28 @@ def test_run_records_results_as_configured(offline: Path) -> None:
     assert run["config"]["model"]["optimizer"]["lr"] == 0.003
     assert run["exit"] is not None and run["exit"].exit_code == 0
 
-    summary = run["summary"]
-    for key, value in flatten_metrics(metrics).items():
+    # the final retrieval numbers are one history row, against bits, under one name each
+    history, summary = run["history"], run["summary"]
+    expected = retrieval_scalars(metrics)
+    assert expected["retrieval/hamming/mAP"] == 0.912
+    assert expected["retrieval/hierarchical/precision@10"] == pytest.approx(0.954)
+    assert expected["retrieval/hamming_radius/empty_fraction"] == 0.02
+    assert expected["retrieval/val/mAP"] == 0.9
+    assert len(expected) == 8 + 4 + 8 + 7 + 1  # every number of every mode, and the validation mAP
+    for key, value in expected.items():
+        assert history[key] == value, key
         assert summary[key] == value, key
-    assert summary["modes/hamming/mAP"] == 0.912
-    assert summary["modes/hierarchical/precision@k/10"] == pytest.approx(0.954)
-    assert summary["modes/hamming_radius/empty_fraction"] == 0.02
-    assert summary["bits"] == 48 and summary["val_acc"] == 0.975 and summary["test_acc"] == 0.9611
-    assert "best_checkpoint" not in summary
+    assert history["bits"] == 48
     expected_dev = np.abs(codes.mean(axis=0) - 0.5).mean()
-    assert summary["bit_balance/mean_abs_deviation"] == pytest.approx(expected_dev, abs=1e-5)
-    assert summary["train/loss"] == 0.5
+    assert history["bit_balance/mean_abs_deviation"] == pytest.approx(expected_dev, abs=1e-5)
+    # metrics.json's names for quantities Lightning logs become Lightning's (nothing logged them here)
+    assert summary["val/acc"] == 0.975 and summary["test/acc"] == 0.9611 and summary["epoch"] == 3
+    assert summary["train/loss"] == 0.5 and summary["status"] == "completed"
+    duplicates = {"val_acc", "test_acc", "epochs", "best_checkpoint", "dataset", "backbone", "seed"}
+    assert not duplicates & set(summary)
+    assert not [k for k in summary if k.startswith(("modes/", "val_retrieval/"))]
 
-    history, files_dir = run["history"], run["dir"] / "files"
+    files_dir = run["dir"] / "files"
     table = history["retrieval/precision_at_k_values"]
     assert table["_type"] == "table-file"
     table_json = json.loads((files_dir / table["path"]).read_text())
@@ -277,16 +296,50 @@ def test_run_records_results_as_configured(offline: Path) -> None:
     assert sum(history["retrieval/bit_fire_rates"]["values"]) == 48
 
 
+def test_axes_and_best_value_summaries_are_defined(offline: Path) -> None:
+    """The epoch and bits axes, val/acc summarised by its best value: one name per quantity."""
+    logger = make_logger(offline / "run")
+    for epoch, (acc, loss) in enumerate([(0.5, 2.0), (0.9, 1.0), (0.7, 1.5)]):
+        logger.log_metrics({"val/acc": acc, "val/loss": loss, "epoch": epoch}, step=10 * epoch)
+    logger.log_metrics({"test/acc": 0.88, "epoch": 2}, step=30)
+    log_retrieval_results(logger, {**fake_metrics(), "val_acc": 0.9, "test_acc": 0.88, "epochs": 3}, offline)
+    finish(logger)
+    run = parse_run(run_files(offline / "run")[0])
+
+    metrics = run["metrics"]
+    assert metrics["val/acc"].step_metric == "epoch" and metrics["val/acc"].summary.max
+    assert metrics["val/loss"].summary.min and metrics["val/*"].step_metric == "epoch"
+    assert metrics["retrieval/*"].step_metric == "bits" and metrics["train/acc"].step_metric == "epoch"
+    assert {"epoch", "bits", "test/*", "trainer/global_step"} <= set(metrics)
+    summary = run["summary"]
+    assert summary["val/acc"] == {"max": 0.9}  # the best epoch, not the last (0.7)
+    assert summary["val/loss"] == {"min": 1.0}
+    assert summary["test/acc"] == 0.88 and summary["epoch"] == 2  # Lightning's, not metrics.json's
+    assert not {"val_acc", "test_acc", "epochs"} & set(summary)
+
+
+def test_wandb_summary_keeps_what_was_logged() -> None:
+    metrics = {**fake_metrics(), "global_step": 42, "train_seconds": 1.5, "index_dir": "/x/index"}
+    summary = wandb_summary(metrics, {"val/acc": {"max": 0.99}})
+    assert "val/acc" not in summary  # logged already: the best value stays
+    assert summary["test/acc"] == 0.9611 and summary["epoch"] == 3 and summary["trainer/global_step"] == 42
+    assert summary["train_seconds"] == 1.5 and summary["method"] == "deephash"
+    assert not {"index_dir", "bits", "val_acc", "modes/hamming/mAP"} & set(summary)
+
+
 def test_missing_files_are_skipped_and_explicit_rates_win(offline: Path) -> None:
     logger = make_logger(offline / "run")
     rates = np.array([0.5, 0.5, 0.9, 0.1])
     log_retrieval_results(logger, {"bits": 4, "modes": {"hamming": {"mAP": 0.5}}}, offline / "empty", rates)
     finish(logger)
     run = parse_run(run_files(offline / "run")[0])
-    assert run["summary"]["modes/hamming/mAP"] == 0.5
-    assert run["summary"]["bit_balance/mean_abs_deviation"] == pytest.approx(0.2)
+    assert run["summary"]["retrieval/hamming/mAP"] == 0.5
+    assert run["history"]["bit_balance/mean_abs_deviation"] == pytest.approx(0.2)
     assert set(run["history"]) - {"_runtime", "_step", "_timestamp", "trainer/global_step"} == {
-        "retrieval/bit_fire_rates"
+        "retrieval/bit_fire_rates",
+        "retrieval/hamming/mAP",
+        "bit_balance/mean_abs_deviation",
+        "bits",
     }
 
 
@@ -303,7 +356,7 @@ def test_jobs_in_one_process_get_distinct_runs_in_one_group(offline: Path) -> No
     runs = [parse_run(run_files(offline / f"job{i}")[0]) for i in range(2)]
     assert [r["run"].display_name for r in runs] == ["bits48-seed1", "bits48-seed2"]
     assert {r["run"].run_group for r in runs} == {"digits-train"}
-    assert [r["summary"]["val/acc"] for r in runs] == [0.5, 0.7]
+    assert [r["summary"]["val/acc"] for r in runs] == [{"max": 0.5}, {"max": 0.7}]
     assert all(r["exit"] is not None for r in runs)
 
 
@@ -348,8 +401,87 @@ def test_hydra_config_builds_an_offline_logger(offline: Path) -> None:
     )
     assert init["mode"] == "offline" and init["dir"] == str(offline / "out")
     assert set(init["tags"]) == {"digits", "smallcnn", "bits32"}
-    assert logger._log_model is False  # checkpoints cannot be uploaded offline
+    assert (
+        logger._log_model is False
+    )  # Lightning cannot upload checkpoints offline; log_artifacts records one
     assert wandb.run is None  # the run starts on first use, not when the logger is built
+
+
+def test_top_level_tags_and_group(offline: Path) -> None:
+    cfg = compose_config(
+        "train", ["logger=wandb", "tags=[baseline,lr-study]", "group=my-study"], offline / "o"
+    )
+    init = hydra.utils.instantiate(cfg.logger.wandb)._wandb_init
+    assert init["group"] == "my-study"
+    assert set(init["tags"]) == {"baseline", "lr-study", "digits", "smallcnn", "bits48"}
+    cfg = compose_config("train", ["logger=wandb", "tags=smoke"], offline / "o")
+    assert "smoke" in hydra.utils.instantiate(cfg.logger.wandb)._wandb_init["tags"]
+    # `+tags=` (the lightning-hydra-template habit) reaches the run as well, and so does `+group=`
+    cfg = compose_config("train", ["logger=wandb", "+tags=[x,y]", "+group=g"], offline / "o")
+    init = hydra.utils.instantiate(cfg.logger.wandb)._wandb_init
+    assert {"x", "y"} <= set(init["tags"]) and init["group"] == "g"
+
+
+@pytest.fixture
+def multirun_job(offline: Path) -> Any:
+    """The Hydra runtime of job 3 of a sweep launched from ``offline`` into multirun/train/<time>."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    overrides = [
+        "model.bits=32",
+        "seed=3",
+        "logger=wandb",
+        "tags=[a]",
+        "paths.data_dir=/d",
+        "hydra.verbose=1",
+    ]
+    cfg = compose_config("train", overrides[:3], offline / "out")
+    hydra_cfg = compose_config_with_hydra(overrides[:3])
+    with open_dict(hydra_cfg):
+        hydra_cfg.hydra.mode = "MULTIRUN"
+        hydra_cfg.hydra.sweep.dir = "multirun/train/${now:%H-%M-%S-%f}"  # differs each time it is resolved
+        hydra_cfg.hydra.runtime.output_dir = str(offline / "multirun/train/2024-05-01_12-00-00/3")
+        hydra_cfg.hydra.runtime.cwd = str(offline)
+        hydra_cfg.hydra.job.num = 3
+        hydra_cfg.hydra.overrides.task = overrides
+    HydraConfig.instance().set_config(hydra_cfg)
+    yield cfg
+    HydraConfig.instance().cfg = None
+
+
+def compose_config_with_hydra(overrides: list[str]) -> Any:
+    from hydra import compose, initialize_config_dir
+
+    from tests.conftest import CONF_DIR
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return compose(config_name="train", overrides=overrides, return_hydra_config=True)
+
+
+def test_a_sweep_is_one_group_with_its_overrides_as_tags(multirun_job: Any) -> None:
+    assert hydra_job() == (
+        "multirun/train/2024-05-01_12-00-00",
+        ["model.bits=32", "seed=3", "logger=wandb", "tags=[a]", "paths.data_dir=/d", "hydra.verbose=1"],
+    )
+    init = hydra.utils.instantiate(multirun_job.logger.wandb)._wandb_init
+    assert init["group"] == "multirun/train/2024-05-01_12-00-00"
+    # the settings are tags; where the job writes or logs, and the tags override itself, are not
+    assert set(init["tags"]) == {"digits", "smallcnn", "bits32", "model.bits=32", "seed=3"}
+    assert init["config"]["overrides"] == "model.bits=32 seed=3"
+    assert init["config"]["sweep_dir"] == "multirun/train/2024-05-01_12-00-00"
+
+
+def test_group_names(offline: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert sweep_name(offline / "multirun" / "x", offline) == "multirun/x"
+    assert sweep_name("/elsewhere/sweep", offline) == "/elsewhere/sweep"
+    long_dir = "m/" + "d" * 200
+    logger = make_logger(offline / "run", sweep_dir=long_dir, overrides=["x" * 100])
+    init = logger._wandb_init
+    assert init["group"] == long_dir[-128:] and max(map(len, init["tags"])) == 64  # W&B's limits
+    assert make_logger(offline / "run", group="g", sweep_dir="s")._wandb_init["group"] == "g"
+    monkeypatch.setenv("WANDB_SWEEP_ID", "abc123")  # a `wandb agent` job
+    assert make_logger(offline / "run", sweep_dir="s")._wandb_init["group"] == "sweep-abc123"
 
 
 def test_helpers_only_act_on_rank_zero(offline: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -377,10 +509,20 @@ def test_artifacts(offline: Path) -> None:
     assert model.metadata["bits"] == 48 and idx.metadata["n"] == 10
     assert make_artifacts("abc123", offline / "missing.ckpt", offline / "nothing") == []
 
+    # offline too: recorded in the run, uploaded by `wandb sync` from where the files are
     logger = make_logger(offline / "run")
-    assert log_artifacts(logger, offline, ckpt, index) == []  # offline: nothing to upload to
-    assert log_artifacts(None, offline, ckpt, index) == []  # the active (offline) run
+    names = log_artifacts(logger, offline, ckpt, index)
+    assert names == [f"model-{logger.experiment.id}", f"index-{logger.experiment.id}"]
     finish(logger)
+    run = parse_run(run_files(offline / "run")[0])
+    recorded = {a.type: a for a in run["artifacts"]}
+    assert set(recorded) == {"model", "index"}
+    entries = {e.path: e.local_path for e in recorded["index"].manifest.contents}
+    assert set(entries) == {"manifest.json", "codes.npy"}
+    assert Path(entries["codes.npy"]).read_bytes() == (index / "codes.npy").read_bytes()
+    (model_entry,) = recorded["model"].manifest.contents
+    assert model_entry.path == "model.ckpt" and Path(model_entry.local_path).read_bytes() == b"weights"
+    assert log_artifacts(None, offline, ckpt, index) == []  # no active run
 
 
 def test_flatten_metrics() -> None:

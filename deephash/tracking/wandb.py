@@ -10,6 +10,11 @@ Usage from a training entry point (``conf/logger/wandb.yaml`` builds the logger)
 
 Every helper accepts a ``WandbLogger``, a list of loggers (the W&B one is picked, none means no-op),
 a ``wandb`` run, or ``None`` (the active run), and only acts on global rank 0.
+
+One name per quantity on W&B: Lightning's ``train/*``, ``val/*``, ``test/*`` and ``epoch``; the final retrieval
+results as ``retrieval/<mode>/<metric>`` (``precision@10``, not metrics.json's nested ``precision@k``) and
+``retrieval/val/<metric>``, written to history once with ``bits`` as their x axis (:data:`METRIC_AXES`).
+metrics.json keeps its own names (``val_acc``, ``modes``...); :func:`wandb_summary` maps or drops them.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from __future__ import annotations
 import csv
 import json
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +30,10 @@ import numpy as np
 import wandb
 from lightning_utilities.core.rank_zero import rank_zero_only
 from pytorch_lightning.loggers import WandbLogger
+from pytorch_lightning.loggers.logger import rank_zero_experiment
 
 from deephash.evaluation.plots import read_precision_curves
-from deephash.tracking.sweep import dataset_from_target
+from deephash.tracking.sweep import PLACE_KEYS, dataset_from_target
 from deephash.utils.errors import ConfigError
 from deephash.utils.logging import get_logger
 
@@ -43,7 +49,33 @@ IMAGES = {
     "retrieval/pr_curve_plot": "pr_curve.png",
 }
 # metrics.json entries that are not results (paths, tracebacks)
-NOT_SUMMARY = frozenset({"best_checkpoint", "last_checkpoint", "traceback"})
+NOT_SUMMARY = frozenset({"best_checkpoint", "last_checkpoint", "traceback", "index_dir", "queries_dir"})
+# metrics.json entries W&B holds elsewhere: the run's config (dataset, backbone, bits, seed), or the
+# retrieval history row (modes, val_retrieval)
+NOT_WANDB_SUMMARY = NOT_SUMMARY | {"dataset", "backbone", "bits", "seed", "modes", "val_retrieval"}
+# metrics.json names of quantities Lightning already logs under another name: written under that name,
+# and only when the run has no value for it yet (val/acc keeps its best value through define_metric)
+WANDB_NAMES = {
+    "val_acc": "val/acc",
+    "test_acc": "test/acc",
+    "epochs": "epoch",
+    "global_step": "trainer/global_step",
+}
+# define_metric: (key or glob, x axis, summary); x axis None declares an axis
+METRIC_AXES: tuple[tuple[str, str | None, str | None], ...] = (
+    ("epoch", None, None),
+    ("bits", None, None),
+    ("train/acc", "epoch", None),
+    ("val/*", "epoch", None),
+    ("val/acc", "epoch", "max"),
+    ("val/loss", "epoch", "min"),
+    ("test/*", "epoch", None),
+    ("retrieval/*", "bits", None),
+    ("bit_balance/*", "bits", None),
+)
+# W&B's limit on the length of a tag and of a group name
+MAX_TAG = 64
+MAX_GROUP = 128
 _REINIT: Any = (
     "finish_previous" if tuple(int(p) for p in wandb.__version__.split(".")[:2]) >= (0, 19) else True
 )
@@ -90,13 +122,38 @@ def resolve_mode(mode: str = "auto") -> str:
     return "online" if has_credentials() else "offline"
 
 
+class DeephashWandbLogger(WandbLogger):
+    """A ``WandbLogger`` that declares the run's axes and best-value summaries (:data:`METRIC_AXES`) on start."""
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> Any:
+        started = self._experiment is not None
+        run = super().experiment
+        if not started:
+            define_metrics(run)
+        return run
+
+
+def define_metrics(run: Any) -> None:
+    """The epoch and bits axes, ``val/acc`` summarised by its maximum (``val/loss`` by its minimum), and the
+    retrieval metrics plotted against bits."""
+    if not hasattr(run, "define_metric"):
+        return
+    for key, axis, summary in METRIC_AXES:
+        kwargs: dict[str, Any] = {"step_metric": axis} if axis else {}
+        if summary:
+            kwargs["summary"] = summary
+        run.define_metric(key, **kwargs)
+
+
 def build_wandb_logger(
     project: str = "deephash",
     entity: str | None = None,
     group: str | None = None,
     name: str | None = None,
     job_type: str = "train",
-    tags: Sequence[str] = (),
+    tags: Sequence[str] | str | None = (),
     mode: str = "auto",
     save_dir: str | os.PathLike = ".",
     log_model: bool | str = True,
@@ -106,28 +163,45 @@ def build_wandb_logger(
     bits: int | None = None,
     seed: int | None = None,
     task_name: str = "train",
+    sweep_dir: str | None = None,
+    overrides: Sequence[str] | None = None,
     **init_kwargs: Any,
 ) -> WandbLogger:
     """A ``WandbLogger`` for one run (one job of a multirun): a new W&B run, never the previous job's.
 
-    Defaults: group ``<dataset>-<task_name>``, name ``bits<k>-seed<s>``; tags gain the dataset, backbone
-    and ``bits<k>``. ``dataset`` falls back to the datamodule class in ``data_target``
-    (``...DigitsDataModule`` -> ``digits``). ``log_model`` (the checkpoints as artifacts) is online only.
+    Group: ``group``, else one per sweep (``sweep-<id>`` under a ``wandb agent``, else the Hydra sweep
+    directory), else ``<dataset>-<task_name>`` for a single run. Name ``bits<k>-seed<s>``. Tags: ``tags``, the
+    dataset, backbone, ``bits<k>`` and the job's overrides (``model.bits=48``). ``sweep_dir`` and
+    ``overrides`` default to the running Hydra job's. ``dataset`` falls back to the datamodule class in
+    ``data_target`` (``...DigitsDataModule`` -> ``digits``). ``log_model`` (Lightning uploading every
+    checkpoint) is online only; offline, :func:`log_artifacts` records the best one for ``wandb sync``.
     """
     resolved = resolve_mode(mode)
     if wandb.run is not None:
         # WandbLogger would silently reuse a run left open by the previous job
         wandb.finish()
+    hydra_sweep, hydra_overrides = hydra_job()
+    sweep_dir = sweep_dir if sweep_dir is not None else hydra_sweep
+    overrides = [o for o in (hydra_overrides if overrides is None else overrides) if is_setting(o)]
     dataset = dataset or (dataset_from_target(data_target) if data_target else None) or "unknown"
-    extra_tags = [dataset, backbone, f"bits{bits}" if bits is not None else None]
-    all_tags = list(dict.fromkeys(str(t) for t in [*(tags or ()), *extra_tags] if t))
-    config = {"dataset": dataset, "backbone": backbone, "bits": bits, "seed": seed, "task_name": task_name}
+    user_tags = [tags] if isinstance(tags, str) else list(tags or ())
+    extra_tags = [dataset, backbone, f"bits{bits}" if bits is not None else None, *overrides]
+    all_tags = list(dict.fromkeys(str(t)[:MAX_TAG] for t in [*user_tags, *extra_tags] if t))
+    config = {
+        "dataset": dataset,
+        "backbone": backbone,
+        "bits": bits,
+        "seed": seed,
+        "task_name": task_name,
+        "overrides": " ".join(overrides) or None,
+        "sweep_dir": sweep_dir,
+    }
     save_dir = Path(save_dir)
     save_dir.mkdir(parents=True, exist_ok=True)
-    logger = WandbLogger(
+    logger = DeephashWandbLogger(
         project=project,
         entity=entity,
-        group=group or f"{dataset}-{task_name}",
+        group=run_group(group, sweep_dir, dataset, task_name),
         name=name or default_run_name(bits, seed),
         job_type=job_type,
         tags=all_tags,
@@ -141,6 +215,54 @@ def build_wandb_logger(
     if resolved == "offline":
         log.info("W&B runs offline; upload later with: wandb sync %s", save_dir / "wandb" / "offline-run-*")
     return logger
+
+
+def run_group(group: str | None, sweep_dir: str | None, dataset: str, task_name: str) -> str:
+    """The explicit group, else ``sweep-<id>`` under a W&B sweep agent, else the sweep directory (its last
+    :data:`MAX_GROUP` characters), else ``<dataset>-<task_name>``."""
+    if group:
+        return str(group)
+    if os.environ.get("WANDB_SWEEP_ID"):
+        return f"sweep-{os.environ['WANDB_SWEEP_ID']}"
+    if sweep_dir:
+        return str(sweep_dir)[-MAX_GROUP:]
+    return f"{dataset}-{task_name}"
+
+
+def sweep_name(sweep_dir: str | os.PathLike, cwd: str | os.PathLike | None = None) -> str:
+    """A sweep directory as its runs' group names it: relative to the directory the sweep was launched from
+    (``multirun/train/2024-05-01_12-00-00``), absolute when outside it."""
+    path = Path(os.path.abspath(sweep_dir))
+    try:
+        return path.relative_to(os.path.abspath(cwd or os.getcwd())).as_posix()
+    except ValueError:
+        return path.as_posix()
+
+
+def hydra_job() -> tuple[str | None, list[str]]:
+    """The running Hydra job's sweep directory (multirun jobs only, see :func:`sweep_name`) and its task
+    overrides; ``(None, [])`` outside Hydra."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized():
+        return None, []
+    hydra_cfg = HydraConfig.get()
+    overrides = [str(o) for o in hydra_cfg.overrides.task]
+    if hydra_cfg.mode != RunMode.MULTIRUN:
+        return None, overrides
+    # the job's own directory minus its subdir, rather than sweep.dir re-resolved in this process
+    # (a ${now:...} in it would differ between jobs a launcher starts in separate processes)
+    out, sub = Path(hydra_cfg.runtime.output_dir), Path(str(hydra_cfg.sweep.subdir))
+    n = len(sub.parts)
+    root = Path(*out.parts[:-n]) if n and out.parts[-n:] == sub.parts else Path(str(hydra_cfg.sweep.dir))
+    return sweep_name(root, hydra_cfg.runtime.cwd), overrides
+
+
+def is_setting(override: str) -> bool:
+    """Whether an override changes the result (``model.bits=48``), not where the job writes or logs."""
+    key = override.partition("=")[0].lstrip("+~")
+    return bool(key) and key.split(".")[0].split("/")[0] not in PLACE_KEYS
 
 
 def default_run_name(bits: int | None, seed: int | None) -> str | None:
@@ -165,6 +287,35 @@ def flatten_metrics(metrics: Mapping[str, Any], sep: str = "/") -> dict[str, Any
     return flat
 
 
+def retrieval_scalars(metrics: Mapping[str, Any]) -> dict[str, float]:
+    """The final retrieval numbers under their W&B names: ``retrieval/<mode>/<metric>`` for every mode of
+    ``metrics["modes"]`` and ``retrieval/val/<metric>`` for ``val_retrieval``, ``precision@k/10`` as
+    ``precision@10``."""
+    sections = {f"retrieval/{mode}": values for mode, values in (metrics.get("modes") or {}).items()}
+    if metrics.get("val_retrieval"):
+        sections["retrieval/val"] = metrics["val_retrieval"]
+    out: dict[str, float] = {}
+    for prefix, values in sections.items():
+        for key, value in flatten_metrics(values).items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                out[f"{prefix}/{key.replace('precision@k/', 'precision@')}"] = value
+    return out
+
+
+def wandb_summary(metrics: Mapping[str, Any], logged: Collection[str] = ()) -> dict[str, Any]:
+    """The summary values metrics.json adds to a run: its entries under their W&B names, without the
+    config and retrieval entries W&B holds elsewhere, and without quantities ``logged`` already has."""
+    summary: dict[str, Any] = {}
+    for key, value in flatten_metrics(
+        {k: v for k, v in metrics.items() if k not in NOT_WANDB_SUMMARY}
+    ).items():
+        name = WANDB_NAMES.get(key, key)
+        if name != key and name in logged:
+            continue
+        summary[name] = value
+    return summary
+
+
 @rank_zero_only
 def log_retrieval_results(
     logger_or_run: Any,
@@ -172,17 +323,21 @@ def log_retrieval_results(
     run_dir: str | os.PathLike,
     bit_fire_rates: np.ndarray | None = None,
 ) -> None:
-    """Log a run's final retrieval results: metrics as summary values, curves as tables and charts, figures.
+    """Log a run's final retrieval results as one history row: the scalars of :func:`retrieval_scalars`
+    with ``bits`` (their x axis), the curves as tables and charts, the figures; the rest of metrics.json
+    goes to the summary (:func:`wandb_summary`).
 
-    metrics: the run's metrics.json dict (flattened with "/" into the summary). From ``run_dir``:
-    precision_at_k.csv, pr_curve.csv and the PNG figures; missing files are skipped.
-    bit_fire_rates: (bits,) fraction of ones per bit; defaults to bit_balance.csv when present.
+    metrics: the run's metrics.json dict. From ``run_dir``: precision_at_k.csv, pr_curve.csv and the PNG
+    figures; missing files are skipped. bit_fire_rates: (bits,) fraction of ones per bit; defaults to
+    bit_balance.csv when present.
     """
     run = _active_run(logger_or_run)
     if run is None:
         return
     run_dir = Path(run_dir)
-    payload: dict[str, Any] = {}
+    payload: dict[str, Any] = retrieval_scalars(metrics)
+    if metrics.get("bits") is not None:
+        payload["bits"] = int(metrics["bits"])
     payload.update(_precision_at_k(run_dir / "precision_at_k.csv"))
     payload.update(_pr_curve(run_dir / "pr_curve.csv"))
     for key, filename in IMAGES.items():
@@ -190,15 +345,14 @@ def log_retrieval_results(
             payload[key] = wandb.Image(str(run_dir / filename))
         else:
             log.debug("no %s in %s: not logged", filename, run_dir)
-    summary = flatten_metrics(metrics)
     rates = bit_fire_rates if bit_fire_rates is not None else _bit_fire_rates(run_dir / "bit_balance.csv")
     if rates is not None and len(rates):
         rates = np.asarray(rates, dtype=np.float64).ravel()
         payload["retrieval/bit_fire_rates"] = wandb.Histogram(rates, num_bins=min(64, max(len(rates), 1)))
-        summary["bit_balance/mean_abs_deviation"] = float(np.abs(rates - 0.5).mean())
+        payload["bit_balance/mean_abs_deviation"] = float(np.abs(rates - 0.5).mean())
     if payload:
         run.log(payload)
-    run.summary.update(summary)
+    run.summary.update(wandb_summary(metrics, set(run.summary.keys())))
 
 
 @rank_zero_only
@@ -208,14 +362,14 @@ def log_artifacts(
     best_checkpoint: str | os.PathLike | None,
     index_dir: str | os.PathLike | None,
 ) -> list[str]:
-    """Upload the best checkpoint (``model`` artifact) and the index directory (``index`` artifact); online only.
+    """Log the best checkpoint (``model`` artifact) and the index directory (``index`` artifact).
 
-    The checkpoint is skipped when the logger already logs checkpoints itself (``log_model``).
-    Returns the names of the artifacts logged.
+    Offline runs record them too: ``wandb sync`` uploads them later from their place in the run directory
+    (which must therefore still be there). The checkpoint is skipped when the logger already logs checkpoints
+    itself (``log_model``). Returns the names of the artifacts logged.
     """
     run = _active_run(logger_or_run)
-    if run is None or run.offline:
-        log.debug("W&B run is offline or absent: artifacts not uploaded")
+    if run is None:
         return []
     lightning_logs_model = any(getattr(lg, "_log_model", False) for lg in _wandb_loggers(logger_or_run))
     artifacts = make_artifacts(
@@ -243,13 +397,14 @@ def make_artifacts(
     artifacts = []
     if best_checkpoint and Path(best_checkpoint).is_file():
         model = wandb.Artifact(f"model-{run_id}", type="model", metadata=metadata)
-        model.add_file(str(best_checkpoint), name="model.ckpt")
+        # immutable: referenced where it is rather than copied into W&B's staging area (checkpoints are large)
+        model.add_file(str(best_checkpoint), name="model.ckpt", policy="immutable")
         artifacts.append(model)
     if index_dir and Path(index_dir).is_dir():
         manifest = Path(index_dir) / "manifest.json"
         index_meta = {**metadata, **(json.loads(manifest.read_text()) if manifest.is_file() else {})}
         index = wandb.Artifact(f"index-{run_id}", type="index", metadata=index_meta)
-        index.add_dir(str(index_dir))
+        index.add_dir(str(index_dir), policy="immutable")
         artifacts.append(index)
     return artifacts
 
