@@ -34,6 +34,7 @@ import errno
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -60,9 +61,10 @@ from deephash.retrieval.features import (
 from deephash.retrieval.search import HammingIndex
 from deephash.utils.errors import ConfigError, DeephashError, IndexFormatError
 from deephash.utils.io import atomic_write_json
-from deephash.utils.logging import get_logger
 
-log = get_logger(__name__)
+# plain logging, not the rank-zero logger: only the rank that writes or opens an index gets to these
+# messages, and the store works without Lightning having set the process's rank
+log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 2  # 2: F7 block checksums, every file's sha256 required, checkpoint_free
 MANIFEST = "manifest.json"
@@ -484,8 +486,11 @@ def acquire_index_lock(path: str | os.PathLike) -> None:
         except FileNotFoundError:
             pass
         os.close(fd)
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    try:  # who holds it, for a waiting writer's message (only informative: a full disk may refuse it)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    except OSError:
+        pass
     _HELD[lock] = [fd, 1]
     try:
         clean_leftovers(path)
