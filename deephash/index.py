@@ -98,6 +98,12 @@ def build_parser() -> argparse.ArgumentParser:
         "info", help="describe a saved index", description="Describe a saved index."
     )
     info_cmd.add_argument("index_dir", metavar="INDEX_DIR", help="an index directory")
+    verify_cmd = commands.add_parser(
+        "verify",
+        help="check every file of a saved index (exit 0 with one OK line, or 2 with the first problem)",
+        description="Check every file of a saved index: checksums, every F7 block, NaN/inf, labels.",
+    )
+    verify_cmd.add_argument("index_dir", metavar="INDEX_DIR", help="an index directory")
     return parser
 
 
@@ -109,7 +115,7 @@ def main(argv: list[str] | None = None) -> None:
         _build_main()
         return
     parsed = build_parser().parse_args(args)
-    info(parsed.index_dir)
+    (verify if parsed.command == "verify" else info)(parsed.index_dir)
 
 
 if __name__ == "__main__":
