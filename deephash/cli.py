@@ -1,13 +1,17 @@
 """Shared entry-point plumbing: turn user errors into one line on stderr and exit status 2.
 
-Argparse mains are decorated with :func:`exit_on_user_error`; Hydra mains call :func:`run_hydra_task`.
+Argparse mains are decorated with :func:`exit_on_user_error`; Hydra mains call :func:`run_hydra_task` and are
+wrapped (outside ``@hydra.main``) in :func:`check_group_choices`, which refuses an unknown config group
+option (``data=foo``) with one line before Hydra composes anything.
 """
 
 from __future__ import annotations
 
+import errno
 import functools
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 from omegaconf import DictConfig
@@ -16,20 +20,119 @@ from deephash.utils.errors import DeephashError
 
 T = TypeVar("T")
 
+# an OSError with one of these is the user's environment (a full disk, a read-only or foreign directory),
+# not a bug: one line names the file
+ENVIRONMENT_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS)
+INTERRUPTED_STATUS = 130  # the shell's status for a process stopped by SIGINT
+
+
+def user_error(err: BaseException) -> DeephashError | OSError | None:
+    """The one-line user error behind ``err``, or None for a bug.
+
+    Hydra wraps an error raised in a ``_target_``'s constructor in an ``InstantiationException`` ("Error in
+    call to target ..."): the DeephashError is its cause. An OSError of a full disk or a denied write counts
+    too."""
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, DeephashError):
+            return err
+        if isinstance(err, OSError) and err.errno in ENVIRONMENT_ERRNOS:
+            return err
+        err = err.__cause__
+    return None
+
+
+def one_line(err: BaseException) -> str:
+    """The message of a user error on one line.
+
+    A DataLoader worker's error reaches the main process as the same class with the worker's traceback in its
+    message ("Caught DataError in DataLoader worker process 0. Original Traceback ..."): only its last line,
+    the original message, is kept."""
+    if isinstance(err, OSError) and not isinstance(err, DeephashError):
+        where = f" {err.filename}" if err.filename else ""
+        return f"cannot write{where}: {err.strerror or err} (free some space or choose a writable directory)"
+    text = str(err)
+    if "Original Traceback" in text:
+        last = [line for line in text.splitlines() if line.strip()][-1]
+        prefix = f"{type(err).__name__}: "
+        text = last.split(prefix, 1)[1] if prefix in last else last
+    return " ".join(text.split())
+
+
+def accepts_version(prog: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
+    """For every main, outermost: ``--version`` prints ``<prog> (deephash) <version>`` and returns."""
+
+    def decorate(main: Callable[..., T]) -> Callable[..., T]:
+        @functools.wraps(main)
+        def wrapper(*args, **kwargs):
+            argv = args[0] if args and isinstance(args[0], list) else kwargs.get("argv")
+            if "--version" in (sys.argv[1:] if argv is None else argv):
+                from deephash import __version__
+
+                print(f"{prog} (deephash) {__version__}")
+                return None
+            return main(*args, **kwargs)
+
+        return wrapper
+
+    return decorate
+
 
 def exit_on_user_error(fn: Callable[..., T]) -> Callable[..., T]:
-    """For argparse mains: print ``error: <message>`` for a :class:`DeephashError` and exit 2, without a
-    traceback."""
+    """For argparse mains: print ``error: <message>`` for a user error and exit 2, without a traceback."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except DeephashError as err:
-            print(f"error: {err}", file=sys.stderr)
+        except Exception as err:
+            found = user_error(err)
+            if found is None:
+                raise
+            print(f"error: {one_line(found)}", file=sys.stderr)
             sys.exit(2)
 
     return wrapper
+
+
+def check_group_choices(main: Callable[[], T]) -> Callable[[], T]:
+    """For Hydra mains, applied outside ``@hydra.main``: an override that selects a missing option of a
+    config group (``data=foo``) is one line with the choices and exit status 2, instead of Hydra's
+    multi-line report and status 1."""
+
+    @functools.wraps(main)
+    def wrapper(*args, **kwargs):
+        from deephash.config import CONFIG_PATH
+
+        problem = unknown_group_option(sys.argv[1:], Path(CONFIG_PATH))
+        if problem:
+            print(f"error: {problem}", file=sys.stderr)
+            sys.exit(2)
+        return main(*args, **kwargs)
+
+    return wrapper
+
+
+def unknown_group_option(overrides: list[str], conf_dir: Path) -> str | None:
+    """The message for the first override of ``overrides`` that names a missing group option, or None."""
+    for override in overrides:
+        if override.startswith("-") or "=" not in override:
+            continue
+        key, value = override.split("=", 1)
+        group = key.lstrip("+~").split("@", 1)[0]
+        folder = conf_dir / group
+        if not group or not folder.is_dir() or any(c in value for c in "()[]{}$"):
+            continue  # a plain value, or a sweep function Hydra checks itself
+        choices = sorted(p.stem for p in folder.glob("*.yaml"))
+        for option in value.split(","):
+            option = option.strip()
+            if option and option.lower() not in ("null", "none") and option not in choices:
+                return (
+                    f"Could not find '{group}/{option}': {group}={option} is not an option of {group}; "
+                    f"expected one of: {', '.join(choices)}"
+                )
+    return None
 
 
 def _is_multirun() -> bool:
@@ -39,6 +142,11 @@ def _is_multirun() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
+def _interrupted(err: BaseException) -> bool:
+    """Ctrl-C: a KeyboardInterrupt, or the ``SystemExit`` Lightning raises after its graceful shutdown on one."""
+    return isinstance(err, KeyboardInterrupt) or (isinstance(err, SystemExit) and err.code not in (0, None))
+
+
 def run_hydra_task(
     task: Callable[[DictConfig], dict[str, Any]],
     cfg: DictConfig,
@@ -46,22 +154,32 @@ def run_hydra_task(
     on_failure: Callable[[DictConfig, BaseException], None] | None = None,
     report: Callable[[dict[str, Any]], None] | None = None,
 ) -> float | None:
-    """The body of every Hydra main: run ``task(cfg)``, ``report`` its result (the metrics table by
-    default) and return the scalar a sweeper optimises (``cfg.optimized_metric``, a dotted key).
+    """The body of every Hydra main: check the whole composed config, run ``task(cfg)``, ``report`` its
+    result (the metrics table by default) and return the scalar a sweeper optimises
+    (``cfg.optimized_metric``, a dotted key).
 
-    On failure ``on_failure`` records it; a user error then exits 2 with one line. In a multirun the
-    exception propagates instead, so Hydra's launcher marks only this job failed and goes on with the others.
+    On failure ``on_failure`` records it (an interrupted run as interrupted); a user error then exits 2 with
+    one line, an interrupt with status 130. In a multirun the exception propagates instead, so Hydra's
+    launcher marks only this job failed and goes on with the others.
     """
+    from deephash.config import validate_config
     from deephash.runs import optimized_value, print_summary
 
     try:
+        validate_config(cfg)
         result = task(cfg)
         (report or print_summary)(result)
         return optimized_value(result, cfg.get("optimized_metric"))
     except BaseException as err:
-        if on_failure is not None and not isinstance(err, KeyboardInterrupt):
+        if on_failure is not None:
             on_failure(cfg, err)
-        if isinstance(err, DeephashError) and not _is_multirun():
-            print(f"error: {err}", file=sys.stderr)
+        if _is_multirun():
+            raise
+        if _interrupted(err):
+            print("interrupted", file=sys.stderr)
+            sys.exit(INTERRUPTED_STATUS)
+        found = user_error(err) if isinstance(err, Exception) else None
+        if found is not None:
+            print(f"error: {one_line(found)}", file=sys.stderr)
             sys.exit(2)
         raise

@@ -1,34 +1,120 @@
-"""Checks on a composed config that run before any data is read or model built."""
+"""Checks on a composed config that run before any data is read or model built.
+
+:func:`validate_config` checks every section a config has (``seed``, ``data``, ``trainer``, ``retrieval``,
+``split``, a baseline's ``bits``), so a typo costs a second, not a whole run; ``deephash.cli.run_hydra_task``
+calls it for every Hydra main. :func:`validate_train_config` adds the checks of a training run.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig
 
+from deephash.data.base import check_val_size
+from deephash.data.protocols import SPLITS
+from deephash.evaluation.pipeline import pool_rule
 from deephash.models.backbones import BACKBONES, NATIVE_BACKBONES, _looks_like_path
 from deephash.models.latent_hash import validate_bits
-from deephash.runs import check_checkpoint_selection
+from deephash.models.module import read_checkpoint
+from deephash.retrieval.search import MODES
+from deephash.retrieval.sublinear import METHODS
 from deephash.utils.checks import check_int
 from deephash.utils.errors import ConfigError
 
 # The Hydra config directory every entry point composes from.
 CONFIG_PATH = str(Path(__file__).resolve().parent.parent / "conf")
+MAX_SEED = 2**32 - 1  # numpy's seed range
+
+
+def validate_config(cfg: DictConfig) -> None:
+    """Check every section ``cfg`` has; a one-line ConfigError names the first bad value."""
+    if "seed" in cfg:
+        seed = cfg.seed
+        if seed is None:
+            raise ConfigError(
+                "seed must be an integer in 0..4294967295, got null (runs are always seeded so they can be "
+                "repeated; pick any number)"
+            )
+        check_int(seed, "seed", 0, MAX_SEED)
+    if cfg.get("data") is not None:
+        validate_data(cfg.data)
+    if cfg.get("trainer") is not None:
+        validate_trainer(cfg.trainer)
+    if cfg.get("retrieval") is not None:
+        validate_retrieval(cfg.retrieval)
+    if "split" in cfg and cfg.split not in SPLITS:
+        raise ConfigError(f"split must be one of {', '.join(SPLITS)}, got {cfg.split!r}")
+    if "bits" in cfg:  # a baseline's code length
+        check_int(cfg.bits, "bits", 1, 4096)
+    if cfg.get("fit_samples") is not None:
+        check_int(cfg.fit_samples, "fit_samples")
+
+
+def validate_data(data: DictConfig) -> None:
+    """The settings every datamodule takes (the rest are checked by its constructor)."""
+    if data.get("n_queries") is not None:
+        check_int(data.n_queries, "data.n_queries")
+    if "val_size" in data:
+        check_val_size(data.val_size)
+    for key in ("batch_size", "eval_batch_size"):
+        if data.get(key) is not None:
+            check_int(data.get(key), f"data.{key}")
+    if data.get("num_workers") is not None:
+        check_int(data.num_workers, "data.num_workers", 0)
+
+
+def validate_trainer(trainer: DictConfig) -> None:
+    """Epoch and step limits (Lightning would refuse them only after the data is loaded)."""
+    for key in ("max_epochs", "max_steps"):
+        value = trainer.get(key)
+        if value is not None and value != -1:
+            check_int(value, f"trainer.{key} (-1: no limit)")
+    if trainer.get("min_epochs") is not None:
+        check_int(trainer.min_epochs, "trainer.min_epochs", 0)
+
+
+def validate_retrieval(retrieval: DictConfig) -> None:
+    """Search modes, ks, mAP cut-off, the hierarchical pool rule and the coarse index of ``retrieval``."""
+    modes = list(retrieval.get("modes") or [])
+    unknown = [m for m in modes if m not in MODES]
+    if not modes or unknown:
+        raise ConfigError(
+            f"retrieval.modes must list search modes among {', '.join(MODES)}, got {unknown or modes}"
+        )
+    ks = list(retrieval.get("ks") or [])
+    if not ks:
+        raise ConfigError("retrieval.ks must list at least one k, e.g. [1, 10, 100, 1000]")
+    for k in ks:
+        check_int(k, f"retrieval.ks entry (in {ks})")
+    check_int(retrieval.get("map_at"), "retrieval.map_at")
+    check_int(retrieval.get("radius"), "retrieval.radius", 0)
+    for key in ("min_pool", "max_pool", "pool_size"):
+        check_int(retrieval.get(key), f"retrieval.{key}")
+    try:
+        pool_rule(retrieval).limits(max(ks))
+    except ConfigError as err:
+        raise ConfigError(f"retrieval: {err}") from None
+    if "grid_queries" in retrieval:
+        check_int(retrieval.grid_queries, "retrieval.grid_queries", 0)
+    coarse = retrieval.get("coarse") or {}
+    method = coarse.get("method", "flat")
+    if method not in METHODS:
+        raise ConfigError(f"retrieval.coarse.method must be one of {', '.join(METHODS)}, got {method!r}")
 
 
 def validate_train_config(cfg: DictConfig) -> None:
-    """Fail fast with one line on the mistakes a user makes most: bits, backbone, batch size, weights."""
+    """Fail fast with one line on the mistakes a user makes most: bits, backbone, batch size, weights, and a
+    checkpoint to resume that is not one or was trained with other codes."""
+    validate_config(cfg)
     if "data" not in cfg or cfg.data is None or "_target_" not in cfg.data:
         raise ConfigError("no dataset selected; pass data=<digits|mnist|cifar10|folder>")
     model = cfg.model
     if model.backbone not in BACKBONES:
         raise ConfigError(f"unknown backbone {model.backbone!r}; expected one of: {', '.join(BACKBONES)}")
     validate_bits(model.bits)
-    for key in ("batch_size", "eval_batch_size"):
-        value = cfg.data.get(key)
-        if key == "eval_batch_size" and value is None:
-            continue
-        check_int(value, f"data.{key}")
+    check_int(cfg.data.get("batch_size"), "data.batch_size")
     weights = model.get("weights")
     if (
         weights is not None
@@ -44,9 +130,22 @@ def validate_train_config(cfg: DictConfig) -> None:
             f"backbone {model.backbone!r} needs 3-channel ImageNet-style input; use data.transform=imagenet "
             f"(data.transform=native is for {' and '.join(NATIVE_BACKBONES)})"
         )
-    check_checkpoint_selection(cfg.get("checkpoint_selection", "best_val"))
     ckpt = cfg.get("ckpt_path")
-    if ckpt is not None and not Path(str(ckpt)).expanduser().is_file():
-        raise ConfigError(
-            f"ckpt_path not found: {ckpt} (expected a .ckpt file, e.g. <run>/checkpoints/last.ckpt)"
-        )
+    if ckpt is not None:
+        if not Path(str(ckpt)).expanduser().is_file():
+            raise ConfigError(
+                f"ckpt_path not found: {ckpt} (expected a .ckpt file, e.g. <run>/checkpoints/last.ckpt)"
+            )
+        check_resume(str(ckpt), model)
+
+
+def check_resume(ckpt: str, model: Any) -> None:
+    """A checkpoint to resume must be one, with this run's code length and backbone (both named if not)."""
+    hparams = read_checkpoint(ckpt)["hyper_parameters"]
+    for key in ("bits", "backbone"):
+        if hparams.get(key) != model.get(key):
+            raise ConfigError(
+                f"ckpt_path {ckpt} was trained with model.{key}={hparams.get(key)} but this run has "
+                f"model.{key}={model.get(key)}; resume with model.{key}={hparams.get(key)} or start a new run "
+                f"without ckpt_path"
+            )

@@ -13,7 +13,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from deephash.models.latent_hash import LatentHashNet, codes_from_latent
 from deephash.models.losses import balanced_bits_loss, bit_balance_stats, forcing_binary_loss
-from deephash.utils.errors import ConfigError
+from deephash.utils.errors import ConfigError, DeephashError
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
@@ -181,13 +181,58 @@ class HashModule(pl.LightningModule):
         }
 
 
-def load_hash_module(ckpt_path: str | Path, map_location: str = "cpu") -> HashModule:
-    """Load a trained HashModule for inference; never downloads (the checkpoint holds every weight)."""
+def check_device(device: str) -> torch.device:
+    """``device`` as a torch device that this machine has, or a one-line ConfigError."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ConfigError(f"unknown device {device!r} ({err}); expected cpu, cuda or cuda:<n>") from None
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ConfigError(f"device {device!r} requested but this machine has no CUDA device; use cpu")
+        if dev.index is not None and dev.index >= count:
+            raise ConfigError(
+                f"device {device!r} requested but this machine has {count} CUDA device(s): cuda:0..cuda:{count - 1}"
+            )
+    return dev
+
+
+def read_checkpoint(ckpt_path: str | Path) -> dict[str, Any]:
+    """The contents of a deephash checkpoint (tensors memory-mapped, not read), or a one-line ConfigError if
+    the file is missing or is not a checkpoint written by deephash-train."""
     path = Path(ckpt_path).expanduser()
     if not path.is_file():
         raise ConfigError(f"checkpoint not found: {path} (expected a .ckpt written by deephash-train)")
     try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:  # noqa: BLE001 - pickle, zip and torch errors alike: not a checkpoint
+        reason = " ".join(str(err).split())[:120]
+        raise ConfigError(
+            f"{path} is not a deephash checkpoint ({err.__class__.__name__}: {reason}); "
+            f"expected a .ckpt written by deephash-train"
+        ) from None
+    hparams = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
+    if not isinstance(hparams, dict) or "state_dict" not in ckpt or not {"bits", "backbone"} <= set(hparams):
+        raise ConfigError(
+            f"{path} is not a deephash checkpoint (no model hyper-parameters or state_dict); "
+            f"expected a .ckpt written by deephash-train"
+        )
+    return ckpt
+
+
+def load_hash_module(ckpt_path: str | Path, map_location: str = "cpu") -> HashModule:
+    """Load a trained HashModule for inference on ``map_location``; never downloads (the checkpoint holds
+    every weight). Every way this fails (missing file, not a checkpoint, a device this machine lacks, weights
+    that do not fit) is a one-line ConfigError."""
+    path = Path(ckpt_path).expanduser()
+    check_device(map_location)
+    read_checkpoint(path)
+    try:
         module = HashModule.load_from_checkpoint(path, map_location=map_location, weights=None, compile=False)
-    except (KeyError, RuntimeError, TypeError, EOFError) as err:
-        raise ConfigError(f"cannot load checkpoint {path}: {err.__class__.__name__}: {err}") from None
+    except DeephashError:
+        raise
+    except Exception as err:  # noqa: BLE001 - a checkpoint that does not fit this code is a user error
+        reason = " ".join(str(err).split())[:200]
+        raise ConfigError(f"cannot load checkpoint {path}: {err.__class__.__name__}: {reason}") from None
     return module.eval()
