@@ -1,7 +1,8 @@
-"""Raw-pixel inputs for the baselines."""
+"""The baselines' input features: raw pixels, and the F7 of a pretrained backbone that is not fine-tuned."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -32,3 +33,23 @@ def flatten_images(images: Any) -> np.ndarray:
     if low < 0.0 or high > 1.0:
         raise DataError(f"float images must lie in [0, 1], got values in [{low:.3g}, {high:.3g}]")
     return flat
+
+
+def pretrained_f7_module(
+    features: Mapping[str, Any], *, num_classes: int, in_channels: int, bits: int
+) -> Any:
+    """A HashModule whose backbone holds ``features.weights`` and is not fine-tuned: its F7 is the pretrained
+    network's (relu7 for AlexNet/VGG16), figure 8's "AlexNet" curve under exhaustive L2. The latent layer H
+    is random; the baseline's method supplies the codes. ``features``: ``backbone``, ``weights`` (a torchvision
+    weight name or a state-dict path) and ``f7_dim`` (the small CNNs' F7 width, or None)."""
+    from deephash.models.module import HashModule
+
+    f7_dim = features.get("f7_dim")
+    return HashModule(
+        str(features["backbone"]),
+        bits,
+        num_classes,
+        str(features["weights"]),
+        in_channels=in_channels,
+        **({"f7_dim": int(f7_dim)} if f7_dim is not None else {}),
+    ).eval()

@@ -10,6 +10,9 @@ the same files and ``metrics.json`` layout as a training run. Input representati
   vectors (float16), so the hierarchical and euclidean modes re-rank on raw pixels.
 * ``f7``: the F7 features of a trained checkpoint (``ckpt_path``), from :func:`encode_split`; the
   baseline replaces the model's own codes.
+* ``pretrained_f7``: the F7 of a pretrained backbone without fine-tuning (``features.backbone``,
+  ``features.weights``), encoded the same way. Exhaustive L2 on it (``retrieval.modes=[euclidean]``) is the
+  "AlexNet" curve of the paper's figure 8; the method's codes only serve the Hamming modes.
 """
 
 from __future__ import annotations
@@ -26,9 +29,10 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from PIL import Image
 
 from deephash.baselines.base import HashMethod, validate_bits
-from deephash.baselines.features import flatten_images
+from deephash.baselines.features import flatten_images, pretrained_f7_module
 from deephash.baselines.registry import METHODS
 from deephash.evaluation.run import evaluate_indexes
+from deephash.models.backbones import BACKBONES, NATIVE_BACKBONES
 from deephash.retrieval.codes import pack_codes
 from deephash.retrieval.encode import encode_split
 from deephash.retrieval.store import EncodedItems, IndexStore, load_index, save_index
@@ -39,7 +43,7 @@ from deephash.utils.io import atomic_write_json
 from deephash.utils.logging import get_logger
 
 log = get_logger(__name__)
-FEATURES = ("pixels", "f7")
+FEATURES = ("pixels", "f7", "pretrained_f7")
 FOLDER_PIXELS = 32  # side of the pixel features of datasets without a native size (image folders)
 _BLOCK = 16384  # rows converted to float and encoded at a time
 
@@ -56,7 +60,7 @@ def validate_baseline_config(cfg: DictConfig) -> None:
     name = features.get("name") if features else None
     if name not in FEATURES:
         raise ConfigError(
-            f"features must be one of {', '.join(FEATURES)}, got {name!r}; pass features=<pixels|f7>"
+            f"features must be one of {', '.join(FEATURES)}, got {name!r}; pass features=<{'|'.join(FEATURES)}>"
         )
     size = features.get("size")
     if name == "pixels" and size is not None:
@@ -69,10 +73,27 @@ def validate_baseline_config(cfg: DictConfig) -> None:
         raise ConfigError(
             "features=f7 needs ckpt_path=<run>/checkpoints/last.ckpt (the model whose F7 is hashed)"
         )
-    if name == "pixels" and ckpt is not None:
+    if name != "f7" and ckpt is not None:
         raise ConfigError("ckpt_path is only used with features=f7; pass features=f7 or drop ckpt_path")
     if ckpt is not None and not Path(str(ckpt)).expanduser().is_file():
         raise ConfigError(f"ckpt_path not found: {ckpt} (expected a .ckpt written by deephash-train)")
+    if name == "pretrained_f7":
+        _check_pretrained_f7(features, cfg.data.get("transform"))
+
+
+def _check_pretrained_f7(features: DictConfig, transform: str | None) -> None:
+    backbone = features.get("backbone")
+    if backbone not in BACKBONES:
+        raise ConfigError(f"unknown features.backbone {backbone!r}; expected one of: {', '.join(BACKBONES)}")
+    if features.get("weights") is None:
+        raise ConfigError(
+            "features=pretrained_f7 needs features.weights: a torchvision weight name such as IMAGENET1K_V1, "
+            "or the path of a saved state dict"
+        )
+    if backbone not in NATIVE_BACKBONES and transform == "native":
+        raise ConfigError(
+            f"features.backbone={backbone} needs 3-channel ImageNet-style input; pass data.transform=imagenet"
+        )
 
 
 def build_baseline(cfg: DictConfig) -> HashMethod:
@@ -157,7 +178,7 @@ def run_baseline(cfg: DictConfig) -> dict[str, Any]:
     datamodule = hydra.utils.instantiate(cfg.data)
     datamodule.prepare_data()
     datamodule.setup()
-    module = _load_module(cfg, datamodule) if cfg.features.name == "f7" else None
+    module = _feature_module(cfg, datamodule)
     datamodule.save_splits(run_dir)
     info: dict[str, Any] = {
         "method": method.name,
@@ -168,8 +189,11 @@ def run_baseline(cfg: DictConfig) -> dict[str, Any]:
         "protocol": datamodule.protocol,
         "data": datamodule.describe(),
     }
-    if module is not None:
+    if cfg.features.name == "f7":
         info["checkpoint"] = str(Path(str(cfg.ckpt_path)).expanduser().resolve())
+    if cfg.features.name == "pretrained_f7":
+        info["features_backbone"] = str(cfg.features.backbone)
+        info["features_weights"] = str(cfg.features.weights)
     atomic_write_json(run_dir / "metrics.json", {"status": "running", **info})  # a crash turns it "failed"
     wandb_defaults(cfg, datamodule.name)
     loggers = instantiate_loggers(cfg.get("logger"), cfg)
@@ -217,6 +241,19 @@ def run_baseline(cfg: DictConfig) -> dict[str, Any]:
     return metrics
 
 
+def _feature_module(cfg: DictConfig, datamodule: Any) -> Any:
+    """The network whose F7 is hashed: a trained checkpoint's (``f7``), a pretrained backbone's
+    (``pretrained_f7``), or None for pixels."""
+    if cfg.features.name == "pretrained_f7":
+        return pretrained_f7_module(
+            cfg.features,
+            num_classes=datamodule.num_classes,
+            in_channels=datamodule.in_channels,
+            bits=int(cfg.bits),
+        )
+    return _load_module(cfg, datamodule) if cfg.features.name == "f7" else None
+
+
 def _load_module(cfg: DictConfig, datamodule: Any) -> Any:
     """The checkpoint's HashModule, checked against the datamodule's input channels."""
     from deephash.models.module import load_hash_module
@@ -235,7 +272,7 @@ def _split_features(
     cfg: DictConfig, datamodule: Any, module: Any, work: Path
 ) -> tuple[EncodedItems, EncodedItems, EncodedItems]:
     """Training subsample, queries and database before hashing: their ``f7`` holds the input features,
-    pixels (uint8) or a checkpoint's F7 (float16)."""
+    pixels (uint8) or a network's F7 (float16)."""
     splits = datamodule.splits
     train_index = splits["train"][fit_rows(len(splits["train"]), cfg.get("fit_samples"), int(cfg.seed))]
     if module is None:
@@ -286,10 +323,10 @@ def _save_split(path: Path, method: HashMethod, split: EncodedItems, meta: dict[
 
 def _preprocess(cfg: DictConfig, datamodule: Any) -> dict[str, Any]:
     """How an image becomes this index's features, so a new image can be encoded the same way."""
-    if cfg.features.name == "f7":
+    if cfg.features.name in ("f7", "pretrained_f7"):
         from deephash.data.query import preprocess_spec
 
-        return {"features": "f7", **preprocess_spec(datamodule)}
+        return {"features": str(cfg.features.name), **preprocess_spec(datamodule)}
     h, w = pixel_size(datamodule, cfg.features.get("size"))
     channels = 1 if datamodule.native_channels == 1 else 3
     return {
