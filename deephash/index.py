@@ -17,7 +17,7 @@ import hydra
 import pytorch_lightning as pl
 from omegaconf import DictConfig
 
-from deephash.cli import accepts_version, exit_on_user_error, run_hydra_task
+from deephash.cli import accepts_version, check_group_choices, exit_on_user_error, run_hydra_task
 from deephash.config import CONFIG_PATH
 from deephash.models.module import load_hash_module
 from deephash.retrieval.build import build_index, drop_unreadable
@@ -52,6 +52,7 @@ def build(cfg: DictConfig) -> dict[str, Any]:
     return store.manifest if store is not None else {}
 
 
+@check_group_choices
 @hydra.main(config_path=CONFIG_PATH, config_name="index", version_base="1.3")
 def _build_main(cfg: DictConfig) -> None:
     def report(manifest: dict[str, Any]) -> None:
