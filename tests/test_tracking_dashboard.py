@@ -107,6 +107,39 @@ def test_every_dashboard_key_is_logged_by_a_real_sweep(
             assert all(Path(e.local_path).is_file() for e in artifact.manifest.contents)
 
 
+def test_dashboard_keys_are_logged_by_a_training_run(
+    offline: Path,  # noqa: F811 - the fixture imported above
+    train_cfg: Any,
+) -> None:
+    """The fast version of the sweep test above: one tiny digits run trained in this process."""
+    from deephash.train import train
+
+    run_dir = offline / "run"
+    cfg = train_cfg(
+        "logger=wandb",
+        "evaluate=true",
+        "trainer.max_epochs=2",
+        "trainer.log_every_n_steps=1",
+        "+trainer.limit_train_batches=2",
+        "+trainer.limit_val_batches=1",
+        "+trainer.limit_test_batches=1",
+        "model.bits=16",
+        output_dir=run_dir,
+    )
+    train(cfg)
+    (path,) = run_files(run_dir)
+    run = parse_run(path)
+    logged = {
+        "history": flat(run["history"], "/"),
+        "config": flat(run["config"]),
+        "summary": flat(run["summary"]),
+    }
+    logged["config"].add("overrides")  # a run launched without overrides has none to show
+    named = spec_keys(dashboard_spec(swept=["model.dropout"]))
+    for kind in ("history", "config", "summary"):
+        assert named[kind] - logged[kind] == set(), kind
+
+
 def test_wandb_sweep_runs_the_hydra_bit_sweep() -> None:
     from hydra import compose, initialize_config_dir
     from hydra.core.override_parser.overrides_parser import OverridesParser
