@@ -3,6 +3,9 @@ checkpoint and config live, the value a sweeper optimises, how a run ended, and 
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
 import traceback
 from pathlib import Path
 from typing import Any
@@ -193,3 +196,108 @@ def print_summary(metrics: dict[str, Any]) -> None:
             fmt(m.get("queries_per_second"), ",.0f"),
         )
     Console().print(table)
+
+
+# ---- run directories: one run each, one live process each -----------------------------------------------
+
+RUN_LOCK = ".run.lock"
+# what a training run leaves in its directory (``checkpoints`` counts when it holds a checkpoint)
+# what a training run leaves in its directory: checkpoints, metrics.json (unless it records a failure
+# before any checkpoint, which a retry may replace) and the encoded indexes
+RUN_MARKERS = ("checkpoints", "metrics.json", "index", "queries")
+_HELD_RUN_LOCKS: dict[Path, int] = {}  # run dir -> fd of its lock, held until the process exits
+
+
+class RunDirError(ConfigError):
+    """The run directory holds another run or is in use; it was left untouched."""
+
+
+def claim_run_dir(cfg: DictConfig) -> Path:
+    """Create ``cfg.paths.output_dir`` and make it this run's: lock it for this process's lifetime (another
+    live process training there -> ``RunDirError``), and refuse a directory that holds an earlier run unless
+    this run resumes (``ckpt_path``) or ``overwrite=true`` (which removes the earlier run's checkpoints,
+    metrics and indexes first). Ranks other than 0 of a distributed run share rank 0's claim."""
+    from pytorch_lightning.utilities import rank_zero_only
+
+    run_dir = Path(cfg.paths.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if getattr(rank_zero_only, "rank", 0) != 0:
+        return run_dir
+    _lock_run_dir(run_dir)
+    held = previous_run(run_dir)
+    if held and not cfg.get("ckpt_path"):
+        if not cfg.get("overwrite"):
+            raise RunDirError(
+                f"{run_dir} already holds a run ({', '.join(held)}): pass ckpt_path=<checkpoint> to resume "
+                "it, overwrite=true to replace it, or choose another hydra.run.dir"
+            )
+        for name in held:
+            path = run_dir / name
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+        log.warning("overwrite=true: removed the earlier run's %s from %s", ", ".join(held), run_dir)
+    return run_dir
+
+
+def previous_run(run_dir: Path) -> list[str]:
+    """What an earlier run left in ``run_dir`` (of ``RUN_MARKERS``)."""
+    held = []
+    for name in RUN_MARKERS:
+        path = run_dir / name
+        if name == "checkpoints":
+            found = path.is_dir() and any(path.glob("*.ckpt"))
+        elif name == "metrics.json":
+            found = path.exists() and _recorded_status(path) != "failed"
+        else:
+            found = path.exists()
+        if found:
+            held.append(name)
+    return held
+
+
+def _recorded_status(path: Path) -> str | None:
+    try:
+        return json.loads(path.read_text()).get("status")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _lock_run_dir(run_dir: Path) -> None:
+    """``flock`` on ``<run>/.run.lock`` until the process exits (the kernel drops it even on kill -9)."""
+    import fcntl
+
+    key = run_dir.resolve()
+    if key in _HELD_RUN_LOCKS:
+        return
+    fd = os.open(run_dir / RUN_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise RunDirError(
+            f"{run_dir} is in use by another training process (pid {holder}); wait for it to finish "
+            "or choose another hydra.run.dir"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    _HELD_RUN_LOCKS[key] = fd
+
+
+def release_run_dir(run_dir: Path) -> None:
+    """Drop this process's lock on ``run_dir`` (an in-process caller that runs several trainings)."""
+    fd = _HELD_RUN_LOCKS.pop(Path(run_dir).resolve(), None)
+    if fd is not None:
+        os.close(fd)
+
+
+def record_train_failure(cfg: DictConfig, err: BaseException) -> None:
+    """``record_failure``, except for a refused run directory: that holds another run's metrics.json."""
+    if not isinstance(err, RunDirError):
+        record_failure(cfg, err)
+
+
+def last_checkpoint(trainer: pl.Trainer) -> str:
+    """The last checkpoint this fit actually wrote ("" when none): ModelCheckpoint's own record, which names
+    ``last-v1.ckpt`` and the like where it had to pick another name."""
+    callback = trainer.checkpoint_callback
+    return (getattr(callback, "last_model_path", "") or "") if callback is not None else ""

@@ -6,7 +6,6 @@ Composition only: the work lives in importable functions (``train(cfg) -> metric
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Any
 
 import hydra
@@ -18,10 +17,12 @@ from deephash.config import CONFIG_PATH, validate_train_config
 from deephash.evaluation.run import evaluate_checkpoint
 from deephash.runs import (
     build_predict_trainer,
+    claim_run_dir,
     finish_loggers,
     instantiate_callbacks,
     instantiate_loggers,
-    record_failure,
+    last_checkpoint,
+    record_train_failure,
     select_checkpoint,
 )
 from deephash.utils.io import atomic_write_json, atomic_write_text
@@ -33,8 +34,7 @@ log = get_logger(__name__)
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit, test and (``cfg.evaluate``) evaluate retrieval; returns the run's metrics (also in metrics.json)."""
     validate_train_config(cfg)
-    output_dir = Path(cfg.paths.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    output_dir = claim_run_dir(cfg)  # locked; refuses a directory holding another run
     pl.seed_everything(cfg.seed, workers=True)
 
     datamodule: pl.LightningDataModule = hydra.utils.instantiate(cfg.data)
@@ -85,7 +85,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "global_step": int(trainer.global_step),
         "train_seconds": round(train_seconds, 3),
         "best_checkpoint": best_ckpt,
-        "last_checkpoint": str(output_dir / "checkpoints" / "last.ckpt"),
+        "last_checkpoint": last_checkpoint(trainer),
         **chosen,
         "protocol": datamodule.describe()["protocol"],
         "data": datamodule.describe(),
@@ -109,7 +109,7 @@ def _metric(trainer: pl.Trainer, key: str) -> float | None:
 @hydra.main(config_path=CONFIG_PATH, config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
     # Hydra sweepers (e.g. Optuna) optimise the scalar the task returns
-    return run_hydra_task(train, cfg, on_failure=record_failure)
+    return run_hydra_task(train, cfg, on_failure=record_train_failure)
 
 
 if __name__ == "__main__":
