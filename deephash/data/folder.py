@@ -48,8 +48,8 @@ ON_BAD_IMAGE = ("skip", "error")
 
 
 def read_classes_file(path: str) -> list[str]:
-    """Class names, one a line (line k names label k); blank and ``#`` lines skipped."""
-    with open(path, encoding="utf-8") as f:
+    """Class names, one a line (line k names label k); blank and ``#`` lines skipped, a UTF-8 BOM ignored."""
+    with open(path, encoding="utf-8-sig") as f:
         names = [line.strip() for line in f if line.strip() and not line.strip().startswith("#")]
     if len(set(names)) != len(names):
         raise DataError(f"classes file {path} repeats a class name")
@@ -113,7 +113,7 @@ class FolderSplitDataset(SplitDataset):
 
 class FolderDataModule(RetrievalDataModule):
     """Images under ``root``: class subfolders, or ``list_file`` (+ optional ``test_list_file``,
-    ``classes_file``). Without a test list, ``test_fraction`` of each class (seeded by ``split_seed``,
+    ``classes_file``; list-file paths must stay under ``root`` unless ``allow_outside_root``). Without a test list, ``test_fraction`` of each class (seeded by ``split_seed``,
     fixed across ``seed``) is the test source. Every image is read as RGB.
 
     ``cache_dir``: where file lists and image checks are cached (None: ``<root>/.deephash-cache`` if
@@ -140,6 +140,7 @@ class FolderDataModule(RetrievalDataModule):
         list_file: str | None = None,
         test_list_file: str | None = None,
         classes_file: str | None = None,
+        allow_outside_root: bool = False,
         test_fraction: float = 0.1,
         split_seed: int = 0,
         cache_dir: str | None = None,
@@ -172,6 +173,8 @@ class FolderDataModule(RetrievalDataModule):
             raise ConfigError(
                 f"data.on_bad_image must be one of {', '.join(ON_BAD_IMAGE)}, got {on_bad_image!r}"
             )
+        if not isinstance(allow_outside_root, bool):
+            raise ConfigError(f"data.allow_outside_root must be true or false, got {allow_outside_root!r}")
         if not isinstance(decode_on_gpu, bool):
             raise ConfigError(f"data.decode_on_gpu must be true or false, got {decode_on_gpu!r}")
         if prefetch_factor is not None:
@@ -179,6 +182,7 @@ class FolderDataModule(RetrievalDataModule):
         self.list_file = list_file
         self.test_list_file = test_list_file
         self.classes_file = classes_file
+        self.allow_outside_root = allow_outside_root
         self.test_fraction = float(test_fraction)
         self.split_seed = split_seed
         self.cache_dir = cache_dir
@@ -319,10 +323,13 @@ class FolderDataModule(RetrievalDataModule):
         root = self._root_dir()
         self._cache = resolve_cache_dir(root, self.cache_dir)
         list_path = self._find(self.list_file) if self.list_file else None
-        files = cached_file_list(root, list_path, self._cache)
+        outside = self.allow_outside_root
+        files = cached_file_list(root, list_path, self._cache, allow_outside_root=outside)
         dropped = dict(files.dropped)
         if self.test_list_file:
-            test = cached_file_list(root, self._find(self.test_list_file), self._cache)
+            test = cached_file_list(
+                root, self._find(self.test_list_file), self._cache, allow_outside_root=outside
+            )
             dropped.update(test.dropped)
             train_paths, train_labels = files.paths, files.labels
             test_paths, test_labels = test.paths, test.labels
@@ -339,7 +346,7 @@ class FolderDataModule(RetrievalDataModule):
         self._dropped = dropped
         self._bad_log = BadImageLog(self._cache / f"bad-{cache_key(root, None)}", root)
         if self.list_file:
-            names = self._list_class_names(int(max(train_labels.max(initial=0), test_labels.max(initial=0))))
+            names = self._list_class_names(np.union1d(train_labels, test_labels))
         else:
             names = files.classes
         return (
@@ -356,7 +363,11 @@ class FolderDataModule(RetrievalDataModule):
             train, mean=self.native_mean, std=self.native_std, flip=self.native_flip, size=size
         )
 
-    def _list_class_names(self, max_label: int) -> list[str]:
+    def _list_class_names(self, labels: np.ndarray) -> list[str]:
+        """Class names of the list-file ``labels`` (the distinct labels used): a classes file names label k on
+        line k; without one the labels must be 0..C-1, every one used, so a stray label cannot quietly add
+        empty classes to the model."""
+        max_label = int(labels.max(initial=0))
         if self.classes_file:
             names = read_classes_file(self._find(self.classes_file))
             if max_label >= len(names):
@@ -364,6 +375,14 @@ class FolderDataModule(RetrievalDataModule):
                     f"label {max_label} is listed but {self.classes_file} names only {len(names)} classes"
                 )
         else:
+            unused = np.setdiff1d(np.arange(max_label + 1), labels)
+            if unused.size:
+                shown = ", ".join(str(int(c)) for c in unused[:5]) + (" ..." if unused.size > 5 else "")
+                raise DataError(
+                    f"list file {self.list_file} uses {labels.size} distinct labels but the largest is "
+                    f"{max_label}, so labels {shown} have no image; without data.classes_file the labels "
+                    f"must be 0..{labels.size - 1}: renumber them, or give a classes file naming every class"
+                )
             names = [str(i) for i in range(max_label + 1)]
         if len(names) < 2:
             raise DataError(f"list file {self.list_file} has 1 class; expected at least 2")

@@ -6,6 +6,8 @@ so ``deephash-search`` can turn any image file into the tensor the model saw, wi
 
 from __future__ import annotations
 
+import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -47,18 +49,34 @@ def query_transform(spec: dict[str, Any]) -> ImageTransform:
 
 
 def load_query_image(path: str | Path) -> Image.Image:
-    """Open and fully decode an image file; a clear DataError names the file otherwise."""
+    """Open and fully decode an image file; a clear DataError names the file otherwise.
+
+    An image larger than PIL's decompression-bomb limit (``Image.MAX_IMAGE_PIXELS``, about 89 megapixels) is
+    refused before it is decoded: a small file can declare a size whose decoding would exhaust memory."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"query image not found: {path}")
     try:
-        with Image.open(path) as img:
-            img.load()
-            return img.copy()
-    except (UnidentifiedImageError, OSError, ValueError) as err:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                img.load()
+                return img.copy()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise DataError(
+            f"query image {path} is too large to decode safely ({_pixels(err)}; at most "
+            f"{Image.MAX_IMAGE_PIXELS:,} pixels); resize it first"
+        ) from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
         raise DataError(
             f"cannot read query image {path}: {err} (expected a JPEG/PNG/BMP/... image)"
         ) from None
+
+
+def _pixels(err: BaseException) -> str:
+    """ "N pixels" from PIL's decompression-bomb message ("Image size (N pixels) exceeds ...")."""
+    found = re.search(r"\((\d+) pixels\)", str(err))
+    return f"{int(found.group(1)):,} pixels" if found else "too many pixels"
 
 
 def preprocess_queries(paths: list[str], spec: dict[str, Any]) -> torch.Tensor:

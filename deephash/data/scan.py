@@ -34,7 +34,7 @@ from deephash.utils.logging import get_logger
 log = get_logger(__name__)
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: folder links out of a class folder are no longer followed
 # a directory modified less than this before the scan started may change again within the same mtime
 # tick without its mtime moving (coarse or 1 s filesystem clocks): it is stored as "changed" (-1) and
 # the next load rescans, the way git treats racily clean index entries
@@ -84,10 +84,19 @@ def scan_tree(root: str, threads: int | None = None) -> FileList:
         raise DataError(
             f"folder dataset at {root} has {len(classes)} {plural}; expected at least 2 class subfolders"
         )
+    check_distinct_classes(root, classes)
     with ThreadPoolExecutor(threads or default_threads()) as pool:
         walks = list(pool.map(lambda c: _walk_class(root, c), classes))
         dirs, dir_mtimes, rel, labels = [], [], [], []
-        for label, (walk_dirs, files) in enumerate(walks):
+        outside = [link for _, _, links in walks for link in links]
+        if outside:
+            log.warning(
+                "%d folder link(s) under %s lead out of their class folder and were not followed, first: %s",
+                len(outside),
+                root,
+                outside[0],
+            )
+        for label, (walk_dirs, files, _) in enumerate(walks):
             dirs += [d for d, _ in walk_dirs]
             dir_mtimes += [m for _, m in walk_dirs]
             rel += files
@@ -113,10 +122,39 @@ def list_classes(root: str) -> list[str]:
         return sorted(e.name for e in entries if not e.name.startswith(".") and e.is_dir())
 
 
-def _walk_class(root: str, cls: str) -> tuple[list[tuple[str, int]], list[str]]:
-    """``([(directory, mtime_ns)], image paths)`` under ``root/cls``, both relative to root."""
+def check_distinct_classes(root: str, classes: list[str]) -> None:
+    """DataError if two class folders are one directory, or one lies inside another (a linked class folder):
+    its images would be listed under two labels."""
+    real = {c: os.path.realpath(os.path.join(root, c)) for c in classes}
+    owner: dict[str, str] = {}
+    for c in classes:
+        if real[c] in owner:
+            raise DataError(
+                f"class folders {owner[real[c]]!r} and {c!r} under {root} are the same directory "
+                f"({real[c]}); its images would get two labels; remove one of them"
+            )
+        owner[real[c]] = c
+    for c in classes:
+        parent = os.path.dirname(real[c])
+        while parent != os.path.dirname(parent):
+            if parent in owner:
+                raise DataError(
+                    f"class folder {c!r} under {root} is inside class folder {owner[parent]!r} "
+                    f"({real[c]}); its images would get two labels; move it out or remove the link"
+                )
+            parent = os.path.dirname(parent)
+
+
+def _walk_class(root: str, cls: str) -> tuple[list[tuple[str, int]], list[str], list[str]]:
+    """``([(directory, mtime_ns)], image paths, links not followed)`` under ``root/cls``, relative to root.
+
+    Folder links are followed only while they stay inside the class folder: a link out of it (``loop -> ..``)
+    would list other classes' images under this class, so it is skipped and reported. Each directory is
+    walked once, so a link to a folder already listed (or a cycle inside the class) adds nothing."""
     found: dict[str, list[str]] = {}
     dirs: list[tuple[str, int]] = []
+    outside: list[str] = []
+    base = os.path.realpath(os.path.join(root, cls))
     seen: set[tuple[int, int]] = set()  # (device, inode): a link back up the tree is walked once
     stack = [cls]
     while stack:
@@ -132,13 +170,20 @@ def _walk_class(root: str, cls: str) -> tuple[list[tuple[str, int]], list[str]]:
             for e in entries:
                 if e.name.startswith("."):
                     continue
-                if e.is_dir():  # follows links, like ImageFolder's os.walk(followlinks=True)
+                if e.is_dir():
+                    if e.is_symlink() and not _inside(os.path.realpath(e.path), base):
+                        outside.append(f"{rel}/{e.name}")
+                        continue
                     stack.append(f"{rel}/{e.name}")
                 elif e.name.lower().endswith(IMG_EXTENSIONS):
                     names.append(e.name)
         found[rel] = sorted(names)
     dirs.sort()
-    return dirs, [f"{d}/{name}" for d, _ in dirs for name in found[d]]
+    return dirs, [f"{d}/{name}" for d, _ in dirs for name in found[d]], sorted(outside)
+
+
+def _inside(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
 
 def stat_all(
@@ -182,11 +227,14 @@ def _racy(mtimes: np.ndarray, start_ns: int) -> np.ndarray:
     return np.where(mtimes >= start_ns - RACY_NS, -1, mtimes)
 
 
-def parse_list_file(path: str) -> tuple[list[str], np.ndarray]:
-    """``(relative paths, labels (n,) int64)`` from ``relative/path label`` lines (blank and # lines skipped)."""
+def parse_list_file(path: str, allow_outside_root: bool = False) -> tuple[list[str], np.ndarray]:
+    """``(relative paths, labels (n,) int64)`` from ``relative/path label`` lines (blank and # lines skipped,
+    a UTF-8 byte order mark ignored). A path listed twice, or one outside the root (absolute, or climbing out
+    with ``..``) unless ``allow_outside_root``, is a DataError naming the line."""
     paths: list[str] = []
     labels: list[int] = []
-    with open(path, encoding="utf-8") as f:
+    first_line: dict[str, int] = {}
+    with open(path, encoding="utf-8-sig") as f:
         for lineno, raw in enumerate(f, start=1):
             line = raw.strip()
             if not line or line.startswith("#"):
@@ -196,18 +244,33 @@ def parse_list_file(path: str) -> tuple[list[str], np.ndarray]:
                 raise DataError(
                     f"{path}, line {lineno}: expected 'relative/path label' with an integer label >= 0, got {line!r}"
                 )
-            paths.append(parts[0])
+            rel = parts[0]
+            if not allow_outside_root and (os.path.isabs(rel) or os.path.normpath(rel).startswith("..")):
+                raise DataError(
+                    f"{path}, line {lineno}: {rel} is outside the dataset root; list paths relative to "
+                    f"data.root, or set data.allow_outside_root=true"
+                )
+            key = os.path.normpath(rel)
+            if key in first_line:
+                raise DataError(
+                    f"{path}, lines {first_line[key]} and {lineno} both list {rel}; list each image once"
+                )
+            first_line[key] = lineno
+            paths.append(rel)
             labels.append(int(parts[1]))
     if not paths:
         raise DataError(f"list file {path} lists no images")
     return paths, np.array(labels, dtype=np.int64)
 
 
-def scan_list_file(list_path: str, root: str, threads: int | None = None) -> FileList:
-    """The images a list file names (paths relative to ``root``); DataError if any is missing."""
+def scan_list_file(
+    list_path: str, root: str, threads: int | None = None, allow_outside_root: bool = False
+) -> FileList:
+    """The images a list file names (paths relative to ``root``); DataError if any is missing (see
+    :func:`parse_list_file` for the paths refused)."""
     start = time.time_ns()
     st = os.stat(list_path)
-    rel, labels = parse_list_file(list_path)
+    rel, labels = parse_list_file(list_path, allow_outside_root)
     with ThreadPoolExecutor(threads or default_threads()) as pool:
         sizes, mtimes, errors = stat_all(pool, root, rel)
         missing = [rel[i] for i in sorted(errors)]
@@ -257,10 +320,16 @@ def cache_key(root: str, list_file: str | None) -> str:
 
 
 def cached_file_list(
-    root: str, list_file: str | None, cache_dir: Path, threads: int | None = None
+    root: str,
+    list_file: str | None,
+    cache_dir: Path,
+    threads: int | None = None,
+    allow_outside_root: bool = False,
 ) -> FileList:
-    """The file list of ``root`` (or of ``list_file``), from ``cache_dir`` while nothing changed, else scanned."""
-    cache_path = Path(cache_dir) / f"files-{cache_key(root, list_file)}.npz"
+    """The file list of ``root`` (or of ``list_file``), from ``cache_dir`` while nothing changed, else scanned.
+    ``allow_outside_root``: a list file may name files outside ``root`` (cached apart from the strict list)."""
+    outside = "-outside" if list_file and allow_outside_root else ""
+    cache_path = Path(cache_dir) / f"files-{cache_key(root, list_file)}{outside}.npz"
     t0 = time.perf_counter()
     files = load_file_list(cache_path)
     if files is not None and is_unchanged(files, root, list_file, threads):
@@ -273,7 +342,11 @@ def cached_file_list(
         )
         return files
     t0 = time.perf_counter()
-    files = scan_list_file(list_file, root, threads) if list_file else scan_tree(root, threads)
+    files = (
+        scan_list_file(list_file, root, threads, allow_outside_root)
+        if list_file
+        else scan_tree(root, threads)
+    )
     n_classes = len(files.classes) or len(np.unique(files.labels))
     log.info(
         "scanned %s in %.2f s: %d images in %d classes (%d left out)",

@@ -59,6 +59,9 @@ def evaluate_checkpoint(
     metrics = {
         **evaluate_indexes(rcfg, database, queries, datamodule, run_dir),
         "protocol": datamodule.protocol,
+        # the split sizes after unreadable images were left out, so they agree with the index
+        "data": datamodule.describe(),
+        "bad_images": len(bad_images),
         "val_retrieval": validation_retrieval(database, datamodule.splits["val"], rcfg),
     }
     update_json(run_dir / "metrics.json", metrics)
