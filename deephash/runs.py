@@ -55,26 +55,40 @@ def finish_loggers(loggers: list[pl.loggers.Logger], metrics: dict[str, Any], ru
 
 
 def record_failure(cfg: DictConfig, err: BaseException) -> None:
-    """Mark the run failed in its metrics.json, so sweep summaries report it instead of dropping it,
-    and close an open W&B run with a failing exit code."""
+    """Mark the run failed in its metrics.json, so sweep summaries report it instead of dropping it, and close
+    an open W&B run with a failing exit code. Ctrl-C (a KeyboardInterrupt, or the SystemExit Lightning raises
+    after its graceful shutdown on one) is recorded as ``"status": "interrupted"`` with the checkpoint to
+    resume from (``"resume"``, null when none was written yet)."""
     import wandb
 
+    interrupted = isinstance(err, KeyboardInterrupt) or (
+        isinstance(err, SystemExit) and err.code not in (0, None)
+    )
     if wandb.run is not None:
-        wandb.run.finish(exit_code=1)
+        wandb.run.finish(exit_code=130 if interrupted else 1)
     try:
         output_dir = Path(cfg.paths.output_dir)
     except Exception:  # noqa: BLE001 - no run directory could be resolved: nothing to record
         return
     if not output_dir.exists():
         return
-    update_json(
-        output_dir / "metrics.json",
-        {
+    if interrupted:
+        last = output_dir / "checkpoints" / "last.ckpt"
+        resume = str(last) if last.is_file() else None
+        record = {"status": "interrupted", "error": None, "resume": resume}
+        hint = f"resume with ckpt_path={resume}" if resume else "no checkpoint was written yet; start again"
+        log.warning("run interrupted; %s", hint)
+    else:
+        first_line = " ".join(str(err).split())
+        record = {
             "status": "failed",
-            "error": f"{err.__class__.__name__}: {err}",
+            "error": f"{err.__class__.__name__}: {first_line}",
             "traceback": traceback.format_exception_only(type(err), err)[-1].strip(),
-        },
-    )
+        }
+    try:
+        update_json(output_dir / "metrics.json", record)
+    except (OSError, ValueError) as write_err:  # a full disk or a corrupt file must not hide the real error
+        log.warning("could not record the run's end in %s: %s", output_dir / "metrics.json", write_err)
 
 
 def wandb_url(loggers: list[pl.loggers.Logger]) -> str | None:
