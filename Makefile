@@ -14,8 +14,10 @@ export WANDB_SILENT ?= true
 .DEFAULT_GOAL := help
 .PHONY: help install demo test test-full bench reproduce reproduce-smoke lint format clean
 
-help: ## list the targets
-	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
+help: ## list the targets (coloured only on a terminal)
+	@if [ -t 1 ]; then on='\033[36m'; off='\033[0m'; fi; \
+	grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) \
+	| awk -v on="$$on" -v off="$$off" 'BEGIN {FS = ":.*?## "}; {printf "  %s%-16s%s %s\n", on, $$1, off, $$2}'
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)

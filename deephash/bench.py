@@ -10,7 +10,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from deephash.cli import exit_on_user_error
+from deephash.cli import accepts_version, exit_on_user_error
 from deephash.utils.errors import ConfigError
 
 COMMANDS: dict[str, str] = {
@@ -29,6 +29,7 @@ USAGE = (
 )
 
 
+@accepts_version("deephash-bench")
 @exit_on_user_error
 def main(argv: Sequence[str] | None = None) -> int:
     """Dispatch to the named benchmark's ``main``; returns its exit status."""

@@ -11,7 +11,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from deephash.cli import exit_on_user_error
+from deephash.cli import accepts_version, exit_on_user_error
 from deephash.tracking.compare import compare_runs
 
 
@@ -29,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@accepts_version("deephash-compare")
 @exit_on_user_error
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)

@@ -24,7 +24,10 @@ from deephash.utils.checks import check_int
 from deephash.utils.errors import ConfigError
 
 # The Hydra config directory every entry point composes from.
-CONFIG_PATH = str(Path(__file__).resolve().parent.parent / "conf")
+# inside the package when installed from a wheel (pyproject.toml ships conf/ as deephash/conf), the
+# repository's conf/ in a source checkout
+_PACKAGED_CONF = Path(__file__).resolve().parent / "conf"
+CONFIG_PATH = str(_PACKAGED_CONF if _PACKAGED_CONF.is_dir() else _PACKAGED_CONF.parent.parent / "conf")
 MAX_SEED = 2**32 - 1  # numpy's seed range
 
 

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from deephash.cli import exit_on_user_error
+from deephash.cli import accepts_version, exit_on_user_error
 from deephash.tracking.dashboard import (
     KS,
     MODES,
@@ -60,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@accepts_version("deephash-dashboard")
 @exit_on_user_error
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)

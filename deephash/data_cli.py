@@ -11,7 +11,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from deephash.cli import exit_on_user_error
+from deephash.cli import accepts_version, exit_on_user_error
 from deephash.data.mnist_pickle import import_mnist_pickle, matches_official
 
 
@@ -36,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@accepts_version("deephash-data")
 @exit_on_user_error
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)

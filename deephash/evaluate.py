@@ -14,7 +14,7 @@ import hydra
 import pytorch_lightning as pl
 from omegaconf import DictConfig
 
-from deephash.cli import check_group_choices, run_hydra_task
+from deephash.cli import accepts_version, check_group_choices, run_hydra_task
 from deephash.config import CONFIG_PATH
 from deephash.evaluation.run import evaluate_checkpoint
 from deephash.runs import (
@@ -52,6 +52,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     return metrics
 
 
+@accepts_version("deephash-eval")
 @check_group_choices
 @hydra.main(config_path=CONFIG_PATH, config_name="eval", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:

@@ -84,7 +84,10 @@ def _summary(manifest: dict[str, Any], path: Any) -> dict[str, Any]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="deephash-index", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="deephash-index",
+        description="Build a persistent retrieval index from a checkpoint, or describe one.",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     build_cmd = commands.add_parser(
         "build",

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from deephash.cli import exit_on_user_error
+from deephash.cli import accepts_version, exit_on_user_error
 from deephash.data.query import preprocess_queries
 from deephash.models.module import load_hash_module
 from deephash.retrieval.codes import hamming_distance_matrix, pack_codes
@@ -125,6 +125,7 @@ def _describe(store: IndexStore, code: np.ndarray, f7: np.ndarray, idx: np.ndarr
     ]
 
 
+@accepts_version("deephash-search")
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
     results = search(parse_args(argv))
