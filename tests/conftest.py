@@ -10,10 +10,12 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 
+from deephash.config import CONFIG_PATH
+
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+CONF_DIR = CONFIG_PATH  # the one config directory every entry point composes from
 
 
 def compose_config(config_name: str, overrides: list[str], output_dir: Path) -> DictConfig:
