@@ -472,6 +472,17 @@ def test_a_sweep_is_one_group_with_its_overrides_as_tags(multirun_job: Any) -> N
     assert init["config"]["sweep_dir"] == "multirun/train/2024-05-01_12-00-00"
 
 
+def test_a_baseline_sweep_is_one_group_too(multirun_job: Any, offline: Path) -> None:
+    from deephash.baselines.run import wandb_defaults
+
+    cfg = compose_config("baseline", ["logger=wandb", "method=sh", "bits=32"], offline / "b")
+    wandb_defaults(cfg, "mnist")
+    assert cfg.logger.wandb.group is None  # not mnist-baselines: the builder picks the sweep's group
+    assert (
+        hydra.utils.instantiate(cfg.logger.wandb)._wandb_init["group"] == "multirun/train/2024-05-01_12-00-00"
+    )
+
+
 def test_group_names(offline: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert sweep_name(offline / "multirun" / "x", offline) == "multirun/x"
     assert sweep_name("/elsewhere/sweep", offline) == "/elsewhere/sweep"

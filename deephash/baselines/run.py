@@ -154,13 +154,16 @@ def encode_packed(method: HashMethod, X: np.ndarray) -> np.ndarray:
 
 
 def wandb_defaults(cfg: DictConfig, dataset: str) -> None:
-    """Fill what the W&B logger leaves unset for a baseline: group ``<dataset>-baselines``, name
-    ``<method>-bits<k>-seed<s>``, bits, and the method and features as tags. Explicit values are kept."""
+    """Fill what the W&B logger leaves unset for a baseline: group ``<dataset>-baselines`` (a sweep's jobs keep
+    the sweep's group), name ``<method>-bits<k>-seed<s>``, bits, and the method and features as tags. Explicit
+    values are kept."""
+    from deephash.tracking.wandb import hydra_job
+
     wandb_cfg = OmegaConf.select(cfg, "logger.wandb", default=None)
     if not wandb_cfg:
         return
     with open_dict(wandb_cfg):
-        if wandb_cfg.get("group") is None:
+        if wandb_cfg.get("group") is None and hydra_job()[0] is None:
             wandb_cfg.group = f"{dataset}-baselines"
         if wandb_cfg.get("name") is None:
             wandb_cfg.name = f"{cfg.method.name}-bits{cfg.bits}-seed{cfg.seed}"
