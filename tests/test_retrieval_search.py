@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import astuple
 from pathlib import Path
 
 import numpy as np
@@ -337,3 +338,91 @@ def test_pool_rule_is_validated_frozen_and_resolves_defaults() -> None:
     assert rule.limits(20) == (20, 10_000, 1000)
     assert rule.limits(5000) == (5000, 10_000, 5000)
     assert rule.resolved(20) == PoolRule(1, 20, 10_000, 1000)
+
+
+@pytest.mark.parametrize("gemm_waste", [0, 8, 10**9])  # per-pair dots only, the default mix, GEMM only
+def test_batched_pool_shortlist_matches_brute_force_on_ties(monkeypatch, gemm_waste: int) -> None:
+    # tied codes, a block of 60 exact duplicate F7 rows (a tie group wider than the shortlist slack),
+    # queries that copy database rows, pools shared by many queries and pools of their own
+    rng = np.random.default_rng(21)
+    db_bits = tied_codes(rng, 900, 48, centres=6)
+    db_f7 = features(rng, 900, 16, duplicates=False)
+    db_f7[300:360] = db_f7[5]
+    dup = [5, 300, 359, 17]
+    q_bits = np.vstack([db_bits[dup], db_bits[rng.integers(0, 900, 20)], rng.random((6, 48)) < 0.5])
+    q_f7 = np.vstack([db_f7[dup].astype(np.float32), rng.standard_normal((26, 16)).astype(np.float32)])
+    index = HammingIndex(pack_codes(db_bits), 48)
+    monkeypatch.setattr(search_mod, "_GEMM_WASTE", gemm_waste)
+    monkeypatch.setattr(search_mod, "_SHORTLIST_QUERY_BATCH", 7)  # several query batches
+    for k, rule, chunk_size in [
+        (5, PoolRule(2, 5, 400, 120), 37),
+        (40, PoolRule(1, 40, 900, 300), 65536),
+        (3, PoolRule(48, 1, 900, 900), 50),  # every pool is the whole database
+    ]:
+        res = hierarchical_search(index, db_f7, pack_codes(q_bits), q_f7, k, rule, chunk_size=chunk_size)
+        expected = expected_hierarchical(db_bits, q_bits, db_f7, q_f7, k, *astuple(rule.resolved(k)))
+        for j, (size, top, ham, l2) in enumerate(expected):
+            assert res.pool_sizes[j] == size
+            np.testing.assert_array_equal(res.idx[j, : len(top)], top)
+            np.testing.assert_array_equal(res.hamming[j, : len(top)], ham)
+            np.testing.assert_allclose(res.l2[j, : len(top)], l2, rtol=1e-5, atol=1e-6)
+        assert (res.pool_sizes > _shortlist_width(k)).sum() >= 10  # the batched path really ran
+    # a copy of the duplicated row finds the 61 copies at distance 0, lowest indices first
+    res = hierarchical_search(index, db_f7, pack_codes(q_bits), q_f7, 5, PoolRule(48, 1, 900, 900))
+    assert list(res.idx[2]) == [5, 300, 301, 302, 303] and (res.l2[2] == 0).all()
+
+
+def _shortlist_width(k: int) -> int:
+    return search_mod._shortlist(k)
+
+
+# ---- realistic F7 magnitudes: 4096-d rows with squared norms around 1e5 ---------------------------------
+
+
+def _large_norm_f7(rng: np.random.Generator, n: int, d: int = 4096) -> np.ndarray:
+    """(n, d) float32 ReLU-like rows with squared norms ~1e5: beyond float16 (max 65504) once squared."""
+    return np.maximum(rng.normal(2.0, 6.0, (n, d)), 0).astype(np.float32)
+
+
+def test_large_norm_4096d_features_match_brute_force() -> None:
+    rng = np.random.default_rng(4096)
+    db = _large_norm_f7(rng, 300)
+    assert np.einsum("ij,ij->i", db, db).min() > 65504  # a float16 shortlist would overflow to inf
+    queries = np.vstack([db[[7, 150]] + rng.normal(0, 0.5, (2, 4096)), _large_norm_f7(rng, 3)])
+    queries = queries.astype(np.float32)
+    expected = brute_l2(queries, db)
+    order = np.lexsort((np.broadcast_to(np.arange(300), expected.shape), expected), axis=-1)[:, :10]
+    l2, idx = euclidean_search(db, queries, 10, chunk_size=64)
+    np.testing.assert_array_equal(idx, order)
+    np.testing.assert_allclose(l2, np.take_along_axis(expected, order, axis=1), rtol=1e-5)
+    assert list(idx[:2, 0]) == [7, 150]
+    # hierarchical: every pool is the whole database, so it must agree with the exhaustive search
+    db_bits = rng.random((300, 64)) < 0.5
+    q_bits = rng.random((len(queries), 64)) < 0.5
+    res = hierarchical_search(
+        HammingIndex(pack_codes(db_bits), 64), db, pack_codes(q_bits), queries, 10, PoolRule(64, 1, 300, 300)
+    )
+    np.testing.assert_array_equal(res.idx, order)
+    np.testing.assert_allclose(res.l2, l2, rtol=1e-5)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_shortlist_under_heavy_cancellation_keeps_its_stated_guarantee(seed: int) -> None:
+    """Many items at almost the same distance from a large-norm query: the BLAS shortlist cannot order them
+    (its rounding error exceeds their spread), so the module docstring promises exact, sorted distances and
+    items within the rounding bound of the true k nearest, not brute force's exact order."""
+    rng = np.random.default_rng(seed)
+    d, n, k = 4096, 400, 10
+    query = _large_norm_f7(rng, 1)
+    directions = rng.standard_normal((n, d))
+    directions /= np.linalg.norm(directions, axis=1, keepdims=True)
+    radii = 1.0 + 1e-4 * rng.random(n)  # spread ~1e-4, far below the float32 error at |q|^2 ~ 1e5
+    db = (query + radii[:, None] * directions).astype(np.float32)
+    l2, idx = euclidean_search(db, query, k, chunk_size=128)
+    exact = brute_l2(query, db)[0]
+    np.testing.assert_allclose(l2[0], exact[idx[0]], rtol=1e-5)  # reported distances are exact
+    assert np.all(np.diff(l2[0]) >= 0) and len(set(idx[0])) == k
+    kth = np.sort(exact)[k - 1]
+    # the bound the module docstring states: 4 (d + 2) 2^-24 (|q|^2 + max |x|^2) on squared distances
+    bound = 4 * (d + 2) * 2.0**-24 * (float(query[0] @ query[0]) + float(np.einsum("ij,ij->i", db, db).max()))
+    assert np.all(exact[idx[0]] ** 2 <= kth**2 + bound)

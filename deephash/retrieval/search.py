@@ -1,14 +1,22 @@
 """Search over packed codes and F7 features: Hamming k-NN, Hamming radius, hierarchical, exhaustive L2.
 
-Every result is ordered by ``(distance, database index)`` ascending, ties going to the lower index,
-exactly as a stable sort of the brute-force distances would order them. Where a query has fewer
-results than asked for, the missing slots hold index ``-1``, L2 distance ``inf`` and Hamming
-distance ``-1``.
+Every result is ordered by ``(distance, database index)`` ascending, ties going to the lower index, as a
+stable sort of the brute-force distances would order them (Hamming exactly; L2 within the shortlist guarantee
+below). Where a query has fewer results than asked for, the missing slots hold index ``-1``, L2 distance
+``inf`` and Hamming distance ``-1``.
 
 L2 distances are plain Euclidean distances (paper eq. 2, not squared) in float32. Exhaustive and
 hierarchical search shortlist candidates with fast BLAS distances, then recompute the shortlist's
 distances from direct differences (``exact_l2``), so reported distances are accurate (a copy of the
 query is at 0) and do not depend on how the database was chunked.
+
+What the L2 shortlist guarantees: the fast distances ``|q|^2 - 2 q.x + |x|^2`` in float32 can be off by up to
+``e = 4 (d + 2) 2^-24 (|q|^2 + max |x|^2)`` in squared distance (d the feature width), and the shortlist keeps
+``k + max(16, k // 8)`` candidates by them. The results are always ordered by (exact distance, index), and
+every returned item's squared distance is at most the true k-th smallest plus ``e``. They equal a stable sort
+of the brute-force distances whenever fewer than the slack (``max(16, k // 8)``) items lie within ``e`` of the
+k-th distance; under heavy cancellation (many items closer together than ``e``, large norms) the order among
+those near-ties is not guaranteed. A hierarchical search gives the same guarantee within each query's pool.
 
 Database F7 may be an ndarray, a memmap or an ``F7File``; it is only ever read through ``_f7_rows``,
 which copies the rows asked for to float32 and never leaves more than those rows resident (see
