@@ -320,11 +320,15 @@ def test_axes_and_best_value_summaries_are_defined(offline: Path) -> None:
 
 def test_wandb_summary_keeps_what_was_logged() -> None:
     metrics = {**fake_metrics(), "global_step": 42, "train_seconds": 1.5, "index_dir": "/x/index"}
-    summary = wandb_summary(metrics, {"val/acc": {"max": 0.99}})
+    metrics["data"] = {"dataset": "digits", "protocol": "paper", "seed": 7, "sizes": {"train": 10}}
+    summary = wandb_summary(metrics, {"val/acc"})
     assert "val/acc" not in summary  # logged already: the best value stays
     assert summary["test/acc"] == 0.9611 and summary["epoch"] == 3 and summary["trainer/global_step"] == 42
     assert summary["train_seconds"] == 1.5 and summary["method"] == "deephash"
-    assert not {"index_dir", "bits", "val_acc", "modes/hamming/mAP"} & set(summary)
+    assert summary["data/sizes/train"] == 10 and summary["protocol"] == "paper"
+    assert not {"index_dir", "bits", "val_acc", "modes/hamming/mAP", "data/dataset", "data/seed"} & set(
+        summary
+    )
 
 
 def test_missing_files_are_skipped_and_explicit_rates_win(offline: Path) -> None:

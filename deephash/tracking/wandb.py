@@ -53,6 +53,8 @@ NOT_SUMMARY = frozenset({"best_checkpoint", "last_checkpoint", "traceback", "ind
 # metrics.json entries W&B holds elsewhere: the run's config (dataset, backbone, bits, seed), or the
 # retrieval history row (modes, val_retrieval)
 NOT_WANDB_SUMMARY = NOT_SUMMARY | {"dataset", "backbone", "bits", "seed", "modes", "val_retrieval"}
+# the data description repeats these (dataset, protocol and seed are the run's own)
+REPEATED = frozenset({"data/dataset", "data/protocol", "data/seed"})
 # metrics.json names of quantities Lightning already logs under another name: written under that name,
 # and only when the run has no value for it yet (val/acc keeps its best value through define_metric)
 WANDB_NAMES = {
@@ -124,6 +126,11 @@ def resolve_mode(mode: str = "auto") -> str:
 
 class DeephashWandbLogger(WandbLogger):
     """A ``WandbLogger`` that declares the run's axes and best-value summaries (:data:`METRIC_AXES`) on start."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Lightning always passes `anonymous`, which W&B deprecates with a warning on every run
+        self._wandb_init.pop("anonymous", None)
 
     @property
     @rank_zero_experiment
@@ -198,6 +205,7 @@ def build_wandb_logger(
     }
     save_dir = Path(save_dir)
     save_dir.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("WANDB_SILENT", "true")  # quiet by default; WANDB_SILENT=false shows W&B's lines
     logger = DeephashWandbLogger(
         project=project,
         entity=entity,
@@ -310,7 +318,7 @@ def wandb_summary(metrics: Mapping[str, Any], logged: Collection[str] = ()) -> d
         {k: v for k, v in metrics.items() if k not in NOT_WANDB_SUMMARY}
     ).items():
         name = WANDB_NAMES.get(key, key)
-        if name != key and name in logged:
+        if key in REPEATED or (name != key and name in logged):
             continue
         summary[name] = value
     return summary
