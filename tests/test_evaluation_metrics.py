@@ -261,7 +261,7 @@ def coded(rng: np.random.Generator, kind: str, m: int, bits: int, labels: np.nda
     return centres[labels] ^ (rng.random((m, bits)) < min(0.1, 2 / bits))
 
 
-@pytest.mark.parametrize("bits", [1, 5, 8, 13, 48, 64, 65, 127, 128, 255, 256, 300])
+@pytest.mark.parametrize("bits", [1, 5, 8, 13, 48, 64, 65, 127, 128, 255, 256, 300, 512, 4096])
 @pytest.mark.parametrize("kind", ["uniform", "clustered"])
 def test_hamming_metrics_match_brute_force(bits, kind, monkeypatch):
     """Several blocks, several threads, k beyond the database, a label absent from the database."""

@@ -340,8 +340,8 @@ def test_pool_rule_is_validated_frozen_and_resolves_defaults() -> None:
     assert rule.resolved(20) == PoolRule(1, 20, 10_000, 1000)
 
 
-@pytest.mark.parametrize("gemm_waste", [0, 8, 10**9])  # per-pair dots only, the default mix, GEMM only
-def test_batched_pool_shortlist_matches_brute_force_on_ties(monkeypatch, gemm_waste: int) -> None:
+@pytest.mark.parametrize("gemm_waste", [1e-9, 16, 1e9])  # per-pair dots only, the default mix, GEMMs only
+def test_batched_pool_shortlist_matches_brute_force_on_ties(monkeypatch, gemm_waste: float) -> None:
     # tied codes, a block of 60 exact duplicate F7 rows (a tie group wider than the shortlist slack),
     # queries that copy database rows, pools shared by many queries and pools of their own
     rng = np.random.default_rng(21)
@@ -426,3 +426,35 @@ def test_shortlist_under_heavy_cancellation_keeps_its_stated_guarantee(seed: int
     # the bound the module docstring states: 4 (d + 2) 2^-24 (|q|^2 + max |x|^2) on squared distances
     bound = 4 * (d + 2) * 2.0**-24 * (float(query[0] @ query[0]) + float(np.einsum("ij,ij->i", db, db).max()))
     assert np.all(exact[idx[0]] ** 2 <= kth**2 + bound)
+
+
+@pytest.mark.parametrize("bits", [256, 512, 4096])
+def test_long_codes_search_matches_brute_force(bits: int) -> None:
+    """Distances above 255 (a byte-wide popcount sum would wrap): k-NN, radius, the numpy large-k path and
+    hierarchical search against brute force, with a query's complement at distance ``bits``."""
+    rng = np.random.default_rng(bits)
+    db_bits = tied_codes(rng, 240, bits, centres=5)
+    db_bits[7] = ~db_bits[3]
+    q_bits = np.vstack([db_bits[[3, 8]], rng.random((4, bits)) < 0.5, ~db_bits[11:12]])
+    dist = brute_distances(q_bits, db_bits)
+    assert dist.max() == bits  # query 0 against its complement, item 7
+    index = HammingIndex(pack_codes(db_bits), bits)
+    for k in (5, 240):
+        exp_d, exp_i = brute_knn(dist, k)
+        got_d, got_i = index.search(pack_codes(q_bits), k)
+        np.testing.assert_array_equal(got_i, exp_i)
+        np.testing.assert_array_equal(got_d, exp_d)
+    radius = bits // 2
+    for row, (got_d, got_i) in zip(dist, index.range_search(pack_codes(q_bits), radius)):
+        members = np.flatnonzero(row <= radius)
+        np.testing.assert_array_equal(got_i, members[np.argsort(row[members], kind="stable")])
+        np.testing.assert_array_equal(got_d, row[got_i])
+    db_f7 = features(rng, 240, 8, duplicates=False)
+    q_f7 = rng.standard_normal((len(q_bits), 8)).astype(np.float32)
+    rule = PoolRule(radius, 5, 240, 60)
+    res = hierarchical_search(index, db_f7, pack_codes(q_bits), q_f7, 5, rule)
+    expected = expected_hierarchical(db_bits, q_bits, db_f7, q_f7, 5, *astuple(rule.resolved(5)))
+    for j, (size, top, ham, _l2) in enumerate(expected):
+        assert res.pool_sizes[j] == size
+        np.testing.assert_array_equal(res.idx[j, : len(top)], top)
+        np.testing.assert_array_equal(res.hamming[j, : len(top)], ham)
