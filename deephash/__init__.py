@@ -10,6 +10,10 @@ __version__ = "0.1.0"
 
 from omegaconf import OmegaConf as _OmegaConf
 
+from deephash.utils.logging import quiet_third_party as _quiet_third_party
+
+_quiet_third_party()
+
 # conf/data: MNIST and CIFAR-10 default to their native resolution for the small CNNs and to the paper's
 # ImageNet preprocessing for the ImageNet backbones.
 _OmegaConf.register_new_resolver(

@@ -163,10 +163,11 @@ def run_hydra_task(
     launcher marks only this job failed and goes on with the others.
     """
     from deephash.config import validate_config
-    from deephash.runs import optimized_value, print_summary
+    from deephash.runs import optimized_value, print_config_tree, print_summary
 
     try:
         validate_config(cfg)
+        print_config_tree(cfg)  # extras.print_config
         result = task(cfg)
         (report or print_summary)(result)
         return optimized_value(result, cfg.get("optimized_metric"))

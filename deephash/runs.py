@@ -315,3 +315,32 @@ def last_checkpoint(trainer: pl.Trainer) -> str:
     ``last-v1.ckpt`` and the like where it had to pick another name."""
     callback = trainer.checkpoint_callback
     return (getattr(callback, "last_model_path", "") or "") if callback is not None else ""
+
+
+CONFIG_TREE_ORDER = ("data", "model", "trainer", "callbacks", "logger", "retrieval", "paths", "extras")
+
+
+def print_config_tree(cfg: DictConfig) -> None:
+    """With ``extras.print_config``: the composed config as a rich tree, one branch per config group (then
+    the top-level values), as lightning-hydra-template prints it before a run."""
+    if not OmegaConf.select(cfg, "extras.print_config", default=False):
+        return
+    import rich
+    import rich.syntax
+    import rich.tree
+
+    tree = rich.tree.Tree("CONFIG", style="dim", guide_style="dim")
+    groups = [k for k in CONFIG_TREE_ORDER if k in cfg] + [
+        k for k in cfg if k not in CONFIG_TREE_ORDER and OmegaConf.is_config(cfg[k])
+    ]
+    for key in groups:
+        branch = tree.add(str(key), style="dim", guide_style="dim")
+        node = cfg[key]
+        text = OmegaConf.to_yaml(node, resolve=True) if OmegaConf.is_config(node) else str(node)
+        branch.add(rich.syntax.Syntax(text, "yaml"))
+    values = {k: cfg[k] for k in cfg if k not in groups}
+    if values:
+        tree.add("run", style="dim", guide_style="dim").add(
+            rich.syntax.Syntax(OmegaConf.to_yaml(OmegaConf.create(values), resolve=True), "yaml")
+        )
+    rich.print(tree)

@@ -40,6 +40,17 @@ class SplitDataset(Dataset):
         return self.transform(self.pool.image(p)), int(self.pool.labels[p]), p
 
 
+def describe_line(description: dict[str, Any]) -> str:
+    """A datamodule's :meth:`~RetrievalDataModule.describe` as one readable line for the console:
+    ``digits (paper protocol, 10 classes, 1x8x8 native): train 1293, val 144, test 360, query 300, ...``."""
+    shape = "x".join(str(n) for n in description["input"])
+    sizes = ", ".join(f"{k} {n}" for k, n in description["sizes"].items())
+    return (
+        f"{description['dataset']} ({description['protocol']} protocol, {description['num_classes']} classes, "
+        f"{shape} {description['transform']}): {sizes}"
+    )
+
+
 class RetrievalDataModule(pl.LightningDataModule):
     """Base datamodule; subclasses set the class attributes and implement ``_load_sources``.
 
@@ -165,7 +176,7 @@ class RetrievalDataModule(pl.LightningDataModule):
             seed=self.seed,
             **self._split_options(),
         )
-        log.info("data: %s", self.describe())
+        log.info("data: %s", describe_line(self.describe()))
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.dataset("train", train=True), self.batch_size, shuffle=True)

@@ -12,12 +12,15 @@ row with the same values. The result holds each sample exactly once, in split or
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import BasePredictionWriter
+from pytorch_lightning.callbacks.progress import ProgressBar
 
 from deephash.retrieval.codes import code_bytes
 from deephash.retrieval.features import F7File, NpyRowWriter, create_npy
@@ -108,7 +111,8 @@ def encode_split(
     loader = datamodule.encode_dataloader(split)
     trainer.callbacks.append(writer)
     try:
-        trainer.predict(module, dataloaders=loader, return_predictions=False)
+        with progress_label(trainer, progress_description(split)):
+            trainer.predict(module, dataloaders=loader, return_predictions=False)
     finally:
         trainer.callbacks.remove(writer)
     written = np.load(directory / "written.npy")
@@ -125,6 +129,40 @@ def encode_split(
         ids=datamodule.sample_ids(split),
         pool_index=pool_index,
     )
+
+
+def progress_description(split: str) -> str:
+    """What the progress bar says while ``split`` is encoded: ``encoding database``, ``encoding queries``."""
+    return f"encoding {'queries' if split == 'query' else split}"
+
+
+_LABELLED: dict[type, type] = {}
+
+
+@contextmanager
+def progress_label(trainer: pl.Trainer, label: str) -> Iterator[None]:
+    """Show ``label`` instead of Lightning's bare "Predicting" on the trainer's progress bar meanwhile.
+
+    Lightning reads the text from a read-only property of the bar's class, so the bar is given, for the
+    duration, a subclass that answers ``label``."""
+    bar = trainer.progress_bar_callback
+    if not isinstance(bar, ProgressBar):
+        yield
+        return
+    original = type(bar)
+    if original not in _LABELLED:
+        _LABELLED[original] = type(
+            original.__name__,
+            (original,),
+            {"predict_description": property(lambda self: self._deephash_label)},
+        )
+    bar._deephash_label = label
+    bar.__class__ = _LABELLED[original]
+    try:
+        yield
+    finally:
+        bar.__class__ = original
+        del bar._deephash_label
 
 
 def default_predict_trainer() -> pl.Trainer:
