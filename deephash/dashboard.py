@@ -61,7 +61,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 @accepts_version("deephash-dashboard")
-@accepts_version("deephash-dashboard")
 @exit_on_user_error
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
