@@ -28,6 +28,7 @@ def test_retrieval_bench_writes_every_key(tmp_path: Path) -> None:
         "hierarchical",
         "euclidean",
         "hamming_over_euclidean",
+        "hierarchical_over_euclidean",
     }
     assert {"n_database", "n_queries", "dim", "bits", "faiss_threads", "repeat", "faiss_version"} <= set(
         results["config"]
@@ -36,9 +37,13 @@ def test_retrieval_bench_writes_every_key(tmp_path: Path) -> None:
         for k in ("k100", "k1000"):
             assert set(results["hamming"][bits][k]) == HAMMING_KEYS
         assert PADDING_KEYS <= set(results["padding"][bits])
-        assert {"qps", "ms_per_query", "mean_pool_size", "k"} <= set(results["hierarchical"][bits])
-        # random codes leave the radius-2 buckets nearly empty: the pools are the fallback pool
-        assert results["hierarchical"][bits]["mean_pool_size"] >= 1
+        hier = results["hierarchical"][bits]
+        assert {"qps", "ms_per_query", "cpu_ms_per_query", "mean_pool_size", "k"} <= set(hier)
+        sizes = hier["pool_sizes"]
+        assert 1 <= sizes["min"] <= sizes["median"] <= sizes["p90"] <= sizes["max"] <= 10_000
+        assert sizes["min"] <= hier["mean_pool_size"] <= sizes["max"]
+        assert results["hierarchical_over_euclidean"][bits]["speedup"] > 0
+        assert results["hierarchical_over_euclidean"][bits]["target"] == 100
     assert results["padding"]["48"]["code_bytes"] == 6 and results["padding"]["48"]["padded_bytes"] == 8
     assert results["padding"]["12"]["padded_bytes"] == 4
     assert {"qps", "ms_per_query", "n_queries", "k"} <= set(results["euclidean"])
@@ -50,6 +55,24 @@ def test_retrieval_bench_writes_every_key(tmp_path: Path) -> None:
         and ratio["paper_speedup"] == 971.3
     )
     assert [p.name for p in tmp_path.iterdir()] == ["bench.json"]  # the F7 scratch file is removed
+    # clustered data (the default): 12-bit and 48-bit queries find their cluster within radius 2
+    assert results["config"]["data"] == "clustered"
+    assert results["hierarchical"]["48"]["pool_sizes"]["fallback_fraction"] < 0.5
+
+
+def test_uniform_codes_take_the_fallback_pool(tmp_path: Path) -> None:
+    out = tmp_path / "uniform.json"
+    assert main([*SMALL, "--bits", "128", "--k", "10", "--data", "uniform", "--out", str(out)]) == 0
+    sizes = json.loads(out.read_text())["hierarchical"]["128"]["pool_sizes"]
+    # uniform 128-bit codes leave every radius-2 ball empty: each pool is the 1000 nearest codes
+    assert sizes["fallback_fraction"] == 1 and sizes["min"] == sizes["max"] == 1000
+
+
+def test_bad_flip_probability_is_refused(tmp_path: Path, capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main([*SMALL, "--flip-prob", "0.7", "--out", str(tmp_path / "b.json")])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == "error: --flip-prob must be in [0, 0.5], got 0.7\n"
 
 
 def test_quick_sizes(tmp_path: Path) -> None:

@@ -30,6 +30,7 @@ from typing import Protocol
 
 import faiss
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from deephash.retrieval.codes import (
     check_packed,
@@ -47,6 +48,11 @@ MODES = ("hamming", "hamming_radius", "hierarchical", "euclidean")  # the search
 # Ids buffer of FAISS's counting k-NN: (query batch) x (bits + 1 buckets) x k int64 ids.
 _COUNTING_BUDGET_BYTES = 256 << 20
 _RANGE_QUERY_BATCH = 256
+# Queries whose pools are shortlisted together: (query, item) pairs of up to max_pool items each.
+_SHORTLIST_QUERY_BATCH = 1024
+# How many times cheaper a GEMM computes one (query, row) product than a dot product of a gathered pair
+# (single-threaded BLAS against numpy's einsum on 4096-d rows, measured on 2 cores).
+_GEMM_WASTE = 16
 
 
 def select_topk(dist: np.ndarray, idx: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -403,14 +409,22 @@ def hierarchical_search(
     cand = np.full((q, width), -1, np.int64)
     cand_ham = np.full((q, width), -1, np.int32)
     pool_sizes = np.zeros(q, np.int64)
-    for q0 in range(0, q, _RANGE_QUERY_BATCH):
-        block = queries[q0 : q0 + _RANGE_QUERY_BATCH]
-        for j, (pool_ham, pool_idx) in enumerate(
-            _coarse_pools(index, block, radius, min_pool, max_pool, pool_size)
-        ):
-            pool_sizes[q0 + j] = len(pool_idx)
-            top, top_ham = _shortlist_pool(db_f7, query32[q0 + j], pool_ham, pool_idx, width, chunk_size)
-            cand[q0 + j, : len(top)], cand_ham[q0 + j, : len(top)] = top, top_ham
+    for b0 in range(0, q, _SHORTLIST_QUERY_BATCH):
+        pools = [
+            found
+            for q0 in range(b0, min(q, b0 + _SHORTLIST_QUERY_BATCH), _RANGE_QUERY_BATCH)
+            for found in _coarse_pools(
+                index,
+                queries[q0 : min(q0 + _RANGE_QUERY_BATCH, b0 + _SHORTLIST_QUERY_BATCH)],
+                radius,
+                min_pool,
+                max_pool,
+                pool_size,
+            )
+        ]
+        rows = slice(b0, b0 + len(pools))
+        pool_sizes[rows] = [len(idx) for _, idx in pools]
+        cand[rows], cand_ham[rows] = _shortlist_pools(db_f7, query32[rows], pools, width, chunk_size)
     l2, pos = _refine(db_f7, query32, cand, k)
     idx, ham = np.take_along_axis(cand, pos, axis=1), np.take_along_axis(cand_ham, pos, axis=1)
     return HierarchicalResult(
@@ -449,25 +463,114 @@ def _coarse_pools(
     return pools
 
 
-def _shortlist_pool(
+def _shortlist_pools(
     db_f7: np.ndarray | F7File,
-    query: np.ndarray,
-    pool_ham: np.ndarray,
-    pool_idx: np.ndarray,
+    queries: np.ndarray,
+    pools: list[tuple[np.ndarray, np.ndarray]],
     width: int,
     chunk_size: int,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The ``width`` pool items nearest to one query by fast L2, ties by index -> (idx, hamming)."""
-    if len(pool_idx) <= width:
-        return pool_idx, pool_ham
-    order = np.argsort(pool_idx)
-    pool_idx, pool_ham = pool_idx[order], pool_ham[order]
-    l2 = np.concatenate(
-        [
-            l2_distances(query[None, :], _f7_rows(db_f7, pool_idx[s : s + chunk_size]))[0]
-            for s in range(0, len(pool_idx), chunk_size)
-        ]
-    )
-    # pool_idx is increasing, so a stable sort by L2 orders by (L2, index).
-    top = np.argsort(l2, kind="stable")[:width]
-    return pool_idx[top], pool_ham[top]
+    """The ``width`` pool items nearest each query by fast L2, ties by index.
+
+    queries: (q, d) float32; pools: per query (hamming (m,), idx (m,)) -> (cand (q, width) int64, hamming
+    (q, width) int32), -1 padded. Pools no larger than ``width`` are kept whole (the exact re-rank orders
+    them). The others are scored together: their (query, item) pairs are sorted by item, each distinct F7
+    row is read once in one sorted gather per block of ``chunk_size`` rows however many pools share it.
+    Within a block, the queries whose pools share the same most popular item form a group whose
+    distances come from one GEMM when its pairs fill that product densely enough, else from per-pair
+    dot products.
+    """
+    q = len(queries)
+    cand = np.full((q, width), -1, np.int64)
+    cand_ham = np.full((q, width), -1, np.int32)
+    sizes = np.array([len(idx) for _, idx in pools], np.int64)
+    for j in np.flatnonzero(sizes <= width):
+        cand[j, : sizes[j]], cand_ham[j, : sizes[j]] = pools[j][1], pools[j][0]
+    big = np.flatnonzero(sizes > width)
+    if not big.size:
+        return cand, cand_ham
+    owner = np.repeat(big, sizes[big])
+    items = np.concatenate([pools[j][1] for j in big])
+    hams = np.concatenate([pools[j][0] for j in big])
+    by_item = np.argsort(items, kind="stable")
+    owner, items, hams = owner[by_item], items[by_item], hams[by_item]
+    group = _pool_groups(owner, items, q)[owner]
+    approx = np.empty(len(items), np.float32)
+    qnorms = np.einsum("ij,ij->i", queries, queries)
+    step = max(1, min(chunk_size, (1 << 24) // queries.shape[1]))  # distinct rows per block: <= ~64 MB
+    bounds = np.r_[np.flatnonzero(np.diff(items, prepend=-1))[::step], len(items)]
+    # the GEMMs are small (a group's queries): BLAS threads would cost more to start than they save
+    with threadpool_limits(limits=1, user_api="blas"):
+        for a, b in zip(bounds[:-1], bounds[1:]):
+            uniq, inverse = np.unique(items[a:b], return_inverse=True)
+            rows = _f7_rows(db_f7, uniq)
+            approx[a:b] = _pair_sqdist(queries, qnorms, owner[a:b], group[a:b], rows, inverse)
+    np.maximum(approx, 0, out=approx)
+    np.sqrt(approx, out=approx)
+    # each pool's pairs by (query, L2, index); the first ``width`` of each pool are its shortlist
+    order = np.lexsort((items, approx, owner))
+    owner, items, hams = owner[order], items[order], hams[order]
+    starts = np.searchsorted(owner, big)
+    take = (starts[:, None] + np.arange(width)).ravel()
+    cand[big] = items[take].reshape(len(big), width)
+    cand_ham[big] = hams[take].reshape(len(big), width)
+    return cand, cand_ham
+
+
+def _pool_groups(owner: np.ndarray, items: np.ndarray, q: int) -> np.ndarray:
+    """(q,) a group id per query: the most shared item of its pool (ties: the lowest index), -1 for none.
+
+    Queries of one class have overlapping pools that share their most popular items, so a group's pairs
+    fill the product of its queries and its rows densely enough for one GEMM.
+    """
+    shared = np.bincount(items)[items]
+    order = np.lexsort((items, -shared, owner))  # per query, its most shared item first
+    owners = owner[order]
+    first = np.flatnonzero(np.r_[True, owners[1:] != owners[:-1]])
+    group = np.full(q, -1, np.int64)
+    group[owners[first]] = items[order[first]]
+    return group
+
+
+def _pair_sqdist(
+    queries: np.ndarray,
+    qnorms: np.ndarray,
+    owner: np.ndarray,
+    group: np.ndarray,
+    rows: np.ndarray,
+    inverse: np.ndarray,
+) -> np.ndarray:
+    """|q|^2 - 2 q.x + |x|^2 (float32, unclipped) for the pairs (queries[owner[i]], rows[inverse[i]]).
+
+    group: (len(owner),) the pool group of each pair's query. A group whose pairs fill at least
+    enough of the product of its queries and rows gets one GEMM (over the block's rows or just its own,
+    whichever reads less); the other pairs get dot products in cache-sized slices.
+    """
+    dots = np.empty(len(owner), np.float32)
+    by_group = np.argsort(group, kind="stable")
+    cuts = np.r_[0, np.flatnonzero(np.diff(group[by_group])) + 1, len(group)]
+    sparse = []
+    for a, b in zip(cuts[:-1], cuts[1:]):
+        pairs = by_group[a:b]
+        users, local = np.unique(owner[pairs], return_inverse=True)
+        used, row_local = np.unique(inverse[pairs], return_inverse=True)
+        # costs in row reads: a pair reads two rows, a GEMM reads its operands (the block's rows are
+        # already in place) and does each product about _GEMM_WASTE times cheaper than a pair
+        whole = len(users) * (1 + len(rows) / _GEMM_WASTE)
+        picked = len(used) + len(users) * (1 + len(used) / _GEMM_WASTE)
+        if min(whole, picked) >= 2 * (b - a):
+            sparse.append(pairs)
+        elif whole <= picked:
+            dots[pairs] = (queries[users] @ rows.T)[local, inverse[pairs]]
+        else:
+            dots[pairs] = (queries[users] @ rows[used].T)[local, row_local]
+    if sparse:
+        pairs = np.sort(np.concatenate(sparse))
+        in_cache = max(1, (1 << 17) // rows.shape[1])  # pairs per slice: ~512 KB of float32 rows
+        for s in range(0, len(pairs), in_cache):
+            t = pairs[s : s + in_cache]
+            dots[t] = np.einsum("ij,ij->i", rows[inverse[t]], queries[owner[t]])
+    dots *= -2
+    dots += qnorms[owner]
+    dots += np.einsum("ij,ij->i", rows, rows)[inverse]
+    return dots
