@@ -156,3 +156,62 @@ def test_compiled_module_checkpoints_like_an_eager_one() -> None:
     compiled = HashModule("smallcnn", bits=8, num_classes=3, in_channels=1, compile=True)
     assert set(compiled.state_dict()) == set(eager.state_dict())
     eager.load_state_dict(compiled.state_dict())  # strict: no extra or missing keys
+
+
+# ---- the architecture, pinned ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bits", [12, 48])
+def test_classifier_consumes_the_latent_layer(bits: int) -> None:
+    """F8 reads H (paper fig. 1): its input width is ``bits`` and it is fed exactly H's activations."""
+    torch.manual_seed(0)
+    net = LatentHashNet("smallcnn", bits=bits, num_classes=5, in_channels=1).eval()
+    assert net.latent.out_features == bits and net.classifier.in_features == bits
+    seen = {}
+    net.classifier.register_forward_hook(lambda m, args, out: seen.setdefault("input", args[0]))
+    out = net(torch.randn(3, 1, 8, 8))
+    assert torch.equal(seen["input"], out.latent)
+    assert torch.allclose(out.logits, net.classifier(out.latent))
+
+
+def test_a_training_step_trains_the_latent_layer() -> None:
+    """The hash layer learns from the classification loss (it would not if F8 read F7)."""
+    torch.manual_seed(0)
+    module = HashModule(
+        "smallcnn",
+        bits=16,
+        num_classes=4,
+        in_channels=1,
+        optimizer=functools.partial(torch.optim.SGD, lr=0.1),
+    )
+    optimizer = module.configure_optimizers()
+    before = {name: p.detach().clone() for name, p in module.net.named_parameters()}
+    x, y = torch.randn(8, 1, 8, 8), torch.arange(8) % 4
+    module.train()
+    out = module(x)
+    module._loss(out.latent, out.logits, y).backward()
+    optimizer.step()
+    for name in ("latent.weight", "latent.bias", "classifier.weight"):
+        assert not torch.equal(before[name], dict(module.net.named_parameters())[name]), name
+    assert module.net.latent.weight.grad.abs().sum() > 0
+
+
+def test_small_cnn_layers_are_pinned() -> None:
+    """The small CNN's head: drop, F6, relu6, drop, F7, relu7; then the net's drop7 between F7 and H."""
+    from torch import nn
+
+    net = LatentHashNet("smallcnn", bits=8, num_classes=3, in_channels=1, f7_dim=64, dropout=0.5)
+    head = list(net.backbone.fc)
+    assert [type(layer) for layer in head] == [nn.Dropout, nn.Linear, nn.ReLU, nn.Dropout, nn.Linear, nn.ReLU]
+    assert head[4].out_features == 64 and net.latent.in_features == 64
+    assert isinstance(net.dropout, nn.Dropout) and net.dropout.p == 0.5
+    net.eval()
+    torch.manual_seed(1)
+    x = torch.randn(16, 1, 8, 8)
+    out = net(x)
+    assert (out.f7 >= 0).all() and (out.f7 == 0).any()  # relu7: F7 is rectified
+    assert torch.equal(net(x).latent, out.latent)  # eval: dropout off, deterministic
+    net.train()
+    torch.manual_seed(2)
+    trained = net(x)
+    assert not torch.allclose(trained.latent, torch.sigmoid(net.latent(trained.f7)))  # drop7 is applied
