@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from deephash.data import FolderDataModule
-from deephash.data.folder import stratified_holdout
+from deephash.data.folder import default_num_workers, stratified_holdout
 from deephash.data.scan import scan_list_file, scan_tree
 from deephash.utils.errors import ConfigError, DataError
 from tests.fixtures_data import write_image, write_image_tree, write_list_file
@@ -254,11 +254,15 @@ def test_folder_yaml_loader_defaults(tree):
     cfg = OmegaConf.load(f"{CONF_DIR}/data/folder.yaml")
     cfg.root, cfg.seed, cfg.n_queries = str(tree[0]), 0, 2
     dm = FolderDataModule(**{k: v for k, v in OmegaConf.to_container(cfg).items() if k != "_target_"})
-    assert (dm.num_workers, dm.persistent_workers, dm.prefetch_factor) == (8, True, None)
+    assert (dm.num_workers, dm.persistent_workers, dm.prefetch_factor) == (default_num_workers(), True, None)
     assert dm.on_bad_image == "skip" and dm.decode_on_gpu is False and dm.cache_dir is None
     assert dm.pin_memory is torch.cuda.is_available()
     loader = dm.train_dataloader()
-    assert loader.num_workers == 8 and loader.persistent_workers and loader.prefetch_factor == 2
+    assert (
+        loader.num_workers == default_num_workers()
+        and loader.persistent_workers
+        and loader.prefetch_factor == 2
+    )
 
 
 def test_folder_datasets_pickle_for_spawned_workers(tree):

@@ -45,6 +45,15 @@ from deephash.utils.logging import get_logger
 log = get_logger(__name__)
 
 ON_BAD_IMAGE = ("skip", "error")
+DEFAULT_QUERIES = 1000  # the paper's query count (section 4.3)
+MAX_DEFAULT_WORKERS = 8
+
+
+def default_num_workers() -> int:
+    """Loader workers by default: one per CPU core this process may use, at most MAX_DEFAULT_WORKERS
+    (JPEG decoding is the bottleneck at 227x227; more workers than cores only compete)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(MAX_DEFAULT_WORKERS, cores))
 
 
 def read_classes_file(path: str) -> list[str]:
@@ -149,11 +158,24 @@ class FolderDataModule(RetrievalDataModule):
         decode_on_gpu: bool = False,
         prefetch_factor: int | None = None,
         pin_memory: bool | None = None,
+        num_workers: int | None = None,
+        n_queries: int | None = None,
         **kwargs,
     ) -> None:
         if pin_memory is None:
             pin_memory = torch.cuda.is_available()
-        super().__init__(root, *args, pin_memory=pin_memory, **kwargs)
+        if num_workers is None:
+            num_workers = default_num_workers()
+        # n_queries None: DEFAULT_QUERIES, or every image the protocol can draw from when it has fewer
+        self.queries_capped = n_queries is None
+        super().__init__(
+            root,
+            *args,
+            pin_memory=pin_memory,
+            num_workers=num_workers,
+            n_queries=DEFAULT_QUERIES if n_queries is None else n_queries,
+            **kwargs,
+        )
         if not root:
             raise ConfigError(
                 "data.root must be set: the directory holding the class folders or listed images"
@@ -196,6 +218,21 @@ class FolderDataModule(RetrievalDataModule):
         self._dropped: dict[str, str] = {}  # left out at scan time
         self._checked: dict[str, str] = {}  # found by find_bad_images
         self._pool_index: dict[str, int] | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits is None and self.queries_capped:
+            pool = self._load_pool()
+            n_test, n_all = len(pool.test.labels), len(pool.train.labels) + len(pool.test.labels)
+            available = n_all if self.protocol == "whole_set" else n_test
+            if available < self.n_queries:
+                log.info(
+                    "data: %d queries, every image the %s protocol draws queries from (set data.n_queries to "
+                    "choose fewer)",
+                    available,
+                    self.protocol,
+                )
+                self.n_queries = available
+        super().setup(stage)
 
     # ---- loaders ----------------------------------------------------------------------------------------
     def train_dataloader(self) -> DataLoader:
