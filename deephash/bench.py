@@ -20,6 +20,7 @@ COMMANDS: dict[str, str] = {
     "train": "deephash.benchmarks.train_speed",
     "scan": "deephash.benchmarks.scan",
     "eval": "deephash.benchmarks.evaluation",
+    "f7": "deephash.benchmarks.f7_precision",
 }
 DEFAULT = "retrieval"
 USAGE = (
