@@ -12,6 +12,7 @@ import yaml
 from experiments.plan import BASELINE_BITS, PAPER_BITS, YAHOO_BITS, Job, Plan, is_complete, read_metrics
 
 log = logging.getLogger(__name__)
+README_10K50K_BITS = (12, 32, 48)
 
 
 def hydra_value(value: Any) -> str:
@@ -59,6 +60,11 @@ def training_jobs(plan: Plan) -> list[Job]:
                 experiment = [f"experiment=paper_{dataset}_{BASELINE_BITS}"]
             overrides = [*experiment, f"model.bits={bits}", *common_overrides(plan), *plan.overrides]
             jobs += seeded(plan, f"{dataset}/bits{bits}", "train", overrides)
+    if not plan.smoke and "cifar10" in plan.trained:
+        # the authors' README table: mAP@1000, the 10,000 test images against the 50,000 training images
+        for bits in README_10K50K_BITS:
+            overrides = [f"experiment=paper_cifar10_10k50k_{bits}", *common_overrides(plan), *plan.overrides]
+            jobs += seeded(plan, f"cifar10_10k50k/bits{bits}", "train", overrides)
     return jobs
 
 

@@ -24,6 +24,7 @@ from experiments.plan import (
 )
 
 PAPER_RESULTS = Path(__file__).with_name("paper_results.yaml")
+CIFAR10_10K50K = "cifar10_10k50k"  # the authors' README protocol: runs cifar10_10k50k/bits<k>, CIFAR-10 only
 RUN_NAME = re.compile(
     r"(?P<dataset>[^/]+)/(?:bits(?P<bits>\d+)|baselines/(?P<method>\w+)-(?P<features>\w+))(?P<seed>/seed\d+)?"
 )
@@ -51,6 +52,8 @@ def resolve_run(plan: Plan, run: str) -> tuple[str | None, str]:
     head, _, rest = run.partition("/")
     if head == "yahoo" and plan.yahoo_root is None:
         return None, "no --yahoo-root (or YAHOO_ROOT) given"
+    if head == CIFAR10_10K50K and (plan.smoke or "cifar10" not in plan.datasets):
+        return None, "CIFAR-10 only (smoke trains digits)" if plan.smoke else "cifar10 not in --datasets"
     if head in PAPER_DATASETS:
         if head not in plan.datasets:
             return None, f"{head} not in --datasets"
@@ -64,7 +67,7 @@ def planned_reason(plan: Plan, name: str) -> str:
     if status.get("status") == "failed":
         return f"failed: {status.get('error', 'see its run directory')}"
     m = RUN_NAME.fullmatch(name)
-    if m and m["bits"] and m["dataset"] != "yahoo" and int(m["bits"]) not in plan.bits:
+    if m and m["bits"] and m["dataset"] not in ("yahoo", CIFAR10_10K50K) and int(m["bits"]) not in plan.bits:
         return f"{m['bits']} bits not in --bits"
     if m and m["method"]:
         if m["method"] not in plan.methods:
@@ -141,13 +144,14 @@ def lookup(data: dict[str, Any], path: str) -> float | None:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
-def curve_stats(path: Path, mode: str, max_k: int = 1000) -> tuple[float, float] | None:
-    """Mean and standard deviation of a precision curve at k = 10, 20, ..., ``max_k`` (all its points if none)."""
+def curve_stats(path: Path, mode: str, min_k: int = 100, max_k: int = 1000) -> tuple[float, float] | None:
+    """Mean and standard deviation of a precision curve at k = ``min_k``, ``min_k`` + 10, ..., ``max_k`` (all
+    its points if none): by default the x range of the authors' plot-p-at-k.gnuplot."""
     curve = read_precision_curves(path).get(mode)
     if curve is None:
         return None
     ks, p = curve
-    uniform = (ks % 10 == 0) & (ks <= max_k)
+    uniform = (ks % 10 == 0) & (ks >= min_k) & (ks <= max_k)
     values = p[uniform] if uniform.any() else p
     return float(values.mean()), float(values.std())
 
@@ -165,11 +169,22 @@ def paper_table(plan: Plan) -> str:
         else:
             diff = f"{value / float(paper):.3g}x the paper's"
         note = str(entry.get("note") or "-")
+        protocol = run_protocol(plan, run)
+        run_text = f"{run} (protocol {protocol})" if protocol else run
         rows.append(
-            [f"`{entry['id']}`", entry["quantity"], entry["source"], paper_text, text, diff, run, note]
+            [f"`{entry['id']}`", entry["quantity"], entry["source"], paper_text, text, diff, run_text, note]
         )
     header = ["id", "quantity", "source", "paper", "ours", "difference", "our run", "note"]
     return "## Paper vs ours\n\n" + markdown_table(header, rows)
+
+
+def run_protocol(plan: Plan, run: str) -> str | None:
+    """The evaluation protocol a run's metrics.json records (its first seed's with ``--seeds``), if any."""
+    if run in ("-", "bench"):
+        return None
+    name = run.removesuffix("/seed*")
+    protocol = read_metrics(plan.runs / plan.seed_runs(name)[0]).get("protocol")
+    return str(protocol) if protocol else None
 
 
 def _scaled(value: float | None, entry: dict[str, Any]) -> float | None:

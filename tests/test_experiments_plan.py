@@ -86,7 +86,11 @@ def test_full_mode_jobs_compose_to_the_paper_configs(tmp_path: Path, monkeypatch
     jobs = job_lists.training_jobs(plan)
     names = [j.name for j in jobs]
     assert names[:2] == ["mnist/bits48", "mnist/bits128"]  # the paper's runs before the sweep
-    assert set(names) == {f"{ds}/bits{b}" for ds in ("mnist", "cifar10") for b in (12, 24, 32, 48, 128)}
+    sweep = {f"{ds}/bits{b}" for ds in ("mnist", "cifar10") for b in (12, 24, 32, 48, 128)}
+    readme_table = {f"cifar10_10k50k/bits{b}" for b in (12, 32, 48)}  # the authors' README mAP@1000
+    assert set(names) == sweep | readme_table
+    readme = compose_config("train", jobs[names.index("cifar10_10k50k/bits32")].overrides, tmp_path / "r")
+    assert readme.data.protocol == "cifar_10k50k" and readme.model.bits == 32
     job = jobs[names.index("cifar10/bits24")]
     cfg = compose_config("train", job.overrides, tmp_path / "run")
     assert cfg.model.backbone == "alexnet" and cfg.model.bits == 24

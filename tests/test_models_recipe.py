@@ -10,6 +10,7 @@ import hydra
 import pytest
 import pytorch_lightning as pl
 import torch
+from omegaconf import OmegaConf
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -31,7 +32,9 @@ def _compose(tmp_path: Path, *overrides: str):
 
 
 def test_every_paper_experiment_is_listed() -> None:
-    assert {"paper_mnist_48", "paper_cifar10_48", "paper_yahoo"} <= set(PAPER_EXPERIMENTS)
+    assert {"paper_mnist_48", "paper_cifar10_48", "paper_yahoo", "paper_cifar10_10k50k_48"} <= set(
+        PAPER_EXPERIMENTS
+    )
 
 
 @pytest.mark.parametrize("experiment", PAPER_EXPERIMENTS)
@@ -84,6 +87,23 @@ def test_paper_experiments_train_on_everything_and_evaluate_the_last_iteration(
     assert full.callbacks.model_checkpoint.monitor is None
     assert full.callbacks.model_checkpoint.every_n_train_steps > 0
     assert full.trainer.max_steps % full.callbacks.model_checkpoint.every_n_train_steps == 0
+
+
+@pytest.mark.parametrize("bits", [12, 32, 48])
+def test_cifar10_10k50k_experiments_match_the_authors_readme_table(bits: int, tmp_path: Path) -> None:
+    """mAP@1000, all 10,000 test images against the 50,000 training images, the CIFAR-10 recipe."""
+    cfg = _compose(tmp_path, f"experiment=paper_cifar10_10k50k_{bits}")
+    assert cfg.model.bits == bits and cfg.data._target_.endswith("CIFAR10DataModule")
+    assert cfg.data.protocol == "cifar_10k50k" and cfg.retrieval.map_at == 1000
+    paper = _compose(tmp_path, "experiment=paper_cifar10_48")
+    for key in (
+        "model.backbone",
+        "model.optimizer",
+        "model.scheduler",
+        "data.batch_size",
+        "trainer.max_steps",
+    ):
+        assert OmegaConf.select(cfg, key) == OmegaConf.select(paper, key), key
 
 
 @pytest.mark.parametrize("overrides", [[], ["experiment=demo"], ["data=cifar10", "model=alexnet"]])
