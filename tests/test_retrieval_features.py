@@ -4,6 +4,7 @@ in-RAM features, and the encode writer's row semantics."""
 from __future__ import annotations
 
 import pickle
+import zlib
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -282,3 +283,26 @@ def test_encode_writer_puts_each_sample_at_its_row(tmp_path: Path) -> None:
     np.testing.assert_array_equal(np.load(tmp_path / "enc" / "codes.npy"), np.packbits(codes, axis=1))
     np.testing.assert_array_equal(np.load(tmp_path / "enc" / "f7.npy"), f7)
     np.testing.assert_array_equal(np.load(tmp_path / "enc" / "labels.npy"), labels)
+
+
+def test_checked_reads_verify_only_the_blocks_they_touch(tmp_path: Path) -> None:
+    """Block checksums: gathers (duplicates, any order, the short last block) read the same rows as an
+    unchecked file, each touched block is checked once, and a pickled file keeps its checksums."""
+    rng = np.random.default_rng(5)
+    data = rng.standard_normal((103, 8)).astype(np.float16)
+    np.save(tmp_path / "f7.npy", data)
+    sums = features_mod.block_checksums(data, 10)
+    assert sums.shape == (11,) and sums[-1] == zlib.crc32(data[100:].tobytes())
+    f7 = F7File(tmp_path / "f7.npy", checksums=sums, block_rows=10)
+    rows = np.array([102, 3, 57, 3, 58, 0])
+    np.testing.assert_array_equal(f7[rows], data[rows])
+    assert np.flatnonzero(f7._verified).tolist() == [0, 5, 10]
+    np.testing.assert_array_equal(f7.read(slice(20, 40), np.float32), data[20:40].astype(np.float32))
+    assert f7._verified.sum() == 5
+    f7.verify_all()
+    assert f7._verified.all()
+    again = pickle.loads(pickle.dumps(f7))
+    assert again.block_rows == 10 and not again._verified.any()
+    np.testing.assert_array_equal(again[:], data)
+    with pytest.raises(IndexFormatError, match=r"has 103 rows in blocks of 10, so 11 checksums, got \(10,\)"):
+        F7File(tmp_path / "f7.npy", checksums=sums[:10], block_rows=10)

@@ -215,27 +215,28 @@ class F7File:
         self._verify(np.flatnonzero(~self._verified))
 
     def _verify(self, blocks: np.ndarray) -> None:
-        """Check the unchecked ``blocks`` (increasing), reading runs of consecutive blocks in pieces."""
+        """Check the unchecked ``blocks`` (increasing): their rows are gathered into one buffer per
+        ``_BLOCK_BYTES`` (one read per run of consecutive rows), then checksummed and tested for NaN/inf."""
         blocks = blocks[~self._verified[blocks]]
-        if len(blocks) == 0:
-            return
         br, n = self.block_rows, self.shape[0]
         per_read = max(1, _BLOCK_BYTES // (br * self.row_bytes))
-        for _, first, length in zip(*_runs(blocks)):
-            for b0 in range(first, first + length, per_read):
-                b1 = min(b0 + per_read, first + length)
-                r0, r1 = b0 * br, min(b1 * br, n)
-                data = np.empty((r1 - r0, self.shape[1]), self.dtype)
-                self._pread_into(memoryview(data).cast("B"), r0)
-                bad = np.flatnonzero(block_checksums(data, br) != self.checksums[b0:b1])
-                if bad.size:
-                    b = b0 + int(bad[0])
-                    raise IndexFormatError(
-                        f"{self.path} rows {b * br}:{min((b + 1) * br, n)} do not match their checksum: "
-                        "the features were modified or corrupted; rebuild the index"
-                    )
-                self._check_finite(data, np.arange(r0, r1))
-                self._verified[b0:b1] = True
+        for c in range(0, len(blocks), per_read):
+            chunk = blocks[c : c + per_read]
+            rows = (chunk[:, None] * br + np.arange(br)).ravel()
+            rows = rows[rows < n]  # only the file's last block is short, and it comes last
+            data = np.empty((len(rows), self.shape[1]), self.dtype)
+            view = memoryview(data).cast("B")
+            for pos, row, length in zip(*_runs(rows)):
+                self._pread_into(view[pos * self.row_bytes : (pos + length) * self.row_bytes], row)
+            bad = np.flatnonzero(block_checksums(data, br) != self.checksums[chunk])
+            if bad.size:
+                b = int(chunk[bad[0]])
+                raise IndexFormatError(
+                    f"{self.path} rows {b * br}:{min((b + 1) * br, n)} do not match their checksum: "
+                    "the features were modified or corrupted; rebuild the index"
+                )
+            self._check_finite(data, rows)
+            self._verified[chunk] = True
 
     def _check_finite(self, data: np.ndarray, rows: np.ndarray) -> None:
         """data: (m, d) the file's ``rows`` (m,)."""
