@@ -533,11 +533,21 @@ def staging_dir(path: str | os.PathLike, label: str) -> Path:
 
 def leftovers(path: str | os.PathLike) -> list[Path]:
     """What interrupted writers of the index at ``path`` left beside it: temporary, set-aside and staging
-    directories (``.<name>.encode-*`` is the staging name of earlier versions)."""
+    directories. (Only writers holding the lock create these names, so under the lock they are stale.)"""
+    return _beside(path, ("tmp", "old", "staging"))
+
+
+def legacy_staging(path: str | os.PathLike) -> list[Path]:
+    """Staging directories under the shared name of earlier versions (``.<name>.encode-*``): reported, not
+    removed, since a process outside the lock (an older deephash) may still be writing them."""
+    return _beside(path, ("encode",))
+
+
+def _beside(path: str | os.PathLike, kinds: tuple[str, ...]) -> list[Path]:
     path = Path(path)
     if not path.parent.is_dir():
         return []
-    prefixes = tuple(f".{path.name}.{kind}-" for kind in ("tmp", "old", "staging", "encode"))
+    prefixes = tuple(f".{path.name}.{kind}-" for kind in kinds)
     return sorted(p for p in path.parent.iterdir() if p.name.startswith(prefixes))
 
 
@@ -565,6 +575,8 @@ def clean_leftovers(path: str | os.PathLike) -> list[Path]:
     for p in removed:
         _remove(p)
         log.warning("removed %s, left by an interrupted index write", p)
+    for p in legacy_staging(path):
+        log.warning("%s looks like the staging of an interrupted earlier index build; remove it if unused", p)
     return removed
 
 
