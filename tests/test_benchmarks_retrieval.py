@@ -46,7 +46,9 @@ def test_retrieval_bench_writes_every_key(tmp_path: Path) -> None:
         assert results["hierarchical_over_euclidean"][bits]["target"] == 100
     assert results["padding"]["48"]["code_bytes"] == 6 and results["padding"]["48"]["padded_bytes"] == 8
     assert results["padding"]["12"]["padded_bytes"] == 4
-    assert {"qps", "ms_per_query", "n_queries", "k"} <= set(results["euclidean"])
+    euclid = results["euclidean"]
+    assert {"qps", "ms_per_query", "n_queries", "k", "numpy_ms_per_query", "faiss_over_numpy"} <= set(euclid)
+    assert euclid["same_results"] is True and euclid["faiss_over_numpy"] > 0
     ratio = results["hamming_over_euclidean"]
     assert (
         ratio["bits"] == 128

@@ -165,24 +165,57 @@ def features(rng: np.random.Generator, n: int, d: int, duplicates: bool = True) 
     return f7
 
 
+@pytest.mark.parametrize("backend", ["faiss", "numpy"])
 @pytest.mark.parametrize("chunk_size", [7, 100, 333, 5000])
-def test_euclidean_chunked_matches_brute_force(chunk_size: int) -> None:
+def test_euclidean_chunked_matches_brute_force(chunk_size: int, backend: str) -> None:
     rng = np.random.default_rng(9)
     db = features(rng, 1000, 32)
     queries = np.vstack([db[:5].astype(np.float32), rng.standard_normal((10, 32)).astype(np.float32)])
     dist = brute_l2(queries, db)
     exp_i = np.argsort(dist, axis=1, kind="stable")[:, :50]
-    got_d, got_i = euclidean_search(db, queries, 50, chunk_size=chunk_size)
+    got_d, got_i = euclidean_search(db, queries, 50, chunk_size=chunk_size, backend=backend)
     assert got_d.dtype == np.float32 and got_i.dtype == np.int64
     np.testing.assert_array_equal(got_i, exp_i)
     np.testing.assert_allclose(got_d, np.take_along_axis(dist, exp_i, axis=1), rtol=1e-5, atol=1e-6)
     # a query equal to a duplicated row finds both copies at distance 0, lower index first
     assert list(got_i[0, :2]) == [0, 500] and (got_d[0, :2] == 0).all()
-    one_d, one_i = euclidean_search(db, queries, 50, chunk_size=len(db))
+    one_d, one_i = euclidean_search(db, queries, 50, chunk_size=len(db), backend="numpy")
     np.testing.assert_array_equal(got_i, one_i)
     np.testing.assert_array_equal(got_d, one_d)
     # the reported distances are exact_l2's, bit for bit
     np.testing.assert_array_equal(got_d, exact_l2(queries, db[got_i].astype(np.float32)))
+
+
+@pytest.mark.parametrize("copies", [30, 100, 400])  # within the slack, across the cut, beyond the heap
+@pytest.mark.parametrize("chunk_size", [64, 1000])
+def test_euclidean_backends_agree_on_duplicate_rows(copies: int, chunk_size: int, monkeypatch) -> None:
+    rng = np.random.default_rng(13)
+    db = features(rng, 1000, 16, duplicates=False)
+    spots = np.sort(rng.choice(1000, copies, replace=False))
+    db[spots] = db[spots[0]]
+    queries = np.vstack(
+        [db[spots[:2]].astype(np.float32), db[spots[0]] + 0.01, rng.standard_normal((5, 16))]
+    ).astype(np.float32)
+    redone = []
+    numpy_shortlist = search_mod._numpy_shortlist
+    monkeypatch.setattr(
+        search_mod,
+        "_numpy_shortlist",
+        lambda db_f7, q, *a: redone.append(len(q)) or numpy_shortlist(db_f7, q, *a),
+    )
+    dist = brute_l2(queries, db)
+    for k in (1, 50, 120):
+        redone.clear()
+        fd, fi = euclidean_search(db, queries, k, chunk_size=chunk_size)
+        assert (sum(redone) > 0) == (copies > 2 * search_mod._shortlist(k))  # only many ties are redone
+        nd, ni = euclidean_search(db, queries, k, chunk_size=chunk_size, backend="numpy")
+        np.testing.assert_array_equal(fi, ni)
+        np.testing.assert_array_equal(fd, nd)
+        np.testing.assert_array_equal(fi, np.argsort(dist, axis=1, kind="stable")[:, :k])
+        # the copies of the duplicated row come first, in index order
+        np.testing.assert_array_equal(fi[0, : min(k, copies)], spots[: min(k, copies)])
+    with pytest.raises(ConfigError, match="unknown L2 backend 'cuda'; expected one of: faiss, numpy"):
+        euclidean_search(db, queries, 3, backend="cuda")
 
 
 def test_euclidean_memmap_equals_in_ram_and_pads(tmp_path: Path) -> None:

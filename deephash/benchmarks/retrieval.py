@@ -46,7 +46,13 @@ from deephash.benchmarks.common import (
 )
 from deephash.cli import exit_on_user_error
 from deephash.retrieval.codes import code_bytes, pad_codes
-from deephash.retrieval.search import HammingIndex, PoolRule, euclidean_search, hierarchical_search
+from deephash.retrieval.search import (
+    L2_BACKENDS,
+    HammingIndex,
+    PoolRule,
+    euclidean_search,
+    hierarchical_search,
+)
 from deephash.utils.errors import ConfigError
 
 PAPER_HAMMING_OVER_L2 = 971.3  # section 4: 109.767 ms (4096-d L2) / 0.113 ms (128-bit Hamming)
@@ -187,14 +193,25 @@ def bench_hierarchical(
 
 
 def bench_euclidean(db_f7: np.ndarray, query_f7: np.ndarray, k: int, repeat: int) -> dict[str, Any]:
-    """Exhaustive L2 over the whole float16 memmap."""
-    best = best_of({"l2": partial(euclidean_search, db_f7, query_f7, k)}, repeat)["l2"]
+    """Exhaustive L2 over the whole float16 memmap: FAISS (the default) against the numpy path, whose
+    results must be the same."""
+    fns = {name: partial(euclidean_search, db_f7, query_f7, k, backend=name) for name in L2_BACKENDS}
+    t = best_of(fns, repeat)
+    same = all(np.array_equal(a, b) for a, b in zip(t["faiss"].result, t["numpy"].result))
+    if not same:
+        raise AssertionError("the FAISS and numpy exhaustive L2 searches disagree")
+    q = len(query_f7)
     return {
         "k": k,
-        "n_queries": len(query_f7),
-        "qps": qps(len(query_f7), best.wall),
-        "ms_per_query": 1e3 * best.wall / len(query_f7),
-        "cpu_ms_per_query": 1e3 * best.cpu / len(query_f7),
+        "n_queries": q,
+        "qps": qps(q, t["faiss"].wall),
+        "ms_per_query": 1e3 * t["faiss"].wall / q,
+        "cpu_ms_per_query": 1e3 * t["faiss"].cpu / q,
+        "numpy_ms_per_query": 1e3 * t["numpy"].wall / q,
+        "numpy_cpu_ms_per_query": 1e3 * t["numpy"].cpu / q,
+        "faiss_over_numpy": t["numpy"].wall / t["faiss"].wall,
+        "cpu_faiss_over_numpy": t["numpy"].cpu / t["faiss"].cpu,
+        "same_results": same,
     }
 
 
@@ -308,10 +325,16 @@ def render_table(results: dict[str, Any]) -> Table:
         )
     e = results["euclidean"]
     table.add_row(
-        f"exhaustive L2 q/s ({e['n_queries']} queries)",
+        f"exhaustive L2 q/s ({e['n_queries']} queries), FAISS",
         "-",
         str(e["k"]),
         f"{e['qps']:,.2f} ({e['ms_per_query']:.1f} ms)",
+    )
+    table.add_row(
+        "exhaustive L2: FAISS over numpy path (same results)",
+        "-",
+        str(e["k"]),
+        f"{e['faiss_over_numpy']:.2f}x (cpu {e['cpu_faiss_over_numpy']:.2f}x, numpy {e['numpy_ms_per_query']:.1f} ms)",
     )
     for bits, r in results["hierarchical_over_euclidean"].items():
         table.add_row(

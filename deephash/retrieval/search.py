@@ -25,6 +25,8 @@ which copies the rows asked for to float32 and never leaves more than those rows
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -45,6 +47,7 @@ from deephash.utils.checks import check_int
 from deephash.utils.errors import ConfigError, IndexFormatError
 
 MODES = ("hamming", "hamming_radius", "hierarchical", "euclidean")  # the search modes, everywhere
+L2_BACKENDS = ("faiss", "numpy")  # exhaustive L2 search: faiss.knn on each chunk, or our numpy path
 # Ids buffer of FAISS's counting k-NN: (query batch) x (bits + 1 buckets) x k int64 ids.
 _COUNTING_BUDGET_BYTES = 256 << 20
 _RANGE_QUERY_BATCH = 256
@@ -301,16 +304,38 @@ def _check_features(db_f7: np.ndarray | F7File, query_f7: np.ndarray, n: int | N
 
 
 def euclidean_search(
-    db_f7: np.ndarray | F7File, query_f7: np.ndarray, k: int, chunk_size: int = 65536
+    db_f7: np.ndarray | F7File,
+    query_f7: np.ndarray,
+    k: int,
+    chunk_size: int = 65536,
+    *,
+    backend: str = "faiss",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Exhaustive L2 search, streaming the database in chunks of ``chunk_size`` rows.
 
     db_f7: (n, d) float16/float32 array, memmap or ``F7File`` (each chunk is read as float32); query_f7: (q, d)
     -> (l2 (q, k) float32, idx (q, k) int64) ordered by (distance, index). A running shortlist is kept
-    from BLAS distances, then its distances are recomputed exactly (``exact_l2``) and cut to k.
+    from fast BLAS distances, then its distances are recomputed exactly (``exact_l2``) and cut to k.
+    backend: ``faiss`` (``faiss.knn`` on each chunk into a result heap, as ``faiss.contrib.exhaustive_search``
+    does) or ``numpy`` (our own BLAS distances and partial sorts); both give the same results.
     """
     queries, k = _check_features(db_f7, query_f7), check_int(k, "k")
     chunk_size = check_int(chunk_size, "chunk_size")
+    if backend not in L2_BACKENDS:
+        raise ConfigError(f"unknown L2 backend {backend!r}; expected one of: {', '.join(L2_BACKENDS)}")
+    width = _shortlist(k)
+    if backend == "faiss":
+        best_i = _faiss_shortlist(db_f7, queries, width, chunk_size)
+    else:
+        best_i = _numpy_shortlist(db_f7, queries, width, chunk_size)
+    l2, pos = _refine(db_f7, queries, best_i, k)
+    return _pad_columns(l2, k, np.inf), _pad_columns(np.take_along_axis(best_i, pos, axis=1), k, -1)
+
+
+def _numpy_shortlist(
+    db_f7: np.ndarray | F7File, queries: np.ndarray, width: int, chunk_size: int
+) -> np.ndarray:
+    """(q, min(width, n)) int64: each query's ``width`` nearest rows by (BLAS L2, index)."""
     qnorms = np.einsum("ij,ij->i", queries, queries)
     best_d = np.empty((len(queries), 0), np.float32)
     best_i = np.empty((len(queries), 0), np.int64)
@@ -318,11 +343,53 @@ def euclidean_search(
         rows = _f7_rows(db_f7, slice(start, start + chunk_size))
         dist = l2_distances(queries, rows, qnorms)
         idx = np.broadcast_to(np.arange(start, start + len(rows), dtype=np.int64), dist.shape)
-        dist, idx = select_topk(dist, idx, _shortlist(k))
-        best_d, best_i = select_topk(np.hstack([best_d, dist]), np.hstack([best_i, idx]), _shortlist(k))
+        dist, idx = select_topk(dist, idx, width)
+        best_d, best_i = select_topk(np.hstack([best_d, dist]), np.hstack([best_i, idx]), width)
         del rows  # free this chunk before the next one is read: one chunk resident at a time, not two
-    l2, pos = _refine(db_f7, queries, best_i, k)
-    return _pad_columns(l2, k, np.inf), _pad_columns(np.take_along_axis(best_i, pos, axis=1), k, -1)
+    return best_i
+
+
+@contextmanager
+def _blas_database_block(q: int) -> Iterator[None]:
+    """FAISS's BLAS k-NN multiplies (query block) x (database block) tiles; its default database block of
+    1024 rows makes few-query searches run many small GEMMs (1.4x slower than our numpy path measured at
+    50 queries x 4096-d). Larger tiles (up to ~64 MB of float32 products) for the duration of a search."""
+    old = faiss.cvar.distance_compute_blas_database_bs
+    queries_per_tile = max(1, min(q, faiss.cvar.distance_compute_blas_query_bs))
+    faiss.cvar.distance_compute_blas_database_bs = max(old, min(16384, (1 << 24) // queries_per_tile))
+    try:
+        yield
+    finally:
+        faiss.cvar.distance_compute_blas_database_bs = old
+
+
+def _faiss_shortlist(
+    db_f7: np.ndarray | F7File, queries: np.ndarray, width: int, chunk_size: int
+) -> np.ndarray:
+    """``_numpy_shortlist`` through ``faiss.knn`` (squared L2, BLAS) and ``faiss.ResultHeap``.
+
+    FAISS keeps an arbitrary subset of the items tied at a heap's last distance, so the heap holds twice
+    ``width`` items: where its last distance lies beyond the ``width``-th, every item tied at the
+    ``width``-th is in it and ``select_topk`` breaks the ties by index, exactly as the numpy path does.
+    The rare queries with more ties than that (many duplicate rows) are redone by the numpy path.
+    """
+    n, q = db_f7.shape[0], len(queries)
+    depth = min(2 * width, n)
+    heap = faiss.ResultHeap(q, depth)
+    with _blas_database_block(q):
+        for start in range(0, n, chunk_size):
+            rows = np.ascontiguousarray(_f7_rows(db_f7, slice(start, start + chunk_size)))
+            dist, idx = faiss.knn(queries, rows, min(depth, len(rows)))
+            idx += start
+            heap.add_result(dist, idx)
+            del rows
+    heap.finalize()
+    dist, idx = select_topk(heap.D, heap.I, width)
+    if depth < n:
+        redo = np.flatnonzero(heap.D.max(axis=1) <= dist[:, -1])
+        if redo.size:
+            idx[redo] = _numpy_shortlist(db_f7, queries[redo], width, chunk_size)
+    return idx
 
 
 @dataclass
