@@ -238,6 +238,31 @@ class F7File:
             self._check_finite(data, rows)
             self._verified[chunk] = True
 
+    def _read_range_checked(self, start: int, stop: int, out: np.ndarray) -> np.ndarray:
+        """Rows ``start:stop`` into ``out``, read in whole blocks (``_BLOCK_BYTES`` at a time); the blocks not
+        yet checked are checked from the same buffer, so a scan reads the file once."""
+        br, n = self.block_rows, self.shape[0]
+        per_read = max(1, _BLOCK_BYTES // (br * self.row_bytes))
+        for b0 in range(start // br, -(-stop // br), per_read):
+            b1 = min(b0 + per_read, -(-stop // br))
+            r0, r1 = b0 * br, min(b1 * br, n)
+            data = np.empty((r1 - r0, self.shape[1]), self.dtype)
+            self._pread_into(memoryview(data).cast("B"), r0)
+            todo = np.flatnonzero(~self._verified[b0:b1])
+            if todo.size:
+                bad = np.flatnonzero(block_checksums(data, br) != self.checksums[b0:b1])
+                if bad.size:
+                    b = b0 + int(bad[0])
+                    raise IndexFormatError(
+                        f"{self.path} rows {b * br}:{min((b + 1) * br, n)} do not match their checksum: "
+                        "the features were modified or corrupted; rebuild the index"
+                    )
+                self._check_finite(data, np.arange(r0, r1))
+                self._verified[b0:b1] = True
+            lo, hi = max(start, r0), min(stop, r1)
+            out[lo - start : hi - start] = data[lo - r0 : hi - r0]
+        return out
+
     def _check_finite(self, data: np.ndarray, rows: np.ndarray) -> None:
         """data: (m, d) the file's ``rows`` (m,)."""
         bad = non_finite_rows(data)
@@ -256,6 +281,8 @@ class F7File:
         if out.size == 0:
             return out
         if self.checksums is not None:
+            if rows[-1] - rows[0] + 1 == len(rows):  # a range (a scan): checked as it is read, read once
+                return self._read_range_checked(int(rows[0]), int(rows[-1]) + 1, out)
             blocks = rows // self.block_rows
             self._verify(blocks[np.flatnonzero(np.diff(blocks, prepend=-1))])
         direct = dtype == self.dtype
