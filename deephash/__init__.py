@@ -21,3 +21,12 @@ _OmegaConf.register_new_resolver(
     lambda backbone: "native" if backbone in ("smallcnn", "mnistcnn") else "imagenet",
     replace=True,
 )
+
+
+def __getattr__(name: str):
+    # ``deephash.Searcher`` without importing torch and FAISS for ``import deephash`` alone
+    if name == "Searcher":
+        from deephash.retrieval.searcher import Searcher
+
+        return Searcher
+    raise AttributeError(f"module 'deephash' has no attribute {name!r}")

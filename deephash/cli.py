@@ -60,6 +60,16 @@ def one_line(err: BaseException) -> str:
     return " ".join(text.split())
 
 
+def package_version() -> str:
+    """The installed distribution's version (pyproject.toml's), without importing the package root."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("deephash")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def accepts_version(prog: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
     """For every main, outermost: ``--version`` prints ``<prog> (deephash) <version>`` and returns."""
 
@@ -68,9 +78,7 @@ def accepts_version(prog: str) -> Callable[[Callable[..., T]], Callable[..., T]]
         def wrapper(*args, **kwargs):
             argv = args[0] if args and isinstance(args[0], list) else kwargs.get("argv")
             if "--version" in (sys.argv[1:] if argv is None else argv):
-                from deephash import __version__
-
-                print(f"{prog} (deephash) {__version__}")
+                print(f"{prog} (deephash) {package_version()}")
                 return None
             return main(*args, **kwargs)
 

@@ -1,6 +1,7 @@
 """Entry point ``deephash-index``: build a persistent index, or describe one.
 
 deephash-index build ckpt_path=<run>/checkpoints/last.ckpt [data=...] [index_dir=...]   (Hydra overrides)
+deephash-index build ckpt_path=<run>/checkpoints/last.ckpt images=<folder of photos>   (no labels)
 deephash-index info <index dir>
 deephash-index verify <index dir>   (checks every file, every F7 block; exit 0 with one OK line, or 2)
 """
@@ -21,8 +22,9 @@ from deephash.cli import accepts_version, check_group_choices, exit_on_user_erro
 from deephash.config import CONFIG_PATH
 from deephash.models.module import load_hash_module
 from deephash.retrieval.build import build_index, drop_unreadable
+from deephash.retrieval.searcher import index_images
 from deephash.retrieval.store import load_index, verify_index
-from deephash.runs import build_predict_trainer, checkpoint_run_dir, run_data_config
+from deephash.runs import build_predict_trainer, checkpoint_run_dir, run_data_config, run_preprocess
 from deephash.utils.errors import ConfigError
 
 
@@ -32,6 +34,12 @@ def build(cfg: DictConfig) -> dict[str, Any]:
     if not ckpt.is_file():
         raise ConfigError(f"ckpt_path not found: {ckpt} (expected a .ckpt written by deephash-train)")
     run_dir = checkpoint_run_dir(ckpt)
+    if cfg.get("images"):  # a plain folder of images (someone's own photos): every image, no labels
+        images = Path(str(cfg.images)).expanduser()
+        where = run_dir or Path(cfg.paths.output_dir)
+        out = Path(cfg.index_dir) if cfg.get("index_dir") else where / f"index-{images.resolve().name}"
+        spec = run_preprocess(run_dir, cfg.get("data"))
+        return index_images(ckpt, images, out, spec, batch_size=int(cfg.batch_size)).manifest
     data_cfg = cfg.get("data") or run_data_config(run_dir)
     if data_cfg is None:
         raise ConfigError(
@@ -93,9 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
         "build",
         help="encode a dataset split with a checkpoint and save it as an index",
         description="Hydra overrides: ckpt_path=<run>/checkpoints/last.ckpt (required), data=<name> "
-        "(default: the checkpoint's training data; data=folder data.root=DIR data.unlabelled=true for a "
-        "plain folder of photos), split=database, index_dir=DIR (default: <run>/index). Hydra's own flags "
-        "work too: --cfg job prints the composed config, --hydra-help lists Hydra's options.",
+        "(default: the checkpoint's training data), split=database, index_dir=DIR (default: <run>/index); "
+        "images=DIR indexes every image under a plain folder (your own photos, no labels) into "
+        "<run>/index-<folder> instead. Hydra's own flags work too: --cfg job prints the composed config.",
     )
     build_cmd.add_argument("overrides", nargs=argparse.REMAINDER, help="Hydra overrides (key=value ...)")
     info_cmd = commands.add_parser(

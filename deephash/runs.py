@@ -163,6 +163,26 @@ def run_data_config(run_dir: Path | None) -> DictConfig | None:
     return None
 
 
+def run_preprocess(run_dir: Path | None, data_cfg: DictConfig | None = None) -> dict[str, Any]:
+    """How a checkpoint's training images were preprocessed (an index manifest's ``meta.preprocess``), so new
+    images are encoded the same way: recorded by its run's index (``<run>/index``), else rebuilt from
+    ``data_cfg`` or the run's data config."""
+    from deephash.data.query import preprocess_spec
+    from deephash.retrieval.store import MANIFEST
+
+    if run_dir is not None and (run_dir / "index" / MANIFEST).is_file():
+        spec = json.loads((run_dir / "index" / MANIFEST).read_text()).get("meta", {}).get("preprocess")
+        if spec:
+            return spec
+    data_cfg = data_cfg or run_data_config(run_dir)
+    if data_cfg is None:
+        raise ConfigError(
+            "the checkpoint has no training run beside it to say how its images were preprocessed; "
+            "pass the data config it was trained with (data=<name> ...)"
+        )
+    return preprocess_spec(hydra.utils.instantiate(data_cfg))
+
+
 def optimized_value(metrics: dict[str, Any], key: str | None) -> float | None:
     """``metrics[key]`` for a dotted key such as ``val_retrieval.mAP``; a missing key is a clear error."""
     if not key:

@@ -1,6 +1,8 @@
 """Entry point ``deephash-search``: query a saved index with image files, print the results as JSON.
 
 deephash-search --index DIR --ckpt CKPT IMAGE [IMAGE ...] [--k 10] [--mode hierarchical]
+
+A shell over :class:`deephash.retrieval.searcher.Searcher` (``deephash.Searcher`` in a notebook).
 """
 
 from __future__ import annotations
@@ -10,17 +12,10 @@ import json
 import sys
 from typing import Any
 
-import numpy as np
-import torch
-
 from deephash.cli import accepts_version, exit_on_user_error
-from deephash.data.query import preprocess_queries
-from deephash.models.module import load_hash_module
-from deephash.retrieval.codes import hamming_distance_matrix, pack_codes
-from deephash.retrieval.search import MODES, PoolRule, euclidean_search, exact_l2, hierarchical_search
-from deephash.retrieval.store import IndexStore, load_index, sha256_file
-from deephash.retrieval.sublinear import METHODS, build_hamming_index
-from deephash.utils.errors import ConfigError, IndexFormatError
+from deephash.retrieval.search import MODES, PoolRule
+from deephash.retrieval.searcher import Searcher
+from deephash.retrieval.sublinear import METHODS
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -51,78 +46,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def search(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Check the index against the checkpoint, encode the images, search, and describe each result."""
-    module = load_hash_module(args.ckpt, map_location=args.device)
-    store = load_index(
-        args.index,
-        expect_bits=module.bits,
-        expect_feature_dim=module.net.f7_dim,
-        expect_checkpoint_sha256=sha256_file(args.ckpt),
-    )
-    spec = store.manifest.get("meta", {}).get("preprocess")
-    if spec is None:
-        raise IndexFormatError(
-            f"index {args.index} records no query preprocessing; rebuild it with deephash-index build"
-        )
-    batch = preprocess_queries(args.images, spec)
-    if batch.shape[1] != module.hparams.in_channels:
-        raise ConfigError(
-            f"the model expects {module.hparams.in_channels}-channel input, the index preprocessing gives {batch.shape[1]}"
-        )
-    with torch.inference_mode():
-        codes, f7 = module.net.encode(batch.to(args.device))
-    query_codes, query_f7 = pack_codes(codes.cpu().numpy()), f7.float().cpu().numpy()
-    index = (
-        store.hamming_index
-        if args.coarse == "flat"
-        else build_hamming_index(store.codes, store.bits, args.coarse)
-    )
-    idx = _run(args, store, index, query_codes, query_f7)
-    return [
-        {"query": path, "mode": args.mode, "results": _describe(store, query_codes[i], query_f7[i], row)}
-        for i, (path, row) in enumerate(zip(args.images, idx))
-    ]
-
-
-def _run(
-    args, store: IndexStore, index: Any, query_codes: np.ndarray, query_f7: np.ndarray
-) -> list[np.ndarray]:
-    """Database indices of each query's results, best first."""
-    k = min(args.k, store.count)
-    if args.mode == "hamming":
-        return list(index.search(query_codes, k)[1])
-    if args.mode == "hamming_radius":
-        return [idx[: args.k] for _, idx in index.range_search(query_codes, args.radius)]
-    if args.mode == "euclidean":
-        return list(euclidean_search(store.f7, query_f7, k)[1])
+    searcher = Searcher.from_index(args.index, args.ckpt, device=args.device, coarse=args.coarse)
     pool = PoolRule(
         radius=args.radius,
         min_pool=min(args.min_pool, args.pool_size),
         max_pool=max(args.max_pool, args.pool_size),
         pool_size=args.pool_size,
     )
-    result = hierarchical_search(index, store.f7, query_codes, query_f7, k, pool)
-    return [row[row >= 0] for row in result.idx]
-
-
-def _describe(store: IndexStore, code: np.ndarray, f7: np.ndarray, idx: np.ndarray) -> list[dict[str, Any]]:
-    idx = np.asarray(idx, dtype=np.int64)
-    if idx.size == 0:
-        return []
-    hamming = hamming_distance_matrix(code[None], store.codes[idx])[0]
-    l2 = exact_l2(f7[None].astype(np.float32), np.asarray(store.f7[idx], np.float32)[None])[0]
-    names = store.manifest.get("meta", {}).get("class_names")
-    return [
-        {
-            "rank": rank,
-            "index": int(i),
-            "id": store.ids[i],
-            "label": int(store.labels[i]),
-            **({"class": names[int(store.labels[i])]} if names else {}),
-            "hamming": int(h),
-            "l2": float(d),
-        }
-        for rank, (i, h, d) in enumerate(zip(idx, hamming, l2), start=1)
-    ]
+    results = searcher.search(args.images, k=args.k, mode=args.mode, pool=pool)
+    return [{"query": r.query, "mode": r.mode, "results": r.records()} for r in results]
 
 
 @accepts_version("deephash-search")

@@ -24,6 +24,7 @@ from deephash.evaluation.plots import (
 )
 from deephash.models.module import load_hash_module
 from deephash.retrieval.build import build_index, drop_unreadable
+from deephash.retrieval.searcher import refuse_unlabelled
 from deephash.retrieval.store import IndexStore
 from deephash.retrieval.sublinear import build_hamming_index
 from deephash.utils.io import update_json
@@ -49,6 +50,7 @@ def evaluate_checkpoint(
     module = load_hash_module(ckpt_path)
     bad_images = drop_unreadable(datamodule)  # once, before any split is encoded
     index_dir = Path(rcfg.index_dir) if rcfg.get("index_dir") else run_dir / "index"
+    refuse_unlabelled(index_dir)  # never rebuilt over someone's own photos
     # the encoded queries are saved too (<run>/queries), so anyone can re-check the metrics
     queries = build_index(
         module, datamodule, ckpt_path, run_dir / "queries", predict_trainer, "query", bad_images
@@ -74,6 +76,8 @@ def evaluate_indexes(
 ) -> dict[str, Any]:
     """Evaluate the saved ``queries`` against the saved ``database`` with the settings of ``rcfg``
     (``conf/retrieval``), write the report files into ``run_dir`` and return the metrics.json entries."""
+    refuse_unlabelled(database)
+    refuse_unlabelled(queries)
     report = evaluate_retrieval(
         database, queries, database.bits, **settings(rcfg), index=coarse_index(database, rcfg)
     )
