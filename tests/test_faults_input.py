@@ -1,0 +1,337 @@
+"""Fault suite, bad input and interruptions: every case is refused with one ``error: ...`` line and exit
+status 2 before any expensive work, or (Ctrl-C, kill -9) recorded and resumable.
+
+In-process cases run the real Hydra config through ``run_hydra_task``, the body of every Hydra main; the cases
+Hydra or the process itself decides (group options, workers, signals) run the console entry point."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from deephash.baselines.run import run_baseline
+from deephash.cli import run_hydra_task, unknown_group_option
+from deephash.config import CONFIG_PATH
+from deephash.evaluate import evaluate
+from deephash.index import build
+from deephash.retrieval.store import load_index
+from deephash.runs import record_failure
+from deephash.search import main as search_main
+from deephash.train import train
+from deephash.utils import io as io_mod
+from tests.conftest import compose_config
+from tests.fixtures_data import write_image_tree
+
+FAST = [
+    "logger=none",
+    "callbacks=none",
+    "trainer.max_epochs=1",
+    "trainer.limit_train_batches=3",
+    "trainer.limit_val_batches=1",
+    "trainer.enable_model_summary=false",
+    "test=false",
+    "evaluate=false",
+]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    """A digits run with its checkpoints, index and reports (about 10 s on 2 cores)."""
+    out = tmp_path_factory.mktemp("faults") / "run"
+    overrides = [*FAST, "callbacks=default", "evaluate=true", "retrieval.modes=[hamming]"]
+    overrides.remove("callbacks=none")
+    overrides.remove("evaluate=false")
+    metrics = train(compose_config("train", overrides, out))
+    assert metrics["status"] == "completed"
+    return out
+
+
+def _indexed_ckpt(run: Path) -> str:
+    """The checkpoint the run's index was built with."""
+    manifest = json.loads((run / "index" / "manifest.json").read_text())
+    return manifest.get("checkpoint") or manifest["meta"]["checkpoint"]
+
+
+def _refused(capsys, task, config: str, overrides: list[str], out: Path) -> str:
+    """Run ``task`` as its Hydra main would; it must exit 2 with one ``error:`` line, which is returned."""
+    cfg = compose_config(config, overrides, out)
+    out.mkdir(parents=True, exist_ok=True)  # Hydra creates the run directory before the task starts
+    with pytest.raises(SystemExit) as exit_info:
+        run_hydra_task(task, cfg, on_failure=record_failure)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in err, err
+    return errors[0]
+
+
+def _cli(*args: str, timeout: int = 240, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "WANDB_MODE": "offline", "HYDRA_FULL_ERROR": ""}
+    return subprocess.run(
+        [sys.executable, "-m", *args], capture_output=True, text=True, timeout=timeout, env=env, cwd=cwd
+    )
+
+
+def _one_error_line(proc: subprocess.CompletedProcess) -> str:
+    """The one ``error:`` line of a refused command: it ends stderr (where only log lines precede it)."""
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("error:")]
+    assert "Traceback" not in proc.stderr and errors == lines[-1:], proc.stderr[-3000:]
+    return errors[0]
+
+
+# ---- config values: refused before any data is read ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("retrieval.ks=[0,10]", r"retrieval.ks entry \(in \[0, 10\]\) must be an integer >= 1, got 0"),
+        (
+            "retrieval.modes=[hamming,foo]",
+            r"retrieval.modes must list search modes among hamming, .*\['foo'\]",
+        ),
+        ("retrieval.radius=-1", r"retrieval.radius must be an integer >= 0, got -1"),
+        ("retrieval.min_pool=0", r"retrieval.min_pool must be an integer >= 1, got 0"),
+        ("retrieval.pool_size=20000", r"min_pool <= pool_size <= max_pool, got 100, 20000, 10000"),
+        ("retrieval.coarse.method=foo", r"retrieval.coarse.method must be one of flat, multihash, hash"),
+        ("data.n_queries=0", r"data.n_queries must be an integer >= 1, got 0"),
+        ("data.val_size=2.5", r"data.val_size must be a fraction in \[0, 1\) or a count >= 0"),
+        ("data.protocol=foo", r"data.protocol must be one of paper, "),  # raised in the constructor
+        ("trainer.max_epochs=-5", r"trainer.max_epochs \(-1: no limit\) must be an integer >= 1, got -5"),
+        ("seed=abc", r"seed must be an integer in 0..4294967295, got 'abc'"),
+        ("seed=null", r"seed must be an integer in 0..4294967295, got null"),
+    ],
+)
+def test_train_config_errors_are_one_line(capsys, tmp_path, override, message) -> None:
+    line = _refused(capsys, train, "train", [*FAST, override], tmp_path / "run")
+    assert re.search(message, line), line
+    assert not (tmp_path / "run" / "checkpoints").exists()  # nothing was trained
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["status"] == "failed"
+
+
+def test_folder_constructor_error_is_unwrapped(capsys, tmp_path) -> None:
+    """A check only the datamodule's constructor makes comes out as its own line, not Hydra's
+    "Error in call to target" report."""
+    write_image_tree(tmp_path / "images", per_class=3)
+    line = _refused(
+        capsys, train, "train", [*FAST, "data=folder", f"data.root={tmp_path / 'images'}", "data.test_fraction=2"],
+        tmp_path / "run",
+    )  # fmt: skip
+    assert line == "error: data.test_fraction must be a fraction in (0, 1), got 2"
+
+
+def test_resume_with_other_bits_names_both(capsys, trained, tmp_path) -> None:
+    ckpt = trained / "checkpoints" / "last.ckpt"
+    line = _refused(capsys, train, "train", [*FAST, "model.bits=32", f"ckpt_path={ckpt}"], tmp_path / "run")
+    assert f"ckpt_path {ckpt} was trained with model.bits=48 but this run has model.bits=32" in line
+
+
+def test_non_checkpoint_files_are_refused_everywhere(capsys, tmp_path) -> None:
+    fake = tmp_path / "model.ckpt"
+    fake.write_text("not a checkpoint\n")
+    expected = rf"{re.escape(str(fake))} is not a deephash checkpoint \(.*\); expected a .ckpt written by deephash-train"
+    cases = [
+        (train, "train", [*FAST, f"ckpt_path={fake}"]),
+        (evaluate, "eval", ["data=digits", "logger=none", f"ckpt_path={fake}", f"run_dir={tmp_path / 'e'}"]),
+        (build, "index", ["data=digits", f"ckpt_path={fake}", f"index_dir={tmp_path / 'ix'}"]),
+    ]
+    for task, config, overrides in cases:
+        assert re.fullmatch(
+            f"error: {expected}", _refused(capsys, task, config, overrides, tmp_path / config)
+        )
+    assert not (tmp_path / "ix").exists()
+
+
+def test_eval_index_and_baseline_configs_are_checked_first(capsys, trained, tmp_path) -> None:
+    ckpt = trained / "checkpoints" / "last.ckpt"
+    line = _refused(capsys, evaluate, "eval", [f"ckpt_path={ckpt}", "retrieval.ks=[0]"], tmp_path / "e")
+    assert "retrieval.ks entry (in [0]) must be an integer >= 1, got 0" in line
+    line = _refused(capsys, build, "index", [f"ckpt_path={ckpt}", "split=foo"], tmp_path / "i")
+    assert line == "error: split must be one of train, val, test, query, database, got 'foo'"
+    line = _refused(capsys, run_baseline, "baseline", ["logger=none", "retrieval.radius=-2"], tmp_path / "b")
+    assert line == "error: retrieval.radius must be an integer >= 0, got -2"
+
+
+@pytest.mark.parametrize(
+    ("fail", "code", "reason"),
+    [("fsync", errno.ENOSPC, "No space left on device"), ("mkstemp", errno.EACCES, "Permission denied")],
+)
+def test_full_disk_or_denied_write_is_one_line_and_leaves_no_temp_files(
+    capsys, monkeypatch, tmp_path, fail, code, reason
+) -> None:
+    def refuse(*args, **kwargs):
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(io_mod.os if fail == "fsync" else io_mod.tempfile, fail, refuse)
+    line = _refused(capsys, train, "train", FAST, tmp_path / "run")
+    assert line.startswith("error: cannot write ") and f": {reason} (" in line
+    assert not list((tmp_path / "run").rglob("*.tmp"))
+
+
+# ---- the process: Hydra's own errors, DataLoader workers, file modes -------------------------------------
+
+
+def test_unknown_group_option_is_one_line_with_the_choices(tmp_path) -> None:
+    line = _one_error_line(_cli("deephash.train", "data=foo", f"hydra.run.dir={tmp_path}"))
+    assert line == (
+        "error: Could not find 'data/foo': data=foo is not an option of data; "
+        "expected one of: cifar10, digits, folder, mnist"
+    )
+    assert unknown_group_option(["ckpt_path=x", "retrieval=fast"], Path(CONFIG_PATH)) == (
+        "Could not find 'retrieval/fast': retrieval=fast is not an option of retrieval; expected one of: default"
+    )
+    for fine in (["model=smallcnn,alexnet"], ["experiment=null"], ["hydra/launcher=basic"], ["+seed=3"]):
+        assert unknown_group_option(fine, Path(CONFIG_PATH)) is None
+
+
+@pytest.fixture
+def bad_tree(tmp_path) -> Path:
+    root = tmp_path / "images"
+    write_image_tree(root, per_class=8)
+    for path in sorted((root / "cat").glob("cat_0[0-2].*")):  # three: at least one is trained on
+        path.write_bytes(b"not an image " * 20)
+    return root
+
+
+def _folder(root: Path, tmp_path: Path) -> list[str]:
+    return [
+        "data=folder", f"data.root={root}", f"data.cache_dir={tmp_path / 'cache'}", "data.n_queries=2",
+        "data.transform=native", "data.image_size=16", "data.batch_size=8",
+    ]  # fmt: skip
+
+
+def test_bad_image_in_a_worker_is_one_line(bad_tree, tmp_path) -> None:
+    proc = _cli(
+        "deephash.train", *FAST, *_folder(bad_tree, tmp_path), "data.on_bad_image=error", "data.num_workers=2",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    )  # fmt: skip
+    line = _one_error_line(proc)
+    assert re.match(
+        rf"error: cannot read image {re.escape(str(bad_tree / 'cat'))}/cat_0[0-2]\.\w+: ", line
+    ), line
+
+
+def test_skipped_bad_images_leave_sizes_that_agree_with_the_index(bad_tree, tmp_path) -> None:
+    out = tmp_path / "run"
+    overrides = [*FAST, *_folder(bad_tree, tmp_path), "data.num_workers=0", "retrieval.modes=[hamming]"]
+    overrides[overrides.index("evaluate=false")] = "evaluate=true"
+    metrics = train(compose_config("train", overrides, out))
+    written = json.loads((out / "metrics.json").read_text())
+    index = load_index(out / "index")
+    assert written["bad_images"] == 3 and not any(
+        i.startswith("cat/cat_0") and i[9] in "012" for i in index.ids
+    )
+    assert (
+        written["data"]["sizes"]["database"] == written["n_database"] == index.count == metrics["n_database"]
+    )
+    assert written["data"]["sizes"]["query"] == written["n_queries"]
+
+
+def test_run_files_follow_the_umask(trained) -> None:
+    expected = 0o666 & ~io_mod.current_umask()
+    for name in ("metrics.json", "config.yaml", "precision_at_k.png", "classes.json"):
+        assert (trained / name).stat().st_mode & 0o777 == expected, name
+
+
+# ---- search: bad query images, checkpoints and devices ---------------------------------------------------
+
+
+def test_search_refuses_bad_checkpoints_images_and_devices(capsys, trained, tmp_path) -> None:
+    ckpt = _indexed_ckpt(trained)
+    image = tmp_path / "q.png"
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(image)
+    bomb = tmp_path / "bomb.png"
+    Image.new("L", (12_000, 12_000)).save(bomb)  # 144 megapixels in a 140 KB file
+    fake = tmp_path / "fake.ckpt"
+    fake.write_bytes(b"PK\x03\x04 a broken zip")
+
+    def search(*args: str) -> str:
+        with pytest.raises(SystemExit) as exit_info:
+            search_main(["--index", str(trained / "index"), *args])
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err
+        assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+        return err.strip()
+
+    line = search("--ckpt", ckpt, str(bomb))
+    assert line == (
+        f"error: query image {bomb} is too large to decode safely (144,000,000 pixels; at most "
+        f"{Image.MAX_IMAGE_PIXELS:,} pixels); resize it first"
+    )
+    assert search("--ckpt", str(fake), str(image)).startswith(f"error: {fake} is not a deephash checkpoint (")
+    if torch.cuda.device_count() <= 7:
+        line = search("--ckpt", ckpt, "--device", "cuda:7", str(image))
+        assert re.fullmatch(
+            r"error: device 'cuda:7' requested but this machine has (no CUDA device|\d CUDA).*", line
+        )
+    assert search("--ckpt", ckpt, "--device", "tpu:0", str(image)).startswith("error: unknown device 'tpu:0'")
+
+
+# ---- interruptions ----------------------------------------------------------------------------------------
+
+
+def _start_training(run: Path, *overrides: str) -> subprocess.Popen:
+    args = [
+        "deephash.train", "logger=none", "trainer.enable_model_summary=false", "test=false", "evaluate=false",
+        "callbacks.rich_progress_bar=null", f"hydra.run.dir={run}", *overrides,
+    ]  # fmt: skip
+    env = {**os.environ, "WANDB_MODE": "offline"}
+    return subprocess.Popen(
+        [sys.executable, "-m", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
+
+
+def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.1)
+
+
+def test_ctrl_c_is_recorded_as_interrupted_with_where_to_resume(tmp_path) -> None:
+    run = tmp_path / "run"
+    proc = _start_training(run, "trainer.max_epochs=1000")
+    last = run / "checkpoints" / "last.ckpt"
+    _wait_for(last, proc)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-3000:]
+    assert "Traceback" not in err
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["status"] == "interrupted" and metrics["resume"] == str(last)
+    assert metrics.get("error") is None
+
+
+@pytest.mark.slow
+def test_kill_9_mid_epoch_then_resume_to_completion(tmp_path) -> None:
+    run = tmp_path / "run"
+    proc = _start_training(run, "trainer.max_epochs=3")
+    last = run / "checkpoints" / "last.ckpt"
+    _wait_for(last, proc)
+    time.sleep(0.3)  # into the second epoch
+    proc.kill()
+    proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    epoch = torch.load(last, map_location="cpu", weights_only=True, mmap=True)["epoch"]
+    assert epoch < 2
+    resumed = _start_training(run, "trainer.max_epochs=3", f"ckpt_path={last}")
+    _, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err[-3000:]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["status"] == "completed" and metrics["epochs"] == 3
