@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zipfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -204,6 +205,11 @@ def read_checkpoint(ckpt_path: str | Path) -> dict[str, Any]:
     path = Path(ckpt_path).expanduser()
     if not path.is_file():
         raise ConfigError(f"checkpoint not found: {path} (expected a .ckpt written by deephash-train)")
+    if not zipfile.is_zipfile(path):
+        raise ConfigError(
+            f"{path} is not a deephash checkpoint (not a PyTorch zip archive); "
+            f"expected a .ckpt written by deephash-train"
+        )
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as err:  # noqa: BLE001 - pickle, zip and torch errors alike: not a checkpoint
