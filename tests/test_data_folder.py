@@ -279,3 +279,107 @@ def test_folder_datasets_pickle_for_spawned_workers(tree):
             np.testing.assert_array_equal(a[0], b[0])
         else:
             torch.testing.assert_close(a[0], b[0])
+
+
+# ---- labels that cannot be trusted: links, stray labels, odd list files ----------------------------------
+
+
+def test_link_out_of_a_class_folder_is_not_followed(tree, caplog):
+    """``fish/loop -> ..`` would list every cat and dog image again under fish."""
+    root, paths, labels = tree
+    (root / "fish" / "loop").symlink_to("..", target_is_directory=True)
+    (root / "fish" / "cats").symlink_to(root / "cat", target_is_directory=True)
+    (root / "fish" / "inside").symlink_to(".", target_is_directory=True)  # a cycle within the class
+    files = scan_tree(str(root))
+    assert files.paths.tolist() == paths
+    np.testing.assert_array_equal(files.labels, labels)
+    assert "2 folder link(s)" in caplog.text and "fish/cats" in caplog.text
+
+
+def test_link_to_a_folder_inside_the_class_is_walked_once(tree):
+    root, paths, labels = tree
+    write_image(root / "dog" / "deep" / "extra.png", "RGB", "PNG")
+    (root / "dog" / "again").symlink_to(root / "dog" / "deep", target_is_directory=True)
+    found = scan_tree(str(root)).paths.tolist()
+    assert sum(p.endswith("extra.png") for p in found) == 1 and len(found) == len(paths) + 1
+
+
+@pytest.mark.parametrize("target", ["cat", "cat/sub"])
+def test_a_class_folder_linked_to_another_class_is_refused(tree, target):
+    root, _, _ = tree
+    write_image(root / "cat" / "sub" / "x.png", "RGB", "PNG")
+    (root / "kitten").symlink_to(root / target, target_is_directory=True)
+    with pytest.raises(
+        DataError, match=r"class folder(s 'cat' and 'kitten'| 'kitten') under .* (are the same|is inside)"
+    ):
+        _dm(root).setup()
+
+
+def test_a_class_folder_linked_from_outside_the_root_is_a_class(tmp_path):
+    write_image_tree(tmp_path / "elsewhere", classes=("bird",), per_class=3)
+    write_image_tree(tmp_path / "images", classes=("cat", "dog"), per_class=3)
+    (tmp_path / "images" / "bird").symlink_to(tmp_path / "elsewhere" / "bird", target_is_directory=True)
+    files = scan_tree(str(tmp_path / "images"))
+    assert files.classes == ["bird", "cat", "dog"] and np.bincount(files.labels).tolist() == [3, 3, 3]
+
+
+def test_list_label_beyond_the_classes_without_a_classes_file_is_refused(tree):
+    root, paths, labels = tree
+    entries = list(zip(paths, labels.tolist()))
+    entries[0] = (entries[0][0], 999)  # a typo: 999 classes, 996 of them empty
+    write_list_file(root / "all.txt", entries)
+    with pytest.raises(
+        DataError, match=r"uses 4 distinct labels but the largest is 999, so labels 3, 4, 5, 6, 7 \.\.\. "
+    ):
+        _dm(root, list_file="all.txt").setup()
+
+
+def test_list_labels_with_gaps_are_accepted_with_a_classes_file(tree, tmp_path):
+    root, paths, labels = tree
+    write_list_file(root / "all.txt", [(p, 2 * int(c)) for p, c in zip(paths, labels)])
+    (tmp_path / "names.txt").write_text("cat\nunused\ndog\nunused too\nfish\n")
+    dm = _dm(root, list_file="all.txt", classes_file=str(tmp_path / "names.txt"))
+    dm.setup()
+    assert dm.num_classes == 5 and sorted(set(dm.labels("database").tolist())) == [0, 2, 4]
+
+
+def test_list_and_classes_files_with_a_byte_order_mark(tree, tmp_path):
+    root, paths, labels = tree
+    lines = "".join(f"{p} {c}\n" for p, c in zip(paths, labels))
+    (root / "all.txt").write_text("\ufeff" + lines, encoding="utf-8")
+    (tmp_path / "names.txt").write_text("\ufeffcat\ndog\nfish\n", encoding="utf-8")
+    dm = _dm(root, list_file="all.txt", classes_file=str(tmp_path / "names.txt"))
+    dm.setup()
+    assert dm.class_names == ["cat", "dog", "fish"] and paths[0] in _all_ids(dm)
+
+
+@pytest.mark.parametrize("path", ["../outside.png", "cat/../../outside.png", "/abs/outside.png"])
+def test_list_paths_outside_the_root_are_refused_unless_allowed(tmp_path, path):
+    root = tmp_path / "images"
+    write_image_tree(root, per_class=3)
+    write_image(tmp_path / "outside.png", "RGB", "PNG")
+    absolute = path.startswith("/")
+    listed = str(tmp_path / "outside.png") if absolute else path
+    (root / "l.txt").write_text(
+        f"cat/cat_00.jpg 0\ndog/dog_00.jpg 1\n{listed} 1\ncat/cat_01.png 0\ndog/dog_01.png 1\n"
+    )
+    with pytest.raises(DataError, match=re.escape(f"l.txt, line 3: {listed} is outside the dataset root; ")):
+        _dm(root, list_file="l.txt", n_queries=1, test_fraction=0.3).setup()
+    dm = _dm(root, list_file="l.txt", n_queries=1, test_fraction=0.3, allow_outside_root=True)
+    dm.setup()
+    assert listed in _all_ids(dm)
+
+
+def test_duplicate_list_lines_are_named(tree):
+    root, paths, labels = tree
+    entries = list(zip(paths, labels.tolist()))
+    write_list_file(root / "all.txt", [*entries, (f"./{paths[4]}", 0)])
+    with pytest.raises(
+        DataError,
+        match=rf"all.txt, lines 7 and {len(paths) + 3} both list \./{re.escape(paths[4])}; list each image once",
+    ):
+        _dm(root, list_file="all.txt").setup()
+
+
+def _all_ids(dm: FolderDataModule) -> set[str]:
+    return {i for split in ("train", "val", "test") for i in dm.sample_ids(split)}
