@@ -306,3 +306,27 @@ def test_checked_reads_verify_only_the_blocks_they_touch(tmp_path: Path) -> None
     np.testing.assert_array_equal(again[:], data)
     with pytest.raises(IndexFormatError, match=r"has 103 rows in blocks of 10, so 11 checksums, got \(10,\)"):
         F7File(tmp_path / "f7.npy", checksums=sums[:10], block_rows=10)
+
+
+def test_blocks_held_whole_by_a_read_are_checked_from_it(tmp_path: Path) -> None:
+    """A gather that holds whole blocks checks them from the rows it read (one-row blocks, the 4096-d case,
+    always); a changed byte is caught on that path too, converting to float32 or not."""
+    rng = np.random.default_rng(6)
+    data = rng.standard_normal((60, 4)).astype(np.float16)
+    np.save(tmp_path / "f7.npy", data)
+    ones = F7File(tmp_path / "f7.npy", checksums=features_mod.block_checksums(data, 1), block_rows=1)
+    np.testing.assert_array_equal(ones.read([41, 2, 7], np.float32), data[[41, 2, 7]].astype(np.float32))
+    assert np.flatnonzero(ones._verified).tolist() == [2, 7, 41]
+    tens = F7File(tmp_path / "f7.npy", checksums=features_mod.block_checksums(data, 10), block_rows=10)
+    rows = np.r_[10:20, 35, 50:60]
+    np.testing.assert_array_equal(tens[rows], data[rows])
+    assert np.flatnonzero(tens._verified).tolist() == [1, 3, 5]
+    sums = features_mod.block_checksums(data, 1)
+    changed = data.copy()
+    changed[7, 1] = np.float16(123.0)
+    np.save(tmp_path / "f7.npy", changed)
+    for dtype in (None, np.float32):
+        f7 = F7File(tmp_path / "f7.npy", checksums=sums, block_rows=1)
+        np.testing.assert_array_equal(f7.read([3, 9], dtype), data[[3, 9]].astype(dtype or np.float16))
+        with pytest.raises(IndexFormatError, match=r"f7.npy rows 7:8 do not match their checksum"):
+            f7.read([3, 7, 30], dtype)

@@ -275,18 +275,19 @@ class F7File:
     def _read_sorted(self, rows: np.ndarray, dtype: np.dtype) -> np.ndarray:
         """Rows ``rows`` (strictly increasing, in range) -> (m, d) ``dtype``, one read per run of rows.
 
-        With checksums, the blocks the rows lie in are checked first (once each); without, the rows read
-        are checked for NaN and inf."""
+        With checksums, each block the rows lie in is checked the first time it is touched: from the rows
+        just read when they hold the whole block (always, for one-row blocks), else by reading the block
+        first. Without, the rows read are checked for NaN and inf."""
         out = np.empty((len(rows), self.shape[1]), dtype)
         if out.size == 0:
             return out
+        direct = dtype == self.dtype
+        step = len(rows) if direct else max(1, _BLOCK_BYTES // self.row_bytes)
+        inline = None
         if self.checksums is not None:
             if rows[-1] - rows[0] + 1 == len(rows):  # a range (a scan): checked as it is read, read once
                 return self._read_range_checked(int(rows[0]), int(rows[-1]) + 1, out)
-            blocks = rows // self.block_rows
-            self._verify(blocks[np.flatnonzero(np.diff(blocks, prepend=-1))])
-        direct = dtype == self.dtype
-        step = len(rows) if direct else max(1, _BLOCK_BYTES // self.row_bytes)
+            inline = self._plan_checks(rows, step)
         buffer = None if direct else np.empty((min(step, len(rows)), self.shape[1]), self.dtype)
         for c in range(0, len(rows), step):
             block = rows[c : c + step]
@@ -294,11 +295,46 @@ class F7File:
             view = memoryview(dest).cast("B")
             for pos, row, length in zip(*_runs(block)):
                 self._pread_into(view[pos * self.row_bytes : (pos + length) * self.row_bytes], row)
-            if self.checksums is None:
+            if inline is None:
                 self._check_finite(dest, block)
+            else:
+                self._check_read_blocks(dest, block, c, inline)
             if not direct:
                 out[c : c + len(block)] = dest
         return out
+
+    def _plan_checks(self, rows: np.ndarray, step: int) -> tuple[np.ndarray, np.ndarray]:
+        """The unchecked blocks ``rows`` touches: those it holds whole within one ``step`` of the read are
+        returned as (blocks, position of their first row) to check from the read; the others are checked now."""
+        br = self.block_rows
+        blocks = rows // br
+        starts = np.flatnonzero(np.diff(blocks, prepend=-1))
+        touched = blocks[starts]
+        ends = np.append(starts[1:], len(rows))
+        whole = (ends - starts) == np.minimum(br, self.shape[0] - touched * br)
+        inline = whole & (starts // step == (ends - 1) // step)
+        todo = ~self._verified[touched]
+        self._verify(touched[todo & ~inline])
+        return touched[todo & inline], starts[todo & inline]
+
+    def _check_read_blocks(
+        self, data: np.ndarray, rows: np.ndarray, first: int, inline: tuple[np.ndarray, np.ndarray]
+    ) -> None:
+        """Check the planned blocks whose rows are ``data`` (the file's ``rows``, read positions ``first``...)."""
+        blocks, starts = inline
+        lo, hi = np.searchsorted(starts, [first, first + len(rows)])
+        if lo == hi:
+            return
+        view, br, n = memoryview(data).cast("B"), self.block_rows, self.shape[0]
+        for b, p in zip(blocks[lo:hi].tolist(), (starts[lo:hi] - first).tolist()):
+            size = min(br, n - b * br) * self.row_bytes
+            if zlib.crc32(view[p * self.row_bytes : p * self.row_bytes + size]) != self.checksums[b]:
+                raise IndexFormatError(
+                    f"{self.path} rows {b * br}:{min((b + 1) * br, n)} do not match their checksum: "
+                    "the features were modified or corrupted; rebuild the index"
+                )
+        self._check_finite(data, rows)
+        self._verified[blocks[lo:hi]] = True
 
     def _pread_into(self, view: memoryview, row: int) -> None:
         if self._fd is None:
