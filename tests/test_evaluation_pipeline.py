@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from deephash.evaluation.pipeline import default_curve_ks, evaluate_retrieval
 from deephash.retrieval.codes import pack_codes
@@ -157,3 +158,53 @@ def test_multihash_coarse_stage_gives_the_same_hierarchical_results_within_its_e
     hashed = evaluate_retrieval(db, queries, bits, index=multi, **kwargs)
     assert hashed.metrics["hierarchical"]["mAP"] == flat.metrics["hierarchical"]["mAP"]
     assert np.array_equal(hashed.top["hierarchical"], flat.top["hierarchical"])
+
+
+def test_device_path_gives_the_cpu_numbers(monkeypatch) -> None:
+    import deephash.evaluation.pipeline as pipeline
+    from deephash.retrieval.torch_search import TorchHammingIndex
+
+    db, queries, bits = _data(7)
+    options = {"ks": (1, 5, 10, 50), "map_at": 50, "pool": PoolRule(2, 20, 120, 60)}
+    cpu = evaluate_retrieval(db, queries, bits, **options)
+    # the torch code of retrieval.device=cuda, run on CPU tensors
+    monkeypatch.setattr(pipeline, "torch_device", lambda name: torch.device("cpu"))
+    made = []
+
+    class Recorded(TorchHammingIndex):
+        def __init__(self, *args) -> None:
+            made.append(args)
+            super().__init__(*args)
+
+    monkeypatch.setattr(pipeline, "TorchHammingIndex", Recorded)
+    dev = evaluate_retrieval(db, queries, bits, device="cuda", **options)
+    assert len(made) == 1  # the coarse stage ran through the torch index
+    for mode in ("hamming", "hierarchical", "euclidean"):
+        np.testing.assert_array_equal(dev.top[mode], cpu.top[mode])
+        np.testing.assert_allclose(dev.curves[mode], cpu.curves[mode], atol=1e-12, rtol=0)
+        for key in ("mAP", "mAP@50"):
+            assert dev.metrics[mode][key] == pytest.approx(cpu.metrics[mode][key], abs=1e-12, rel=0)
+        assert dev.metrics[mode]["precision@k"] == cpu.metrics[mode]["precision@k"]
+    for key in ("precision", "recall", "mean_results", "empty_fraction"):
+        assert dev.metrics["hamming_radius"][key] == cpu.metrics["hamming_radius"][key]
+    for key in ("precision", "recall"):
+        np.testing.assert_array_equal(dev.pr[key], cpu.pr[key])
+
+
+def test_settings_carry_the_device() -> None:
+    from deephash.evaluation.pipeline import settings
+
+    rcfg = {
+        "modes": ["hamming"],
+        "ks": [1],
+        "map_at": 10,
+        "radius": 2,
+        "min_pool": 1,
+        "max_pool": 9,
+        "pool_size": 5,
+    }
+    assert settings(rcfg)["device"] == "cpu"
+    assert settings({**rcfg, "device": "cuda"})["device"] == "cuda"
+    db, queries, bits = _data(8)
+    with pytest.raises(ValueError, match="unknown retrieval.device 'tpu'"):
+        evaluate_retrieval(db, queries, bits, modes=["hamming"], device="tpu")

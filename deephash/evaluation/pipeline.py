@@ -18,8 +18,9 @@ Search speed (``queries_per_second``) is timed separately on the top-``max(ks)``
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -31,6 +32,7 @@ from deephash.evaluation.metrics import (
     count_relevant,
     precision_curve,
 )
+from deephash.evaluation.torch_metrics import hamming_retrieval_metrics_torch
 from deephash.retrieval.codes import hamming_distance_matrix
 from deephash.retrieval.search import (
     MODES,
@@ -41,6 +43,8 @@ from deephash.retrieval.search import (
     hierarchical_search,
 )
 from deephash.retrieval.store import EncodedItems
+from deephash.retrieval.torch_search import TorchHammingIndex, torch_device
+from deephash.retrieval.torch_search import hierarchical_search as device_hierarchical_search
 from deephash.utils.errors import ConfigError
 
 # the pool rule of conf/retrieval's defaults
@@ -78,11 +82,15 @@ def evaluate_retrieval(
     top_n: int = 10,
     curve_ks: np.ndarray | None = None,
     index: HammingSearch | None = None,
+    device: str = "cpu",
 ) -> RetrievalReport:
     """Metrics of every requested mode (see the module docstring) for ``queries`` against ``database``.
 
     ``pool``: the hierarchical pool rule (its defaults resolved for k = max(ks)); its radius is also
-    that of ``hamming_radius`` and of precision@r."""
+    that of ``hamming_radius`` and of precision@r. ``device``: ``cpu`` (numpy and FAISS) or ``cuda``:
+    the exact coarse Hamming stage, the hierarchical pool scoring and the Hamming-mode metrics in torch
+    on that device (``deephash.retrieval.torch_search``), with the same results; a sub-linear coarse
+    ``index`` stays on the CPU."""
     unknown = [m for m in modes if m not in MODES]
     if unknown:
         raise ConfigError(f"unknown retrieval mode(s) {unknown}; expected any of: {', '.join(MODES)}")
@@ -91,6 +99,11 @@ def evaluate_retrieval(
         raise ConfigError(
             f"retrieval needs a non-empty database and query set, got {n} and {len(queries.labels)}"
         )
+    on_device = device != "cpu"
+    if on_device:
+        dev = torch_device(device)
+        if index is None or isinstance(index, HammingIndex):
+            index = TorchHammingIndex(database.codes, bits, dev)
     index = index or HammingIndex(database.codes, bits)
     curve_ks = default_curve_ks(n) if curve_ks is None else np.asarray(curve_ks)
     report = RetrievalReport(curve_ks=curve_ks)
@@ -107,7 +120,12 @@ def evaluate_retrieval(
             report.metrics[mode] = _radius_mode(database, queries, radius, index)
             continue
         if mode == "hamming":
-            found = hamming_retrieval_metrics(
+            metrics_fn = (
+                partial(hamming_retrieval_metrics_torch, device=dev)
+                if on_device
+                else hamming_retrieval_metrics
+            )
+            found = metrics_fn(
                 queries.codes,
                 database.codes,
                 queries.labels,
@@ -128,7 +146,7 @@ def evaluate_retrieval(
             q = queries.take(rows)
             if mode == "hierarchical":
                 dist = hamming_distance_matrix(q.codes, database.codes)
-                pooled = hierarchical_search(index, database.f7, q.codes, q.f7, pool_cap, pool).idx
+                pooled = _hierarchical(index)(index, database.f7, q.codes, q.f7, pool_cap, pool).idx
                 ranking = _pool_first(pooled, _stable_ranking(dist))
             else:  # euclidean
                 ranking = _stable_ranking(_l2_block(q.f7, database.f7))
@@ -150,6 +168,7 @@ def settings(retrieval: Mapping[str, Any]) -> dict[str, Any]:
         "ks": [int(k) for k in retrieval["ks"]],
         "map_at": int(retrieval["map_at"]),
         "pool": pool_rule(retrieval),
+        "device": str(retrieval.get("device", "cpu")),
     }
 
 
@@ -195,6 +214,11 @@ def _l2_block(queries: np.ndarray, db_f7: np.ndarray, rows: int = 65536) -> np.n
         x = np.asarray(db_f7[s : s + rows], np.float64)
         out[:, s : s + len(x)] = qn[:, None] - 2 * (q @ x.T) + np.einsum("ij,ij->i", x, x)[None, :]
     return np.maximum(out, 0, out=out)
+
+
+def _hierarchical(index: HammingSearch) -> Callable[..., Any]:
+    """The hierarchical search that matches ``index``: on its torch device, or the CPU one."""
+    return device_hierarchical_search if isinstance(index, TorchHammingIndex) else hierarchical_search
 
 
 def _query_blocks(q: int, n: int) -> list[slice]:
@@ -268,7 +292,7 @@ def _time_mode(
     if mode == "hamming":
         index.search(queries.codes, k)
     elif mode == "hierarchical":
-        hierarchical_search(index, database.f7, queries.codes, queries.f7, k, pool)
+        _hierarchical(index)(index, database.f7, queries.codes, queries.f7, k, pool)
     else:
         euclidean_search(database.f7, queries.f7, k)
     seconds = max(time.perf_counter() - start, 1e-9)

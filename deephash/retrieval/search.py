@@ -25,7 +25,7 @@ which copies the rows asked for to float32 and never leaves more than those rows
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Protocol
@@ -465,6 +465,21 @@ def hierarchical_search(
     Only the pool's F7 rows are read (in index order, ``chunk_size`` rows at a time) and ranked by
     (L2, index); the top k are returned, fewer when the pool is smaller than k.
     """
+    return _hierarchical(index, db_f7, query_packed, query_f7, k, pool, chunk_size, _pair_sqdist)
+
+
+def _hierarchical(
+    index: HammingSearch,
+    db_f7: np.ndarray | F7File,
+    query_packed: np.ndarray,
+    query_f7: np.ndarray,
+    k: int,
+    pool: PoolRule,
+    chunk_size: int,
+    pair_sqdist: Callable[..., np.ndarray],
+) -> HierarchicalResult:
+    """``hierarchical_search`` with the pools' pair distances from ``pair_sqdist`` (the signature of
+    ``_pair_sqdist``; ``deephash.retrieval.torch_search`` passes its device version)."""
     k = check_int(k, "k")
     min_pool, max_pool, pool_size = pool.limits(k)
     radius = pool.radius
@@ -491,7 +506,9 @@ def hierarchical_search(
         ]
         rows = slice(b0, b0 + len(pools))
         pool_sizes[rows] = [len(idx) for _, idx in pools]
-        cand[rows], cand_ham[rows] = _shortlist_pools(db_f7, query32[rows], pools, width, chunk_size)
+        cand[rows], cand_ham[rows] = _shortlist_pools(
+            db_f7, query32[rows], pools, width, chunk_size, pair_sqdist
+        )
     l2, pos = _refine(db_f7, query32, cand, k)
     idx, ham = np.take_along_axis(cand, pos, axis=1), np.take_along_axis(cand_ham, pos, axis=1)
     return HierarchicalResult(
@@ -536,6 +553,7 @@ def _shortlist_pools(
     pools: list[tuple[np.ndarray, np.ndarray]],
     width: int,
     chunk_size: int,
+    pair_sqdist: Callable[..., np.ndarray],
 ) -> tuple[np.ndarray, np.ndarray]:
     """The ``width`` pool items nearest each query by fast L2, ties by index.
 
@@ -571,7 +589,7 @@ def _shortlist_pools(
         for a, b in zip(bounds[:-1], bounds[1:]):
             uniq, inverse = np.unique(items[a:b], return_inverse=True)
             rows = _f7_rows(db_f7, uniq)
-            approx[a:b] = _pair_sqdist(queries, qnorms, owner[a:b], group[a:b], rows, inverse)
+            approx[a:b] = pair_sqdist(queries, qnorms, owner[a:b], group[a:b], rows, inverse)
     np.maximum(approx, 0, out=approx)
     np.sqrt(approx, out=approx)
     # each pool's pairs by (query, L2, index); the first ``width`` of each pool are its shortlist
