@@ -14,8 +14,8 @@ import numpy as np
 from deephash.evaluation.plots import read_precision_curves, write_precision_curves
 from deephash.tracking.markdown import markdown_table
 from deephash.tracking.sweep import mean_std
-from experiments.paper import planned_reason
-from experiments.plan import BASELINE_BITS, YAHOO_BITS, Plan, completed_runs
+from experiments.paper import planned_reason, small_cnn
+from experiments.plan import BASELINE_BITS, SMALL_CNN_LABEL, YAHOO_BITS, Plan, completed_runs
 
 FIGURE_FORMATS = ("png", "svg", "pdf")
 # the paper's retrieval-example figures for each dataset
@@ -27,15 +27,17 @@ def precision_section(plan: Plan) -> str:
     """Our 48-bit model (Hamming and hierarchical search) against each baseline, per dataset."""
     parts = [f"## Precision at k, {BASELINE_BITS} bits (figures 4 and 6)\n"]
     for dataset in plan.trained:
-        curves = [
-            (f"ours {mode}", f"{dataset}/bits{BASELINE_BITS}", mode) for mode in ("hamming", "hierarchical")
-        ]
+        model = f"{dataset}/bits{BASELINE_BITS}"
+        ours = "ours, small CNN" if small_cnn(plan, model) else "ours"
+        curves = [(f"{ours} {mode}", model, mode) for mode in ("hamming", "hierarchical")]
         curves += [
-            (f"{m} ({f})", f"{dataset}/baselines/{m}-{f}", "hamming")
+            (f"{m} ({f}{', small CNN' if small_cnn(plan, name) else ''})", name, "hamming")
             for f in plan.features
             for m in plan.methods
+            for name in [f"{dataset}/baselines/{m}-{f}"]
         ]
         title = f"{dataset}, {BASELINE_BITS} bits" + (" (stands in for MNIST/CIFAR-10)" if plan.smoke else "")
+        title += f" ({SMALL_CNN_LABEL})" if small_cnn(plan, model) else ""
         parts.append(f"### {title}\n")
         parts.append(precision_block(plan, curves, f"{dataset}_precision_{BASELINE_BITS}", title))
     return "\n".join(parts)
@@ -51,6 +53,7 @@ def examples_section(plan: Plan) -> str:
     for dataset in plan.trained:
         figures = [GRID_FIGURES[paper] for paper, ours in plan.datasets.items() if ours == dataset]
         stand_in = " (stands in for MNIST/CIFAR-10)" if plan.smoke else ""
+        stand_in += f" ({SMALL_CNN_LABEL})" if small_cnn(plan, f"{dataset}/bits{BASELINE_BITS}") else ""
         parts.append(f"### {dataset}, {BASELINE_BITS} bits: {' and '.join(figures)}{stand_in}\n")
         parts.append(grid(plan, f"{dataset}/bits{BASELINE_BITS}", dataset))
     parts.append(f"### Yahoo-style image folder, {YAHOO_BITS} bits: figures 7, 8 and 9\n")

@@ -9,7 +9,16 @@ from typing import Any
 
 import yaml
 
-from experiments.plan import BASELINE_BITS, PAPER_BITS, YAHOO_BITS, Job, Plan, is_complete, read_metrics
+from experiments.plan import (
+    BASELINE_BITS,
+    PAPER_BITS,
+    SMALL_CNN_EXPERIMENTS,
+    YAHOO_BITS,
+    Job,
+    Plan,
+    is_complete,
+    read_metrics,
+)
 
 log = logging.getLogger(__name__)
 README_10K50K_BITS = (12, 32, 48)
@@ -48,7 +57,8 @@ def training_jobs(plan: Plan) -> list[Job]:
 
     Every code length runs ``experiment=paper_<dataset>_48`` with ``model.bits=<k>``: paper_<dataset>_128
     is the same configuration at 128 bits, and one experiment for the sweep keeps its runs one setting in
-    the comparison (which averages only runs whose overrides differ in the seed and code length).
+    the comparison (which averages only runs whose overrides differ in the seed and code length). A dataset
+    of ``plan.small_cnn`` (no AlexNet weights) runs its small CNN recipe the same way.
     """
     order = [b for b in PAPER_BITS if b in plan.bits] + [b for b in plan.bits if b not in PAPER_BITS]
     jobs = []
@@ -56,6 +66,8 @@ def training_jobs(plan: Plan) -> list[Job]:
         for bits in order:
             if plan.smoke:
                 experiment = ["experiment=demo", f"trainer.max_epochs={plan.epochs}"]
+            elif dataset in plan.small_cnn:
+                experiment = [f"experiment={SMALL_CNN_EXPERIMENTS[dataset]}"]
             else:
                 experiment = [f"experiment=paper_{dataset}_{BASELINE_BITS}"]
             overrides = [*experiment, f"model.bits={bits}", *common_overrides(plan), *plan.overrides]

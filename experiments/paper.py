@@ -16,6 +16,8 @@ from experiments.launch import one_line
 from experiments.plan import (
     BASELINE_BITS,
     PAPER_DATASETS,
+    SMALL_CNN_BACKBONES,
+    SMALL_CNN_LABEL,
     Plan,
     is_complete,
     read_json,
@@ -59,6 +61,21 @@ def resolve_run(plan: Plan, run: str) -> tuple[str | None, str]:
             return None, f"{head} not in --datasets"
         return f"{plan.datasets[head]}/{rest}", ""
     return run, ""
+
+
+def small_cnn(plan: Plan, name: str) -> bool:
+    """Whether the run ``name`` (``mnist/bits48``, ``mnist/baselines/itq-f7``) trained, or takes F7 from, a
+    small CNN in place of AlexNet: its model's metrics.json says so (its first seed's that has one), or, not
+    run yet, the plan trains its dataset so. Never in smoke, whose header says digits ran the small CNN."""
+    m = RUN_NAME.fullmatch(name)
+    if plan.smoke or m is None or m["dataset"] not in plan.trained or m["features"] == "pixels":
+        return False
+    model = f"{m['dataset']}/bits{m['bits'] or BASELINE_BITS}"
+    for run in plan.seed_runs(model):
+        backbone = read_metrics(plan.runs / run).get("backbone")
+        if backbone:
+            return backbone in SMALL_CNN_BACKBONES
+    return m["dataset"] in plan.small_cnn
 
 
 def planned_reason(plan: Plan, name: str) -> str:
@@ -169,8 +186,10 @@ def paper_table(plan: Plan) -> str:
         else:
             diff = f"{value / float(paper):.3g}x the paper's"
         note = str(entry.get("note") or "-")
-        protocol = run_protocol(plan, run)
-        run_text = f"{run} (protocol {protocol})" if protocol else run
+        details = [f"protocol {p}" for p in [run_protocol(plan, run)] if p]
+        if small_cnn(plan, run.removesuffix("/seed*")):
+            details.append(SMALL_CNN_LABEL)
+        run_text = f"{run} ({'; '.join(details)})" if details else run
         rows.append(
             [f"`{entry['id']}`", entry["quantity"], entry["source"], paper_text, text, diff, run_text, note]
         )

@@ -11,7 +11,7 @@ import json
 import os
 import shlex
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,11 +29,19 @@ FULL_BITS = (12, 24, 32, 48, 128)
 SMOKE_BITS = (12, 24, 48, 128)
 SMOKE_EPOCHS = 8
 SMOKE_BENCH = ("--n-database", "20000", "--n-queries", "100", "--dim", "256")
+# without ImageNet AlexNet weights these datasets train a small CNN recipe (on CPU) instead of the paper's
+SMALL_CNN_EXPERIMENTS = {"mnist": "mnist_cnn"}
+SMALL_CNN_BACKBONES = ("mnistcnn", "smallcnn")
+SMALL_CNN_LABEL = "small CNN, not the paper's AlexNet"
 
 
 @dataclass
 class Plan:
-    """What a reproduction runs. datasets: paper dataset -> the dataset trained for it (smoke: digits)."""
+    """What a reproduction runs. datasets: paper dataset -> the dataset trained for it (smoke: digits).
+
+    small_cnn: the datasets that train their :data:`SMALL_CNN_EXPERIMENTS` recipe because no ImageNet
+    AlexNet weights were found (set by :func:`~experiments.preflight.preflight`).
+    """
 
     smoke: bool
     out: Path
@@ -54,6 +62,7 @@ class Plan:
     force: bool
     command: str
     seeds: list[int] | None = None
+    small_cnn: list[str] = field(default_factory=list)
 
     @property
     def runs(self) -> Path:

@@ -7,7 +7,7 @@ import socket
 from pathlib import Path
 
 from deephash.utils.errors import DataError
-from experiments.plan import Plan
+from experiments.plan import SMALL_CNN_EXPERIMENTS, SMALL_CNN_LABEL, Plan
 
 # the datamodules' file names (deephash.data.mnist.RAW_FILES, deephash.data.cifar10.FILES), listed here so
 # that a failing preflight answers at once instead of after importing torch
@@ -42,7 +42,10 @@ def torch_hub_dir() -> Path:
 def preflight(plan: Plan) -> list[str]:
     """Check what the runs need before any of them starts; DataError listing every missing piece.
 
-    Returns warnings (no GPU in full mode). Smoke needs nothing but an existing ``--yahoo-root``.
+    Without ImageNet AlexNet weights (no ``--weights``, none in the torch hub cache, no network to fetch
+    them) a dataset of :data:`~experiments.plan.SMALL_CNN_EXPERIMENTS` whose files exist trains that small
+    CNN recipe instead: it goes into ``plan.small_cnn``. Returns warnings (that switch, no GPU in full
+    mode). Smoke needs nothing but an existing ``--yahoo-root``.
     """
     problems: list[str] = []
     if plan.yahoo_root is not None and not plan.yahoo_root.is_dir():
@@ -63,9 +66,12 @@ def preflight(plan: Plan) -> list[str]:
             network = has_network()
         return network
 
+    found: set[str] = set()  # datasets whose files are on disk
     if "mnist" in plan.datasets:
         raw = plan.data_dir / "mnist" / "MNIST" / "raw"
-        if not all((raw / f).is_file() or (raw / f"{f}.gz").is_file() for f in MNIST_FILES):
+        if all((raw / f).is_file() or (raw / f"{f}.gz").is_file() for f in MNIST_FILES):
+            found.add("mnist")
+        else:
             if not (plan.download and online()):
                 problems.append(
                     f"MNIST not found at {raw}: put the four *-ubyte files there ({', '.join(MNIST_FILES)}) or "
@@ -87,18 +93,30 @@ def preflight(plan: Plan) -> list[str]:
                 f"--weights file not found: {plan.weights} (model.weights: a torchvision AlexNet state dict)"
             )
     elif not (torch_hub_dir() / "checkpoints" / ALEXNET_FILE).is_file() and not online():
-        problems.append(
-            f"ImageNet AlexNet weights not found: pass --weights /path/alexnet.pth (a torchvision state dict, "
-            f"model.weights=<path>) or put {ALEXNET_FILE} in {torch_hub_dir() / 'checkpoints'}, or make "
-            f"model.weights=IMAGENET1K_V1 downloadable (no network reached {WEIGHTS_HOST[0]})"
-        )
+        plan.small_cnn = [ds for ds in plan.datasets if ds in SMALL_CNN_EXPERIMENTS and ds in found]
+        if any(ds not in plan.small_cnn for ds in plan.datasets):
+            hint = (
+                f"; {', '.join(plan.small_cnn)} alone runs without them ({SMALL_CNN_LABEL}): "
+                f"--datasets {' '.join(plan.small_cnn)}"
+                if plan.small_cnn
+                else ""
+            )
+            problems.append(
+                f"ImageNet AlexNet weights not found: pass --weights /path/alexnet.pth (a torchvision state "
+                f"dict, model.weights=<path>) or put {ALEXNET_FILE} in {torch_hub_dir() / 'checkpoints'}, or "
+                f"make model.weights=IMAGENET1K_V1 downloadable (no network reached {WEIGHTS_HOST[0]}){hint}"
+            )
     if problems:
         raise DataError("; ".join(problems))
+    warnings = [
+        f"no ImageNet AlexNet weights: {ds} trains experiment={SMALL_CNN_EXPERIMENTS[ds]} ({SMALL_CNN_LABEL})"
+        for ds in plan.small_cnn
+    ]
     import torch
 
-    if not torch.cuda.is_available():
-        return [
+    if not torch.cuda.is_available() and any(ds not in plan.small_cnn for ds in plan.datasets):
+        warnings.append(
             "no GPU found: the paper's runs (AlexNet at 227x227, 50,000 iterations each) take days on a CPU; "
             "training switches to trainer=cpu"
-        ]
-    return []
+        )
+    return warnings

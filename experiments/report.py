@@ -17,9 +17,12 @@ from deephash.tracking.markdown import markdown_table
 from deephash.utils.errors import DeephashError
 from deephash.utils.io import atomic_write_text
 from experiments.figures import examples_section, precision_section, stat
-from experiments.paper import paper_table, planned_reason
+from experiments.paper import paper_table, planned_reason, small_cnn
 from experiments.plan import (
+    BASELINE_BITS,
     PAPER_BITS,
+    SMALL_CNN_EXPERIMENTS,
+    SMALL_CNN_LABEL,
     Plan,
     completed_runs,
     is_complete,
@@ -97,6 +100,18 @@ def _header(plan: Plan) -> str:
             f"exceed about 0.13) with the small CNN for {plan.epochs} epoch(s) per run on CPU.",
             "",
         ]
+    small = [ds for ds in plan.trained if small_cnn(plan, f"{ds}/bits{BASELINE_BITS}")]
+    if small:
+        recipes = ", ".join(
+            f"`experiment={SMALL_CNN_EXPERIMENTS[ds]}`" for ds in small if ds in SMALL_CNN_EXPERIMENTS
+        )
+        lines += [
+            f"> **{', '.join(small)}: {SMALL_CNN_LABEL}.** These runs trained a small CNN from scratch with "
+            "the method unchanged (latent sigmoid layer, codes H >= 0.5), where the paper fine-tunes an "
+            "ImageNet-pretrained AlexNet: the reproduction runs "
+            f"{recipes or 'a small CNN recipe'} when it finds MNIST but no AlexNet weights.",
+            "",
+        ]
     if plan.seeds is not None:
         lines += [
             f"Every run was repeated with seeds {', '.join(map(str, plan.seeds))} (`runs/<name>/seed<s>`): "
@@ -133,7 +148,8 @@ def _sweep_section(plan: Plan) -> str:
                     else f"{len(done)} of {len(plan.seeds)} seeds completed",
                 ]
             )
-        parts.append(f"### {dataset}\n")
+        small = f" ({SMALL_CNN_LABEL})" if small_cnn(plan, f"{dataset}/bits{BASELINE_BITS}") else ""
+        parts.append(f"### {dataset}{small}\n")
         parts.append(
             markdown_table(
                 ["bits", "test acc (%)", "hamming mAP", "hierarchical mAP", "euclidean mAP", "status"], rows

@@ -157,3 +157,66 @@ def test_seeded_jobs_run_every_setting_per_seed(tmp_path: Path, monkeypatch) -> 
     assert f"ckpt_path={model / 'checkpoints' / 'best.ckpt'}" in f7 and f7[-1] == "seed=1"
     cfg = compose_config("baseline", baselines["mnist/baselines/itq-pixels/seed0"].overrides, tmp_path / "b")
     assert cfg.seed == 0 and cfg.features.name == "pixels"
+
+
+def test_without_alexnet_weights_mnist_trains_the_small_cnn(
+    no_network: None, tmp_path: Path, monkeypatch
+) -> None:
+    from tests.fixtures_data import write_mnist
+
+    monkeypatch.setattr(job_lists, "_cuda", lambda: False)
+    data = tmp_path / "data"
+    write_mnist(data / "mnist")
+    argv = ("--data-root", str(data), "--out", str(tmp_path / "out"), "--seeds", "2")
+    plan = plan_for(*argv, "--datasets", "mnist")
+    warnings = preflight(plan)
+    assert plan.small_cnn == ["mnist"]
+    assert warnings == [
+        "no ImageNet AlexNet weights: mnist trains experiment=mnist_cnn (small CNN, not the paper's AlexNet)"
+    ]
+    jobs = job_lists.training_jobs(plan)
+    assert {o for j in jobs for o in j.overrides if o.startswith("experiment=")} == {"experiment=mnist_cnn"}
+    job = {j.name: j for j in jobs}["mnist/bits48/seed1"]
+    cfg = compose_config("train", job.overrides, tmp_path / "run")
+    assert cfg.model.backbone == "mnistcnn" and cfg.model.bits == 48 and cfg.seed == 1
+    assert (
+        cfg.data.root == str(data / "mnist") and cfg.data.protocol == "paper" and cfg.data.n_queries == 1000
+    )
+    assert cfg.trainer.accelerator == "cpu"
+
+    # CIFAR-10 as well: it needs AlexNet, so preflight stops and says MNIST alone can run
+    with pytest.raises(checks.DataError, match="ImageNet AlexNet weights not found") as err:
+        preflight(plan_for(*argv))
+    assert "mnist alone runs without them (small CNN, not the paper's AlexNet): --datasets mnist" in str(
+        err.value
+    )
+    # no MNIST files: nothing to run the small CNN on, AlexNet is missing as before
+    empty = plan_for("--data-root", str(tmp_path / "none"), "--datasets", "mnist")
+    with pytest.raises(checks.DataError, match="MNIST not found.*ImageNet AlexNet weights not found"):
+        preflight(empty)
+    assert empty.small_cnn == []
+
+
+def test_with_alexnet_weights_mnist_keeps_the_paper_recipe(
+    no_network: None, tmp_path: Path, monkeypatch
+) -> None:
+    from tests.fixtures_data import write_mnist
+
+    monkeypatch.setattr(job_lists, "_cuda", lambda: False)
+    write_mnist(tmp_path / "data" / "mnist")
+    weights = tmp_path / "alexnet.pth"
+    weights.write_bytes(b"x")
+    plan = plan_for("--data-root", str(tmp_path / "data"), "--datasets", "mnist", "--weights", str(weights))
+    assert not [w for w in preflight(plan) if "small CNN" in w]
+    assert plan.small_cnn == []
+    job = job_lists.training_jobs(plan)[0]
+    assert job.name == "mnist/bits48" and "experiment=paper_mnist_48" in job.overrides
+    cfg = compose_config("train", job.overrides, tmp_path / "run")
+    assert cfg.model.backbone == "alexnet" and cfg.model.weights == str(weights)
+    # the same with the weights in the torch hub cache instead of --weights
+    cache = tmp_path / "torch-home" / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    (cache / checks.ALEXNET_FILE).write_bytes(b"x")
+    plan = plan_for("--data-root", str(tmp_path / "data"), "--datasets", "mnist")
+    preflight(plan)
+    assert plan.small_cnn == [] and "experiment=paper_mnist_48" in job_lists.training_jobs(plan)[0].overrides
