@@ -154,9 +154,9 @@ def test_f7_checkpoint_must_match_the_input_channels(checkpoint: Path, tmp_path:
         (["method.name=kmeans"], "unknown hashing method 'kmeans', expected one of: lsh, pcah, itq, sh"),
         (["+method.rounds=3"], r"itq got unknown options \['rounds'\], accepted: n_iter"),
         (["method.n_iter=-1"], "itq n_iter must be an integer >= 0"),
-        (["features.size=0"], "features.size (pixels per side, or null) must be an integer >= 1"),
+        (["features.size=0"], r"features.size \(pixels per side, or null\) must be an integer >= 1, got 0"),
         (["features.name=hog"], "features must be one of pixels, f7, pretrained_f7, got 'hog'"),
-        (["fit_samples=1"], "fit_samples (or null: the whole train split) must be an integer >= 2"),
+        (["fit_samples=1"], r"fit_samples \(or null: the whole train split\) must be an integer >= 2, got 1"),
         (["~method"], r"no hashing method selected; pass method=<lsh\|pcah\|itq\|sh>"),
     ],
 )
