@@ -24,6 +24,7 @@ CHATTER = (
     "Predicting",
     "anonymous setting",
     "Loading faiss",
+    "Seed set to",
 )
 
 
@@ -34,6 +35,7 @@ def test_library_chatter_is_filtered_but_warnings_pass(caplog):
         lightning.info("💡 Tip: For seamless cloud logging ... litlogger")
         lightning.info("`Trainer.fit` stopped: `max_epochs=1` reached.")
         logging.getLogger("faiss.loader").info("Loading faiss with AVX512 support.")
+        logging.getLogger("lightning_fabric.utilities.seed").info("Seed set to 42")
         logging.getLogger("faiss.loader").warning("faiss failed to load")
     messages = [r.getMessage() for r in caplog.records]
     assert messages == ["`Trainer.fit` stopped: `max_epochs=1` reached.", "faiss failed to load"]

@@ -36,11 +36,12 @@ def _drop_chatter(record: logging.LogRecord) -> bool:
 def quiet_third_party() -> None:
     """Silence what the libraries under deephash print at INFO that a user need not read: FAISS's loader
     (which reports an optional AVX512 build missing as a ``ModuleNotFoundError`` line), Lightning's
-    hardware lines and litlogger advert, and Lightning's ``_pytree`` deprecation warning (raised inside
+    "Seed set to" line (the seed is in the run's config), hardware lines and litlogger advert, and Lightning's ``_pytree`` deprecation warning (raised inside
     Lightning, not fixable here). Warnings and errors still get through."""
     import warnings
 
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+    logging.getLogger("lightning_fabric.utilities.seed").setLevel(logging.WARNING)  # "Seed set to 42"
     for name in ("pytorch_lightning.utilities.rank_zero", "lightning.pytorch.utilities.rank_zero"):
         logger = logging.getLogger(name)
         if _drop_chatter not in logger.filters:
