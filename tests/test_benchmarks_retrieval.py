@@ -98,3 +98,11 @@ def test_short_disk_is_refused_with_a_suggestion(
     # 1M x 4096 float16 = 8.2 GB; 2 GB left after the margin hold 262,144 rows of 8 KB
     assert "needs 8.2 GB" in err and "pass --n-database 262000 or less" in err
     assert not (tmp_path / "b.json").exists()
+
+
+def test_device_section_checks_the_torch_path(tmp_path: Path) -> None:
+    out = tmp_path / "device.json"
+    assert main([*SMALL, "--bits", "48", "--k", "10", "--device", "cpu", "--out", str(out)]) == 0
+    r = json.loads(out.read_text())["device"]["48"]
+    assert r["same_results"] is True and r["device"] == "cpu" and r["knn_speedup"] > 0
+    assert r["torch_hierarchical_ms_per_query"] > 0 and r["hierarchical_speedup"] > 0

@@ -30,6 +30,7 @@ from typing import Any
 
 import faiss
 import numpy as np
+import torch
 from rich.console import Console
 from rich.table import Table
 
@@ -53,6 +54,8 @@ from deephash.retrieval.search import (
     euclidean_search,
     hierarchical_search,
 )
+from deephash.retrieval.torch_search import TorchHammingIndex, torch_device
+from deephash.retrieval.torch_search import hierarchical_search as device_hierarchical_search
 from deephash.utils.errors import ConfigError
 
 PAPER_HAMMING_OVER_L2 = 971.3  # section 4: 109.767 ms (4096-d L2) / 0.113 ms (128-bit Hamming)
@@ -215,6 +218,51 @@ def bench_euclidean(db_f7: np.ndarray, query_f7: np.ndarray, k: int, repeat: int
     }
 
 
+def bench_device(
+    index: HammingIndex,
+    db_f7: np.ndarray,
+    queries: np.ndarray,
+    query_f7: np.ndarray,
+    k: int,
+    radius: int,
+    repeat: int,
+    device: str,
+) -> dict[str, Any]:
+    """The torch path of ``retrieval.device`` against the CPU path (FAISS), same results required: the
+    coarse Hamming k-NN, and hierarchical search. ``cpu`` runs the torch code on CPU tensors."""
+    dev_index = TorchHammingIndex(
+        index.codes, index.bits, torch_device(device) if device == "cuda" else "cpu"
+    )
+    rule = PoolRule(radius=radius)
+    fns = {
+        "faiss_knn": partial(index.search, queries, k),
+        "torch_knn": partial(dev_index.search, queries, k),
+        "cpu_hierarchical": partial(hierarchical_search, index, db_f7, queries, query_f7, k, rule),
+        "torch_hierarchical": partial(
+            device_hierarchical_search, dev_index, db_f7, queries, query_f7, k, rule
+        ),
+    }
+    t = best_of(fns, repeat)
+    same_knn = all(np.array_equal(a, b) for a, b in zip(t["faiss_knn"].result, t["torch_knn"].result))
+    cpu_h, dev_h = t["cpu_hierarchical"].result, t["torch_hierarchical"].result
+    same_h = all(np.array_equal(getattr(cpu_h, f), getattr(dev_h, f)) for f in ("idx", "l2", "hamming"))
+    if not (same_knn and same_h):
+        raise AssertionError(f"the {device} torch path and the CPU path disagree")
+    q = len(queries)
+    return {
+        "device": device,
+        "device_name": torch.cuda.get_device_name() if device == "cuda" else "cpu (torch)",
+        "k": k,
+        "faiss_knn_qps": qps(q, t["faiss_knn"].wall),
+        "torch_knn_qps": qps(q, t["torch_knn"].wall),
+        "knn_speedup": t["faiss_knn"].wall / t["torch_knn"].wall,
+        "cpu_hierarchical_ms_per_query": 1e3 * t["cpu_hierarchical"].wall / q,
+        "torch_hierarchical_ms_per_query": 1e3 * t["torch_hierarchical"].wall / q,
+        "hierarchical_speedup": t["cpu_hierarchical"].wall / t["torch_hierarchical"].wall,
+        "same_results": True,
+    }
+
+
 def run_retrieval(args: argparse.Namespace) -> dict[str, Any]:
     """The retrieval benchmark; prints a table and writes ``args.out`` (JSON, atomically)."""
     apply_quick(args, QUICK)
@@ -245,6 +293,7 @@ def run_retrieval(args: argparse.Namespace) -> dict[str, Any]:
         "faiss_version": faiss.__version__,
         "numpy_version": np.__version__,
         "cpu_count": os.cpu_count(),
+        "device": args.device,
     }
     results: dict[str, Any] = {"config": config, "hamming": {}, "padding": {}, "hierarchical": {}}
     log = Console(stderr=True).log
@@ -266,6 +315,10 @@ def run_retrieval(args: argparse.Namespace) -> dict[str, Any]:
                 results["hierarchical"][str(bits)] = bench_hierarchical(
                     index, db_f7, queries, query_f7, k, args.radius, args.repeat
                 )
+                if args.device:
+                    results.setdefault("device", {})[str(bits)] = bench_device(
+                        index, db_f7, queries, query_f7, k, args.radius, args.repeat, args.device
+                    )
             log(f"exhaustive L2 search, {config['euclidean_queries']} queries")
             results["euclidean"] = bench_euclidean(db_f7, query_f7[: args.euclidean_queries], k, args.repeat)
         finally:
@@ -343,6 +396,13 @@ def render_table(results: dict[str, Any]) -> Table:
             str(e["k"]),
             f"{r['speedup']:,.1f}x (cpu {r['cpu_speedup']:,.1f}x)",
         )
+    for bits, r in results.get("device", {}).items():
+        table.add_row(
+            f"{r['device_name']} / FAISS: hamming k-NN, hierarchical",
+            bits,
+            str(r["k"]),
+            f"{r['knn_speedup']:.2f}x, {r['hierarchical_speedup']:.2f}x (same results)",
+        )
     h = results["hamming_over_euclidean"]
     table.add_row(
         f"hamming over L2 speed (paper {h['paper_speedup']}x)",
@@ -376,6 +436,12 @@ def add_retrieval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None, help="FAISS OpenMP threads (default: all cores)")
     parser.add_argument(
         "--workdir", type=Path, default=None, help="where the float16 F7 memmap goes (default: temp dir)"
+    )
+    parser.add_argument(
+        "--device",
+        choices=("cpu", "cuda"),
+        default=None,
+        help="also time the torch path of retrieval.device against FAISS (cpu: the torch code on CPU tensors)",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("bench.json"))
