@@ -130,7 +130,12 @@ def unknown_group_option(overrides: list[str], conf_dir: Path) -> str | None:
         key, value = override.split("=", 1)
         group = key.lstrip("+~").split("@", 1)[0]
         folder = conf_dir / group
-        if not group or group.startswith("hydra") or not folder.is_dir() or any(c in value for c in "()[]{}$"):
+        if (
+            not group
+            or group.startswith("hydra")
+            or not folder.is_dir()
+            or any(c in value for c in "()[]{}$")
+        ):
             continue  # a plain value, a sweep function, or Hydra's own groups (it ships options of them)
         choices = sorted(p.stem for p in folder.glob("*.yaml"))
         for option in value.split(","):
