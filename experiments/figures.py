@@ -114,7 +114,7 @@ def precision_block(plan: Plan, curves: list[tuple[str, str, str]], stem: str, t
     text = ""
     if drawn:
         path = plan.out / "figures" / stem
-        figure_title = title + (f", mean ± std over {len(plan.seeds)} seeds" if plan.seeds else "")
+        figure_title = title + (f"\nmean ± std over {len(plan.seeds)} seeds" if plan.seeds else "")
         write_precision_curves(
             drawn,
             path.with_suffix(".csv"),
