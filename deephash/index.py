@@ -39,7 +39,8 @@ def build(cfg: DictConfig) -> dict[str, Any]:
         where = run_dir or Path(cfg.paths.output_dir)
         out = Path(cfg.index_dir) if cfg.get("index_dir") else where / f"index-{images.resolve().name}"
         spec = run_preprocess(run_dir, cfg.get("data"))
-        return index_images(ckpt, images, out, spec, batch_size=int(cfg.batch_size)).manifest
+        store = index_images(ckpt, images, out, spec, batch_size=int(cfg.batch_size))
+        return {**store.manifest, "index_dir": str(out)}
     data_cfg = cfg.get("data") or run_data_config(run_dir)
     if data_cfg is None:
         raise ConfigError(
@@ -57,7 +58,7 @@ def build(cfg: DictConfig) -> dict[str, Any]:
     store = build_index(
         module, datamodule, ckpt, index_dir, build_predict_trainer(cfg), cfg.split, bad_images
     )
-    return store.manifest if store is not None else {}
+    return {**store.manifest, "index_dir": str(index_dir)} if store is not None else {}
 
 
 @check_group_choices
@@ -65,7 +66,7 @@ def build(cfg: DictConfig) -> dict[str, Any]:
 def _build_main(cfg: DictConfig) -> None:
     def report(manifest: dict[str, Any]) -> None:
         if manifest:
-            print(json.dumps(_summary(manifest, cfg.get("index_dir") or "index"), indent=2))
+            print(json.dumps(_summary(manifest, manifest["index_dir"]), indent=2))
 
     run_hydra_task(build, cfg, report=report)
 

@@ -126,7 +126,8 @@ def test_an_unlabelled_folder_is_indexed_and_searched(run, photos, tmp_path):
     cfg = compose_config("index", [f"ckpt_path={ckpt}", f"images={photos}", "batch_size=4"], tmp_path)
     manifest = build(cfg)
     index_dir = Path(ckpt).parent.parent / f"index-{photos.name}"
-    assert manifest["count"] == 15 and (index_dir / "manifest.json").is_file()
+    assert manifest["count"] == 15 and manifest["index_dir"] == str(index_dir)
+    assert (index_dir / "manifest.json").is_file()
     assert image_files(photos)[:2] == ["holiday/img00.png", "holiday/img03.png"]
 
     searcher = Searcher.from_index(index_dir, ckpt)
