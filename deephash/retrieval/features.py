@@ -26,6 +26,8 @@ import numpy as np
 from deephash.utils.errors import IndexFormatError
 
 _BLOCK_BYTES = 16 << 20  # staging buffer of a converting read
+_CHECK_READ_BYTES = 2 << 20  # blocks read at a time to be checked (beside a converting read's buffer)
+_CHECK_BYTES = 1 << 20  # rows tested for NaN/inf at a time
 _MAX_IO = 1 << 30  # bytes per system call (Linux caps one read or write just below 2 GiB)
 
 
@@ -72,15 +74,22 @@ def release_pages(arr: Any) -> None:
 
 
 def non_finite_rows(rows: np.ndarray) -> np.ndarray:
-    """Positions of the rows of ``rows`` (m, d) holding NaN or inf. float16 is tested on its bits (an all-ones
-    exponent), which numpy does far faster than ``isfinite`` on emulated half floats."""
-    if rows.dtype == np.float16:
-        bad = (rows.view(np.uint16) & 0x7C00) == 0x7C00
-    elif np.issubdtype(rows.dtype, np.floating):
-        bad = ~np.isfinite(rows)
-    else:
+    """Positions of the rows of ``rows`` (m, d) holding NaN or inf, tested ``_CHECK_BYTES`` at a time so the
+    temporaries stay small. float16 is tested on its bits (an all-ones exponent), which numpy does far faster
+    than ``isfinite`` on emulated half floats."""
+    if not np.issubdtype(rows.dtype, np.floating) or rows.size == 0:
         return np.zeros(0, np.int64)
-    return np.flatnonzero(bad.reshape(len(rows), -1).any(axis=1))
+    rows = rows.reshape(len(rows), -1)
+    step = max(1, _CHECK_BYTES // max(1, rows[0].nbytes))
+    found = []
+    for s in range(0, len(rows), step):
+        part = rows[s : s + step]
+        if part.dtype == np.float16:
+            bad = ((part.view(np.uint16) & 0x7C00) == 0x7C00).any(axis=1)
+        else:
+            bad = ~np.isfinite(part).all(axis=1)
+        found.append(s + np.flatnonzero(bad))
+    return np.concatenate(found)
 
 
 def block_checksums(data: np.ndarray, block_rows: int) -> np.ndarray:
@@ -216,10 +225,10 @@ class F7File:
 
     def _verify(self, blocks: np.ndarray) -> None:
         """Check the unchecked ``blocks`` (increasing): their rows are gathered into one buffer per
-        ``_BLOCK_BYTES`` (one read per run of consecutive rows), then checksummed and tested for NaN/inf."""
+        ``_CHECK_READ_BYTES`` (one read per run of consecutive rows), then checksummed and tested for NaN/inf."""
         blocks = blocks[~self._verified[blocks]]
         br, n = self.block_rows, self.shape[0]
-        per_read = max(1, _BLOCK_BYTES // (br * self.row_bytes))
+        per_read = max(1, _CHECK_READ_BYTES // (br * self.row_bytes))
         for c in range(0, len(blocks), per_read):
             chunk = blocks[c : c + per_read]
             rows = (chunk[:, None] * br + np.arange(br)).ravel()
@@ -239,10 +248,10 @@ class F7File:
             self._verified[chunk] = True
 
     def _read_range_checked(self, start: int, stop: int, out: np.ndarray) -> np.ndarray:
-        """Rows ``start:stop`` into ``out``, read in whole blocks (``_BLOCK_BYTES`` at a time); the blocks not
+        """Rows ``start:stop`` into ``out``, read in whole blocks (``_CHECK_READ_BYTES`` at a time); the blocks not
         yet checked are checked from the same buffer, so a scan reads the file once."""
         br, n = self.block_rows, self.shape[0]
-        per_read = max(1, _BLOCK_BYTES // (br * self.row_bytes))
+        per_read = max(1, _CHECK_READ_BYTES // (br * self.row_bytes))
         for b0 in range(start // br, -(-stop // br), per_read):
             b1 = min(b0 + per_read, -(-stop // br))
             r0, r1 = b0 * br, min(b1 * br, n)
