@@ -20,6 +20,7 @@ from deephash.models.latent_hash import validate_bits
 from deephash.models.module import read_checkpoint
 from deephash.retrieval.search import MODES
 from deephash.retrieval.sublinear import METHODS
+from deephash.retrieval.torch_search import torch_device
 from deephash.utils.checks import check_int
 from deephash.utils.errors import ConfigError
 
@@ -105,6 +106,7 @@ def validate_retrieval(retrieval: DictConfig) -> None:
     method = coarse.get("method", "flat")
     if method not in METHODS:
         raise ConfigError(f"retrieval.coarse.method must be one of {', '.join(METHODS)}, got {method!r}")
+    torch_device(str(retrieval.get("device", "cpu")))  # an unknown device, or cuda on a machine without one
 
 
 def validate_train_config(cfg: DictConfig) -> None:

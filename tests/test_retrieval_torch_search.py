@@ -3,6 +3,8 @@ runs on a GPU. Hamming results, pools and rankings must be identical; metrics ag
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -119,3 +121,16 @@ def test_device_names_are_checked() -> None:
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="retrieval.device=cuda but torch sees no CUDA device"):
             torch_device("cuda")
+
+
+def test_config_check_refuses_an_unknown_device() -> None:
+    from omegaconf import OmegaConf
+
+    from deephash.config import validate_retrieval
+
+    retrieval = OmegaConf.load(Path(__file__).parents[1] / "conf" / "retrieval" / "default.yaml")
+    assert retrieval.device == "cpu"
+    validate_retrieval(retrieval)
+    retrieval.device = "tpu"
+    with pytest.raises(ConfigError, match="unknown retrieval.device 'tpu'"):
+        validate_retrieval(retrieval)
