@@ -386,7 +386,10 @@ def test_batched_pool_shortlist_matches_brute_force_on_ties(monkeypatch, gemm_wa
     q_f7 = np.vstack([db_f7[dup].astype(np.float32), rng.standard_normal((26, 16)).astype(np.float32)])
     index = HammingIndex(pack_codes(db_bits), 48)
     monkeypatch.setattr(search_mod, "_GEMM_WASTE", gemm_waste)
-    monkeypatch.setattr(search_mod, "_SHORTLIST_QUERY_BATCH", 7)  # several query batches
+    # several batches, closed by their query count or by their pairs
+    monkeypatch.setattr(search_mod, "_RANGE_QUERY_BATCH", 3)
+    monkeypatch.setattr(search_mod, "_SHORTLIST_QUERY_BATCH", 7)
+    monkeypatch.setattr(search_mod, "_SHORTLIST_PAIRS", 1500)
     for k, rule, chunk_size in [
         (5, PoolRule(2, 5, 400, 120), 37),
         (40, PoolRule(1, 40, 900, 300), 65536),

@@ -51,8 +51,10 @@ L2_BACKENDS = ("faiss", "numpy")  # exhaustive L2 search: faiss.knn on each chun
 # Ids buffer of FAISS's counting k-NN: (query batch) x (bits + 1 buckets) x k int64 ids.
 _COUNTING_BUDGET_BYTES = 256 << 20
 _RANGE_QUERY_BATCH = 256
-# Queries whose pools are shortlisted together: (query, item) pairs of up to max_pool items each.
+# Queries whose pools are shortlisted together (sharing their F7 reads): up to this many queries, or fewer
+# once their pools hold this many (query, item) pairs (~70 bytes of working arrays each).
 _SHORTLIST_QUERY_BATCH = 1024
+_SHORTLIST_PAIRS = 1 << 22
 # How many times cheaper a GEMM computes one (query, row) product than a dot product of a gathered pair
 # (single-threaded BLAS against numpy's einsum on 4096-d rows, measured on 2 cores).
 _GEMM_WASTE = 16
@@ -491,24 +493,21 @@ def _hierarchical(
     cand = np.full((q, width), -1, np.int64)
     cand_ham = np.full((q, width), -1, np.int32)
     pool_sizes = np.zeros(q, np.int64)
-    for b0 in range(0, q, _SHORTLIST_QUERY_BATCH):
-        pools = [
-            found
-            for q0 in range(b0, min(q, b0 + _SHORTLIST_QUERY_BATCH), _RANGE_QUERY_BATCH)
-            for found in _coarse_pools(
-                index,
-                queries[q0 : min(q0 + _RANGE_QUERY_BATCH, b0 + _SHORTLIST_QUERY_BATCH)],
-                radius,
-                min_pool,
-                max_pool,
-                pool_size,
-            )
-        ]
-        rows = slice(b0, b0 + len(pools))
-        pool_sizes[rows] = [len(idx) for _, idx in pools]
-        cand[rows], cand_ham[rows] = _shortlist_pools(
-            db_f7, query32[rows], pools, width, chunk_size, pair_sqdist
+    batch: list[tuple[np.ndarray, np.ndarray]] = []
+    b0 = 0
+    for q0 in range(0, q, _RANGE_QUERY_BATCH):
+        pools = _coarse_pools(
+            index, queries[q0 : q0 + _RANGE_QUERY_BATCH], radius, min_pool, max_pool, pool_size
         )
+        pool_sizes[q0 : q0 + len(pools)] = [len(idx) for _, idx in pools]
+        batch.extend(pools)
+        pairs = int(pool_sizes[b0 : q0 + len(pools)].sum())
+        if pairs >= _SHORTLIST_PAIRS or len(batch) >= _SHORTLIST_QUERY_BATCH or q0 + len(pools) == q:
+            rows = slice(b0, b0 + len(batch))
+            cand[rows], cand_ham[rows] = _shortlist_pools(
+                db_f7, query32[rows], batch, width, chunk_size, pair_sqdist
+            )
+            b0, batch = b0 + len(batch), []
     l2, pos = _refine(db_f7, query32, cand, k)
     idx, ham = np.take_along_axis(cand, pos, axis=1), np.take_along_axis(cand_ham, pos, axis=1)
     return HierarchicalResult(
