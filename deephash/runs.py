@@ -236,8 +236,8 @@ def print_summary(metrics: dict[str, Any]) -> None:
 
 RUN_LOCK = ".run.lock"
 # what a training run leaves in its directory (``checkpoints`` counts when it holds a checkpoint)
-# what a training run leaves in its directory: checkpoints, metrics.json (unless it records a failure
-# before any checkpoint, which a retry may replace) and the encoded indexes
+# what a training run leaves in its directory: checkpoints, metrics.json (unless it records a failure or an
+# interruption before any checkpoint, which a retry may replace) and the encoded indexes
 RUN_MARKERS = ("checkpoints", "metrics.json", "index", "queries")
 _HELD_RUN_LOCKS: dict[Path, int] = {}  # run dir -> fd of its lock, held until the process exits
 
@@ -280,7 +280,7 @@ def previous_run(run_dir: Path) -> list[str]:
         if name == "checkpoints":
             found = path.is_dir() and any(path.glob("*.ckpt"))
         elif name == "metrics.json":
-            found = path.exists() and _recorded_status(path) != "failed"
+            found = path.exists() and _recorded_status(path) not in ("failed", "interrupted")
         else:
             found = path.exists()
         if found:

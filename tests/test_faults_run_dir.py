@@ -168,3 +168,13 @@ def test_two_concurrent_trainings_on_one_dir(tmp_path: Path) -> None:
     )
     assert step_of(metrics["last_checkpoint"]) > 0
     assert not any("-v1" in p.name for p in (run / "checkpoints").iterdir())
+
+
+@pytest.mark.parametrize("status", ["failed", "interrupted"])
+def test_a_run_stopped_before_any_checkpoint_may_be_retried(tmp_path: Path, status: str) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.json").write_text(json.dumps({"status": status}))
+    (run / "config.yaml").write_text("seed: 1\n")
+    assert train(cfg(run))["status"] == "completed"
+    release_run_dir(run)
