@@ -46,7 +46,7 @@ bench: $(STAMP) ## speed and memory benchmarks at 1M items (~30 min on 2 cores; 
 	$(PY) -m deephash.bench train --out bench/train.json
 	$(PY) -m deephash.bench eval --out bench/eval.json
 
-reproduce: $(STAMP) ## regenerate the paper's results (needs datasets, ImageNet weights, ideally a GPU)
+reproduce: $(STAMP) ## regenerate the paper's results (datasets, ImageNet weights, ideally a GPU; MNIST-only without weights)
 	$(PY) -m experiments.reproduce $(REPRODUCE_ARGS)
 
 reproduce-smoke: $(STAMP) ## the reproduction pipeline, every stage, on the bundled digits (CPU, < 10 minutes)
