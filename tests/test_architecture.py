@@ -11,7 +11,17 @@ import pytest
 import deephash
 
 PACKAGE = Path(deephash.__file__).parent
-ENTRY_POINTS = {"train", "evaluate", "index", "search", "baseline", "compare", "bench", "data_cli", "dashboard"}
+ENTRY_POINTS = {
+    "train",
+    "evaluate",
+    "index",
+    "search",
+    "baseline",
+    "compare",
+    "bench",
+    "data_cli",
+    "dashboard",
+}
 # A stage may import the stages of a lower rank (and its own); entry points may import anything.
 RANKS = {
     "utils": 0,

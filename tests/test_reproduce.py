@@ -214,7 +214,10 @@ def test_seeds_are_reported_as_mean_and_std(tmp_path: Path) -> None:
         "1 of 3 seeds missing: not run: no results in runs/digits/bits48/seed2 yet"
     )
     assert rows["mnist_test_error_48"][6] == "digits/bits48/seed*"
-    curve_means = [0.5, 0.5]  # the curve mean is over k = 100..1000 (the authors' plot range): k=10 is left out
+    curve_means = [
+        0.5,
+        0.5,
+    ]  # the curve mean is over k = 100..1000 (the authors' plot range): k=10 is left out
     assert rows["mnist_precision_curve_48"][4].startswith(
         f"{100 * np.mean(curve_means):.2f}% ± {100 * np.std(curve_means, ddof=1):.2f}% (2 seeds)"
     )
