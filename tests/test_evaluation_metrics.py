@@ -353,9 +353,9 @@ def test_hamming_metrics_bad_input():
         H.hamming_retrieval_metrics(codes, codes, labels[:2], labels, 12)
     with pytest.raises(ConfigError, match="precision@k needs positive integer k"):
         H.hamming_retrieval_metrics(codes, codes, labels, labels, 12, ks=[0])
-    with pytest.raises(ConfigError, match="mAP@k needs a positive integer"):
+    with pytest.raises(ConfigError, match="mAP@k must be an integer >= 1, got 0"):
         H.hamming_retrieval_metrics(codes, codes, labels, labels, 12, map_at=0)
-    with pytest.raises(ConfigError, match="radius must be >= 0"):
+    with pytest.raises(ConfigError, match="Hamming radius must be an integer >= 0, got -1"):
         H.hamming_retrieval_metrics(codes, codes, labels, labels, 12, radius=-1)
     with pytest.raises(IndexFormatError, match="nonzero padding bits"):
         H.hamming_retrieval_metrics(codes, codes + 1, labels, labels, 12)

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from deephash.retrieval.codes import check_packed
+from deephash.utils.checks import check_int
 from deephash.utils.errors import ConfigError
 
 _BLOCK_CELLS = 1 << 21  # query x database x 64-bit-word cells per block of distances
@@ -70,22 +71,10 @@ def hamming_retrieval_metrics(
     k when k > n, an empty Hamming ball scores precision 0 and a query without relevant items scores 0.
     ``threads``: worker threads (default: all cores).
     """
-    bits = _positive(bits, "bits")
-    queries, database = check_packed(query_codes, bits, "query codes"), check_packed(db_codes, bits)
-    query_labels, db_labels = np.asarray(query_labels).ravel(), np.asarray(db_labels).ravel()
+    queries, database, query_labels, db_labels, ks_arr, curve_arr, map_at = check_hamming_inputs(
+        query_codes, db_codes, query_labels, db_labels, bits, ks, curve_ks, map_at, radius, top_n
+    )
     q, n = len(queries), len(database)
-    if q == 0 or n == 0 or len(query_labels) != q or len(db_labels) != n:
-        raise ConfigError(
-            f"expected non-empty codes with one label each, got {q} queries / {len(query_labels)} labels "
-            f"and {n} database items / {len(db_labels)} labels"
-        )
-    ks_arr = _positive_ints(ks, "precision@k")
-    curve_arr = _positive_ints(curve_ks, "curve k", allow_empty=True)
-    map_at = _positive(map_at, "mAP@k")
-    if int(radius) < 0:
-        raise ConfigError(f"Hamming radius must be >= 0, got {radius}")
-    if int(top_n) < 0:
-        raise ConfigError(f"top_n must be >= 0, got {top_n}")
 
     db_class, query_class = _class_ids(db_labels, query_labels)
     query_words, db_words = _words(queries), np.ascontiguousarray(_words(database).T)
@@ -205,10 +194,40 @@ def _class_ids(db_labels: np.ndarray, query_labels: np.ndarray) -> tuple[np.ndar
     return db_class.astype(dtype), query_class.astype(dtype)
 
 
-def _positive(value: int, name: str) -> int:
-    if int(value) != value or int(value) < 1:
-        raise ConfigError(f"{name} needs a positive integer, got {value}")
-    return int(value)
+def check_hamming_inputs(
+    query_codes: np.ndarray,
+    db_codes: np.ndarray,
+    query_labels: np.ndarray,
+    db_labels: np.ndarray,
+    bits: int,
+    ks: Sequence[int],
+    curve_ks: Sequence[int],
+    map_at: int,
+    radius: int,
+    top_n: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
+    """The checked inputs of the Hamming-mode metrics (CPU and device paths alike): packed query and
+    database codes, flat labels, the k values of precision@k and of the curve, and mAP's cut-off."""
+    bits = check_int(bits, "bits")
+    queries, database = check_packed(query_codes, bits, "query codes"), check_packed(db_codes, bits)
+    query_labels, db_labels = np.asarray(query_labels).ravel(), np.asarray(db_labels).ravel()
+    q, n = len(queries), len(database)
+    if q == 0 or n == 0 or len(query_labels) != q or len(db_labels) != n:
+        raise ConfigError(
+            f"expected non-empty codes with one label each, got {q} queries / {len(query_labels)} labels "
+            f"and {n} database items / {len(db_labels)} labels"
+        )
+    check_int(radius, "Hamming radius", 0)
+    check_int(top_n, "top_n", 0)
+    return (
+        queries,
+        database,
+        query_labels,
+        db_labels,
+        _positive_ints(ks, "precision@k"),
+        _positive_ints(curve_ks, "curve k", allow_empty=True),
+        check_int(map_at, "mAP@k"),
+    )
 
 
 def _positive_ints(values: Sequence[int], name: str, allow_empty: bool = False) -> np.ndarray:

@@ -14,16 +14,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from deephash.evaluation.hamming_metrics import (
-    HammingMetrics,
-    _class_ids,
-    _positive,
-    _positive_ints,
-    _Stats,
-)
-from deephash.retrieval.codes import check_packed
+from deephash.evaluation.hamming_metrics import HammingMetrics, _class_ids, _Stats, check_hamming_inputs
 from deephash.retrieval.torch_search import code_words, hamming_distances
-from deephash.utils.errors import ConfigError
 
 _BLOCK_CELLS = 1 << 23  # query x database cells per block (a few int64/float64 arrays of that size)
 
@@ -43,22 +35,10 @@ def hamming_retrieval_metrics_torch(
     device: torch.device | str = "cpu",
 ) -> HammingMetrics:
     """``hamming_retrieval_metrics`` (same arguments, conventions and results) computed on ``device``."""
-    bits = _positive(bits, "bits")
-    queries, database = check_packed(query_codes, bits, "query codes"), check_packed(db_codes, bits)
-    query_labels, db_labels = np.asarray(query_labels).ravel(), np.asarray(db_labels).ravel()
+    queries, database, query_labels, db_labels, ks_arr, curve_arr, map_at = check_hamming_inputs(
+        query_codes, db_codes, query_labels, db_labels, bits, ks, curve_ks, map_at, radius, top_n
+    )
     q, n = len(queries), len(database)
-    if q == 0 or n == 0 or len(query_labels) != q or len(db_labels) != n:
-        raise ConfigError(
-            f"expected non-empty codes with one label each, got {q} queries / {len(query_labels)} labels "
-            f"and {n} database items / {len(db_labels)} labels"
-        )
-    ks_arr = _positive_ints(ks, "precision@k")
-    curve_arr = _positive_ints(curve_ks, "curve k", allow_empty=True)
-    map_at = _positive(map_at, "mAP@k")
-    if int(radius) < 0:
-        raise ConfigError(f"Hamming radius must be >= 0, got {radius}")
-    if int(top_n) < 0:
-        raise ConfigError(f"top_n must be >= 0, got {top_n}")
 
     device = torch.device(device)
     db_class, query_class = (
