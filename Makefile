@@ -24,10 +24,10 @@ $(PY):
 
 $(STAMP): pyproject.toml | $(PY)
 	@$(PY) -c "import torch, torchvision" 2>/dev/null || $(PY) -m pip install $(TORCH_SPEC)
-	$(PY) -m pip install -e ".[dev]"
+	$(PY) -m pip install -e ".[dev,dashboard]"
 	@touch $(STAMP)
 
-install: $(STAMP) ## create .venv (if missing) and install deephash with its dev extras
+install: $(STAMP) ## create .venv (if missing) and install deephash with its dev and dashboard extras
 
 demo: $(STAMP) ## train, index and evaluate on the bundled digits (offline, CPU, a few minutes)
 	$(PY) -m deephash.train experiment=demo
