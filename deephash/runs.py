@@ -15,7 +15,7 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 
 from deephash.utils.errors import ConfigError
-from deephash.utils.io import update_json
+from deephash.utils.io import try_lock, update_json
 from deephash.utils.logging import get_logger
 
 log = get_logger(__name__)
@@ -297,23 +297,15 @@ def _recorded_status(path: Path) -> str | None:
 
 def _lock_run_dir(run_dir: Path) -> None:
     """``flock`` on ``<run>/.run.lock`` until the process exits (the kernel drops it even on kill -9)."""
-    import fcntl
-
     key = run_dir.resolve()
     if key in _HELD_RUN_LOCKS:
         return
-    fd = os.open(run_dir / RUN_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-        os.close(fd)
+    fd, holder = try_lock(run_dir / RUN_LOCK)
+    if fd is None:
         raise RunDirError(
             f"{run_dir} is in use by another training process (pid {holder}); wait for it to finish "
             "or choose another hydra.run.dir"
-        ) from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        )
     _HELD_RUN_LOCKS[key] = fd
 
 

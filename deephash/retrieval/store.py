@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import fcntl
 import hashlib
 import json
 import logging
@@ -60,7 +59,7 @@ from deephash.retrieval.features import (
 )
 from deephash.retrieval.search import HammingIndex
 from deephash.utils.errors import ConfigError, DeephashError, IndexFormatError
-from deephash.utils.io import atomic_write_json
+from deephash.utils.io import atomic_write_json, try_lock
 
 # plain logging, not the rank-zero logger: only the rank that writes or opens an index gets to these
 # messages, and the store works without Lightning having set the process's rank
@@ -473,27 +472,18 @@ def acquire_index_lock(path: str | os.PathLike) -> None:
         return
     lock.parent.mkdir(parents=True, exist_ok=True)
     while True:
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-            os.close(fd)
+        fd, holder = try_lock(lock)
+        if fd is None:
             raise ConfigError(
                 f"index {path} is being written by another process (pid {holder}, lock {lock}); "
                 "wait for it to finish or choose another index_dir"
-            ) from None
+            )
         try:  # the holder we waited on may have removed the file: lock the one at the path
             if os.stat(lock).st_ino == os.fstat(fd).st_ino:
                 break
         except FileNotFoundError:
             pass
         os.close(fd)
-    try:  # who holds it, for a waiting writer's message (only informative: a full disk may refuse it)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    except OSError:
-        pass
     _HELD[lock] = [fd, 1]
     try:
         clean_leftovers(path)
