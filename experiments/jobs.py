@@ -89,7 +89,12 @@ def baseline_jobs(plan: Plan) -> list[Job]:
     for dataset, suffix in ((ds, s) for ds in plan.trained for s in _seed_suffixes(plan)):
         model_run = plan.runs / dataset / f"bits{BASELINE_BITS}{suffix}"
         metrics = read_metrics(model_run)
-        checkpoint = metrics.get("best_checkpoint") or metrics.get("last_checkpoint")
+        # the checkpoint the model's own numbers came from (runs before that key: best, else last)
+        checkpoint = (
+            metrics.get("evaluated_checkpoint")
+            or metrics.get("best_checkpoint")
+            or metrics.get("last_checkpoint")
+        )
         for features in plan.features:
             extra = [f"features={features}"]
             if features == "f7":
