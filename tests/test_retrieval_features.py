@@ -4,6 +4,7 @@ in-RAM features, and the encode writer's row semantics."""
 from __future__ import annotations
 
 import pickle
+import warnings
 import zlib
 from pathlib import Path
 from types import SimpleNamespace
@@ -65,6 +66,41 @@ def test_f7file_indexes_like_an_ndarray(f7_file, key, monkeypatch: pytest.Monkey
     got32 = f.read(key, np.float32)
     assert got32.dtype == np.float32
     np.testing.assert_array_equal(got32, want.astype(np.float32))
+    # into a caller's buffer (left over from an earlier block): filled in full and returned
+    buffer = np.full(want.shape, 7.0, np.float32)
+    assert f.read(key, np.float32, out=buffer) is buffer
+    np.testing.assert_array_equal(buffer, want.astype(np.float32))
+
+
+def test_f7file_read_into_a_buffer_checks_it(f7_file) -> None:
+    arr, f = f7_file
+    with pytest.raises(ValueError, match=r"out has shape \(5, 12\), but the rows read have shape \(4, 12\)"):
+        f.read(slice(0, 4), out=np.empty((5, 12), np.float16))
+    with pytest.raises(ValueError, match="out has dtype float16, but float32 was asked for"):
+        f.read(slice(0, 4), np.float32, out=np.empty((4, 12), np.float16))
+    out = np.empty((4, 12), np.float16)
+    np.testing.assert_array_equal(f.read([3, 1, 1, 0], out=out), arr[[3, 1, 1, 0]])
+
+
+def test_widen_converts_every_float16_exactly_from_read_only_and_strided_sources(tmp_path: Path) -> None:
+    every = np.arange(1 << 16, dtype=np.uint16).view(np.float16).reshape(256, 256)  # subnormals, inf, NaN
+    want = every.astype(np.float32)
+    out = np.full(every.shape, 3.0, np.float32)
+    assert features_mod.widen(every, out) is out
+    nan = np.isnan(want)
+    np.testing.assert_array_equal(np.isnan(out), nan)  # NaN stays NaN (torch quiets signalling ones)
+    # the rest bit for bit
+    np.testing.assert_array_equal(out.view(np.uint32)[~nan], want.view(np.uint32)[~nan])
+    np.save(tmp_path / "h.npy", every)
+    mapped = np.load(tmp_path / "h.npy", mmap_mode="r")  # read-only: no torch warning, no copy needed
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        features_mod.widen(mapped[::3, 1::2], out[::3, 1::2])
+    np.testing.assert_array_equal(out[::3, 1::2], want[::3, 1::2])
+    doubles = np.linspace(-2, 2, 12).reshape(3, 4)  # other dtypes go through numpy
+    np.testing.assert_array_equal(
+        features_mod.widen(doubles, np.empty((3, 4), np.float32)), doubles.astype(np.float32)
+    )
 
 
 def test_f7file_array_protocol_and_errors(f7_file, tmp_path: Path) -> None:

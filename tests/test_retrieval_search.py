@@ -196,18 +196,20 @@ def test_euclidean_backends_agree_on_duplicate_rows(copies: int, chunk_size: int
     queries = np.vstack(
         [db[spots[:2]].astype(np.float32), db[spots[0]] + 0.01, rng.standard_normal((5, 16))]
     ).astype(np.float32)
-    redone = []
-    numpy_shortlist = search_mod._numpy_shortlist
+    rescanned = []
+    rows_within = search_mod._rows_within
     monkeypatch.setattr(
         search_mod,
-        "_numpy_shortlist",
-        lambda db_f7, q, *a: redone.append(len(q)) or numpy_shortlist(db_f7, q, *a),
+        "_rows_within",
+        lambda db_f7, q, *a: rescanned.append(len(q)) or rows_within(db_f7, q, *a),
     )
     dist = brute_l2(queries, db)
     for k in (1, 50, 120):
-        redone.clear()
+        rescanned.clear()
         fd, fi = euclidean_search(db, queries, k, chunk_size=chunk_size)
-        assert (sum(redone) > 0) == (copies > 2 * search_mod._shortlist(k))  # only many ties are redone
+        # a shortlist cut through the tied copies is rescanned (the two copies of the row and the query
+        # beside them, and a random query whose top k reaches the copies), once they outnumber it
+        assert (sum(rescanned) >= 3) == (copies > search_mod._shortlist(k))
         nd, ni = euclidean_search(db, queries, k, chunk_size=chunk_size, backend="numpy")
         np.testing.assert_array_equal(fi, ni)
         np.testing.assert_array_equal(fd, nd)
@@ -373,8 +375,7 @@ def test_pool_rule_is_validated_frozen_and_resolves_defaults() -> None:
     assert rule.resolved(20) == PoolRule(1, 20, 10_000, 1000)
 
 
-@pytest.mark.parametrize("gemm_waste", [1e-9, 16, 1e9])  # per-pair dots only, the default mix, GEMMs only
-def test_batched_pool_shortlist_matches_brute_force_on_ties(monkeypatch, gemm_waste: float) -> None:
+def test_batched_pool_shortlist_matches_brute_force_on_ties(monkeypatch) -> None:
     # tied codes, a block of 60 exact duplicate F7 rows (a tie group wider than the shortlist slack),
     # queries that copy database rows, pools shared by many queries and pools of their own
     rng = np.random.default_rng(21)
@@ -385,7 +386,6 @@ def test_batched_pool_shortlist_matches_brute_force_on_ties(monkeypatch, gemm_wa
     q_bits = np.vstack([db_bits[dup], db_bits[rng.integers(0, 900, 20)], rng.random((6, 48)) < 0.5])
     q_f7 = np.vstack([db_f7[dup].astype(np.float32), rng.standard_normal((26, 16)).astype(np.float32)])
     index = HammingIndex(pack_codes(db_bits), 48)
-    monkeypatch.setattr(search_mod, "_GEMM_WASTE", gemm_waste)
     # several batches, closed by their query count or by their pairs
     monkeypatch.setattr(search_mod, "_RANGE_QUERY_BATCH", 3)
     monkeypatch.setattr(search_mod, "_SHORTLIST_QUERY_BATCH", 7)
@@ -406,6 +406,22 @@ def test_batched_pool_shortlist_matches_brute_force_on_ties(monkeypatch, gemm_wa
     # a copy of the duplicated row finds the 61 copies at distance 0, lowest indices first
     res = hierarchical_search(index, db_f7, pack_codes(q_bits), q_f7, 5, PoolRule(48, 1, 900, 900))
     assert list(res.idx[2]) == [5, 300, 301, 302, 303] and (res.l2[2] == 0).all()
+
+
+def test_pair_products_match_float64_for_shared_unshared_and_unsorted_pairs() -> None:
+    rng = np.random.default_rng(5)
+    queries = rng.standard_normal((9, 40)).astype(np.float32)
+    rows = rng.standard_normal((30, 40)).astype(np.float32)
+    # row 0 shared by every query, rows 25.. by none, the rest at random; pairs in any order, repeats too
+    owner = np.r_[np.arange(9), rng.integers(0, 9, 60)]
+    inverse = np.r_[np.zeros(9, np.int64), rng.integers(1, 25, 60)]
+    perm = rng.permutation(len(owner))
+    owner, inverse = owner[perm], inverse[perm]
+    qnorms = np.einsum("ij,ij->i", queries, queries)
+    got = search_mod._pair_sqdist(queries, qnorms, owner, rows, inverse)
+    q64, r64 = queries.astype(np.float64)[owner], rows.astype(np.float64)[inverse]
+    assert got.dtype == np.float32 and got.shape == owner.shape
+    np.testing.assert_allclose(got, ((q64 - r64) ** 2).sum(axis=1), rtol=1e-5, atol=1e-4)
 
 
 def _shortlist_width(k: int) -> int:

@@ -32,7 +32,6 @@ from typing import Protocol
 
 import faiss
 import numpy as np
-from threadpoolctl import threadpool_limits
 
 from deephash.retrieval.codes import (
     check_packed,
@@ -42,7 +41,7 @@ from deephash.retrieval.codes import (
     padded_code_bytes,
     padded_queries,
 )
-from deephash.retrieval.features import F7File, release_pages
+from deephash.retrieval.features import F7File, release_pages, widen
 from deephash.utils.checks import check_int
 from deephash.utils.errors import ConfigError, IndexFormatError
 
@@ -55,9 +54,6 @@ _RANGE_QUERY_BATCH = 256
 # once their pools hold this many (query, item) pairs (~70 bytes of working arrays each).
 _SHORTLIST_QUERY_BATCH = 1024
 _SHORTLIST_PAIRS = 1 << 22
-# How many times cheaper a GEMM computes one (query, row) product than a dot product of a gathered pair
-# (single-threaded BLAS against numpy's einsum on 4096-d rows, measured on 2 cores).
-_GEMM_WASTE = 16
 
 
 def select_topk(dist: np.ndarray, idx: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -244,16 +240,28 @@ def _norms(diff: np.ndarray) -> np.ndarray:
     return np.sqrt(np.einsum("ij,ij->i", diff, diff))
 
 
-def _f7_rows(db_f7: np.ndarray | F7File, key: slice | np.ndarray) -> np.ndarray:
-    """``db_f7[key]`` as float32 (m, d). An ``F7File`` reads just those rows (converting through a small
-    buffer); a memmap's pages are unmapped once the rows are copied out."""
+def _f7_rows(
+    db_f7: np.ndarray | F7File, key: slice | np.ndarray, buffer: np.ndarray | None = None
+) -> np.ndarray:
+    """``db_f7[key]`` as float32 (m, d), in the first m rows of ``buffer`` ((>= m, d) float32) when given, so
+    a loop over blocks reuses one buffer instead of faulting in fresh pages for each. An ``F7File`` reads
+    just those rows; a memmap's pages are unmapped once the rows are copied out; float16 is widened by
+    ``widen`` (numpy's own half-float cast is 10x slower)."""
+    if type(db_f7) is np.ndarray and db_f7.dtype == np.float32:
+        return db_f7[key]  # in memory already: a slice is a view, an index array a copy
+    m = len(range(*key.indices(db_f7.shape[0]))) if isinstance(key, slice) else len(key)
+    out = np.empty((m, db_f7.shape[1]), np.float32) if buffer is None else buffer[:m]
     if isinstance(db_f7, F7File):
-        return db_f7.read(key, np.float32)
+        return db_f7.read(key, np.float32, out=out)
+    widen(db_f7[key], out)
     if isinstance(db_f7, np.memmap):
-        rows = np.array(db_f7[key], dtype=np.float32)
         release_pages(db_f7)
-        return rows
-    return np.asarray(db_f7[key], dtype=np.float32)
+    return out
+
+
+def _row_buffer(db_f7: np.ndarray | F7File, rows: int) -> np.ndarray:
+    """A float32 buffer for blocks of up to ``rows`` rows of ``db_f7`` (never more than it holds)."""
+    return np.empty((max(0, min(rows, db_f7.shape[0])), db_f7.shape[1]), np.float32)
 
 
 def _shortlist(k: int) -> int:
@@ -279,9 +287,10 @@ def _refine(
     step = max(1, (1 << 24) // db_f7.shape[1])  # distinct rows per block: ~64 MB of float32
     bounds = np.r_[np.flatnonzero(np.diff(items, prepend=-1))[::step], len(items)]
     in_cache = max(1, (1 << 17) // db_f7.shape[1])  # pairs per difference slice: ~512 KB of float32
+    buffer = _row_buffer(db_f7, step)
     for a, b in zip(bounds[:-1], bounds[1:]):
         uniq, inverse = np.unique(items[a:b], return_inverse=True)
-        rows_f7 = _f7_rows(db_f7, uniq)
+        rows_f7 = _f7_rows(db_f7, uniq, buffer)
         for s in range(a, b, in_cache):
             t = slice(s, min(b, s + in_cache))
             diff = rows_f7[inverse[t.start - a : t.stop - a]]
@@ -325,30 +334,73 @@ def euclidean_search(
     chunk_size = check_int(chunk_size, "chunk_size")
     if backend not in L2_BACKENDS:
         raise ConfigError(f"unknown L2 backend {backend!r}; expected one of: {', '.join(L2_BACKENDS)}")
-    width = _shortlist(k)
-    if backend == "faiss":
-        best_i = _faiss_shortlist(db_f7, queries, width, chunk_size)
-    else:
-        best_i = _numpy_shortlist(db_f7, queries, width, chunk_size)
+    width, n = _shortlist(k), db_f7.shape[0]
+    shortlist = _faiss_shortlist if backend == "faiss" else _numpy_shortlist
+    best_i, cut, max_sqnorm = shortlist(db_f7, queries, width, chunk_size)
     l2, pos = _refine(db_f7, queries, best_i, k)
-    return _pad_columns(l2, k, np.inf), _pad_columns(np.take_along_axis(best_i, pos, axis=1), k, -1)
+    idx = np.take_along_axis(best_i, pos, axis=1)
+    if width < n:
+        # a row left out of a shortlist could still belong in the top k when the shortlist's cut lies
+        # within the fast distances' error of the k-th exact distance (near-ties, duplicate rows): those
+        # queries take every row within that error instead
+        bound = _tie_bound(l2[:, k - 1], queries, max_sqnorm)
+        redo = np.flatnonzero(cut.astype(np.float64) ** 2 <= bound)
+        if redo.size:
+            cand = _rows_within(db_f7, queries[redo], bound[redo], chunk_size)
+            l2_redo, pos_redo = _refine(db_f7, queries[redo], cand, k)
+            l2[redo] = _pad_columns(l2_redo, k, np.inf)
+            idx[redo] = _pad_columns(np.take_along_axis(cand, pos_redo, axis=1), k, -1)
+    return _pad_columns(l2, k, np.inf), _pad_columns(idx, k, -1)
+
+
+def _tie_bound(kth: np.ndarray, queries: np.ndarray, max_sqnorm: float) -> np.ndarray:
+    """(q,) float64: the squared fast distance below which a row may still tie or beat the exact k-th
+    distance ``kth`` (q,): kth^2 plus twice the error bound ``e`` of the module docstring."""
+    d = queries.shape[1]
+    err = 4 * (d + 2) * 2.0**-24 * (np.einsum("ij,ij->i", queries, queries).astype(np.float64) + max_sqnorm)
+    return kth.astype(np.float64) ** 2 * (1 + 2.0**-20) + 2 * err
+
+
+def _rows_within(
+    db_f7: np.ndarray | F7File, queries: np.ndarray, bound: np.ndarray, chunk_size: int
+) -> np.ndarray:
+    """(q, m) int64, -1 padded: for each query every row whose fast squared distance is at most ``bound``."""
+    qnorms = np.einsum("ij,ij->i", queries, queries)
+    limit = np.sqrt(bound).astype(np.float32)[:, None]
+    found_q, found_i = [], []
+    buffer = _row_buffer(db_f7, chunk_size)
+    for start in range(0, db_f7.shape[0], chunk_size):
+        rows = _f7_rows(db_f7, slice(start, start + chunk_size), buffer)
+        q_hit, i_hit = np.nonzero(l2_distances(queries, rows, qnorms) <= limit)
+        found_q.append(q_hit)
+        found_i.append(i_hit + start)
+    owner, items = np.concatenate(found_q), np.concatenate(found_i)
+    order = np.lexsort((items, owner))
+    owner, items = owner[order], items[order]
+    counts = np.bincount(owner, minlength=len(queries))
+    cand = np.full((len(queries), max(1, int(counts.max()))), -1, np.int64)
+    cand[owner, np.arange(len(owner)) - np.repeat(np.cumsum(counts) - counts, counts)] = items
+    return cand
 
 
 def _numpy_shortlist(
     db_f7: np.ndarray | F7File, queries: np.ndarray, width: int, chunk_size: int
-) -> np.ndarray:
-    """(q, min(width, n)) int64: each query's ``width`` nearest rows by (BLAS L2, index)."""
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """Each query's ``width`` nearest rows by (BLAS L2, index): (idx (q, min(width, n)) int64, the fast
+    distance of its last (q,) float32, the largest squared norm of a database row)."""
     qnorms = np.einsum("ij,ij->i", queries, queries)
     best_d = np.empty((len(queries), 0), np.float32)
     best_i = np.empty((len(queries), 0), np.int64)
+    max_sqnorm = 0.0
+    buffer = _row_buffer(db_f7, chunk_size)
     for start in range(0, db_f7.shape[0], chunk_size):
-        rows = _f7_rows(db_f7, slice(start, start + chunk_size))
+        rows = _f7_rows(db_f7, slice(start, start + chunk_size), buffer)
+        max_sqnorm = max(max_sqnorm, float(np.einsum("ij,ij->i", rows, rows).max(initial=0)))
         dist = l2_distances(queries, rows, qnorms)
         idx = np.broadcast_to(np.arange(start, start + len(rows), dtype=np.int64), dist.shape)
         dist, idx = select_topk(dist, idx, width)
         best_d, best_i = select_topk(np.hstack([best_d, dist]), np.hstack([best_i, idx]), width)
-        del rows  # free this chunk before the next one is read: one chunk resident at a time, not two
-    return best_i
+    return best_i, best_d[:, -1] if best_d.shape[1] else np.full(len(queries), np.inf, np.float32), max_sqnorm
 
 
 @contextmanager
@@ -367,31 +419,28 @@ def _blas_database_block(q: int) -> Iterator[None]:
 
 def _faiss_shortlist(
     db_f7: np.ndarray | F7File, queries: np.ndarray, width: int, chunk_size: int
-) -> np.ndarray:
+) -> tuple[np.ndarray, np.ndarray, float]:
     """``_numpy_shortlist`` through ``faiss.knn`` (squared L2, BLAS) and ``faiss.ResultHeap``.
 
-    FAISS keeps an arbitrary subset of the items tied at a heap's last distance, so the heap holds twice
-    ``width`` items: where its last distance lies beyond the ``width``-th, every item tied at the
-    ``width``-th is in it and ``select_topk`` breaks the ties by index, exactly as the numpy path does.
-    The rare queries with more ties than that (many duplicate rows) are redone by the numpy path.
+    FAISS keeps an arbitrary subset of the items tied at a heap's last distance; ``euclidean_search``
+    rescans the queries whose cut may pass through ties, so the lowest indices win as in a stable sort.
     """
     n, q = db_f7.shape[0], len(queries)
-    depth = min(2 * width, n)
+    depth = min(width, n)
     heap = faiss.ResultHeap(q, depth)
+    max_sqnorm = 0.0
     with _blas_database_block(q):
+        buffer = _row_buffer(db_f7, chunk_size)
         for start in range(0, n, chunk_size):
-            rows = np.ascontiguousarray(_f7_rows(db_f7, slice(start, start + chunk_size)))
+            rows = np.ascontiguousarray(_f7_rows(db_f7, slice(start, start + chunk_size), buffer))
+            max_sqnorm = max(max_sqnorm, float(np.einsum("ij,ij->i", rows, rows).max(initial=0)))
             dist, idx = faiss.knn(queries, rows, min(depth, len(rows)))
             idx += start
             heap.add_result(dist, idx)
-            del rows
     heap.finalize()
     dist, idx = select_topk(heap.D, heap.I, width)
-    if depth < n:
-        redo = np.flatnonzero(heap.D.max(axis=1) <= dist[:, -1])
-        if redo.size:
-            idx[redo] = _numpy_shortlist(db_f7, queries[redo], width, chunk_size)
-    return idx
+    cut = np.sqrt(np.maximum(dist[:, -1], 0)) if dist.shape[1] else np.full(q, np.inf, np.float32)
+    return idx, cut, max_sqnorm
 
 
 @dataclass
@@ -559,10 +608,8 @@ def _shortlist_pools(
     queries: (q, d) float32; pools: per query (hamming (m,), idx (m,)) -> (cand (q, width) int64, hamming
     (q, width) int32), -1 padded. Pools no larger than ``width`` are kept whole (the exact re-rank orders
     them). The others are scored together: their (query, item) pairs are sorted by item, each distinct F7
-    row is read once in one sorted gather per block of ``chunk_size`` rows however many pools share it.
-    Within a block, the queries whose pools share the same most popular item form a group whose
-    distances come from one GEMM when its pairs fill that product densely enough, else from per-pair
-    dot products.
+    row is read once in one sorted gather per block of ``chunk_size`` rows however many pools share it,
+    and scored against the queries sharing it (``pair_sqdist``).
     """
     q = len(queries)
     cand = np.full((q, width), -1, np.int64)
@@ -578,17 +625,15 @@ def _shortlist_pools(
     hams = np.concatenate([pools[j][0] for j in big])
     by_item = np.argsort(items, kind="stable")
     owner, items, hams = owner[by_item], items[by_item], hams[by_item]
-    group = _pool_groups(owner, items, q)[owner]
     approx = np.empty(len(items), np.float32)
     qnorms = np.einsum("ij,ij->i", queries, queries)
     step = max(1, min(chunk_size, (1 << 24) // queries.shape[1]))  # distinct rows per block: <= ~64 MB
     bounds = np.r_[np.flatnonzero(np.diff(items, prepend=-1))[::step], len(items)]
-    # the GEMMs are small (a group's queries): BLAS threads would cost more to start than they save
-    with threadpool_limits(limits=1, user_api="blas"):
-        for a, b in zip(bounds[:-1], bounds[1:]):
-            uniq, inverse = np.unique(items[a:b], return_inverse=True)
-            rows = _f7_rows(db_f7, uniq)
-            approx[a:b] = pair_sqdist(queries, qnorms, owner[a:b], group[a:b], rows, inverse)
+    buffer = _row_buffer(db_f7, step)
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        uniq, inverse = np.unique(items[a:b], return_inverse=True)
+        rows = _f7_rows(db_f7, uniq, buffer)
+        approx[a:b] = pair_sqdist(queries, qnorms, owner[a:b], rows, inverse)
     np.maximum(approx, 0, out=approx)
     np.sqrt(approx, out=approx)
     # each pool's pairs by (query, L2, index); the first ``width`` of each pool are its shortlist
@@ -601,59 +646,37 @@ def _shortlist_pools(
     return cand, cand_ham
 
 
-def _pool_groups(owner: np.ndarray, items: np.ndarray, q: int) -> np.ndarray:
-    """(q,) a group id per query: the most shared item of its pool (ties: the lowest index), -1 for none.
-
-    Queries of one class have overlapping pools that share their most popular items, so a group's pairs
-    fill the product of its queries and its rows densely enough for one GEMM.
-    """
-    shared = np.bincount(items)[items]
-    order = np.lexsort((items, -shared, owner))  # per query, its most shared item first
-    owners = owner[order]
-    first = np.flatnonzero(np.r_[True, owners[1:] != owners[:-1]])
-    group = np.full(q, -1, np.int64)
-    group[owners[first]] = items[order[first]]
-    return group
-
-
 def _pair_sqdist(
-    queries: np.ndarray,
-    qnorms: np.ndarray,
-    owner: np.ndarray,
-    group: np.ndarray,
-    rows: np.ndarray,
-    inverse: np.ndarray,
+    queries: np.ndarray, qnorms: np.ndarray, owner: np.ndarray, rows: np.ndarray, inverse: np.ndarray
 ) -> np.ndarray:
     """|q|^2 - 2 q.x + |x|^2 (float32, unclipped) for the pairs (queries[owner[i]], rows[inverse[i]]).
 
-    group: (len(owner),) the pool group of each pair's query. A group whose pairs fill at least
-    enough of the product of its queries and rows gets one GEMM (over the block's rows or just its own,
-    whichever reads less); the other pairs get dot products in cache-sized slices.
+    queries: (q, d) float32; qnorms: (q,) their squared norms; rows: (m, d) float32; owner, inverse: (p,)
+    int64. Each row is scored against the queries that share it by FAISS's ``fvec_inner_products_by_idx``
+    (one SIMD dot product per pair, the query list of a row padded with -1, threaded over the rows): the
+    row is read once and no gathered copy of rows or queries is made, which a GEMM over the sparse
+    (query, row) pairs or numpy's einsum on gathered pairs cannot avoid.
     """
-    dots = np.empty(len(owner), np.float32)
-    by_group = np.argsort(group, kind="stable")
-    cuts = np.r_[0, np.flatnonzero(np.diff(group[by_group])) + 1, len(group)]
-    sparse = []
-    for a, b in zip(cuts[:-1], cuts[1:]):
-        pairs = by_group[a:b]
-        users, local = np.unique(owner[pairs], return_inverse=True)
-        used, row_local = np.unique(inverse[pairs], return_inverse=True)
-        # costs in row reads: a pair reads two rows, a GEMM reads its operands (the block's rows are
-        # already in place) and does each product about _GEMM_WASTE times cheaper than a pair
-        whole = len(users) * (1 + len(rows) / _GEMM_WASTE)
-        picked = len(used) + len(users) * (1 + len(used) / _GEMM_WASTE)
-        if min(whole, picked) >= 2 * (b - a):
-            sparse.append(pairs)
-        elif whole <= picked:
-            dots[pairs] = (queries[users] @ rows.T)[local, inverse[pairs]]
-        else:
-            dots[pairs] = (queries[users] @ rows[used].T)[local, row_local]
-    if sparse:
-        pairs = np.sort(np.concatenate(sparse))
-        in_cache = max(1, (1 << 17) // rows.shape[1])  # pairs per slice: ~512 KB of float32 rows
-        for s in range(0, len(pairs), in_cache):
-            t = pairs[s : s + in_cache]
-            dots[t] = np.einsum("ij,ij->i", rows[inverse[t]], queries[owner[t]])
+    by_row = np.argsort(inverse, kind="stable")
+    counts = np.bincount(inverse, minlength=len(rows))
+    slot = np.empty(len(inverse), np.int64)
+    slot[by_row] = np.arange(len(inverse)) - np.repeat(np.cumsum(counts) - counts, counts)
+    width = int(counts.max()) if len(counts) else 0
+    sharing = np.full((len(rows), width), -1, np.int64)
+    sharing[inverse, slot] = owner
+    products = np.empty((len(rows), width), np.float32)
+    rows = np.ascontiguousarray(rows, np.float32)
+    queries = np.ascontiguousarray(queries, np.float32)
+    faiss.fvec_inner_products_by_idx(
+        faiss.swig_ptr(products),
+        faiss.swig_ptr(rows),
+        faiss.swig_ptr(queries),
+        faiss.swig_ptr(sharing),
+        rows.shape[1],
+        len(rows),
+        width,
+    )
+    dots = products[inverse, slot]
     dots *= -2
     dots += qnorms[owner]
     dots += np.einsum("ij,ij->i", rows, rows)[inverse]

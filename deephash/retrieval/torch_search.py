@@ -154,13 +154,11 @@ def _pair_sqdist(
     queries: np.ndarray,
     qnorms: np.ndarray,
     owner: np.ndarray,
-    group: np.ndarray,
     rows: np.ndarray,
     inverse: np.ndarray,
 ) -> np.ndarray:
-    """``search._pair_sqdist`` on ``device``: |q|^2 - 2 q.x + |x|^2 (float32) for each (query, row) pair.
-    The groups do not matter here: a device computes the gathered pairs' products at memory speed."""
-    del group
+    """``search._pair_sqdist`` on ``device``: |q|^2 - 2 q.x + |x|^2 (float32) for each (query, row) pair;
+    a device computes the gathered pairs' products at memory speed."""
     rows_t = torch.from_numpy(rows).to(device)
     owner_t = torch.from_numpy(owner).to(device)
     inverse_t = torch.from_numpy(inverse).to(device)
