@@ -408,7 +408,7 @@ def test_batched_pool_shortlist_matches_brute_force_on_ties(monkeypatch) -> None
     assert list(res.idx[2]) == [5, 300, 301, 302, 303] and (res.l2[2] == 0).all()
 
 
-def test_pair_products_match_float64_for_shared_unshared_and_unsorted_pairs() -> None:
+def test_pair_distances_match_float64_and_do_not_depend_on_the_batch() -> None:
     rng = np.random.default_rng(5)
     queries = rng.standard_normal((9, 40)).astype(np.float32)
     rows = rng.standard_normal((30, 40)).astype(np.float32)
@@ -417,11 +417,16 @@ def test_pair_products_match_float64_for_shared_unshared_and_unsorted_pairs() ->
     inverse = np.r_[np.zeros(9, np.int64), rng.integers(1, 25, 60)]
     perm = rng.permutation(len(owner))
     owner, inverse = owner[perm], inverse[perm]
-    qnorms = np.einsum("ij,ij->i", queries, queries)
-    got = search_mod._pair_sqdist(queries, qnorms, owner, rows, inverse)
+    got = search_mod.pair_sqdist(queries, owner, rows, inverse)
     q64, r64 = queries.astype(np.float64)[owner], rows.astype(np.float64)[inverse]
     assert got.dtype == np.float32 and got.shape == owner.shape
-    np.testing.assert_allclose(got, ((q64 - r64) ** 2).sum(axis=1), rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(got, ((q64 - r64) ** 2).sum(axis=1), rtol=1e-5)
+    # a pair scored alone, with its row elsewhere in memory, gets the same bits
+    for i in (0, 17, 68):
+        moved = np.vstack([rows[5:7], rows[inverse[i]][None]])
+        alone = search_mod.pair_sqdist(queries[owner[i]][None], np.array([0]), moved, np.array([2]))
+        assert alone.view(np.uint32)[0] == got.view(np.uint32)[i]
+    assert search_mod.pair_sqdist(queries, owner[:0], rows, inverse[:0]).shape == (0,)
 
 
 def _shortlist_width(k: int) -> int:

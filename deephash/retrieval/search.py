@@ -5,18 +5,17 @@ stable sort of the brute-force distances would order them (Hamming exactly; L2 w
 below). Where a query has fewer results than asked for, the missing slots hold index ``-1``, L2 distance
 ``inf`` and Hamming distance ``-1``.
 
-L2 distances are plain Euclidean distances (paper eq. 2, not squared) in float32. Exhaustive and
-hierarchical search shortlist candidates with fast BLAS distances, then recompute the shortlist's
-distances from direct differences (``exact_l2``), so reported distances are accurate (a copy of the
-query is at 0) and do not depend on how the database was chunked.
+L2 distances are plain Euclidean distances (paper eq. 2, not squared) in float32, always computed from
+direct differences by one per-pair function (``pair_sqdist``, FAISS's ``fvec_L2sqr_by_idx``), so they are
+accurate (a copy of the query is at 0) and a pair gets the same distance in every search and chunking.
 
-What the L2 shortlist guarantees: the fast distances ``|q|^2 - 2 q.x + |x|^2`` in float32 can be off by up to
-``e = 4 (d + 2) 2^-24 (|q|^2 + max |x|^2)`` in squared distance (d the feature width), and the shortlist keeps
-``k + max(16, k // 8)`` candidates by them. The results are always ordered by (exact distance, index), and
-every returned item's squared distance is at most the true k-th smallest plus ``e``. They equal a stable sort
-of the brute-force distances whenever fewer than the slack (``max(16, k // 8)``) items lie within ``e`` of the
-k-th distance; under heavy cancellation (many items closer together than ``e``, large norms) the order among
-those near-ties is not guaranteed. A hierarchical search gives the same guarantee within each query's pool.
+Hierarchical search computes that exact distance for every pair of each query's pool, so its results are
+exactly the pool's stable (distance, index) order. Exhaustive search shortlists ``k + max(16, k // 8)``
+candidates per query with fast BLAS distances ``|q|^2 - 2 q.x + |x|^2`` (FAISS ``knn`` or numpy), which in
+float32 can be off by up to ``e = 4 (d + 2) 2^-24 (|q|^2 + max |x|^2)`` in squared distance (d the feature
+width), then computes the shortlist's exact distances. A query whose shortlist cut lies within ``2e`` of its
+exact k-th distance (near-ties, duplicate rows) is rescanned for every row within that margin, so its
+results too are the stable (exact distance, index) order of the whole database.
 
 Database F7 may be an ndarray, a memmap or an ``F7File``; it is only ever read through ``_f7_rows``,
 which copies the rows asked for to float32 and never leaves more than those rows resident (see
@@ -229,15 +228,52 @@ def l2_distances(
 def exact_l2(queries: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """Euclidean distances from direct differences. queries: (q, d); rows: (q, m, d) -> (q, m) float32.
 
-    Each distance depends only on its own (query, row) pair, so it is the same whatever the chunking.
+    Each distance is ``pair_sqdist``'s of its own (query, row) pair, so it is the same whatever the
+    chunking, and the same as every search reports for that pair.
     """
     q, m, d = rows.shape
-    return _norms(np.asarray(rows - queries[:, None, :], np.float32).reshape(q * m, d)).reshape(q, m)
+    queries = np.ascontiguousarray(queries, np.float32)
+    owner = np.repeat(np.arange(q), m)
+    sq = pair_sqdist(queries, owner, np.asarray(rows, np.float32).reshape(q * m, d), np.arange(q * m))
+    return np.sqrt(sq).reshape(q, m)
 
 
-def _norms(diff: np.ndarray) -> np.ndarray:
-    """(p, d) float32 differences -> (p,) float32 Euclidean lengths (the one reduction ``exact_l2`` uses)."""
-    return np.sqrt(np.einsum("ij,ij->i", diff, diff))
+def pair_sqdist(queries: np.ndarray, owner: np.ndarray, rows: np.ndarray, inverse: np.ndarray) -> np.ndarray:
+    """Squared Euclidean distances from direct differences, float32, of the pairs (queries[owner[i]],
+    rows[inverse[i]]): queries (q, d), rows (m, d) float32; owner, inverse (p,) int64 -> (p,).
+
+    FAISS's ``fvec_L2sqr_by_idx`` computes them, one SIMD difference per pair with a fixed order of
+    summation, so a pair's distance depends on nothing else (not on chunking, batch or memory position).
+    Each row is scored against the queries that share it (their list padded with -1, threaded over the
+    rows): the row is read once and no gathered copy of rows or queries is made.
+    """
+    return _pairs_by_row(faiss.fvec_L2sqr_by_idx, queries, owner, rows, inverse)
+
+
+def _pairs_by_row(
+    kernel: Callable[..., None], queries: np.ndarray, owner: np.ndarray, rows: np.ndarray, inverse: np.ndarray
+) -> np.ndarray:
+    """``kernel`` (a FAISS ``fvec_*_by_idx``) on the pairs (rows[inverse[i]], queries[owner[i]]) -> (p,) float32."""
+    counts = np.bincount(inverse, minlength=len(rows))
+    by_row = np.argsort(inverse, kind="stable")
+    slot = np.empty(len(inverse), np.int64)
+    slot[by_row] = np.arange(len(inverse)) - np.repeat(np.cumsum(counts) - counts, counts)
+    width = int(counts.max()) if len(counts) else 0
+    sharing = np.full((len(rows), width), -1, np.int64)
+    sharing[inverse, slot] = owner
+    out = np.empty((len(rows), width), np.float32)
+    rows = np.ascontiguousarray(rows, np.float32)
+    queries = np.ascontiguousarray(queries, np.float32)
+    kernel(
+        faiss.swig_ptr(out),
+        faiss.swig_ptr(rows),
+        faiss.swig_ptr(queries),
+        faiss.swig_ptr(sharing),
+        rows.shape[1],
+        len(rows),
+        width,
+    )
+    return out[inverse, slot]
 
 
 def _f7_rows(
@@ -286,16 +322,11 @@ def _refine(
     items = cand[rows, cols]
     step = max(1, (1 << 24) // db_f7.shape[1])  # distinct rows per block: ~64 MB of float32
     bounds = np.r_[np.flatnonzero(np.diff(items, prepend=-1))[::step], len(items)]
-    in_cache = max(1, (1 << 17) // db_f7.shape[1])  # pairs per difference slice: ~512 KB of float32
     buffer = _row_buffer(db_f7, step)
     for a, b in zip(bounds[:-1], bounds[1:]):
         uniq, inverse = np.unique(items[a:b], return_inverse=True)
         rows_f7 = _f7_rows(db_f7, uniq, buffer)
-        for s in range(a, b, in_cache):
-            t = slice(s, min(b, s + in_cache))
-            diff = rows_f7[inverse[t.start - a : t.stop - a]]
-            diff -= queries[rows[t]]
-            l2[rows[t], cols[t]] = _norms(diff)
+        l2[rows[a:b], cols[a:b]] = np.sqrt(pair_sqdist(queries, rows[a:b], rows_f7, inverse))
     # empty slots get an index past every real one, so they sort last
     key_idx = np.where(cand >= 0, cand, np.iinfo(np.int64).max)
     order = np.lexsort((key_idx, l2), axis=-1)[:, :k]
@@ -516,7 +547,7 @@ def hierarchical_search(
     Only the pool's F7 rows are read (in index order, ``chunk_size`` rows at a time) and ranked by
     (L2, index); the top k are returned, fewer when the pool is smaller than k.
     """
-    return _hierarchical(index, db_f7, query_packed, query_f7, k, pool, chunk_size, _pair_sqdist)
+    return _hierarchical(index, db_f7, query_packed, query_f7, k, pool, chunk_size, None)
 
 
 def _hierarchical(
@@ -527,10 +558,13 @@ def _hierarchical(
     k: int,
     pool: PoolRule,
     chunk_size: int,
-    pair_sqdist: Callable[..., np.ndarray],
+    fast_sqdist: Callable[..., np.ndarray] | None,
 ) -> HierarchicalResult:
-    """``hierarchical_search`` with the pools' pair distances from ``pair_sqdist`` (the signature of
-    ``_pair_sqdist``; ``deephash.retrieval.torch_search`` passes its device version)."""
+    """``hierarchical_search``. ``fast_sqdist`` None: every pool pair gets its exact distance
+    (``pair_sqdist``) and the top k follow directly. Else (``deephash.retrieval.torch_search`` passes its
+    device scoring) the pools are scored by ``fast_sqdist(queries, qnorms, owner, rows, inverse)``, fast
+    squared distances |q|^2 - 2 q.x + |x|^2 of the pairs, to a shortlist whose exact distances are then
+    computed on the CPU (``_refine``)."""
     k = check_int(k, "k")
     min_pool, max_pool, pool_size = pool.limits(k)
     radius = pool.radius
@@ -538,8 +572,9 @@ def _hierarchical(
     query32 = _check_features(db_f7, query_f7, index.ntotal)
     if len(queries) != len(query32):
         raise ConfigError(f"got {len(queries)} query codes but {len(query32)} query F7 rows")
-    q, width = len(queries), _shortlist(k)
+    q, width = len(queries), k if fast_sqdist is None else _shortlist(k)
     cand = np.full((q, width), -1, np.int64)
+    cand_sq = np.full((q, width), np.inf, np.float32)
     cand_ham = np.full((q, width), -1, np.int32)
     pool_sizes = np.zeros(q, np.int64)
     batch: list[tuple[np.ndarray, np.ndarray]] = []
@@ -553,12 +588,15 @@ def _hierarchical(
         pairs = int(pool_sizes[b0 : q0 + len(pools)].sum())
         if pairs >= _SHORTLIST_PAIRS or len(batch) >= _SHORTLIST_QUERY_BATCH or q0 + len(pools) == q:
             rows = slice(b0, b0 + len(batch))
-            cand[rows], cand_ham[rows] = _shortlist_pools(
-                db_f7, query32[rows], batch, width, chunk_size, pair_sqdist
+            cand[rows], cand_ham[rows], cand_sq[rows] = _shortlist_pools(
+                db_f7, query32[rows], batch, width, chunk_size, fast_sqdist
             )
             b0, batch = b0 + len(batch), []
-    l2, pos = _refine(db_f7, query32, cand, k)
-    idx, ham = np.take_along_axis(cand, pos, axis=1), np.take_along_axis(cand_ham, pos, axis=1)
+    if fast_sqdist is None:
+        l2, idx, ham = np.sqrt(cand_sq), cand, cand_ham
+    else:
+        l2, pos = _refine(db_f7, query32, cand, k)
+        idx, ham = np.take_along_axis(cand, pos, axis=1), np.take_along_axis(cand_ham, pos, axis=1)
     return HierarchicalResult(
         l2=_pad_columns(l2, k, np.inf),
         idx=_pad_columns(idx, k, -1),
@@ -601,31 +639,35 @@ def _shortlist_pools(
     pools: list[tuple[np.ndarray, np.ndarray]],
     width: int,
     chunk_size: int,
-    pair_sqdist: Callable[..., np.ndarray],
-) -> tuple[np.ndarray, np.ndarray]:
-    """The ``width`` pool items nearest each query by fast L2, ties by index.
+    fast_sqdist: Callable[..., np.ndarray] | None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The ``width`` pool items nearest each query, ties by index.
 
     queries: (q, d) float32; pools: per query (hamming (m,), idx (m,)) -> (cand (q, width) int64, hamming
-    (q, width) int32), -1 padded. Pools no larger than ``width`` are kept whole (the exact re-rank orders
-    them). The others are scored together: their (query, item) pairs are sorted by item, each distinct F7
-    row is read once in one sorted gather per block of ``chunk_size`` rows however many pools share it,
-    and scored against the queries sharing it (``pair_sqdist``).
+    (q, width) int32, -1 padded, and their squared distances (q, width) float32, inf padded). The pools'
+    (query, item) pairs are sorted by item, each distinct F7 row is read once in one sorted gather per
+    block of ``chunk_size`` rows however many pools share it, and scored against the queries sharing it:
+    by the exact ``pair_sqdist`` (``fast_sqdist`` None), else by ``fast_sqdist``, in which case pools no
+    larger than ``width`` are kept whole unscored (the exact re-rank orders them) and the distances
+    returned are the fast ones.
     """
     q = len(queries)
     cand = np.full((q, width), -1, np.int64)
     cand_ham = np.full((q, width), -1, np.int32)
+    cand_sq = np.full((q, width), np.inf, np.float32)
     sizes = np.array([len(idx) for _, idx in pools], np.int64)
-    for j in np.flatnonzero(sizes <= width):
-        cand[j, : sizes[j]], cand_ham[j, : sizes[j]] = pools[j][1], pools[j][0]
-    big = np.flatnonzero(sizes > width)
+    if fast_sqdist is not None:
+        for j in np.flatnonzero(sizes <= width):
+            cand[j, : sizes[j]], cand_ham[j, : sizes[j]] = pools[j][1], pools[j][0]
+    big = np.flatnonzero(sizes > (width if fast_sqdist is not None else 0))
     if not big.size:
-        return cand, cand_ham
+        return cand, cand_ham, cand_sq
     owner = np.repeat(big, sizes[big])
     items = np.concatenate([pools[j][1] for j in big])
     hams = np.concatenate([pools[j][0] for j in big])
     by_item = np.argsort(items, kind="stable")
     owner, items, hams = owner[by_item], items[by_item], hams[by_item]
-    approx = np.empty(len(items), np.float32)
+    sq = np.empty(len(items), np.float32)
     qnorms = np.einsum("ij,ij->i", queries, queries)
     step = max(1, min(chunk_size, (1 << 24) // queries.shape[1]))  # distinct rows per block: <= ~64 MB
     bounds = np.r_[np.flatnonzero(np.diff(items, prepend=-1))[::step], len(items)]
@@ -633,51 +675,18 @@ def _shortlist_pools(
     for a, b in zip(bounds[:-1], bounds[1:]):
         uniq, inverse = np.unique(items[a:b], return_inverse=True)
         rows = _f7_rows(db_f7, uniq, buffer)
-        approx[a:b] = pair_sqdist(queries, qnorms, owner[a:b], rows, inverse)
-    np.maximum(approx, 0, out=approx)
-    np.sqrt(approx, out=approx)
-    # each pool's pairs by (query, L2, index); the first ``width`` of each pool are its shortlist
-    order = np.lexsort((items, approx, owner))
-    owner, items, hams = owner[order], items[order], hams[order]
+        if fast_sqdist is None:
+            sq[a:b] = pair_sqdist(queries, owner[a:b], rows, inverse)
+        else:
+            sq[a:b] = fast_sqdist(queries, qnorms, owner[a:b], rows, inverse)
+    # each pool's pairs by (query, distance, index); the first ``width`` of each pool are its shortlist
+    order = np.lexsort((items, sq, owner))
+    owner, items, hams, sq = owner[order], items[order], hams[order], sq[order]
     starts = np.searchsorted(owner, big)
-    take = (starts[:, None] + np.arange(width)).ravel()
-    cand[big] = items[take].reshape(len(big), width)
-    cand_ham[big] = hams[take].reshape(len(big), width)
-    return cand, cand_ham
-
-
-def _pair_sqdist(
-    queries: np.ndarray, qnorms: np.ndarray, owner: np.ndarray, rows: np.ndarray, inverse: np.ndarray
-) -> np.ndarray:
-    """|q|^2 - 2 q.x + |x|^2 (float32, unclipped) for the pairs (queries[owner[i]], rows[inverse[i]]).
-
-    queries: (q, d) float32; qnorms: (q,) their squared norms; rows: (m, d) float32; owner, inverse: (p,)
-    int64. Each row is scored against the queries that share it by FAISS's ``fvec_inner_products_by_idx``
-    (one SIMD dot product per pair, the query list of a row padded with -1, threaded over the rows): the
-    row is read once and no gathered copy of rows or queries is made, which a GEMM over the sparse
-    (query, row) pairs or numpy's einsum on gathered pairs cannot avoid.
-    """
-    by_row = np.argsort(inverse, kind="stable")
-    counts = np.bincount(inverse, minlength=len(rows))
-    slot = np.empty(len(inverse), np.int64)
-    slot[by_row] = np.arange(len(inverse)) - np.repeat(np.cumsum(counts) - counts, counts)
-    width = int(counts.max()) if len(counts) else 0
-    sharing = np.full((len(rows), width), -1, np.int64)
-    sharing[inverse, slot] = owner
-    products = np.empty((len(rows), width), np.float32)
-    rows = np.ascontiguousarray(rows, np.float32)
-    queries = np.ascontiguousarray(queries, np.float32)
-    faiss.fvec_inner_products_by_idx(
-        faiss.swig_ptr(products),
-        faiss.swig_ptr(rows),
-        faiss.swig_ptr(queries),
-        faiss.swig_ptr(sharing),
-        rows.shape[1],
-        len(rows),
-        width,
-    )
-    dots = products[inverse, slot]
-    dots *= -2
-    dots += qnorms[owner]
-    dots += np.einsum("ij,ij->i", rows, rows)[inverse]
-    return dots
+    ends = np.r_[starts[1:], len(owner)]
+    slot = np.arange(len(owner)) - np.repeat(starts, ends - starts)
+    keep = slot < width
+    cand[owner[keep], slot[keep]] = items[keep]
+    cand_ham[owner[keep], slot[keep]] = hams[keep]
+    cand_sq[owner[keep], slot[keep]] = sq[keep]
+    return cand, cand_ham, cand_sq

@@ -157,8 +157,8 @@ def _pair_sqdist(
     rows: np.ndarray,
     inverse: np.ndarray,
 ) -> np.ndarray:
-    """``search._pair_sqdist`` on ``device``: |q|^2 - 2 q.x + |x|^2 (float32) for each (query, row) pair;
-    a device computes the gathered pairs' products at memory speed."""
+    """Fast squared distances |q|^2 - 2 q.x + |x|^2 (float32) of the pairs (queries[owner[i]],
+    rows[inverse[i]]) on ``device``, which computes the gathered pairs' products at memory speed."""
     rows_t = torch.from_numpy(rows).to(device)
     owner_t = torch.from_numpy(owner).to(device)
     inverse_t = torch.from_numpy(inverse).to(device)
