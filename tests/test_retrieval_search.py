@@ -11,6 +11,7 @@ import pytest
 from deephash.retrieval import search as search_mod
 from deephash.retrieval.codes import pack_codes
 from deephash.retrieval.search import (
+    L2_BACKENDS,
     HammingIndex,
     PoolRule,
     euclidean_search,
@@ -427,6 +428,20 @@ def test_pair_distances_match_float64_and_do_not_depend_on_the_batch() -> None:
         alone = search_mod.pair_sqdist(queries[owner[i]][None], np.array([0]), moved, np.array([2]))
         assert alone.view(np.uint32)[0] == got.view(np.uint32)[i]
     assert search_mod.pair_sqdist(queries, owner[:0], rows, inverse[:0]).shape == (0,)
+
+
+@pytest.mark.parametrize("backend", L2_BACKENDS)
+def test_exhaustive_search_is_exact_on_near_ties_beyond_the_shortlist(backend: str) -> None:
+    # 4096-d rows with squared norms ~1e5 within a hair of one centre: the fast distances misorder
+    # them, far beyond the shortlist's slack; the rescan still returns the stable exact order
+    rng = np.random.default_rng(4)
+    centre = np.maximum(rng.normal(2.0, 6.0, 4096), 0)
+    db = (centre + rng.normal(0, 0.002, (500, 4096))).astype(np.float32)
+    queries = (centre + rng.normal(0, 0.002, (4, 4096))).astype(np.float32)
+    l2 = np.sqrt(((queries[:, None].astype(np.float64) - db[None].astype(np.float64)) ** 2).sum(-1))
+    for k in (1, 10, 100):
+        _, idx = euclidean_search(db, queries, k, chunk_size=128, backend=backend)
+        np.testing.assert_array_equal(idx, np.argsort(l2, axis=1, kind="stable")[:, :k])
 
 
 def _shortlist_width(k: int) -> int:

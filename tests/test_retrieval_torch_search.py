@@ -88,6 +88,27 @@ def test_device_hierarchical_search_equals_cpu_path(k: int, rule: PoolRule) -> N
     assert (want.pool_sizes > search._shortlist(k)).any()  # pools were scored, not just passed on
 
 
+def test_device_hierarchical_search_equals_cpu_path_on_near_ties_beyond_the_slack() -> None:
+    # 4096-d rows with squared norms ~1e5, all within a hair of one centre: the fast distances' error
+    # (~200 in squared distance) covers the whole pool, so a fixed shortlist of k + 16 would cut through
+    # hundreds of near-ties and disagree with the CPU path's exact pool ranking
+    rng = np.random.default_rng(3)
+    centre = np.maximum(rng.normal(2.0, 6.0, 4096), 0)
+    db_f7 = (centre + rng.normal(0, 0.002, (400, 4096))).astype(np.float32)
+    q_f7 = (centre + rng.normal(0, 0.002, (6, 4096))).astype(np.float32)
+    codes = pack_codes(np.zeros((400, 48), bool))
+    queries = pack_codes(np.zeros((6, 48), bool))
+    rule = PoolRule(2, 1, 1000, 400)  # every pool is the whole database
+    want = search.hierarchical_search(HammingIndex(codes, 48), db_f7, queries, q_f7, 10, rule)
+    got = torch_search.hierarchical_search(
+        TorchHammingIndex(codes, 48, "cpu"), db_f7, queries, q_f7, 10, rule
+    )
+    for field in ("idx", "l2", "hamming", "pool_sizes"):
+        np.testing.assert_array_equal(getattr(got, field), getattr(want, field))
+    l2 = np.sqrt(((q_f7[:, None].astype(np.float64) - db_f7[None].astype(np.float64)) ** 2).sum(-1))
+    np.testing.assert_array_equal(want.idx, np.argsort(l2, axis=1, kind="stable")[:, :10])
+
+
 @pytest.mark.parametrize("bits,radius", [(12, 2), (48, 3), (128, 10)])
 def test_device_hamming_metrics_equal_cpu_metrics(bits: int, radius: int) -> None:
     rng = np.random.default_rng(bits + 1)

@@ -207,7 +207,10 @@ def split_ranges(
 
 
 def l2_distances(
-    queries: np.ndarray, rows: np.ndarray, query_sqnorms: np.ndarray | None = None
+    queries: np.ndarray,
+    rows: np.ndarray,
+    query_sqnorms: np.ndarray | None = None,
+    row_sqnorms: np.ndarray | None = None,
 ) -> np.ndarray:
     """Fast approximate Euclidean distances through BLAS: sqrt(max(|q|^2 - 2 q.x + |x|^2, 0)).
 
@@ -220,7 +223,7 @@ def l2_distances(
     sq = queries @ rows.T
     sq *= -2
     sq += query_sqnorms[:, None]
-    sq += np.einsum("ij,ij->i", rows, rows)[None, :]
+    sq += (np.einsum("ij,ij->i", rows, rows) if row_sqnorms is None else row_sqnorms)[None, :]
     np.maximum(sq, 0, out=sq)
     return np.sqrt(sq, out=sq)
 
@@ -387,8 +390,7 @@ def euclidean_search(
 def _tie_bound(kth: np.ndarray, queries: np.ndarray, max_sqnorm: float) -> np.ndarray:
     """(q,) float64: the squared fast distance below which a row may still tie or beat the exact k-th
     distance ``kth`` (q,): kth^2 plus twice the error bound ``e`` of the module docstring."""
-    d = queries.shape[1]
-    err = 4 * (d + 2) * 2.0**-24 * (np.einsum("ij,ij->i", queries, queries).astype(np.float64) + max_sqnorm)
+    err = _fast_error(np.einsum("ij,ij->i", queries, queries), max_sqnorm, queries.shape[1])
     return kth.astype(np.float64) ** 2 * (1 + 2.0**-20) + 2 * err
 
 
@@ -426,8 +428,9 @@ def _numpy_shortlist(
     buffer = _row_buffer(db_f7, chunk_size)
     for start in range(0, db_f7.shape[0], chunk_size):
         rows = _f7_rows(db_f7, slice(start, start + chunk_size), buffer)
-        max_sqnorm = max(max_sqnorm, float(np.einsum("ij,ij->i", rows, rows).max(initial=0)))
-        dist = l2_distances(queries, rows, qnorms)
+        norms = np.einsum("ij,ij->i", rows, rows)
+        max_sqnorm = max(max_sqnorm, float(norms.max(initial=0)))
+        dist = l2_distances(queries, rows, qnorms, norms)
         idx = np.broadcast_to(np.arange(start, start + len(rows), dtype=np.int64), dist.shape)
         dist, idx = select_topk(dist, idx, width)
         best_d, best_i = select_topk(np.hstack([best_d, dist]), np.hstack([best_i, idx]), width)
@@ -464,8 +467,22 @@ def _faiss_shortlist(
         buffer = _row_buffer(db_f7, chunk_size)
         for start in range(0, n, chunk_size):
             rows = np.ascontiguousarray(_f7_rows(db_f7, slice(start, start + chunk_size), buffer))
-            max_sqnorm = max(max_sqnorm, float(np.einsum("ij,ij->i", rows, rows).max(initial=0)))
-            dist, idx = faiss.knn(queries, rows, min(depth, len(rows)))
+            norms = np.einsum("ij,ij->i", rows, rows)
+            max_sqnorm = max(max_sqnorm, float(norms.max(initial=0)))
+            kk = min(depth, len(rows))
+            dist, idx = np.empty((q, kk), np.float32), np.empty((q, kk), np.int64)
+            # faiss.knn's own call, given the row norms just computed instead of computing them again
+            faiss.knn_L2sqr(
+                faiss.swig_ptr(queries),
+                faiss.swig_ptr(rows),
+                rows.shape[1],
+                q,
+                len(rows),
+                kk,
+                faiss.swig_ptr(dist),
+                faiss.swig_ptr(idx),
+                faiss.swig_ptr(norms),
+            )
             idx += start
             heap.add_result(dist, idx)
     heap.finalize()
@@ -572,10 +589,8 @@ def _hierarchical(
     query32 = _check_features(db_f7, query_f7, index.ntotal)
     if len(queries) != len(query32):
         raise ConfigError(f"got {len(queries)} query codes but {len(query32)} query F7 rows")
-    q, width = len(queries), k if fast_sqdist is None else _shortlist(k)
-    cand = np.full((q, width), -1, np.int64)
-    cand_sq = np.full((q, width), np.inf, np.float32)
-    cand_ham = np.full((q, width), -1, np.int32)
+    q = len(queries)
+    found: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     pool_sizes = np.zeros(q, np.int64)
     batch: list[tuple[np.ndarray, np.ndarray]] = []
     b0 = 0
@@ -587,11 +602,14 @@ def _hierarchical(
         batch.extend(pools)
         pairs = int(pool_sizes[b0 : q0 + len(pools)].sum())
         if pairs >= _SHORTLIST_PAIRS or len(batch) >= _SHORTLIST_QUERY_BATCH or q0 + len(pools) == q:
-            rows = slice(b0, b0 + len(batch))
-            cand[rows], cand_ham[rows], cand_sq[rows] = _shortlist_pools(
-                db_f7, query32[rows], batch, width, chunk_size, fast_sqdist
-            )
+            rows = query32[b0 : b0 + len(batch)]
+            found.append(_shortlist_pools(db_f7, rows, batch, k, chunk_size, fast_sqdist))
             b0, batch = b0 + len(batch), []
+    # shortlists of different batches may differ in width: pad them to the widest
+    width = max([k] + [c.shape[1] for c, _, _ in found])
+    cand = np.vstack([_pad_columns(c, width, -1) for c, _, _ in found] or [np.full((0, width), -1)])
+    cand_ham = np.vstack([_pad_columns(h, width, -1) for _, h, _ in found] or [np.full((0, width), -1)])
+    cand_sq = np.vstack([_pad_columns(d, width, np.inf) for _, _, d in found] or [np.full((0, width), 0.0)])
     if fast_sqdist is None:
         l2, idx, ham = np.sqrt(cand_sq), cand, cand_ham
     else:
@@ -637,38 +655,35 @@ def _shortlist_pools(
     db_f7: np.ndarray | F7File,
     queries: np.ndarray,
     pools: list[tuple[np.ndarray, np.ndarray]],
-    width: int,
+    k: int,
     chunk_size: int,
     fast_sqdist: Callable[..., np.ndarray] | None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The ``width`` pool items nearest each query, ties by index.
+    """Each query's nearest pool items, ties by index.
 
-    queries: (q, d) float32; pools: per query (hamming (m,), idx (m,)) -> (cand (q, width) int64, hamming
-    (q, width) int32, -1 padded, and their squared distances (q, width) float32, inf padded). The pools'
-    (query, item) pairs are sorted by item, each distinct F7 row is read once in one sorted gather per
-    block of ``chunk_size`` rows however many pools share it, and scored against the queries sharing it:
-    by the exact ``pair_sqdist`` (``fast_sqdist`` None), else by ``fast_sqdist``, in which case pools no
-    larger than ``width`` are kept whole unscored (the exact re-rank orders them) and the distances
-    returned are the fast ones.
+    queries: (q, d) float32; pools: per query (hamming (m,), idx (m,)) -> (cand (q, w) int64, hamming (q, w)
+    int32, -1 padded, and their squared distances (q, w) float32, inf padded). The pools' (query, item)
+    pairs are sorted by item, each distinct F7 row is read once in one sorted gather per block of
+    ``chunk_size`` rows however many pools share it, and scored against the queries sharing it.
+
+    ``fast_sqdist`` None: by the exact ``pair_sqdist``; w = k and these are the results. Else by
+    ``fast_sqdist``: pools of at most k items are kept whole (unscored, distance inf), larger ones keep
+    every item whose fast distance is within twice the fast distances' error (``_fast_error``) of their
+    k-th fast distance. That shortlist holds every item of the exact top k (ties included) for the exact
+    re-rank (``_refine``) to order; w is the widest shortlist.
     """
     q = len(queries)
-    cand = np.full((q, width), -1, np.int64)
-    cand_ham = np.full((q, width), -1, np.int32)
-    cand_sq = np.full((q, width), np.inf, np.float32)
     sizes = np.array([len(idx) for _, idx in pools], np.int64)
-    if fast_sqdist is not None:
-        for j in np.flatnonzero(sizes <= width):
-            cand[j, : sizes[j]], cand_ham[j, : sizes[j]] = pools[j][1], pools[j][0]
-    big = np.flatnonzero(sizes > (width if fast_sqdist is not None else 0))
-    if not big.size:
-        return cand, cand_ham, cand_sq
+    big = np.flatnonzero(sizes > (k if fast_sqdist is not None else 0))
+    whole = np.flatnonzero((sizes > 0) & (sizes <= k)) if fast_sqdist is not None else big[:0]
     owner = np.repeat(big, sizes[big])
-    items = np.concatenate([pools[j][1] for j in big])
-    hams = np.concatenate([pools[j][0] for j in big])
+    items = np.concatenate([pools[j][1] for j in big] or [np.zeros(0, np.int64)])
+    hams = np.concatenate([pools[j][0] for j in big] or [np.zeros(0, np.int32)])
     by_item = np.argsort(items, kind="stable")
     owner, items, hams = owner[by_item], items[by_item], hams[by_item]
     sq = np.empty(len(items), np.float32)
     qnorms = np.einsum("ij,ij->i", queries, queries)
+    max_sqnorm = 0.0
     step = max(1, min(chunk_size, (1 << 24) // queries.shape[1]))  # distinct rows per block: <= ~64 MB
     bounds = np.r_[np.flatnonzero(np.diff(items, prepend=-1))[::step], len(items)]
     buffer = _row_buffer(db_f7, step)
@@ -679,14 +694,32 @@ def _shortlist_pools(
             sq[a:b] = pair_sqdist(queries, owner[a:b], rows, inverse)
         else:
             sq[a:b] = fast_sqdist(queries, qnorms, owner[a:b], rows, inverse)
-    # each pool's pairs by (query, distance, index); the first ``width`` of each pool are its shortlist
+            max_sqnorm = max(max_sqnorm, float(np.einsum("ij,ij->i", rows, rows).max(initial=0)))
+    # each pool's pairs by (query, distance, index)
     order = np.lexsort((items, sq, owner))
     owner, items, hams, sq = owner[order], items[order], hams[order], sq[order]
     starts = np.searchsorted(owner, big)
-    ends = np.r_[starts[1:], len(owner)]
-    slot = np.arange(len(owner)) - np.repeat(starts, ends - starts)
-    keep = slot < width
+    counts = np.r_[starts[1:], len(owner)] - starts
+    slot = np.arange(len(owner)) - np.repeat(starts, counts)
+    if fast_sqdist is None:
+        keep = slot < k
+    else:
+        kth = sq[starts + k - 1].astype(np.float64)
+        limit = kth + 2 * _fast_error(qnorms[big], max_sqnorm, queries.shape[1])
+        keep = (slot < k) | (sq <= np.repeat(limit, counts))
+    width = max(k, int(sizes[whole].max(initial=0)), int(slot[keep].max(initial=-1)) + 1)
+    cand = np.full((q, width), -1, np.int64)
+    cand_ham = np.full((q, width), -1, np.int32)
+    cand_sq = np.full((q, width), np.inf, np.float32)
+    for j in whole:
+        cand[j, : sizes[j]], cand_ham[j, : sizes[j]] = pools[j][1], pools[j][0]
     cand[owner[keep], slot[keep]] = items[keep]
     cand_ham[owner[keep], slot[keep]] = hams[keep]
     cand_sq[owner[keep], slot[keep]] = sq[keep]
     return cand, cand_ham, cand_sq
+
+
+def _fast_error(query_sqnorms: np.ndarray, max_sqnorm: float, d: int) -> np.ndarray:
+    """(q,) float64: the bound ``e`` of the module docstring on how far a fast squared distance
+    |q|^2 - 2 q.x + |x|^2 in float32 can be from the true one, for rows of squared norm <= ``max_sqnorm``."""
+    return 4 * (d + 2) * 2.0**-24 * (np.asarray(query_sqnorms, np.float64) + max_sqnorm)
