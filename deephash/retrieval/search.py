@@ -298,6 +298,12 @@ def _f7_rows(
     return out
 
 
+def _sorted_unique(items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``np.unique(items, return_inverse=True)`` for already sorted ``items``, without sorting them again."""
+    first = np.r_[True, items[1:] != items[:-1]] if len(items) else np.zeros(0, bool)
+    return items[first], np.cumsum(first) - 1
+
+
 def _row_buffer(db_f7: np.ndarray | F7File, rows: int) -> np.ndarray:
     """A float32 buffer for blocks of up to ``rows`` rows of ``db_f7`` (never more than it holds)."""
     return np.empty((max(0, min(rows, db_f7.shape[0])), db_f7.shape[1]), np.float32)
@@ -327,7 +333,7 @@ def _refine(
     bounds = np.r_[np.flatnonzero(np.diff(items, prepend=-1))[::step], len(items)]
     buffer = _row_buffer(db_f7, step)
     for a, b in zip(bounds[:-1], bounds[1:]):
-        uniq, inverse = np.unique(items[a:b], return_inverse=True)
+        uniq, inverse = _sorted_unique(items[a:b])
         rows_f7 = _f7_rows(db_f7, uniq, buffer)
         l2[rows[a:b], cols[a:b]] = np.sqrt(pair_sqdist(queries, rows[a:b], rows_f7, inverse))
     # empty slots get an index past every real one, so they sort last
@@ -688,7 +694,7 @@ def _shortlist_pools(
     bounds = np.r_[np.flatnonzero(np.diff(items, prepend=-1))[::step], len(items)]
     buffer = _row_buffer(db_f7, step)
     for a, b in zip(bounds[:-1], bounds[1:]):
-        uniq, inverse = np.unique(items[a:b], return_inverse=True)
+        uniq, inverse = _sorted_unique(items[a:b])
         rows = _f7_rows(db_f7, uniq, buffer)
         if fast_sqdist is None:
             sq[a:b] = pair_sqdist(queries, owner[a:b], rows, inverse)
