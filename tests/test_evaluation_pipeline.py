@@ -208,3 +208,33 @@ def test_settings_carry_the_device() -> None:
     db, queries, bits = _data(8)
     with pytest.raises(ValueError, match="unknown retrieval.device 'tpu'"):
         evaluate_retrieval(db, queries, bits, modes=["hamming"], device="tpu")
+
+
+def test_float_rankings_order_ties_zeros_and_nan_like_a_stable_sort() -> None:
+    from deephash.evaluation.pipeline import _stable_ranking
+
+    rng = np.random.default_rng(11)
+    dist = np.round(rng.random((6, 500)) * 20) / 4  # many exact ties
+    dist[:, ::50] = 0.0
+    expected = np.argsort(dist, axis=1, kind="stable")
+    assert np.array_equal(_stable_ranking(dist), expected)
+    # -0.0 ties with 0.0 (its bit pattern would sort it last), NaN sorts last in index order
+    odd = dist.copy()
+    odd[:, 1::50] = -0.0
+    odd[0, 7], odd[0, 3] = np.nan, np.nan
+    assert np.array_equal(_stable_ranking(odd), np.argsort(odd, axis=1, kind="stable"))
+
+
+def test_euclidean_distances_read_in_database_blocks(tmp_path) -> None:
+    from deephash.evaluation.pipeline import _l2_block
+
+    db, queries, _ = _data(8, n=103, d=24)
+    path = tmp_path / "f7.npy"
+    np.save(path, db.f7)
+    memmap = np.load(path, mmap_mode="r")
+    q = queries.f7.astype(np.float64)
+    exact = ((q[:, None, :] - db.f7.astype(np.float64)[None, :, :]) ** 2).sum(-1)
+    for rows in (7, 103, 8192):  # blocks that do not divide n, one block, the default
+        got = _l2_block(queries.f7, memmap, rows=rows)
+        np.testing.assert_allclose(got, exact, rtol=1e-9, atol=1e-9)
+        assert not np.signbit(got).any()

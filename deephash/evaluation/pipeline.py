@@ -34,14 +34,15 @@ from deephash.evaluation.metrics import (
 )
 from deephash.evaluation.torch_metrics import hamming_retrieval_metrics_torch
 from deephash.retrieval.codes import hamming_distance_matrix
-from deephash.retrieval.features import widen
 from deephash.retrieval.search import (
     MODES,
     HammingIndex,
     HammingSearch,
     PoolRule,
     euclidean_search,
+    f7_rows,
     hierarchical_search,
+    row_buffer,
 )
 from deephash.retrieval.store import EncodedItems
 from deephash.retrieval.torch_search import TorchHammingIndex, torch_device
@@ -190,6 +191,10 @@ def _stable_ranking(dist: np.ndarray) -> np.ndarray:
     """(b, n) distances -> (b, n) database indices by (distance, index)."""
     if dist.dtype.kind in "iu" and dist.size and dist.min() >= 0 and dist.max() < 1 << 16:
         dist = dist.astype(np.uint16)  # numpy's stable sort of 16-bit keys is a linear-time radix sort
+    elif dist.dtype == np.float64 and dist.size and not np.signbit(dist).any() and not np.isnan(dist).any():
+        # The bit patterns of non-negative floats (no -0.0, no NaN) order as their values, and numpy's
+        # stable sort compares uint64 keys about twice as fast as float64 ones: the same order.
+        dist = dist.view(np.uint64)
     return np.argsort(dist, axis=1, kind="stable")
 
 
@@ -206,17 +211,26 @@ def _pool_first(pool: np.ndarray, hamming_ranking: np.ndarray) -> np.ndarray:
     return out
 
 
-def _l2_block(queries: np.ndarray, db_f7: np.ndarray, rows: int = 65536) -> np.ndarray:
-    """Squared L2 distances (b, n) in float64 (accurate enough to order distinct distances)."""
+def _l2_block(queries: np.ndarray, db_f7: np.ndarray, rows: int = 8192) -> np.ndarray:
+    """Squared L2 distances (b, n) in float64 (accurate enough to order distinct distances), never -0.0.
+
+    The database is read ``rows`` rows at a time into two reused buffers (float32, then float64), so the
+    float64 copy of the database is never made whole and no block faults in fresh pages."""
     q = np.asarray(queries, np.float64)
     qn = np.einsum("ij,ij->i", q, q)
-    out = np.empty((len(q), db_f7.shape[0]), np.float64)
-    for s in range(0, db_f7.shape[0], rows):
-        block = np.asarray(db_f7[s : s + rows])
-        # float16 -> float32 by ``widen`` (numpy's half-float cast is 10x slower), float32 -> float64 is fast
-        x = widen(block, np.empty(block.shape, np.float32)).astype(np.float64)
-        out[:, s : s + len(x)] = qn[:, None] - 2 * (q @ x.T) + np.einsum("ij,ij->i", x, x)[None, :]
-    return np.maximum(out, 0, out=out)
+    n, d = db_f7.shape
+    out = np.empty((len(q), n), np.float64)
+    buffer32 = row_buffer(db_f7, rows)
+    buffer64 = np.empty(buffer32.shape, np.float64)
+    for s in range(0, n, rows):
+        x32 = f7_rows(db_f7, slice(s, min(n, s + rows)), buffer32)  # float16 widened by torch
+        x = buffer64[: len(x32)]
+        np.copyto(x, x32)
+        block = out[:, s : s + len(x)]
+        block[...] = qn[:, None] - 2 * (q @ x.T) + np.einsum("ij,ij->i", x, x)[None, :]
+    np.maximum(out, 0, out=out)
+    out += 0.0  # -0.0 -> 0.0, so that the bit patterns order the distances (see _stable_ranking)
+    return out
 
 
 def _hierarchical(index: HammingSearch) -> Callable[..., Any]:

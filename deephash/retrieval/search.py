@@ -17,7 +17,7 @@ width), then computes the shortlist's exact distances. A query whose shortlist c
 exact k-th distance (near-ties, duplicate rows) is rescanned for every row within that margin, so its
 results too are the stable (exact distance, index) order of the whole database.
 
-Database F7 may be an ndarray, a memmap or an ``F7File``; it is only ever read through ``_f7_rows``,
+Database F7 may be an ndarray, a memmap or an ``F7File``; it is only ever read through ``f7_rows``,
 which copies the rows asked for to float32 and never leaves more than those rows resident (see
 ``deephash.retrieval.features``).
 """
@@ -279,7 +279,7 @@ def _pairs_by_row(
     return out[inverse, slot]
 
 
-def _f7_rows(
+def f7_rows(
     db_f7: np.ndarray | F7File, key: slice | np.ndarray, buffer: np.ndarray | None = None
 ) -> np.ndarray:
     """``db_f7[key]`` as float32 (m, d), in the first m rows of ``buffer`` ((>= m, d) float32) when given, so
@@ -304,7 +304,7 @@ def _sorted_unique(items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return items[first], np.cumsum(first) - 1
 
 
-def _row_buffer(db_f7: np.ndarray | F7File, rows: int) -> np.ndarray:
+def row_buffer(db_f7: np.ndarray | F7File, rows: int) -> np.ndarray:
     """A float32 buffer for blocks of up to ``rows`` rows of ``db_f7`` (never more than it holds)."""
     return np.empty((max(0, min(rows, db_f7.shape[0])), db_f7.shape[1]), np.float32)
 
@@ -331,10 +331,10 @@ def _refine(
     items = cand[rows, cols]
     step = max(1, (1 << 24) // db_f7.shape[1])  # distinct rows per block: ~64 MB of float32
     bounds = np.r_[np.flatnonzero(np.diff(items, prepend=-1))[::step], len(items)]
-    buffer = _row_buffer(db_f7, step)
+    buffer = row_buffer(db_f7, step)
     for a, b in zip(bounds[:-1], bounds[1:]):
         uniq, inverse = _sorted_unique(items[a:b])
-        rows_f7 = _f7_rows(db_f7, uniq, buffer)
+        rows_f7 = f7_rows(db_f7, uniq, buffer)
         l2[rows[a:b], cols[a:b]] = np.sqrt(pair_sqdist(queries, rows[a:b], rows_f7, inverse))
     # empty slots get an index past every real one, so they sort last
     key_idx = np.where(cand >= 0, cand, np.iinfo(np.int64).max)
@@ -407,9 +407,9 @@ def _rows_within(
     qnorms = np.einsum("ij,ij->i", queries, queries)
     limit = np.sqrt(bound).astype(np.float32)[:, None]
     found_q, found_i = [], []
-    buffer = _row_buffer(db_f7, chunk_size)
+    buffer = row_buffer(db_f7, chunk_size)
     for start in range(0, db_f7.shape[0], chunk_size):
-        rows = _f7_rows(db_f7, slice(start, start + chunk_size), buffer)
+        rows = f7_rows(db_f7, slice(start, start + chunk_size), buffer)
         q_hit, i_hit = np.nonzero(l2_distances(queries, rows, qnorms) <= limit)
         found_q.append(q_hit)
         found_i.append(i_hit + start)
@@ -431,9 +431,9 @@ def _numpy_shortlist(
     best_d = np.empty((len(queries), 0), np.float32)
     best_i = np.empty((len(queries), 0), np.int64)
     max_sqnorm = 0.0
-    buffer = _row_buffer(db_f7, chunk_size)
+    buffer = row_buffer(db_f7, chunk_size)
     for start in range(0, db_f7.shape[0], chunk_size):
-        rows = _f7_rows(db_f7, slice(start, start + chunk_size), buffer)
+        rows = f7_rows(db_f7, slice(start, start + chunk_size), buffer)
         norms = np.einsum("ij,ij->i", rows, rows)
         max_sqnorm = max(max_sqnorm, float(norms.max(initial=0)))
         dist = l2_distances(queries, rows, qnorms, norms)
@@ -470,9 +470,9 @@ def _faiss_shortlist(
     heap = faiss.ResultHeap(q, depth)
     max_sqnorm = 0.0
     with _blas_database_block(q):
-        buffer = _row_buffer(db_f7, chunk_size)
+        buffer = row_buffer(db_f7, chunk_size)
         for start in range(0, n, chunk_size):
-            rows = np.ascontiguousarray(_f7_rows(db_f7, slice(start, start + chunk_size), buffer))
+            rows = np.ascontiguousarray(f7_rows(db_f7, slice(start, start + chunk_size), buffer))
             norms = np.einsum("ij,ij->i", rows, rows)
             max_sqnorm = max(max_sqnorm, float(norms.max(initial=0)))
             kk = min(depth, len(rows))
@@ -692,10 +692,10 @@ def _shortlist_pools(
     max_sqnorm = 0.0
     step = max(1, min(chunk_size, (1 << 24) // queries.shape[1]))  # distinct rows per block: <= ~64 MB
     bounds = np.r_[np.flatnonzero(np.diff(items, prepend=-1))[::step], len(items)]
-    buffer = _row_buffer(db_f7, step)
+    buffer = row_buffer(db_f7, step)
     for a, b in zip(bounds[:-1], bounds[1:]):
         uniq, inverse = _sorted_unique(items[a:b])
-        rows = _f7_rows(db_f7, uniq, buffer)
+        rows = f7_rows(db_f7, uniq, buffer)
         if fast_sqdist is None:
             sq[a:b] = pair_sqdist(queries, owner[a:b], rows, inverse)
         else:
