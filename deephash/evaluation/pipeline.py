@@ -218,7 +218,7 @@ def _l2_block(queries: np.ndarray, db_f7: np.ndarray, rows: int = 8192) -> np.nd
     float64 copy of the database is never made whole and no block faults in fresh pages."""
     q = np.asarray(queries, np.float64)
     qn = np.einsum("ij,ij->i", q, q)
-    n, d = db_f7.shape
+    n = db_f7.shape[0]
     out = np.empty((len(q), n), np.float64)
     buffer32 = row_buffer(db_f7, rows)
     buffer64 = np.empty(buffer32.shape, np.float64)
