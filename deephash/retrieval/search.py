@@ -25,6 +25,7 @@ which copies the rows asked for to float32 and never leaves more than those rows
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Protocol
@@ -309,6 +310,35 @@ def row_buffer(db_f7: np.ndarray | F7File, rows: int) -> np.ndarray:
     return np.empty((max(0, min(rows, db_f7.shape[0])), db_f7.shape[1]), np.float32)
 
 
+def _row_blocks(
+    db_f7: np.ndarray | F7File, items: np.ndarray, step: int
+) -> Iterator[tuple[int, int, np.ndarray, np.ndarray]]:
+    """Blocks of sorted ``items`` (p,) holding up to ``step`` distinct rows each -> (a, b, rows, inverse): the
+    pairs ``a:b``, their distinct F7 rows (m, d) float32 and each pair's row in them.
+
+    The next block is read in a worker thread while the caller scores this one (the read is bound by memory
+    traffic and page faults, the scoring by FAISS/torch kernels that release the GIL); two buffers alternate,
+    so a block's rows stay valid until the caller asks for the block after next."""
+    bounds = np.r_[np.flatnonzero(np.diff(items, prepend=-1))[::step], len(items)]
+    spans = list(zip(bounds[:-1].tolist(), bounds[1:].tolist()))
+    if not spans:
+        return
+    buffers = [row_buffer(db_f7, step), row_buffer(db_f7, step) if len(spans) > 1 else None]
+
+    def read(j: int) -> tuple[np.ndarray, np.ndarray]:
+        a, b = spans[j]
+        uniq, inverse = _sorted_unique(items[a:b])
+        return f7_rows(db_f7, uniq, buffers[j % 2]), inverse
+
+    with ThreadPoolExecutor(1, thread_name_prefix="deephash-f7") as reader:
+        pending = reader.submit(read, 0)
+        for j, (a, b) in enumerate(spans):
+            rows, inverse = pending.result()
+            if j + 1 < len(spans):
+                pending = reader.submit(read, j + 1)
+            yield a, b, rows, inverse
+
+
 def _shortlist(k: int) -> int:
     """Candidates kept from the fast BLAS distances before the exact re-computation."""
     return k + max(16, k // 8)
@@ -329,12 +359,8 @@ def _refine(
     by_item = np.argsort(cand[rows, cols], kind="stable")
     rows, cols = rows[by_item], cols[by_item]
     items = cand[rows, cols]
-    step = max(1, (1 << 24) // db_f7.shape[1])  # distinct rows per block: ~64 MB of float32
-    bounds = np.r_[np.flatnonzero(np.diff(items, prepend=-1))[::step], len(items)]
-    buffer = row_buffer(db_f7, step)
-    for a, b in zip(bounds[:-1], bounds[1:]):
-        uniq, inverse = _sorted_unique(items[a:b])
-        rows_f7 = f7_rows(db_f7, uniq, buffer)
+    step = max(1, (1 << 23) // db_f7.shape[1])  # distinct rows per block: two buffers of ~32 MB of float32
+    for a, b, rows_f7, inverse in _row_blocks(db_f7, items, step):
         l2[rows[a:b], cols[a:b]] = np.sqrt(pair_sqdist(queries, rows[a:b], rows_f7, inverse))
     # empty slots get an index past every real one, so they sort last
     key_idx = np.where(cand >= 0, cand, np.iinfo(np.int64).max)
@@ -690,12 +716,8 @@ def _shortlist_pools(
     sq = np.empty(len(items), np.float32)
     qnorms = np.einsum("ij,ij->i", queries, queries)
     max_sqnorm = 0.0
-    step = max(1, min(chunk_size, (1 << 24) // queries.shape[1]))  # distinct rows per block: <= ~64 MB
-    bounds = np.r_[np.flatnonzero(np.diff(items, prepend=-1))[::step], len(items)]
-    buffer = row_buffer(db_f7, step)
-    for a, b in zip(bounds[:-1], bounds[1:]):
-        uniq, inverse = _sorted_unique(items[a:b])
-        rows = f7_rows(db_f7, uniq, buffer)
+    step = max(1, min(chunk_size, (1 << 23) // queries.shape[1]))  # rows per block: two buffers of <= ~32 MB
+    for a, b, rows, inverse in _row_blocks(db_f7, items, step):
         if fast_sqdist is None:
             sq[a:b] = pair_sqdist(queries, owner[a:b], rows, inverse)
         else:
