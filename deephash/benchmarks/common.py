@@ -79,8 +79,9 @@ def clustered_codes(
 def limit_threads(threads: int | None) -> tuple[int, AbstractContextManager[Any]]:
     """Set FAISS's OpenMP threads to ``threads`` (None: all cores); returns the count and a context that
     gives numpy's BLAS (exhaustive L2, re-ranking) the same count."""
-    import faiss
     from threadpoolctl import threadpool_limits
+
+    from deephash.retrieval.faiss_blas import faiss
 
     threads = threads or os.cpu_count() or 1
     faiss.omp_set_num_threads(threads)

@@ -28,7 +28,6 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import faiss
 import numpy as np
 import torch
 from rich.console import Console
@@ -47,6 +46,7 @@ from deephash.benchmarks.common import (
 )
 from deephash.cli import exit_on_user_error
 from deephash.retrieval.codes import code_bytes, pad_codes
+from deephash.retrieval.faiss_blas import faiss
 from deephash.retrieval.search import (
     L2_BACKENDS,
     HammingIndex,

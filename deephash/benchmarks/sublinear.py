@@ -24,7 +24,6 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import faiss
 import numpy as np
 from rich.console import Console
 from rich.table import Table
@@ -43,6 +42,7 @@ from deephash.benchmarks.common import (
 )
 from deephash.cli import exit_on_user_error
 from deephash.retrieval.codes import code_bytes, pad_codes
+from deephash.retrieval.faiss_blas import faiss
 from deephash.retrieval.search import HammingIndex
 from deephash.retrieval.sublinear import MultiHashIndex, faiss_layout
 from deephash.utils.errors import ConfigError

@@ -30,7 +30,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Protocol
 
-import faiss
 import numpy as np
 
 from deephash.retrieval.codes import (
@@ -41,6 +40,7 @@ from deephash.retrieval.codes import (
     padded_code_bytes,
     padded_queries,
 )
+from deephash.retrieval.faiss_blas import faiss
 from deephash.retrieval.features import F7File, release_pages, widen
 from deephash.utils.checks import check_int
 from deephash.utils.errors import ConfigError, IndexFormatError

@@ -28,10 +28,10 @@ from collections.abc import Iterator
 from math import comb
 from typing import Any
 
-import faiss
 import numpy as np
 
 from deephash.retrieval.codes import check_packed, code_bytes, pad_codes, padded_code_bytes, padded_queries
+from deephash.retrieval.faiss_blas import faiss
 from deephash.retrieval.search import HammingIndex, split_ranges
 from deephash.utils.checks import check_int
 from deephash.utils.errors import ConfigError
