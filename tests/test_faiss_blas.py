@@ -73,7 +73,12 @@ def _faiss_cores(result: dict) -> list[str]:
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/maps and /proc/cpuinfo")
 @pytest.mark.parametrize(
     "module",
-    ["deephash.retrieval", "deephash.search", "deephash.benchmarks.retrieval", "deephash.benchmarks.sublinear"],
+    [
+        "deephash.retrieval",
+        "deephash.search",
+        "deephash.benchmarks.retrieval",
+        "deephash.benchmarks.sublinear",
+    ],
 )
 def test_faiss_blas_kernels_match_the_cpu(module: str) -> None:
     expected = openblas_coretype(cpu_flags())
