@@ -47,8 +47,11 @@ def openblas_coretype(flags: frozenset[str]) -> str | None:
 
 
 def _import_faiss():  # noqa: ANN202  (the faiss module)
-    core = openblas_coretype(cpu_flags()) if sys.platform.startswith("linux") else None
-    if "faiss" in sys.modules or core is None or CORETYPE_VARIABLE in os.environ:
+    settled = (
+        "faiss" in sys.modules or CORETYPE_VARIABLE in os.environ or not sys.platform.startswith("linux")
+    )
+    core = None if settled else openblas_coretype(cpu_flags())
+    if core is None:
         import faiss
 
         return faiss
