@@ -54,6 +54,8 @@ _RANGE_QUERY_BATCH = 256
 # once their pools hold this many (query, item) pairs (~70 bytes of working arrays each).
 _SHORTLIST_QUERY_BATCH = 1024
 _SHORTLIST_PAIRS = 1 << 22
+# Distinct F7 rows read per block of pool pairs: float32 bytes of one of the two alternating buffers
+_ROW_BLOCK_BYTES = 32 << 20
 
 
 def select_topk(dist: np.ndarray, idx: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -319,11 +321,14 @@ def _row_blocks(
     The next block is read in a worker thread while the caller scores this one (the read is bound by memory
     traffic and page faults, the scoring by FAISS/torch kernels that release the GIL); two buffers alternate,
     so a block's rows stay valid until the caller asks for the block after next."""
-    bounds = np.r_[np.flatnonzero(np.diff(items, prepend=-1))[::step], len(items)]
-    spans = list(zip(bounds[:-1].tolist(), bounds[1:].tolist()))
-    if not spans:
+    firsts = np.flatnonzero(np.diff(items, prepend=-1))  # where each distinct row's pairs begin
+    if not len(firsts):
         return
-    buffers = [row_buffer(db_f7, step), row_buffer(db_f7, step) if len(spans) > 1 else None]
+    # the fewest blocks of at most ``step`` rows, equally filled: buffers no larger than the rows need
+    per = -(-len(firsts) // -(-len(firsts) // step))
+    bounds = np.r_[firsts[::per], len(items)]
+    spans = list(zip(bounds[:-1].tolist(), bounds[1:].tolist()))
+    buffers = [row_buffer(db_f7, per), row_buffer(db_f7, per) if len(spans) > 1 else None]
 
     def read(j: int) -> tuple[np.ndarray, np.ndarray]:
         a, b = spans[j]
@@ -359,7 +364,7 @@ def _refine(
     by_item = np.argsort(cand[rows, cols], kind="stable")
     rows, cols = rows[by_item], cols[by_item]
     items = cand[rows, cols]
-    step = max(1, (1 << 23) // db_f7.shape[1])  # distinct rows per block: two buffers of ~32 MB of float32
+    step = max(1, _ROW_BLOCK_BYTES // (4 * db_f7.shape[1]))
     for a, b, rows_f7, inverse in _row_blocks(db_f7, items, step):
         l2[rows[a:b], cols[a:b]] = np.sqrt(pair_sqdist(queries, rows[a:b], rows_f7, inverse))
     # empty slots get an index past every real one, so they sort last
@@ -716,7 +721,7 @@ def _shortlist_pools(
     sq = np.empty(len(items), np.float32)
     qnorms = np.einsum("ij,ij->i", queries, queries)
     max_sqnorm = 0.0
-    step = max(1, min(chunk_size, (1 << 23) // queries.shape[1]))  # rows per block: two buffers of <= ~32 MB
+    step = max(1, min(chunk_size, _ROW_BLOCK_BYTES // (4 * queries.shape[1])))
     for a, b, rows, inverse in _row_blocks(db_f7, items, step):
         if fast_sqdist is None:
             sq[a:b] = pair_sqdist(queries, owner[a:b], rows, inverse)
