@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import astuple
 from pathlib import Path
 
@@ -530,3 +531,39 @@ def test_long_codes_search_matches_brute_force(bits: int) -> None:
         assert res.pool_sizes[j] == size
         np.testing.assert_array_equal(res.idx[j, : len(top)], top)
         np.testing.assert_array_equal(res.hamming[j, : len(top)], ham)
+
+
+@pytest.mark.parametrize(
+    ("distinct", "step", "blocks"), [(10, 3, 4), (9, 3, 3), (7, 7, 1), (5, 100, 1), (1, 1, 1)]
+)
+def test_row_blocks_cover_every_pair_once_in_equal_blocks(distinct: int, step: int, blocks: int) -> None:
+    """Each block holds at most ``step`` distinct rows, the blocks are as few and as equal as can be, and a
+    block's rows stay intact while the worker thread reads the next block (the two buffers alternate)."""
+    rng = np.random.default_rng(4)
+    db = rng.standard_normal((50, 8)).astype(np.float16)
+    rows = np.sort(rng.choice(50, distinct, replace=False))
+    items = np.repeat(rows, rng.integers(1, 4, distinct))  # sorted pairs, 1 to 3 per row
+    seen, sizes = [], []
+    for a, b, block, inverse in search_mod._row_blocks(db, items, step):
+        time.sleep(0.02)  # the read of the next block, already submitted, completes meanwhile
+        assert block.dtype == np.float32 and len(block) <= step
+        np.testing.assert_array_equal(block[inverse], db[items[a:b]].astype(np.float32))
+        seen.append((a, b))
+        sizes.append(len(block))
+    assert seen[0][0] == 0 and seen[-1][1] == len(items)
+    assert all(b == a2 for (_, b), (a2, _) in zip(seen, seen[1:]))
+    assert len(sizes) == blocks and max(sizes) - min(sizes) <= 1
+
+
+def test_refine_over_many_row_blocks_matches_brute_force(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The exact re-rank reads its shortlisted rows in blocks of ``_ROW_BLOCK_BYTES``: with blocks of 3 rows the
+    results are those of brute force."""
+    rng = np.random.default_rng(12)
+    db = features(rng, 400, 16)
+    queries = np.vstack([db[:3].astype(np.float32), rng.standard_normal((6, 16)).astype(np.float32)])
+    monkeypatch.setattr(search_mod, "_ROW_BLOCK_BYTES", 3 * 4 * 16)
+    dist = brute_l2(queries, db)
+    exp_i = np.argsort(dist, axis=1, kind="stable")[:, :20]
+    got_d, got_i = euclidean_search(db, queries, 20, chunk_size=64)
+    np.testing.assert_array_equal(got_i, exp_i)
+    np.testing.assert_array_equal(got_d, exact_l2(queries, db[got_i].astype(np.float32)))

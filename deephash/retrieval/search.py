@@ -24,6 +24,7 @@ which copies the rows asked for to float32 and never leaves more than those rows
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -320,13 +321,14 @@ def _row_blocks(
 
     The next block is read in a worker thread while the caller scores this one (the read is bound by memory
     traffic and page faults, the scoring by FAISS/torch kernels that release the GIL); two buffers alternate,
-    so a block's rows stay valid until the caller asks for the block after next."""
+    so a block's rows stay valid until the caller asks for the next block."""
     firsts = np.flatnonzero(np.diff(items, prepend=-1))  # where each distinct row's pairs begin
     if not len(firsts):
         return
     # the fewest blocks of at most ``step`` rows, equally filled: buffers no larger than the rows need
-    per = -(-len(firsts) // -(-len(firsts) // step))
-    bounds = np.r_[firsts[::per], len(items)]
+    blocks = math.ceil(len(firsts) / step)
+    per = math.ceil(len(firsts) / blocks)
+    bounds = np.r_[firsts[np.arange(blocks) * len(firsts) // blocks], len(items)]
     spans = list(zip(bounds[:-1].tolist(), bounds[1:].tolist()))
     buffers = [row_buffer(db_f7, per), row_buffer(db_f7, per) if len(spans) > 1 else None]
 
