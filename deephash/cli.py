@@ -88,12 +88,17 @@ def accepts_version(prog: str) -> Callable[[Callable[..., T]], Callable[..., T]]
 
 
 def exit_on_user_error(fn: Callable[..., T]) -> Callable[..., T]:
-    """For argparse mains: print ``error: <message>`` for a user error and exit 2, without a traceback."""
+    """For argparse mains: print ``error: <message>`` for a user error and exit 2, without a traceback; Ctrl-C
+    prints ``interrupted`` and exits 130, as the Hydra entry points do (cleanup in ``finally`` blocks and atomic
+    writes have run or been rolled back by then)."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            sys.exit(INTERRUPTED_STATUS)
         except Exception as err:
             found = user_error(err)
             if found is None:

@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -106,3 +110,40 @@ def test_device_section_checks_the_torch_path(tmp_path: Path) -> None:
     r = json.loads(out.read_text())["device"]["48"]
     assert r["same_results"] is True and r["device"] == "cpu" and r["knn_speedup"] > 0
     assert r["torch_hierarchical_ms_per_query"] > 0 and r["hierarchical_speedup"] > 0
+
+
+def test_ctrl_c_is_one_line_and_leaves_no_scratch_files(tmp_path: Path) -> None:
+    """Ctrl-C while the benchmark writes or searches its 1M-row scratch file: the argparse entry points exit
+    130 with one line, no traceback, and the scratch directory is removed (a bare KeyboardInterrupt used to
+    print a FAISS traceback)."""
+    work = tmp_path / "work"
+    work.mkdir()
+    argv = [
+        "--n-database",
+        "1000000",
+        "--dim",
+        "64",
+        "--n-queries",
+        "500",
+        "--repeat",
+        "5",
+        "--workdir",
+        str(work),
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "deephash.bench", "retrieval", *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    while not any(work.iterdir()):  # the scratch directory: the benchmark is under way
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, "the benchmark never started"
+        time.sleep(0.05)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-3000:]
+    assert "Traceback" not in err and err.strip().splitlines()[-1] == "interrupted"
+    assert list(work.iterdir()) == []
