@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import shutil
 from pathlib import Path
@@ -108,3 +109,39 @@ def test_finish_prints_the_table_and_writes_json(tmp_path: Path, capsys: pytest.
     assert "demo" in capsys.readouterr().out
     common.finish(results, table, None)
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["r.json"]
+
+
+RUNNERS = {
+    "retrieval": "run_retrieval",
+    "eval": "run_eval_bench",
+    "memory": "run_memory_bench",
+    "sublinear": "run_sublinear_bench",
+    "scan": "run_scan_bench",
+}
+
+
+@pytest.mark.parametrize("name", list(RUNNERS))
+@pytest.mark.parametrize("where", ["under_a_file", "a_directory"])
+def test_unwritable_out_fails_before_the_benchmark_runs(
+    name: str, where: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A --out that cannot take the JSON file is one line and status 2 up front, not a traceback after the
+    benchmark has run for minutes (nothing is timed: the runner is never reached)."""
+    from deephash import bench
+
+    (tmp_path / "file").write_text("")
+    out = tmp_path / "file" / "results.json" if where == "under_a_file" else tmp_path
+    module = importlib.import_module(bench.COMMANDS[name])
+    monkeypatch.setattr(module, RUNNERS[name], lambda *a, **k: pytest.fail("the benchmark ran"))
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main([name, "--quick", "--out", str(out)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --out ") and len(err.splitlines()) == 1
+    assert (
+        ("is a file; expected a directory" in err) if where == "under_a_file" else ("is a directory" in err)
+    )
+
+
+def test_out_in_directories_still_to_be_made_is_accepted(tmp_path: Path) -> None:
+    common.check_out(tmp_path / "new" / "deeper" / "results.json")

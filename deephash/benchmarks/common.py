@@ -129,7 +129,27 @@ def parse_args(
     """The options of ``deephash-bench <name>``, described by the first paragraph of the module ``doc``."""
     parser = argparse.ArgumentParser(prog=f"deephash-bench {name}", description=(doc or "").split("\n\n")[0])
     add_arguments(parser)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if getattr(args, "out", None):
+        check_out(Path(args.out))
+    return args
+
+
+def check_out(out: Path) -> None:
+    """ConfigError, before any benchmark runs, when the JSON file ``out`` could not be written at the end."""
+    if out.is_dir():
+        raise ConfigError(f"--out {out} is a directory; expected the path of a JSON file")
+    parent = out.absolute().parent
+    for ancestor in (parent, *parent.parents):  # the nearest existing one is where the rest gets created
+        if not ancestor.exists():
+            continue
+        if not ancestor.is_dir():
+            raise ConfigError(
+                f"--out {out}: {ancestor} is a file; expected a directory to write the JSON file in"
+            )
+        if not os.access(ancestor, os.W_OK | os.X_OK):
+            raise ConfigError(f"--out {out}: {ancestor} is not writable; expected a writable directory")
+        return
 
 
 def finish(results: dict[str, Any], table: Table, out: Path | None, width: int = 120) -> dict[str, Any]:
