@@ -11,6 +11,7 @@ import pytest
 
 from deephash.retrieval import search as search_mod
 from deephash.retrieval.codes import pack_codes
+from deephash.retrieval.features import F7File
 from deephash.retrieval.search import (
     L2_BACKENDS,
     HammingIndex,
@@ -431,6 +432,55 @@ def test_pair_distances_match_float64_and_do_not_depend_on_the_batch() -> None:
     assert search_mod.pair_sqdist(queries, owner[:0], rows, inverse[:0]).shape == (0,)
 
 
+@pytest.mark.parametrize("source", ["float16 memmap", "float16 array", "float32 array", "F7File"])
+def test_fused_pair_scoring_gives_pair_sqdist_bits_across_blocks(
+    source: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The scoring that gathers, widens and scores a few rows at a time gives every pair the bits of
+    ``pair_sqdist`` on the float32 rows, with blocks of 5 distinct rows scored 2 rows at a time (an offset
+    slip between a sub-block's rows, its sharing list and its output would pair rows with wrong queries),
+    pairs in any order, a row shared by every query, and the memmap's pages released as it goes."""
+    monkeypatch.setattr(search_mod, "_SCORE_BLOCK_ROWS", 5)
+    monkeypatch.setattr(search_mod, "_FUSED_BYTES", 2 * 4 * 24)
+    rng = np.random.default_rng(9)
+    db16 = (rng.standard_normal((60, 24)) * 4).astype(np.float16)
+    path = tmp_path / "f7.npy"
+    np.save(path, db16)
+    db = {
+        "float16 memmap": np.load(path, mmap_mode="r"),
+        "float16 array": db16,
+        "float32 array": db16.astype(np.float32),
+        "F7File": F7File(path),
+    }[source]
+    queries = rng.standard_normal((7, 24)).astype(np.float32)
+    owner = np.r_[np.arange(7), rng.integers(0, 7, 80)]
+    items = np.r_[np.full(7, 31), rng.integers(0, 60, 80)]
+    perm = rng.permutation(len(owner))
+    owner, items = owner[perm], items[perm]
+    got = search_mod._score_pairs(db, queries, owner, items, chunk_size=64)
+    expected = search_mod.pair_sqdist(queries, owner, db16.astype(np.float32), items)
+    np.testing.assert_array_equal(got.view(np.uint32), expected.view(np.uint32))
+    assert search_mod._score_pairs(db, queries, owner[:0], items[:0], 64).shape == (0,)
+
+
+def test_pair_order_is_lexsort_with_equal_distances_and_nan() -> None:
+    """The one-key sort of (query, distance) pairs orders equal distances by item like ``np.lexsort``, also
+    when they straddle a query boundary or sit at either end (a tie fix-up off by one would not)."""
+    rng = np.random.default_rng(3)
+    owner = np.sort(rng.integers(0, 6, 400))
+    # NaN of both signs (x86's default NaN has the sign bit set), which lexsort puts last, tied
+    values = np.array([0.0, 0.5, 1.5, 2.25, np.inf, np.nan, -np.nan], np.float32)
+    sq = values[rng.integers(0, len(values), 400)]
+    sq[:3], sq[-3:] = 0.5, 7.0
+    items = rng.permutation(1000)[:400]
+    expected = np.lexsort((items, sq, owner))
+    np.testing.assert_array_equal(search_mod._pair_order(owner, sq, items), expected)
+    distinct = rng.permutation(400).astype(np.float32)
+    np.testing.assert_array_equal(
+        search_mod._pair_order(owner, distinct, items), np.lexsort((items, distinct, owner))
+    )
+
+
 @pytest.mark.parametrize("backend", L2_BACKENDS)
 def test_exhaustive_search_is_exact_on_near_ties_beyond_the_shortlist(backend: str) -> None:
     # 4096-d rows with squared norms ~1e5 within a hair of one centre: the fast distances misorder
@@ -556,12 +606,13 @@ def test_row_blocks_cover_every_pair_once_in_equal_blocks(distinct: int, step: i
 
 
 def test_refine_over_many_row_blocks_matches_brute_force(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The exact re-rank reads its shortlisted rows in blocks of ``_ROW_BLOCK_BYTES``: with blocks of 3 rows the
-    results are those of brute force."""
+    """The exact re-rank scores its shortlisted rows in blocks of ``_SCORE_BLOCK_ROWS`` distinct rows, gathered
+    ``_FUSED_BYTES`` at a time: with blocks of 3 rows gathered 2 at a time the results are those of brute force."""
     rng = np.random.default_rng(12)
     db = features(rng, 400, 16)
     queries = np.vstack([db[:3].astype(np.float32), rng.standard_normal((6, 16)).astype(np.float32)])
-    monkeypatch.setattr(search_mod, "_ROW_BLOCK_BYTES", 3 * 4 * 16)
+    monkeypatch.setattr(search_mod, "_SCORE_BLOCK_ROWS", 3)
+    monkeypatch.setattr(search_mod, "_FUSED_BYTES", 2 * 4 * 16)
     dist = brute_l2(queries, db)
     exp_i = np.argsort(dist, axis=1, kind="stable")[:, :20]
     got_d, got_i = euclidean_search(db, queries, 20, chunk_size=64)
