@@ -305,33 +305,41 @@ def _run_by_idx(
 
 
 class _RowGather:
-    """Copies chosen rows of ``db_f7`` as float32 into one reused buffer of up to ``rows`` rows.
+    """Float32 copies of chosen rows of ``db_f7``, a block of distinct rows at a time (``block``), handed
+    out ``sub`` rows at a time (``rows``) into reused buffers.
 
-    A float16 array or memmap goes through torch: ``index_select`` into a float16 buffer, then a widening
-    copy, both sized to stay in a core's cache (30% faster than numpy's fancy indexing plus ``widen``,
-    which goes through main memory twice). Other sources are read by ``f7_rows``."""
+    A float16 array or memmap goes through torch: each ``sub`` rows are gathered by ``index_select`` into a
+    float16 buffer and widened when asked for, both buffers small enough to stay in a core's cache (so the
+    rows are scored before they leave it; numpy's fancy indexing plus ``widen`` goes through main memory
+    twice). Other sources (an ``F7File``'s positional reads, float32) are read a whole block at once by
+    ``f7_rows``, whose per-call cost favours large reads."""
 
-    def __init__(self, db_f7: np.ndarray | F7File, rows: int) -> None:
-        self.db_f7 = db_f7
-        self.buffer = row_buffer(db_f7, rows)
+    def __init__(self, db_f7: np.ndarray | F7File, block_rows: int, sub: int) -> None:
+        self.db_f7, self.sub = db_f7, sub
         self.half: torch.Tensor | None = None
-        if (
-            isinstance(db_f7, np.ndarray)
-            and db_f7.dtype == np.dtype("=f2")
-            and db_f7.flags.c_contiguous
-            and len(self.buffer)
-        ):
+        if isinstance(db_f7, np.ndarray) and db_f7.dtype == np.dtype("=f2") and db_f7.flags.c_contiguous:
+            self.buffer = row_buffer(db_f7, sub)
             with warnings.catch_warnings():
                 # a read-only source (a memmap opened "r") is only read here
                 warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
                 self.source = torch.from_numpy(db_f7)
             self.half = torch.empty(self.buffer.shape, dtype=torch.float16)
             self.widened = torch.from_numpy(self.buffer)
+        else:
+            self.buffer = row_buffer(db_f7, block_rows)
 
-    def __call__(self, idx: np.ndarray) -> np.ndarray:
-        m = len(idx)
+    def block(self, uniq: np.ndarray) -> None:
+        """Start a block of distinct rows ``uniq`` (sorted)."""
+        self.uniq = uniq
         if self.half is None:
-            return np.ascontiguousarray(f7_rows(self.db_f7, idx, self.buffer))
+            self.rows_read = np.ascontiguousarray(f7_rows(self.db_f7, uniq, self.buffer))
+
+    def rows(self, s0: int) -> np.ndarray:
+        """Rows ``uniq[s0 : s0 + sub]`` of the current block as (m, d) float32, valid until the next call."""
+        if self.half is None:
+            return self.rows_read[s0 : s0 + self.sub]
+        idx = self.uniq[s0 : s0 + self.sub]
+        m = len(idx)
         torch.index_select(self.source, 0, torch.from_numpy(idx), out=self.half[:m])
         self.widened[:m].copy_(self.half[:m])
         return self.buffer[:m]
@@ -361,7 +369,7 @@ def _score_pairs(
     starts = np.flatnonzero(np.diff(sorted_items, prepend=-1))  # where each distinct row's pairs begin
     sub = max(1, _FUSED_BYTES // (4 * db_f7.shape[1]))
     step = max(1, min(chunk_size, max(sub, _SCORE_BLOCK_ROWS)))
-    gather = _RowGather(db_f7, min(sub, len(uniq)))
+    gather = _RowGather(db_f7, min(step, len(uniq)), min(sub, len(uniq)))
     scored = np.empty(len(items), np.float32)
     bounds = np.r_[starts, len(items)]
     for r0 in range(0, len(uniq), step):
@@ -369,8 +377,9 @@ def _score_pairs(
         a, b = bounds[r0], bounds[r1]
         sharing, slot = _sharing(owner[a:b], inverse[a:b] - r0, r1 - r0)
         out = np.empty(sharing.shape, np.float32)
+        gather.block(uniq[r0:r1])
         for s0 in range(0, r1 - r0, sub):
-            rows = gather(uniq[r0 + s0 : min(r0 + s0 + sub, r1)])
+            rows = gather.rows(s0)
             _run_by_idx(
                 faiss.fvec_L2sqr_by_idx, out[s0 : s0 + len(rows)], rows, queries, sharing[s0 : s0 + sub]
             )
