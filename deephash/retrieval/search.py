@@ -53,6 +53,12 @@ L2_BACKENDS = ("faiss", "numpy")  # exhaustive L2 search: faiss.knn on each chun
 # Ids buffer of FAISS's counting k-NN: (query batch) x (bits + 1 buckets) x k int64 ids.
 _COUNTING_BUDGET_BYTES = 256 << 20
 _RANGE_QUERY_BATCH = 256
+# k up to which the Hamming k-NN uses FAISS's heap search rather than its counting search (per-distance
+# buckets of k ids each): at 1M codes the heap was 1.1x to 1.3x faster at 128 bits and k = 100 and as fast
+# at 48 bits, the counting search 1.3x to 1.6x faster at k = 1000
+_HEAP_MAX_K = 128
+# Queries per thread below which a k-NN runs as one FAISS call
+_SPLIT_MIN_QUERIES = 64
 # Queries whose pools are shortlisted together (sharing their F7 reads): up to this many queries, or fewer
 # once their pools hold this many (query, item) pairs (~70 bytes of working arrays each).
 _SHORTLIST_QUERY_BATCH = 1024
@@ -109,11 +115,12 @@ class HammingIndex:
         self.code_bytes = code_bytes(self.bits)
         self.padded_bytes = padded_code_bytes(self.code_bytes) if pad else self.code_bytes
         self.faiss_index = faiss.IndexBinaryFlat(self.padded_bytes * 8)
-        # The counting k-NN (hammings_knn_mc) fills one bucket per distance in scan order and reads
-        # the buckets in increasing distance, so it returns exactly the (distance, index) order
-        # (faiss's source says the same of its database-parallel variant); the default heap search
-        # only guarantees the distances, not which of the items tied at the k-th distance it keeps.
-        self.faiss_index.use_heap = False
+        # Both FAISS k-NN searches return exactly the (distance, index) order. The counting k-NN
+        # (hammings_knn_mc) fills one bucket per distance in scan order and reads the buckets in
+        # increasing distance. The heap search (hammings_knn_hc) scans each query's database in index
+        # order, admits an item only when strictly nearer than the heap's worst, and orders its max-heap
+        # by (distance, id) (Heap.h's cmp2), so among tied items the lowest indices stay. The heap is
+        # faster for small k, the counting for large k (see ``search``).
         self._default_batch = self.faiss_index.query_batch_size
         self.faiss_index.add(pad_codes(self.codes, self.padded_bytes))
 
@@ -138,10 +145,11 @@ class HammingIndex:
         if per_query > _COUNTING_BUDGET_BYTES:
             dist, idx = self._exact_knn(queries, kk)
         else:
+            self.faiss_index.use_heap = kk <= _HEAP_MAX_K
             self.faiss_index.query_batch_size = max(
                 1, min(self._default_batch, _COUNTING_BUDGET_BYTES // per_query)
             )
-            dist, idx = self.faiss_index.search(queries, kk)
+            dist, idx = _split_queries(self.faiss_index.search, queries, kk)
             # Cheap guard on the order promised above: rows that break it are redone exactly.
             bad = (np.diff(dist, axis=1) < 0) | ((np.diff(dist, axis=1) == 0) & (np.diff(idx, axis=1) <= 0))
             rows = np.flatnonzero(bad.any(axis=1))
@@ -186,6 +194,28 @@ class HammingIndex:
         """``range_search`` as flat arrays: (lims (q + 1,) int64, dist int32, idx int64), the results of
         query i at ``lims[i]:lims[i + 1]``, ordered by (query, distance, index)."""
         return self._range_sorted(self._queries(query_packed), check_int(radius, "radius", 0))
+
+
+def _split_queries(
+    search: Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]], queries: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """``search(queries, k)`` with the queries split between FAISS's OpenMP threads, each running its share
+    as a one-thread FAISS call. FAISS's binary k-NN parallelises over the queries within each block of
+    65,536 database codes and waits for every thread at the end of each block; whole shares of queries
+    per thread never wait (1.1x to 1.2x faster at 1M codes, 128 bits, k = 100). The results are the same:
+    each query's search does not depend on the others."""
+    threads = faiss.omp_get_max_threads()
+    if threads < 2 or len(queries) < threads * _SPLIT_MIN_QUERIES:
+        return search(queries, k)
+    bounds = [len(queries) * t // threads for t in range(threads + 1)]
+
+    def share(t: int) -> tuple[np.ndarray, np.ndarray]:
+        faiss.omp_set_num_threads(1)  # OpenMP's thread count is per calling thread: this worker only
+        return search(queries[bounds[t] : bounds[t + 1]], k)
+
+    with ThreadPoolExecutor(threads, thread_name_prefix="deephash-knn") as pool:
+        parts = list(pool.map(share, range(threads)))
+    return np.vstack([d for d, _ in parts]), np.vstack([i for _, i in parts])
 
 
 class HammingSearch(Protocol):
