@@ -310,9 +310,13 @@ def _sharing(owner: np.ndarray, inverse: np.ndarray, m: int) -> tuple[np.ndarray
     """The queries sharing each of ``m`` rows: (sharing (m, w) int64, -1 padded, w the most pairs of one row;
     slot (p,), the column of pair i in its row ``inverse[i]``), for FAISS's ``fvec_*_by_idx`` kernels."""
     counts = np.bincount(inverse, minlength=m)
-    by_row = np.argsort(inverse, kind="stable")
-    slot = np.empty(len(inverse), np.int64)
-    slot[by_row] = np.arange(len(inverse)) - np.repeat(np.cumsum(counts) - counts, counts)
+    starts = np.cumsum(counts) - counts
+    if np.all(inverse[1:] >= inverse[:-1]):  # pairs already by row: each row's pairs in a stretch
+        slot = np.arange(len(inverse)) - starts[inverse]
+    else:
+        by_row = np.argsort(inverse, kind="stable")
+        slot = np.empty(len(inverse), np.int64)
+        slot[by_row] = np.arange(len(inverse)) - np.repeat(starts, counts)
     sharing = np.full((m, int(counts.max()) if m else 0), -1, np.int64)
     sharing[inverse, slot] = owner
     return sharing, slot
@@ -393,7 +397,7 @@ def _score_pairs(
     sq = np.empty(len(items), np.float32)
     if not len(items):
         return sq
-    pairs = np.argsort(items, kind="stable")
+    pairs = _stable_argsort(items, db_f7.shape[0])
     owner, sorted_items = owner[pairs], items[pairs]
     uniq, inverse = _sorted_unique(sorted_items)
     starts = np.flatnonzero(np.diff(sorted_items, prepend=-1))  # where each distinct row's pairs begin
@@ -417,6 +421,15 @@ def _score_pairs(
         release_pages(db_f7)
     sq[pairs] = scored
     return sq
+
+
+def _stable_argsort(items: np.ndarray, n: int) -> np.ndarray:
+    """``np.argsort(items, kind="stable")`` for ``items`` in [0, n): the keys item * p + position are
+    distinct, so numpy's SIMD quicksort orders them as a stable sort would, 4x faster than its timsort."""
+    p = len(items)
+    if n * p >= 1 << 62:
+        return np.argsort(items, kind="stable")
+    return np.argsort(items * p + np.arange(p))
 
 
 def f7_rows(
