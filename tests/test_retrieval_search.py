@@ -79,15 +79,18 @@ def test_knn_matches_brute_force_with_ties(tied_data, k: int) -> None:
     assert (got_i[:, kk:] == -1).all() and (got_d[:, kk:] == -1).all()
 
 
-@pytest.mark.parametrize("k", [10, 137, 900])  # the heap search, the counting search, most of the database
-def test_knn_split_between_threads_matches_brute_force(k: int, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("bits", [48, 128])  # the counting search at 48 bits, the heap search at 128 (k=10)
+@pytest.mark.parametrize("k", [10, 137, 900])
+def test_knn_split_between_threads_matches_brute_force(
+    bits: int, k: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Queries shared out between threads, each a one-thread FAISS call, give brute force's (distance, index)
     order in the original query order, and leave the caller's FAISS thread count alone."""
     monkeypatch.setattr(search_mod, "_SPLIT_MIN_QUERIES", 1)
     rng = np.random.default_rng(8)
-    db_bits, q_bits = tied_codes(rng, 1000, 128), tied_codes(rng, 9, 128)
+    db_bits, q_bits = tied_codes(rng, 1000, bits), tied_codes(rng, 9, bits)
     exp_d, exp_i = brute_knn(brute_distances(q_bits, db_bits), k)
-    index = HammingIndex(pack_codes(db_bits), 128)
+    index = HammingIndex(pack_codes(db_bits), bits)
     before = search_mod.faiss.omp_get_max_threads()
     search_mod.faiss.omp_set_num_threads(3)
     try:

@@ -53,10 +53,13 @@ L2_BACKENDS = ("faiss", "numpy")  # exhaustive L2 search: faiss.knn on each chun
 # Ids buffer of FAISS's counting k-NN: (query batch) x (bits + 1 buckets) x k int64 ids.
 _COUNTING_BUDGET_BYTES = 256 << 20
 _RANGE_QUERY_BATCH = 256
-# k up to which the Hamming k-NN uses FAISS's heap search rather than its counting search (per-distance
-# buckets of k ids each): at 1M codes the heap was 1.1x to 1.3x faster at 128 bits and k = 100 and as fast
-# at 48 bits, the counting search 1.3x to 1.6x faster at k = 1000
+# The Hamming k-NN uses FAISS's heap search rather than its counting search (per-distance buckets of k
+# ids each) for k up to _HEAP_MAX_K on codes of at least _HEAP_MIN_BYTES (padded). At 1M clustered codes,
+# k = 100, the heap search was faster at 128 bits (about 1.1x, but within the run-to-run noise of this
+# measurement), the counting search at 48 bits (1.05x to 1.15x), and the counting search 1.3x to 1.6x
+# faster at k = 1000.
 _HEAP_MAX_K = 128
+_HEAP_MIN_BYTES = 16
 # Queries per thread below which a k-NN runs as one FAISS call
 _SPLIT_MIN_QUERIES = 64
 # Queries whose pools are shortlisted together (sharing their F7 reads): up to this many queries, or fewer
@@ -145,7 +148,7 @@ class HammingIndex:
         if per_query > _COUNTING_BUDGET_BYTES:
             dist, idx = self._exact_knn(queries, kk)
         else:
-            self.faiss_index.use_heap = kk <= _HEAP_MAX_K
+            self.faiss_index.use_heap = kk <= _HEAP_MAX_K and self.padded_bytes >= _HEAP_MIN_BYTES
             self.faiss_index.query_batch_size = max(
                 1, min(self._default_batch, _COUNTING_BUDGET_BYTES // per_query)
             )
