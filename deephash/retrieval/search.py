@@ -17,9 +17,10 @@ width), then computes the shortlist's exact distances. A query whose shortlist c
 exact k-th distance (near-ties, duplicate rows) is rescanned for every row within that margin, so its
 results too are the stable (exact distance, index) order of the whole database.
 
-Database F7 may be an ndarray, a memmap or an ``F7File``; it is only ever read through ``f7_rows``,
-which copies the rows asked for to float32 and never leaves more than those rows resident (see
-``deephash.retrieval.features``).
+Database F7 may be an ndarray, a memmap or an ``F7File``; it is only ever read through ``f7_rows`` (or,
+scoring pools from a float16 array or memmap, ``_RowGather``'s torch gather), which copies the rows asked
+for to float32 and never leaves more than those rows resident: a memmap's pages are released after each
+block (see ``deephash.retrieval.features``).
 """
 
 from __future__ import annotations
