@@ -135,6 +135,9 @@ def test_ctrl_c_is_one_line_and_leaves_no_scratch_files(tmp_path: Path) -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # a shell starting these tests in the background makes its children ignore SIGINT, and Python
+        # keeps an ignored SIGINT ignored: Ctrl-C's default action again, so Python installs its handler
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.monotonic() + 120
     while not any(work.iterdir()):  # the scratch directory: the benchmark is under way

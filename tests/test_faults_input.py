@@ -291,7 +291,14 @@ def _start_training(run: Path, *overrides: str) -> subprocess.Popen:
     ]  # fmt: skip
     env = {**os.environ, "WANDB_MODE": "offline"}
     return subprocess.Popen(
-        [sys.executable, "-m", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+        [sys.executable, "-m", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        # a shell starting these tests in the background makes its children ignore SIGINT, and Python
+        # keeps an ignored SIGINT ignored: Ctrl-C's default action again, so Python installs its handler
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
 
