@@ -462,7 +462,9 @@ def test_fused_pair_scoring_gives_pair_sqdist_bits_across_blocks(
     """The scoring that gathers, widens and scores a few rows at a time gives every pair the bits of
     ``pair_sqdist`` on the float32 rows, with blocks of 5 distinct rows scored 2 rows at a time (an offset
     slip between a sub-block's rows, its sharing list and its output would pair rows with wrong queries),
-    pairs in any order, a row shared by every query, and the memmap's pages released as it goes."""
+    pairs in any order, a row shared by every query, and a memmap's pages released after each block."""
+    released = []
+    monkeypatch.setattr(search_mod, "release_pages", lambda arr: released.append(arr))
     monkeypatch.setattr(search_mod, "_SCORE_BLOCK_ROWS", 5)
     monkeypatch.setattr(search_mod, "_FUSED_BYTES", 2 * 4 * 24)
     rng = np.random.default_rng(9)
@@ -483,6 +485,8 @@ def test_fused_pair_scoring_gives_pair_sqdist_bits_across_blocks(
     got = search_mod._score_pairs(db, queries, owner, items, chunk_size=64)
     expected = search_mod.pair_sqdist(queries, owner, db16.astype(np.float32), items)
     np.testing.assert_array_equal(got.view(np.uint32), expected.view(np.uint32))
+    blocks = -(-len(np.unique(items)) // 5)
+    assert len(released) == blocks and all(arr is db for arr in released)
     assert search_mod._score_pairs(db, queries, owner[:0], items[:0], 64).shape == (0,)
 
 

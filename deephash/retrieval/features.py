@@ -94,6 +94,14 @@ def non_finite_rows(rows: np.ndarray) -> np.ndarray:
     return np.concatenate(found)
 
 
+def read_only_tensor(arr: np.ndarray) -> torch.Tensor:
+    """``torch.from_numpy(arr)`` for an array only ever read through the tensor (a memmap opened "r"),
+    without torch's warning that the array is not writable."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(arr)
+
+
 def widen(src: np.ndarray, out: np.ndarray) -> np.ndarray:
     """Copy ``src`` into ``out`` (same shape), converting to ``out``'s dtype; returns ``out``.
 
@@ -102,11 +110,7 @@ def widen(src: np.ndarray, out: np.ndarray) -> np.ndarray:
     value but NaN, subnormals included, converts exactly either way (NaN stays NaN).
     """
     if src.dtype == np.float16 and out.dtype == np.float32 and src.shape == out.shape:
-        with warnings.catch_warnings():
-            # a read-only source (a memmap opened "r") is only read here
-            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-            source = torch.from_numpy(src)
-        torch.from_numpy(out).copy_(source)
+        torch.from_numpy(out).copy_(read_only_tensor(src))
     else:
         np.copyto(out, src, casting="unsafe")
     return out

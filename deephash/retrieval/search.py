@@ -26,7 +26,6 @@ block (see ``deephash.retrieval.features``).
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -45,7 +44,7 @@ from deephash.retrieval.codes import (
     padded_queries,
 )
 from deephash.retrieval.faiss_blas import faiss
-from deephash.retrieval.features import F7File, release_pages, widen
+from deephash.retrieval.features import F7File, read_only_tensor, release_pages, widen
 from deephash.utils.checks import check_int
 from deephash.utils.errors import ConfigError, IndexFormatError
 
@@ -357,10 +356,7 @@ class _RowGather:
         self.half: torch.Tensor | None = None
         if isinstance(db_f7, np.ndarray) and db_f7.dtype == np.dtype("=f2") and db_f7.flags.c_contiguous:
             self.buffer = row_buffer(db_f7, sub)
-            with warnings.catch_warnings():
-                # a read-only source (a memmap opened "r") is only read here
-                warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-                self.source = torch.from_numpy(db_f7)
+            self.source = read_only_tensor(db_f7)
             self.half = torch.empty(self.buffer.shape, dtype=torch.float16)
             self.widened = torch.from_numpy(self.buffer)
         else:
