@@ -145,3 +145,14 @@ def test_unwritable_out_fails_before_the_benchmark_runs(
 
 def test_out_in_directories_still_to_be_made_is_accepted(tmp_path: Path) -> None:
     common.check_out(tmp_path / "new" / "deeper" / "results.json")
+    assert (tmp_path / "new" / "deeper").is_dir() and not any((tmp_path / "new" / "deeper").iterdir())
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
+def test_out_where_permission_bits_allow_but_writing_fails_is_refused_up_front() -> None:
+    """/proc looks writable to root by its permission bits, but no directory or file can be made there:
+    checking the bits alone let the benchmark run for minutes and then fail with a traceback."""
+    with pytest.raises(
+        ConfigError, match=r"^--out /proc/deephash-nope/r\.json: cannot write in /proc/deephash-nope"
+    ):
+        common.check_out(Path("/proc/deephash-nope/r.json"))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
@@ -149,7 +150,16 @@ def check_out(out: Path) -> None:
             )
         if not os.access(ancestor, os.W_OK | os.X_OK):
             raise ConfigError(f"--out {out}: {ancestor} is not writable; expected a writable directory")
-        return
+        break
+    # permission bits do not tell everything (root, read-only or virtual file systems such as /proc): make
+    # the directory and a scratch file in it now, as the write at the end will
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=parent).close()
+    except OSError as err:
+        raise ConfigError(
+            f"--out {out}: cannot write in {parent} ({err.strerror}); expected a writable directory"
+        ) from err
 
 
 def finish(results: dict[str, Any], table: Table, out: Path | None, width: int = 120) -> dict[str, Any]:
