@@ -43,6 +43,8 @@ def test_retrieval_bench_writes_every_key(tmp_path: Path) -> None:
         assert PADDING_KEYS <= set(results["padding"][bits])
         hier = results["hierarchical"][bits]
         assert {"qps", "ms_per_query", "cpu_ms_per_query", "mean_pool_size", "k"} <= set(hier)
+        # the same search through a checked F7File (the bench raises if its results differ)
+        assert hier["loaded_first_ms_per_query"] > 0 and hier["loaded_ms_per_query"] > 0
         sizes = hier["pool_sizes"]
         assert 1 <= sizes["min"] <= sizes["median"] <= sizes["p90"] <= sizes["max"] <= 10_000
         assert sizes["min"] <= hier["mean_pool_size"] <= sizes["max"]

@@ -3,6 +3,7 @@ in-RAM features, and the encode writer's row semantics."""
 
 from __future__ import annotations
 
+import os
 import pickle
 import warnings
 import zlib
@@ -366,3 +367,88 @@ def test_blocks_held_whole_by_a_read_are_checked_from_it(tmp_path: Path) -> None
         np.testing.assert_array_equal(f7.read([3, 9], dtype), data[[3, 9]].astype(dtype or np.float16))
         with pytest.raises(IndexFormatError, match=r"f7.npy rows 7:8 do not match their checksum"):
             f7.read([3, 7, 30], dtype)
+
+
+# --------------------------------------------------------------- scattered gathers through a memory map
+
+
+def _change_in_place(path: Path, row: int, col: int, value: float, d: int) -> None:
+    """Overwrite one float16 of an open ``.npy`` file in place (a memory map of it sees the change)."""
+    offset = features_mod.npy_layout(path)[0]
+    with open(path, "r+b") as f:
+        f.seek(offset + (row * d + col) * 2)
+        f.write(np.float16(value).tobytes())
+
+
+def test_mapped_gather_checks_the_blocks_it_touches_from_the_map(tmp_path: Path) -> None:
+    """``F7File.mapped``: the file's rows, read-only; each block holding a requested row (the short last one
+    too) is checked once, at its offset past the header; a byte changed in a block not yet checked is
+    caught when a gather first touches it. The checksums are zlib's CRC-32 on full 8 KB rows, the values
+    an index on disk holds."""
+    rng = np.random.default_rng(11)
+    data = rng.standard_normal((103, 4096)).astype(np.float16)
+    path = tmp_path / "f7.npy"
+    np.save(path, data)
+    sums = features_mod.block_checksums(data, 10)
+    assert sums.tolist() == [zlib.crc32(data[b : b + 10].tobytes()) for b in range(0, 103, 10)]
+    f7 = F7File(path, checksums=sums, block_rows=10)
+    rows = np.array([0, 3, 57, 58, 102])
+    view = f7.mapped(rows)
+    assert view.shape == data.shape and not view.flags.writeable
+    np.testing.assert_array_equal(view[rows], data[rows])
+    assert np.flatnonzero(f7._verified).tolist() == [0, 5, 10]
+    _change_in_place(path, 25, 100, 7.0, 4096)
+    _change_in_place(path, 4, 1, 7.0, 4096)  # in a block already checked: not checked again
+    f7.mapped(np.array([4, 59]))
+    with pytest.raises(IndexFormatError, match=r"f7.npy rows 20:30 do not match their checksum"):
+        f7.mapped(np.array([21, 40]))
+    assert not f7._verified[[2, 4]].any()
+    f7.close()
+
+
+def test_mapped_gather_refuses_non_finite_rows_and_a_file_truncated_while_open(tmp_path: Path) -> None:
+    """A NaN row with a matching checksum is refused when first gathered, and on every gather without
+    checksums; a file cut short while open is a one-line error, not a fault in the memory map."""
+    data = np.random.default_rng(12).standard_normal((50, 16)).astype(np.float16)
+    data[40, 3] = np.nan
+    path = tmp_path / "f7.npy"
+    np.save(path, data)
+    checked = F7File(path, checksums=features_mod.block_checksums(data, 1), block_rows=1)
+    np.testing.assert_array_equal(checked.mapped(np.array([39]))[39], data[39])
+    for f7 in (checked, F7File(path)):
+        with pytest.raises(IndexFormatError, match=r"f7.npy row 40 holds NaN or inf"):
+            f7.mapped(np.array([2, 40]))
+    unchecked = F7File(path)
+    for _ in range(2):
+        with pytest.raises(IndexFormatError, match="row 40 holds NaN"):
+            unchecked.mapped(np.array([40]))
+    size = path.stat().st_size
+    os.truncate(path, size - 32)
+    with pytest.raises(IndexFormatError, match=r"f7.npy ended early \(truncated while open\?\)"):
+        checked.mapped(np.array([1]))
+
+
+def test_mapped_rows_outlive_close_and_release_unmaps_only_its_rows(tmp_path: Path) -> None:
+    """``release(start, stop)`` unmaps the pages of those rows (and at most a folio past either end), not the
+    whole map; ``release()`` the rest; the data reads back. An array handed out survives ``close``."""
+    arr = np.random.default_rng(13).standard_normal((4096, 4096)).astype(np.float16)  # 32 MB
+    np.save(tmp_path / "big.npy", arr)
+    f7 = F7File(tmp_path / "big.npy")
+    before = _rss_file_kb()
+    if before is None:
+        pytest.skip("needs /proc/self/status")
+    rows = np.arange(len(arr))
+    view = f7.mapped(rows)
+    assert float(view.sum(dtype=np.float64)) == float(arr.sum(dtype=np.float64))
+    mapped = _rss_file_kb()
+    f7.release(0, 1024)  # 8 MB, plus up to 2 MB of slack
+    first = _rss_file_kb()
+    f7.release()
+    rest = _rss_file_kb()
+    assert mapped - before > 28 << 10
+    assert 7 << 10 < mapped - first < 16 << 10 and first - rest > 14 << 10
+    np.testing.assert_array_equal(view[[0, 4095]], arr[[0, 4095]])  # faults back in from the file
+    f7.close()
+    np.testing.assert_array_equal(view[1234], arr[1234])
+    with pytest.raises(ValueError, match="is closed"):
+        f7.mapped(rows)

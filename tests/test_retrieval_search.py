@@ -11,7 +11,7 @@ import pytest
 
 from deephash.retrieval import search as search_mod
 from deephash.retrieval.codes import pack_codes
-from deephash.retrieval.features import F7File
+from deephash.retrieval.features import F7File, block_checksums
 from deephash.retrieval.search import (
     L2_BACKENDS,
     HammingIndex,
@@ -455,14 +455,17 @@ def test_pair_distances_match_float64_and_do_not_depend_on_the_batch() -> None:
     assert search_mod.pair_sqdist(queries, owner[:0], rows, inverse[:0]).shape == (0,)
 
 
-@pytest.mark.parametrize("source", ["float16 memmap", "float16 array", "float32 array", "F7File"])
+@pytest.mark.parametrize(
+    "source", ["float16 memmap", "float16 array", "float32 array", "F7File", "checked F7File"]
+)
 def test_fused_pair_scoring_gives_pair_sqdist_bits_across_blocks(
     source: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The scoring that gathers, widens and scores a few rows at a time gives every pair the bits of
     ``pair_sqdist`` on the float32 rows, with blocks of 5 distinct rows scored 2 rows at a time (an offset
     slip between a sub-block's rows, its sharing list and its output would pair rows with wrong queries),
-    pairs in any order, a row shared by every query, and a memmap's pages released after each block."""
+    pairs in any order, a row shared by every query, and a memmap's pages released after each block. An
+    ``F7File`` is gathered from its memory map, with no positional read per row."""
     released = []
     monkeypatch.setattr(search_mod, "release_pages", lambda arr: released.append(arr))
     monkeypatch.setattr(search_mod, "_SCORE_BLOCK_ROWS", 5)
@@ -476,7 +479,10 @@ def test_fused_pair_scoring_gives_pair_sqdist_bits_across_blocks(
         "float16 array": db16,
         "float32 array": db16.astype(np.float32),
         "F7File": F7File(path),
+        "checked F7File": F7File(path, checksums=block_checksums(db16, 4), block_rows=4),
     }[source]
+    if isinstance(db, F7File):
+        monkeypatch.setattr(F7File, "_pread_into", lambda *a: pytest.fail("a row was read by a system call"))
     queries = rng.standard_normal((7, 24)).astype(np.float32)
     owner = np.r_[np.arange(7), rng.integers(0, 7, 80)]
     items = np.r_[np.full(7, 31), rng.integers(0, 60, 80)]
@@ -487,6 +493,8 @@ def test_fused_pair_scoring_gives_pair_sqdist_bits_across_blocks(
     np.testing.assert_array_equal(got.view(np.uint32), expected.view(np.uint32))
     blocks = -(-len(np.unique(items)) // 5)
     assert len(released) == blocks and all(arr is db for arr in released)
+    if source == "checked F7File":
+        assert np.flatnonzero(db._verified).tolist() == np.unique(items // 4).tolist()
     assert search_mod._score_pairs(db, queries, owner[:0], items[:0], 64).shape == (0,)
 
 
