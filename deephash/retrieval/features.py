@@ -76,15 +76,12 @@ def create_npy(path: str | os.PathLike, shape: tuple[int, ...], dtype: Any) -> i
 
 
 def release_pages(arr: Any) -> None:
-    """Unmap the resident pages of a shared ``np.memmap`` (and its views) or of an ``F7File``'s memory map;
-    other arrays are left alone.
+    """Unmap the resident pages of a shared ``np.memmap`` (and its views); other arrays are left alone (an
+    ``F7File``'s gather unmaps its own, ``F7File.release``).
 
     The data stays in the file and the page cache: the next access faults it back in. A copy-on-write
     memmap (mode ``c``) is skipped, since dropping its pages would drop its private changes.
     """
-    if isinstance(arr, F7File):
-        arr.release()
-        return
     mm = getattr(arr, "_mmap", None)  # numpy keeps the mmap.mmap behind every memmap view
     if isinstance(arr, np.memmap) and arr.mode != "c" and isinstance(mm, mmap.mmap) and not mm.closed:
         mm.madvise(mmap.MADV_DONTNEED)
