@@ -438,29 +438,30 @@ class F7File:
         return self._map
 
     def _verify_mapped(self, rows: np.ndarray) -> None:
-        """Check the unchecked blocks holding ``rows`` (increasing) from the memory map."""
+        """Check the unchecked blocks holding ``rows`` (increasing) from the memory map, ``_CHECK_CACHED_BYTES``
+        of them at a time, whose pages are unmapped once checked (scattered rows may each fault in a folio)."""
         br, n, rb = self.block_rows, self.shape[0], self.row_bytes
         blocks = rows // br
         blocks = blocks[np.r_[True, blocks[1:] != blocks[:-1]]]
         todo = blocks[~self._verified[blocks]]
-        if not todo.size:
-            return
-        starts, sizes = self.offset + todo * (br * rb), np.minimum(br, n - todo * br) * rb
-        with memoryview(self._mmap) as view:
-            got = [crc32(view[s : s + z]) for s, z in zip(starts.tolist(), sizes.tolist())]
-        bad = np.flatnonzero(np.array(got, np.uint32) != self.checksums[todo])
-        if bad.size:
-            b = int(todo[bad[0]])
-            raise IndexFormatError(
-                f"{self.path} rows {b * br}:{min((b + 1) * br, n)} do not match their checksum: "
-                "the features were modified or corrupted; rebuild the index"
-            )
         per_check = max(1, _CHECK_CACHED_BYTES // (br * rb))
         for c in range(0, len(todo), per_check):
-            held = (todo[c : c + per_check, None] * br + np.arange(br)).ravel()
+            chunk = todo[c : c + per_check]
+            starts, sizes = self.offset + chunk * (br * rb), np.minimum(br, n - chunk * br) * rb
+            with memoryview(self._mmap) as view:
+                got = [crc32(view[s : s + z]) for s, z in zip(starts.tolist(), sizes.tolist())]
+            bad = np.flatnonzero(np.array(got, np.uint32) != self.checksums[chunk])
+            if bad.size:
+                b = int(chunk[bad[0]])
+                raise IndexFormatError(
+                    f"{self.path} rows {b * br}:{min((b + 1) * br, n)} do not match their checksum: "
+                    "the features were modified or corrupted; rebuild the index"
+                )
+            held = (chunk[:, None] * br + np.arange(br)).ravel()
             held = held[held < n]
             self._check_finite(self._map[held], held)
-        self._verified[todo] = True
+            self._verified[chunk] = True
+            self.release(int(held[0]), int(held[-1]) + 1)
 
     def release(self, start: int = 0, stop: int | None = None) -> None:
         """Unmap the memory map's resident pages of rows ``start:stop`` (all rows by default), and of the
