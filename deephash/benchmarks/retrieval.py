@@ -201,10 +201,8 @@ def bench_hierarchical(
         t = best_of({"hierarchical": search(db_f7), "loaded": search(f7)}, repeat)
     best = t["hierarchical"]
     for other in (first, t["loaded"]):
-        if not (
-            np.array_equal(other.result.idx, best.result.idx)
-            and np.array_equal(other.result.l2, best.result.l2)
-        ):
+        fields = ("idx", "l2", "hamming", "pool_sizes")
+        if not all(np.array_equal(getattr(other.result, f), getattr(best.result, f)) for f in fields):
             raise RuntimeError("hierarchical search read through F7File differs from the memmap's results")
     sizes = best.result.pool_sizes
     return {

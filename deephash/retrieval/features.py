@@ -295,10 +295,7 @@ class F7File:
             bad = np.flatnonzero(block_checksums(data, br) != self.checksums[chunk])
             if bad.size:
                 b = int(chunk[bad[0]])
-                raise IndexFormatError(
-                    f"{self.path} rows {b * br}:{min((b + 1) * br, n)} do not match their checksum: "
-                    "the features were modified or corrupted; rebuild the index"
-                )
+                raise self._checksum_error(b)
             self._check_finite(data, rows)
             self._verified[chunk] = True
 
@@ -317,15 +314,19 @@ class F7File:
                 bad = np.flatnonzero(block_checksums(data, br) != self.checksums[b0:b1])
                 if bad.size:
                     b = b0 + int(bad[0])
-                    raise IndexFormatError(
-                        f"{self.path} rows {b * br}:{min((b + 1) * br, n)} do not match their checksum: "
-                        "the features were modified or corrupted; rebuild the index"
-                    )
+                    raise self._checksum_error(b)
                 self._check_finite(data, np.arange(r0, r1))
                 self._verified[b0:b1] = True
             lo, hi = max(start, r0), min(stop, r1)
             widen(data[lo - r0 : hi - r0], out[lo - start : hi - start])
         return out
+
+    def _checksum_error(self, block: int) -> IndexFormatError:
+        br, n = self.block_rows, self.shape[0]
+        return IndexFormatError(
+            f"{self.path} rows {block * br}:{min((block + 1) * br, n)} do not match their checksum: "
+            "the features were modified or corrupted; rebuild the index"
+        )
 
     def _check_finite(self, data: np.ndarray, rows: np.ndarray) -> None:
         """data: (m, d) the file's ``rows`` (m,)."""
@@ -395,10 +396,7 @@ class F7File:
         for b, p in zip(blocks[lo:hi].tolist(), (starts[lo:hi] - first).tolist()):
             size = min(br, n - b * br) * self.row_bytes
             if crc32(view[p * self.row_bytes : p * self.row_bytes + size]) != self.checksums[b]:
-                raise IndexFormatError(
-                    f"{self.path} rows {b * br}:{min((b + 1) * br, n)} do not match their checksum: "
-                    "the features were modified or corrupted; rebuild the index"
-                )
+                raise self._checksum_error(b)
         self._check_finite(data, rows)
         self._verified[blocks[lo:hi]] = True
 
@@ -453,10 +451,7 @@ class F7File:
             bad = np.flatnonzero(np.array(got, np.uint32) != self.checksums[chunk])
             if bad.size:
                 b = int(chunk[bad[0]])
-                raise IndexFormatError(
-                    f"{self.path} rows {b * br}:{min((b + 1) * br, n)} do not match their checksum: "
-                    "the features were modified or corrupted; rebuild the index"
-                )
+                raise self._checksum_error(b)
             held = (chunk[:, None] * br + np.arange(br)).ravel()
             held = held[held < n]
             self._check_finite(self._map[held], held)
