@@ -380,57 +380,78 @@ def _change_in_place(path: Path, row: int, col: int, value: float, d: int) -> No
         f.write(np.float16(value).tobytes())
 
 
-def test_mapped_gather_checks_the_blocks_it_touches_from_the_map(tmp_path: Path) -> None:
-    """``F7File.mapped``: the file's rows, read-only; each block holding a requested row (the short last one
-    too) is checked once, at its offset past the header; a byte changed in a block not yet checked is
-    caught when a gather first touches it. The checksums are zlib's CRC-32 on full 8 KB rows, the values
-    an index on disk holds."""
+def _gather(f7: F7File, rows: list[int]) -> np.ndarray:
+    rows = np.array(rows, np.int64)
+    return f7.gather(rows, torch.full((len(rows), f7.shape[1]), -1.0)).numpy()
+
+
+def test_gather_checks_each_block_it_first_touches_from_the_copy_or_the_map(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``F7File.gather``: the rows widened to float32; each block holding a requested row is checked once,
+    from the float16 copy when the rows hold it whole (the short last one too), else from the map at its
+    offset past the header; a byte changed in a block not yet checked is caught either way. The checksums
+    are zlib's CRC-32 on full 8 KB rows, the values an index on disk holds."""
     rng = np.random.default_rng(11)
     data = rng.standard_normal((103, 4096)).astype(np.float16)
+    data[15] = np.finfo(np.float16).max  # 4096 x 65504 sums to a finite float32 (not a float16)
     path = tmp_path / "f7.npy"
     np.save(path, data)
     sums = features_mod.block_checksums(data, 10)
     assert sums.tolist() == [zlib.crc32(data[b : b + 10].tobytes()) for b in range(0, 103, 10)]
     f7 = F7File(path, checksums=sums, block_rows=10)
-    rows = np.array([0, 3, 57, 58, 102])
-    view = f7.mapped(rows)
-    assert view.shape == data.shape and not view.flags.writeable
-    np.testing.assert_array_equal(view[rows], data[rows])
-    assert np.flatnonzero(f7._verified).tolist() == [0, 5, 10]
+    from_map: list[int] = []
+    verify_mapped = f7._verify_mapped
+    monkeypatch.setattr(f7, "_verify_mapped", lambda blocks: (from_map.extend(blocks), verify_mapped(blocks)))
+    rows = [0, 3, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 57, 58, 100, 101, 102]
+    np.testing.assert_array_equal(_gather(f7, rows), data[rows].astype(np.float32))
+    assert np.flatnonzero(f7._verified).tolist() == [0, 1, 5, 10] and from_map == [0, 5]
     _change_in_place(path, 25, 100, 7.0, 4096)
+    _change_in_place(path, 33, 5, 7.0, 4096)
     _change_in_place(path, 4, 1, 7.0, 4096)  # in a block already checked: not checked again
-    f7.mapped(np.array([4, 59]))
+    assert _gather(f7, [4, 59])[0, 1] == 7.0
     with pytest.raises(IndexFormatError, match=r"f7.npy rows 20:30 do not match their checksum"):
-        f7.mapped(np.array([21, 40]))
-    assert not f7._verified[[2, 4]].any()
+        _gather(f7, [21, 40])  # block 2 in part: from the map
+    with pytest.raises(IndexFormatError, match=r"f7.npy rows 30:40 do not match their checksum"):
+        _gather(f7, list(range(30, 40)))  # block 3 whole: from the copy
+    assert not f7._verified[[2, 3, 4]].any()
     f7.close()
 
 
-def test_mapped_gather_refuses_non_finite_rows_and_a_file_truncated_while_open(tmp_path: Path) -> None:
-    """A NaN row with a matching checksum is refused when first gathered, and on every gather without
-    checksums; a file cut short while open is a one-line error, not a fault in the memory map."""
+def test_gather_refuses_non_finite_rows_and_a_file_truncated_while_open(tmp_path: Path) -> None:
+    """A NaN or inf row with a matching checksum is refused when first gathered (from the copy for one-row
+    blocks, from the map for a block held in part), and on every gather without checksums; a file cut short
+    while open is a one-line error, not a fault in the memory map."""
     data = np.random.default_rng(12).standard_normal((50, 16)).astype(np.float16)
-    data[40, 3] = np.nan
+    data[40, 3], data[41, 0], data[41, 1], data[43, 15] = np.nan, np.inf, -np.inf, -np.inf
     path = tmp_path / "f7.npy"
     np.save(path, data)
     checked = F7File(path, checksums=features_mod.block_checksums(data, 1), block_rows=1)
-    np.testing.assert_array_equal(checked.mapped(np.array([39]))[39], data[39])
-    for f7 in (checked, F7File(path)):
-        with pytest.raises(IndexFormatError, match=r"f7.npy row 40 holds NaN or inf"):
-            f7.mapped(np.array([2, 40]))
+    blocks = F7File(path, checksums=features_mod.block_checksums(data, 4), block_rows=4)
+    np.testing.assert_array_equal(_gather(checked, [39]), data[[39]].astype(np.float32))
+    plain = F7File(path)
+    for row in (40, 41, 43):  # NaN; inf and -inf (sum NaN); -inf
+        for f7, first_bad in ((checked, row), (plain, row), (blocks, 40)):  # blocks: rows 40:44 from the map
+            with pytest.raises(IndexFormatError, match=rf"f7.npy row {first_bad} holds NaN or inf"):
+                _gather(f7, [2, row])
+    assert not checked._verified[40:44].any() and not blocks._verified[10]
     unchecked = F7File(path)
     for _ in range(2):
         with pytest.raises(IndexFormatError, match="row 40 holds NaN"):
-            unchecked.mapped(np.array([40]))
+            _gather(unchecked, [40])
+    with pytest.raises(ValueError, match="gather reads float16 rows"):
+        np.save(tmp_path / "f32.npy", data.astype(np.float32))
+        _gather(F7File(tmp_path / "f32.npy"), [1])
     size = path.stat().st_size
     os.truncate(path, size - 32)
     with pytest.raises(IndexFormatError, match=r"f7.npy ended early \(truncated while open\?\)"):
-        checked.mapped(np.array([1]))
+        _gather(checked, [1])
 
 
-def test_mapped_rows_outlive_close_and_release_unmaps_only_its_rows(tmp_path: Path) -> None:
-    """``release(start, stop)`` unmaps the pages of those rows (and at most a folio past either end), not the
-    whole map; ``release()`` the rest; the data reads back. An array handed out survives ``close``."""
+def test_gather_unmaps_its_pages_and_release_unmaps_only_its_rows(tmp_path: Path) -> None:
+    """A gather leaves none of the file's pages mapped; ``release(start, stop)`` unmaps the pages of those rows
+    (and at most a folio past either end), not the whole map; ``release()`` the rest; the data reads back.
+    A view of the map survives ``close``."""
     arr = np.random.default_rng(13).standard_normal((4096, 4096)).astype(np.float16)  # 32 MB
     np.save(tmp_path / "big.npy", arr)
     f7 = F7File(tmp_path / "big.npy")
@@ -438,7 +459,10 @@ def test_mapped_rows_outlive_close_and_release_unmaps_only_its_rows(tmp_path: Pa
     if before is None:
         pytest.skip("needs /proc/self/status")
     rows = np.arange(len(arr))
-    view = f7.mapped(rows)
+    out = f7.gather(rows, torch.empty(arr.shape))
+    assert float(out.sum(dtype=torch.float64)) == float(arr.sum(dtype=np.float64))
+    assert _rss_file_kb() - before < 4 << 10
+    view = f7._map
     assert float(view.sum(dtype=np.float64)) == float(arr.sum(dtype=np.float64))
     mapped = _rss_file_kb()
     f7.release(0, 1024)  # 8 MB, plus up to 2 MB of slack
@@ -451,4 +475,4 @@ def test_mapped_rows_outlive_close_and_release_unmaps_only_its_rows(tmp_path: Pa
     f7.close()
     np.testing.assert_array_equal(view[1234], arr[1234])
     with pytest.raises(ValueError, match="is closed"):
-        f7.mapped(rows)
+        f7.gather(rows, torch.empty(arr.shape))

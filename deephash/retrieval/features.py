@@ -6,7 +6,7 @@ rows of a 4096-d float16 memmap was seen to map over a gigabyte. ``F7File`` inst
 rows with ``os.preadv`` straight into a fresh array and ``NpyRowWriter`` writes rows with ``os.pwrite``,
 so the resident memory is the rows in hand; the file's pages stay in the kernel's shared, reclaimable
 page cache. Runs of consecutive rows are read or written with one call each. A gather of many scattered rows
-(hierarchical search's re-rank) would make one call per row, so it goes through ``F7File.mapped`` instead,
+(hierarchical search's re-rank) would make one call per row, so it goes through ``F7File.gather`` instead,
 unmapping the pages of each small run of rows it has copied (``F7File.release``).
 
 An index's F7 file comes with a CRC-32 per block of ``block_rows`` rows (``block_checksums``); an ``F7File``
@@ -164,6 +164,7 @@ class F7File:
         self._fd: int | None = None
         self._mmap: mmap.mmap | None = None
         self._map: np.ndarray | None = None
+        self._source: torch.Tensor | None = None
         self.path = Path(path)
         self.offset, shape, self.dtype = npy_layout(self.path)
         if len(shape) != 2:
@@ -332,10 +333,12 @@ class F7File:
         """data: (m, d) the file's ``rows`` (m,)."""
         bad = non_finite_rows(data)
         if bad.size:
-            raise IndexFormatError(
-                f"{self.path} row {int(rows[bad[0]])} holds NaN or inf: the features are corrupt; "
-                "rebuild the index"
-            )
+            raise self._non_finite_error(int(rows[bad[0]]))
+
+    def _non_finite_error(self, row: int) -> IndexFormatError:
+        return IndexFormatError(
+            f"{self.path} row {row} holds NaN or inf: the features are corrupt; rebuild the index"
+        )
 
     def _read_sorted(self, rows: np.ndarray, dtype: np.dtype, out: np.ndarray | None = None) -> np.ndarray:
         """Rows ``rows`` (strictly increasing, in range) -> (m, d) ``dtype``, one read per run of rows.
@@ -410,41 +413,84 @@ class F7File:
                 raise IndexFormatError(f"{self.path} ended early (truncated while open?)")
             done += got
 
-    def mapped(self, rows: np.ndarray) -> np.ndarray:
-        """The file's (n, d) rows as a read-only array over a memory map of the open file, for a gather of many
-        scattered ``rows`` (distinct, increasing, in range) without a system call per row as ``read`` makes.
+    def gather(self, rows: np.ndarray, out: torch.Tensor, half: torch.Tensor | None = None) -> torch.Tensor:
+        """The rows ``rows`` (distinct, increasing, in range) of a float16 file as float32 into ``out``
+        ((m, d) tensor, returned), from a memory map of the open file: a gather of many scattered rows without
+        the system call per row that ``read`` makes. torch's ``index_select`` copies them into ``half``
+        ((m, d) float16, allocated when None), which is widened into ``out``; the pages touched are unmapped
+        (``release``) so the resident set stays small.
 
-        With checksums, the blocks holding ``rows`` are checked (from the map) the first time they are
-        touched; without, ``rows`` are tested for NaN and inf on every call. The file's size is checked on
-        every call: a file truncated while mapped would fault (SIGBUS) instead of failing a read. (An index
-        is replaced by renaming a new directory into place, which leaves an open file's data intact.) The
-        pages a gather touches stay mapped, and count toward the resident set, until ``release``.
+        The copies are checked, not the map (so a page changed after its check cannot slip through). With
+        checksums, each block first touched is checked against its CRC-32 from the float16 copy when ``rows``
+        hold it whole (from the map otherwise), and its rows must have finite float32 sums; without, every
+        call tests the sums of all the rows. A sum of at most d float16 values (each at most 65,504 in
+        magnitude) cannot overflow float32, so it is finite exactly when every value is: the test costs one
+        pass over rows still in cache, where testing the float16 values themselves would cost several. The
+        file's size is checked on every call: a file truncated while mapped would fault (SIGBUS) instead of
+        failing a read. (An index is replaced by renaming a new directory into place, which leaves an open
+        file's data intact.)
         """
         if self._fd is None:
             raise ValueError(f"{self!r} is closed")
-        size = self.offset + self.nbytes
-        if os.fstat(self._fd).st_size < size:
+        if self.dtype != np.dtype("=f2"):
+            raise ValueError(f"{self!r}: gather reads float16 rows, the file holds {self.dtype}")
+        if os.fstat(self._fd).st_size < self.offset + self.nbytes:
             raise IndexFormatError(f"{self.path} ended early (truncated while open?)")
-        if self._map is None:
+        if self._source is None:
+            size = self.offset + self.nbytes
             self._mmap = mmap.mmap(self._fd, size, access=mmap.ACCESS_READ)  # size > 0: the header
             self._map = np.frombuffer(self._mmap, self.dtype, self.size, self.offset).reshape(self.shape)
-        if len(rows):
-            if self.checksums is None:
-                self._check_finite(self._map[rows], rows)
-            else:
-                self._verify_mapped(rows)
-        return self._map
-
-    def _verify_mapped(self, rows: np.ndarray) -> None:
-        """Check the unchecked blocks holding ``rows`` (increasing) from the memory map, ``_CHECK_CACHED_BYTES``
-        of them at a time, whose pages are unmapped once checked (scattered rows may each fault in a folio)."""
+            self._source = read_only_tensor(self._map)
+        m = len(rows)
+        if half is None:
+            half = torch.empty((m, self.shape[1]), dtype=torch.float16)
+        if m == 0:
+            return out
+        torch.index_select(self._source, 0, torch.from_numpy(rows), out=half)
+        self.release(int(rows[0]), int(rows[-1]) + 1)
+        out.copy_(half)
+        if self.checksums is None:
+            self._check_sums(out, rows, np.ones(m, bool))
+            return out
         br, n, rb = self.block_rows, self.shape[0], self.row_bytes
-        blocks = rows // br
-        blocks = blocks[np.r_[True, blocks[1:] != blocks[:-1]]]
-        todo = blocks[~self._verified[blocks]]
+        if br == 1:  # a block per row (rows of 8 KB or more): each is held whole
+            touched, first, counts, copied = rows, np.arange(m), None, ~self._verified[rows]
+        else:
+            blocks = rows // br
+            first = np.flatnonzero(np.diff(blocks, prepend=-1))
+            touched = blocks[first]
+            counts = np.diff(first, append=m)
+            todo = ~self._verified[touched]
+            whole = counts == np.minimum(br, n - touched * br)
+            self._verify_mapped(touched[todo & ~whole])
+            copied = todo & whole
+        if not copied.any():
+            return out
+        starts = first[copied] * rb
+        ends = starts + (rb if counts is None else counts[copied] * rb)
+        with memoryview(half.numpy()).cast("B") as view:
+            got = [crc32(view[a:b]) for a, b in zip(starts.tolist(), ends.tolist())]
+        bad = np.flatnonzero(np.array(got, np.uint32) != self.checksums[touched[copied]])
+        if bad.size:
+            raise self._checksum_error(int(touched[copied][bad[0]]))
+        self._check_sums(out, rows, copied if counts is None else np.repeat(copied, counts))
+        self._verified[touched[copied]] = True
+        return out
+
+    def _check_sums(self, rows32: torch.Tensor, rows: np.ndarray, tested: np.ndarray) -> None:
+        """rows32: (m, d) float32 widened from the file's float16 ``rows`` (m,); raises on the first of the
+        ``tested`` (m,) bool rows whose sum is not finite (see ``gather``)."""
+        bad = np.flatnonzero(tested & ~np.isfinite(rows32.sum(dim=1).numpy()))
+        if bad.size:
+            raise self._non_finite_error(int(rows[bad[0]]))
+
+    def _verify_mapped(self, blocks: np.ndarray) -> None:
+        """Check the ``blocks`` (unchecked, increasing) from the memory map, ``_CHECK_CACHED_BYTES`` of them at a
+        time, whose pages are unmapped once checked (scattered rows may each fault in a folio)."""
+        br, n, rb = self.block_rows, self.shape[0], self.row_bytes
         per_check = max(1, _CHECK_CACHED_BYTES // (br * rb))
-        for c in range(0, len(todo), per_check):
-            chunk = todo[c : c + per_check]
+        for c in range(0, len(blocks), per_check):
+            chunk = blocks[c : c + per_check]
             starts, sizes = self.offset + chunk * (br * rb), np.minimum(br, n - chunk * br) * rb
             with memoryview(self._mmap) as view:
                 got = [crc32(view[s : s + z]) for s, z in zip(starts.tolist(), sizes.tolist())]
@@ -470,12 +516,12 @@ class F7File:
             self._mmap.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
 
     def close(self) -> None:
-        self._map = None
+        self._map = self._source = None
         if self._mmap is not None:
             try:
                 self._mmap.close()
             except BufferError:
-                pass  # an array handed out by ``mapped`` is still alive: the mapping goes when it does
+                pass  # a view of the map is still alive: the mapping goes when it does
             self._mmap = None
         if self._fd is not None:
             os.close(self._fd)

@@ -348,9 +348,9 @@ class _RowGather:
     A float16 array, memmap or ``F7File`` goes through torch: each ``sub`` rows are gathered by
     ``index_select`` into a float16 buffer and widened, both buffers small enough to stay in a core's cache
     (so the rows are scored before they leave it; numpy's fancy indexing plus ``widen`` goes through main
-    memory twice). An ``F7File`` is gathered from its memory map (``F7File.mapped``: a positional read per
-    scattered row made a search on a loaded index 1.5x to 1.8x slower), the pages of each ``sub`` rows
-    unmapped once copied so the resident set stays small. Other sources (float32) are read a whole block at
+    memory twice). An ``F7File`` gathers the same way from its memory map (``F7File.gather``: a positional
+    read per scattered row made a search on a loaded index 1.5x to 1.8x slower), checking the copies of
+    rows not yet checked and unmapping the pages of each ``sub`` rows once copied. Other sources (float32) are read a whole block at
     once by ``f7_rows``."""
 
     def __init__(self, db_f7: np.ndarray | F7File, block_rows: int, sub: int) -> None:
@@ -370,9 +370,7 @@ class _RowGather:
     def block(self, uniq: np.ndarray) -> None:
         """Start a block of distinct rows ``uniq`` (sorted)."""
         self.uniq = uniq
-        if self.file is not None:
-            self.source = read_only_tensor(self.file.mapped(uniq))
-        elif self.half is None:
+        if self.half is None:
             self.rows_read = np.ascontiguousarray(f7_rows(self.db_f7, uniq, self.buffer))
 
     def rows(self, s0: int) -> np.ndarray:
@@ -381,10 +379,11 @@ class _RowGather:
             return self.rows_read[s0 : s0 + self.sub]
         idx = self.uniq[s0 : s0 + self.sub]
         m = len(idx)
-        torch.index_select(self.source, 0, torch.from_numpy(idx), out=self.half[:m])
         if self.file is not None:
-            self.file.release(int(idx[0]), int(idx[-1]) + 1)
-        self.widened[:m].copy_(self.half[:m])
+            self.file.gather(idx, self.widened[:m], self.half[:m])
+        else:
+            torch.index_select(self.source, 0, torch.from_numpy(idx), out=self.half[:m])
+            self.widened[:m].copy_(self.half[:m])
         return self.buffer[:m]
 
 
