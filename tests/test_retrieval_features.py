@@ -439,6 +439,10 @@ def test_gather_refuses_non_finite_rows_and_a_file_truncated_while_open(tmp_path
     for _ in range(2):
         with pytest.raises(IndexFormatError, match="row 40 holds NaN"):
             _gather(unchecked, [40])
+    with pytest.raises(ValueError, match=r"out must be a \(1, 16\) float32 tensor, got \(2, 16\)"):
+        checked.gather(np.array([1]), torch.empty(2, 16))
+    with pytest.raises(ValueError, match=r"half must be a contiguous \(2, 16\) float16 tensor"):
+        checked.gather(np.array([1, 2]), torch.empty(2, 16), torch.empty(16, 2, dtype=torch.float16).T)
     with pytest.raises(ValueError, match="gather reads float16 rows"):
         np.save(tmp_path / "f32.npy", data.astype(np.float32))
         _gather(F7File(tmp_path / "f32.npy"), [1])

@@ -415,21 +415,27 @@ class F7File:
 
     def gather(self, rows: np.ndarray, out: torch.Tensor, half: torch.Tensor | None = None) -> torch.Tensor:
         """The rows ``rows`` (distinct, increasing, in range) of a float16 file as float32 into ``out``
-        ((m, d) tensor, returned), from a memory map of the open file: a gather of many scattered rows without
-        the system call per row that ``read`` makes. torch's ``index_select`` copies them into ``half``
-        ((m, d) float16, allocated when None), which is widened into ``out``; the pages touched are unmapped
-        (``release``) so the resident set stays small.
+        ((m, d) float32 tensor, returned), from a memory map of the open file: a gather of many scattered rows
+        without the system call per row that ``read`` makes. torch's ``index_select`` copies them into ``half``
+        ((m, d) contiguous float16, allocated when None), which is widened into ``out``; the pages touched are
+        unmapped (``release``) so the resident set stays small.
 
-        The copies are checked, not the map (so a page changed after its check cannot slip through). With
-        checksums, each block first touched is checked against its CRC-32 from the float16 copy when ``rows``
-        hold it whole (from the map otherwise), and its rows must have finite float32 sums; without, every
-        call tests the sums of all the rows. A sum of at most d float16 values (each at most 65,504 in
-        magnitude) cannot overflow float32, so it is finite exactly when every value is: the test costs one
-        pass over rows still in cache, where testing the float16 values themselves would cost several. The
-        file's size is checked on every call: a file truncated while mapped would fault (SIGBUS) instead of
-        failing a read. (An index is replaced by renaming a new directory into place, which leaves an open
-        file's data intact.)
+        With checksums, each block is checked the first time a gather touches it: when ``rows`` hold it whole,
+        on the copy itself (its float16 bytes against the CRC-32, and a finite float32 sum for each of its
+        rows), so what is handed out is what was checked; else from the map first, as ``read`` does. Without
+        checksums, every call tests the sums of all the rows. A sum of at most d float16 values (each at most
+        65,504 in magnitude) cannot overflow float32, so it is finite exactly when every value is: one pass over
+        rows still in cache, where testing the float16 values themselves costs several. The file's size is
+        checked on every call: a file truncated while mapped would fault (SIGBUS) instead of failing a read.
+        (An index is replaced by renaming a new directory into place, which leaves an open file's data intact.)
         """
+        m, d = len(rows), self.shape[1]
+        if half is None:
+            half = torch.empty((m, d), dtype=torch.float16)
+        if tuple(out.shape) != (m, d) or out.dtype != torch.float32:
+            raise ValueError(f"out must be a ({m}, {d}) float32 tensor, got {tuple(out.shape)} {out.dtype}")
+        if tuple(half.shape) != (m, d) or half.dtype != torch.float16 or not half.is_contiguous():
+            raise ValueError(f"half must be a contiguous ({m}, {d}) float16 tensor, got {tuple(half.shape)}")
         if self._fd is None:
             raise ValueError(f"{self!r} is closed")
         if self.dtype != np.dtype("=f2"):
@@ -441,9 +447,6 @@ class F7File:
             self._mmap = mmap.mmap(self._fd, size, access=mmap.ACCESS_READ)  # size > 0: the header
             self._map = np.frombuffer(self._mmap, self.dtype, self.size, self.offset).reshape(self.shape)
             self._source = read_only_tensor(self._map)
-        m = len(rows)
-        if half is None:
-            half = torch.empty((m, self.shape[1]), dtype=torch.float16)
         if m == 0:
             return out
         torch.index_select(self._source, 0, torch.from_numpy(rows), out=half)
