@@ -68,9 +68,10 @@ def test_f7file_indexes_like_an_ndarray(f7_file, key, monkeypatch: pytest.Monkey
     assert got32.dtype == np.float32
     np.testing.assert_array_equal(got32, want.astype(np.float32))
     # into a caller's buffer (left over from an earlier block): filled in full and returned
-    buffer = np.full(want.shape, 7.0, np.float32)
-    assert f.read(key, np.float32, out=buffer) is buffer
-    np.testing.assert_array_equal(buffer, want.astype(np.float32))
+    for dtype in (np.float32, np.float16):
+        for buffer in (np.full(want.shape, 7.0, dtype), np.full(want.shape, 7.0, dtype, order="F")):
+            assert f.read(key, dtype, out=buffer) is buffer
+            np.testing.assert_array_equal(buffer, want.astype(dtype))
 
 
 def test_f7file_read_into_a_buffer_checks_it(f7_file) -> None:
@@ -369,6 +370,36 @@ def test_blocks_held_whole_by_a_read_are_checked_from_it(tmp_path: Path) -> None
             f7.read([3, 7, 30], dtype)
 
 
+def test_reads_of_many_runs_gather_from_the_map_with_the_same_checks(tmp_path: Path, monkeypatch) -> None:
+    """A read of ``_GATHER_MIN_RUNS`` runs or more of a float16 file goes through ``gather`` (no read per
+    run), float16 or float32, checked block by block as before; fewer runs are read by system calls."""
+    data = np.random.default_rng(7).standard_normal((300, 64)).astype(np.float16)
+    path = tmp_path / "f7.npy"
+    np.save(path, data)
+    sums = features_mod.block_checksums(data, 1)
+    many, few = np.arange(1, 300, 3)[: features_mod._GATHER_MIN_RUNS], np.r_[1:4, 50]
+    f7 = F7File(path, checksums=sums, block_rows=1)
+    with monkeypatch.context() as m:
+        m.setattr(F7File, "_pread_into", lambda *a: pytest.fail("a row was read by a system call"))
+        for dtype in (None, np.float32):
+            np.testing.assert_array_equal(f7.read(many, dtype), data[many].astype(dtype or np.float16))
+    assert np.flatnonzero(f7._verified).tolist() == many.tolist()
+    with monkeypatch.context() as m:
+        m.setattr(F7File, "gather", lambda *a: pytest.fail("a short read was gathered"))
+        np.testing.assert_array_equal(f7.read(few, np.float32), data[few].astype(np.float32))
+    changed = data.copy()
+    changed[31, 5], changed[34, 0] = 9.0, np.nan
+    np.save(path, changed)
+    for dtype in (None, np.float32):
+        with pytest.raises(IndexFormatError, match=r"f7.npy rows 31:32 do not match their checksum"):
+            F7File(path, checksums=sums, block_rows=1).read(np.arange(1, 300, 3), dtype)
+        with pytest.raises(IndexFormatError, match=r"f7.npy row 34 holds NaN or inf"):
+            F7File(path).read(np.arange(1, 300, 3), dtype)
+    monkeypatch.setattr(features_mod, "_GATHER_MIN_RUNS", 1 << 62)
+    with pytest.raises(IndexFormatError, match=r"f7.npy rows 31:32 do not match their checksum"):
+        F7File(path, checksums=sums, block_rows=1).read(np.arange(1, 300, 3))
+
+
 # --------------------------------------------------------------- scattered gathers through a memory map
 
 
@@ -439,7 +470,7 @@ def test_gather_refuses_non_finite_rows_and_a_file_truncated_while_open(tmp_path
     for _ in range(2):
         with pytest.raises(IndexFormatError, match="row 40 holds NaN"):
             _gather(unchecked, [40])
-    with pytest.raises(ValueError, match=r"out must be a \(1, 16\) float32 tensor, got \(2, 16\)"):
+    with pytest.raises(ValueError, match=r"out must be a \(1, 16\) float32 or float16 tensor, got \(2, 16\)"):
         checked.gather(np.array([1]), torch.empty(2, 16))
     with pytest.raises(ValueError, match=r"half must be a contiguous \(2, 16\) float16 tensor"):
         checked.gather(np.array([1, 2]), torch.empty(2, 16), torch.empty(16, 2, dtype=torch.float16).T)

@@ -32,6 +32,9 @@ from deephash.utils.errors import IndexFormatError
 _BLOCK_BYTES = 16 << 20  # staging buffer of a converting read
 _CHECK_READ_BYTES = 2 << 20  # blocks read at a time to be checked (beside a converting read's buffer)
 _CHECK_BYTES = 1 << 20  # rows tested for NaN/inf at a time
+_GATHER_BYTES = 512 << 10  # float16 rows per gather from the memory map (with their widening, in cache)
+# a read of this many runs of consecutive rows or more gathers them from the memory map (one call each else)
+_GATHER_MIN_RUNS = 16
 _CHECK_CACHED_BYTES = 512 << 10  # mapped rows copied out to be tested for NaN/inf at a time (stays in cache)
 _MAX_IO = 1 << 30  # bytes per system call (Linux caps one read or write just below 2 GiB)
 # A page fault can map a whole page-cache folio (at most a PMD, 2 MiB on x86-64) around the row asked for, so
@@ -341,22 +344,32 @@ class F7File:
         )
 
     def _read_sorted(self, rows: np.ndarray, dtype: np.dtype, out: np.ndarray | None = None) -> np.ndarray:
-        """Rows ``rows`` (strictly increasing, in range) -> (m, d) ``dtype``, one read per run of rows.
+        """Rows ``rows`` (strictly increasing, in range) -> (m, d) ``dtype``, one read per run of rows; rows in
+        ``_GATHER_MIN_RUNS`` runs or more of a float16 file are gathered from the memory map instead (``gather``:
+        as fast as a read per run for sparse rows, 1.2x to 1.6x faster for dense ones; the same checks).
 
         With checksums, each block the rows lie in is checked the first time it is touched: from the rows
         just read when they hold the whole block (always, for one-row blocks), else by reading the block
         first. Without, the rows read are checked for NaN and inf. ``out``: where to put them, if given
         ((len(rows), d) of ``dtype``)."""
-        if out is None or out.shape != (len(rows), self.shape[1]) or out.dtype != dtype:
-            out = np.empty((len(rows), self.shape[1]), dtype)
+        shape = (len(rows), self.shape[1])
+        if out is None or out.shape != shape or out.dtype != dtype or not out.flags.c_contiguous:
+            out = np.empty(shape, dtype)  # ``read`` copies it into a caller's ``out`` of another layout
         if out.size == 0:
             return out
         direct = dtype == self.dtype
         step = len(rows) if direct else max(1, _BLOCK_BYTES // self.row_bytes)
         inline = None
+        if self.checksums is not None and rows[-1] - rows[0] + 1 == len(rows):
+            # a range (a scan): checked as it is read, read once
+            return self._read_range_checked(int(rows[0]), int(rows[-1]) + 1, out)
+        if (
+            self.dtype == np.dtype("=f2")
+            and dtype in (np.dtype("=f2"), np.dtype("=f4"))
+            and np.count_nonzero(np.diff(rows) != 1) + 1 >= _GATHER_MIN_RUNS
+        ):
+            return self._gather_into(rows, out)
         if self.checksums is not None:
-            if rows[-1] - rows[0] + 1 == len(rows):  # a range (a scan): checked as it is read, read once
-                return self._read_range_checked(int(rows[0]), int(rows[-1]) + 1, out)
             inline = self._plan_checks(rows, step)
         buffer = None if direct else np.empty((min(step, len(rows)), self.shape[1]), self.dtype)
         for c in range(0, len(rows), step):
@@ -371,6 +384,21 @@ class F7File:
                 self._check_read_blocks(dest, block, c, inline)
             if not direct:
                 widen(dest, out[c : c + len(block)])
+        return out
+
+    def _gather_into(self, rows: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """Scattered ``rows`` (strictly increasing) of a float16 file into ``out`` ((m, d) C-contiguous float16
+        or float32), by ``gather``, ``_GATHER_BYTES`` of the file at a time (the copy checked in cache)."""
+        step = max(1, _GATHER_BYTES // self.row_bytes)
+        target = torch.from_numpy(out)
+        half = (
+            None
+            if out.dtype == self.dtype
+            else torch.empty((min(step, len(rows)), self.shape[1]), dtype=torch.float16)
+        )
+        for s in range(0, len(rows), step):
+            part = rows[s : s + step]
+            self.gather(part, target[s : s + len(part)], None if half is None else half[: len(part)])
         return out
 
     def _plan_checks(self, rows: np.ndarray, step: int) -> tuple[np.ndarray, np.ndarray]:
@@ -414,11 +442,12 @@ class F7File:
             done += got
 
     def gather(self, rows: np.ndarray, out: torch.Tensor, half: torch.Tensor | None = None) -> torch.Tensor:
-        """The rows ``rows`` (distinct, increasing, in range) of a float16 file as float32 into ``out``
-        ((m, d) float32 tensor, returned), from a memory map of the open file: a gather of many scattered rows
-        without the system call per row that ``read`` makes. torch's ``index_select`` copies them into ``half``
-        ((m, d) contiguous float16, allocated when None), which is widened into ``out``; the pages touched are
-        unmapped (``release``) so the resident set stays small.
+        """The rows ``rows`` (distinct, increasing, in range) of a float16 file into ``out`` ((m, d) float32
+        tensor, returned; or float16 and contiguous, filled directly), from a memory map of the open file: a
+        gather of scattered rows without a system call per row. torch's ``index_select`` copies them into
+        ``half`` ((m, d) contiguous float16, allocated when None), which is widened into ``out``; the pages
+        touched are unmapped (``release``) so the resident set stays small. ``read`` gathers scattered rows
+        this way too, ``_GATHER_BYTES`` at a time.
 
         With checksums, each block is checked the first time a gather touches it: when ``rows`` hold it whole,
         on the copy itself (its float16 bytes against the CRC-32, and a finite float32 sum for each of its
@@ -430,10 +459,14 @@ class F7File:
         (An index is replaced by renaming a new directory into place, which leaves an open file's data intact.)
         """
         m, d = len(rows), self.shape[1]
-        if half is None:
+        if tuple(out.shape) != (m, d) or out.dtype not in (torch.float32, torch.float16):
+            raise ValueError(
+                f"out must be a ({m}, {d}) float32 or float16 tensor, got {tuple(out.shape)} {out.dtype}"
+            )
+        if out.dtype == torch.float16:
+            half = out  # checked to be contiguous below
+        elif half is None:
             half = torch.empty((m, d), dtype=torch.float16)
-        if tuple(out.shape) != (m, d) or out.dtype != torch.float32:
-            raise ValueError(f"out must be a ({m}, {d}) float32 tensor, got {tuple(out.shape)} {out.dtype}")
         if tuple(half.shape) != (m, d) or half.dtype != torch.float16 or not half.is_contiguous():
             raise ValueError(f"half must be a contiguous ({m}, {d}) float16 tensor, got {tuple(half.shape)}")
         if self._fd is None:
@@ -451,7 +484,8 @@ class F7File:
             return out
         torch.index_select(self._source, 0, torch.from_numpy(rows), out=half)
         self.release(int(rows[0]), int(rows[-1]) + 1)
-        out.copy_(half)
+        if out is not half:
+            out.copy_(half)
         if self.checksums is None:
             self._check_sums(out, rows, np.ones(m, bool))
             return out
@@ -480,10 +514,10 @@ class F7File:
         self._verified[touched[copied]] = True
         return out
 
-    def _check_sums(self, rows32: torch.Tensor, rows: np.ndarray, tested: np.ndarray) -> None:
-        """rows32: (m, d) float32 widened from the file's float16 ``rows`` (m,); raises on the first of the
-        ``tested`` (m,) bool rows whose sum is not finite (see ``gather``)."""
-        bad = np.flatnonzero(tested & ~np.isfinite(rows32.sum(dim=1).numpy()))
+    def _check_sums(self, data: torch.Tensor, rows: np.ndarray, tested: np.ndarray) -> None:
+        """data: (m, d) the file's float16 ``rows`` (m,), or their float32 widening; raises on the first of the
+        ``tested`` (m,) bool rows whose float32 sum is not finite (see ``gather``)."""
+        bad = np.flatnonzero(tested & ~np.isfinite(data.sum(dim=1, dtype=torch.float32).numpy()))
         if bad.size:
             raise self._non_finite_error(int(rows[bad[0]]))
 
