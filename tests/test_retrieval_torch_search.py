@@ -13,6 +13,7 @@ from deephash.evaluation.hamming_metrics import hamming_retrieval_metrics
 from deephash.evaluation.torch_metrics import hamming_retrieval_metrics_torch
 from deephash.retrieval import search, torch_search
 from deephash.retrieval.codes import pack_codes
+from deephash.retrieval.features import F7File, block_checksums
 from deephash.retrieval.search import HammingIndex, PoolRule
 from deephash.retrieval.torch_search import TorchHammingIndex, popcount, torch_device
 from deephash.utils.errors import ConfigError
@@ -69,7 +70,8 @@ def test_torch_index_blocks_give_the_same_results(monkeypatch) -> None:
 @pytest.mark.parametrize(
     "k,rule", [(5, PoolRule(2, 5, 400, 120)), (30, PoolRule(1, 30, 900, 200)), (3, PoolRule(48, 1, 900, 900))]
 )
-def test_device_hierarchical_search_equals_cpu_path(k: int, rule: PoolRule) -> None:
+def test_device_hierarchical_search_equals_cpu_path(k: int, rule: PoolRule, tmp_path: Path) -> None:
+    """Also on a loaded index's F7 file (checked, read by ``F7File.read`` and ``gather``)."""
     rng = np.random.default_rng(21)
     db_bits = tied(rng, 900, 48, centres=6)
     db_f7 = rng.standard_normal((900, 16)).astype(np.float16)
@@ -83,8 +85,15 @@ def test_device_hierarchical_search_equals_cpu_path(k: int, rule: PoolRule) -> N
     got = torch_search.hierarchical_search(
         TorchHammingIndex(codes, 48, "cpu"), db_f7, queries, q_f7, k, rule, chunk_size=64
     )
-    for field in ("idx", "l2", "hamming", "pool_sizes"):
-        np.testing.assert_array_equal(getattr(got, field), getattr(want, field))
+    np.save(tmp_path / "f7.npy", db_f7)
+    checked = F7File(tmp_path / "f7.npy", checksums=block_checksums(db_f7, 1), block_rows=1)
+    from_file = torch_search.hierarchical_search(
+        TorchHammingIndex(codes, 48, "cpu"), checked, queries, q_f7, k, rule, chunk_size=64
+    )
+    for result in (got, from_file):
+        for field in ("idx", "l2", "hamming", "pool_sizes"):
+            np.testing.assert_array_equal(getattr(result, field), getattr(want, field))
+    assert checked._verified.any()
     assert (want.pool_sizes > search._shortlist(k)).any()  # pools were scored, not just passed on
 
 
