@@ -474,6 +474,9 @@ def test_gather_refuses_non_finite_rows_and_a_file_truncated_while_open(tmp_path
         checked.gather(np.array([1]), torch.empty(2, 16))
     with pytest.raises(ValueError, match=r"half must be a contiguous \(2, 16\) float16 tensor"):
         checked.gather(np.array([1, 2]), torch.empty(2, 16), torch.empty(16, 2, dtype=torch.float16).T)
+    for rows in ([3, 3], [4, 2], [-1, 2], [2, 50]):
+        with pytest.raises(ValueError, match=r"gather takes strictly increasing rows in 0\.\.49"):
+            _gather(checked, rows)
     with pytest.raises(ValueError, match="gather reads float16 rows"):
         np.save(tmp_path / "f32.npy", data.astype(np.float32))
         _gather(F7File(tmp_path / "f32.npy"), [1])
