@@ -469,7 +469,7 @@ class F7File:
             half = torch.empty((m, d), dtype=torch.float16)
         if tuple(half.shape) != (m, d) or half.dtype != torch.float16 or not half.is_contiguous():
             raise ValueError(f"half must be a contiguous ({m}, {d}) float16 tensor, got {tuple(half.shape)}")
-        if m and (rows[0] < 0 or rows[-1] >= self.shape[0] or not (np.diff(rows) > 0).all()):
+        if m and (rows[0] < 0 or rows[-1] >= self.shape[0] or not (rows[1:] > rows[:-1]).all()):
             raise ValueError(f"gather takes strictly increasing rows in 0..{self.shape[0] - 1}")
         if self._fd is None:
             raise ValueError(f"{self!r} is closed")
