@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 export WANDB_SILENT ?= true
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-full bench reproduce reproduce-smoke lint format clean
+.PHONY: help install demo test test-full bench bench-gpu reproduce reproduce-smoke lint format clean
 
 help: ## list the targets (coloured only on a terminal)
 	@if [ -t 1 ]; then on='\033[36m'; off='\033[0m'; fi; \
@@ -45,6 +45,13 @@ bench: $(STAMP) ## speed and memory benchmarks at 1M items (~30 min on 2 cores; 
 	$(PY) -m deephash.bench sublinear --out bench/sublinear.json
 	$(PY) -m deephash.bench train --out bench/train.json
 	$(PY) -m deephash.bench eval --out bench/eval.json
+	$(PY) -m deephash.bench decode --out bench/decode.json
+
+bench-gpu: $(STAMP) ## the GPU figures on a machine with a CUDA GPU (search, training, decoding; ~10 min)
+	@mkdir -p bench
+	$(PY) -m deephash.bench retrieval --device cuda --bits 128 --out bench/retrieval_cuda.json $(BENCH_ARGS)
+	$(PY) -m deephash.bench train --device cuda --precision bf16-mixed --channels-last --out bench/train_cuda.json
+	$(PY) -m deephash.bench decode --device cuda --out bench/decode_cuda.json
 
 reproduce: $(STAMP) ## regenerate the paper's results (datasets, ImageNet weights, ideally a GPU; MNIST-only without weights)
 	$(PY) -m experiments.reproduce $(REPRODUCE_ARGS)

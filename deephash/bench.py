@@ -21,6 +21,7 @@ COMMANDS: dict[str, str] = {
     "scan": "deephash.benchmarks.scan",
     "eval": "deephash.benchmarks.evaluation",
     "f7": "deephash.benchmarks.f7_precision",
+    "decode": "deephash.benchmarks.decode",
 }
 DEFAULT = "retrieval"
 USAGE = (
