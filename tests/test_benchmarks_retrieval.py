@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from deephash.benchmarks import common
 from deephash.benchmarks.retrieval import main
@@ -104,6 +105,27 @@ def test_short_disk_is_refused_with_a_suggestion(
     # 1M x 4096 float16 = 8.2 GB; 2 GB left after the margin hold 262,144 rows of 8 KB
     assert "needs 8.2 GB" in err and "pass --n-database 262000 or less" in err
     assert not (tmp_path / "b.json").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error without a GPU")
+def test_device_cuda_without_a_gpu_is_refused_before_any_work(tmp_path: Path, capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(
+            [
+                *SMALL,
+                "--device",
+                "cuda",
+                "--workdir",
+                str(tmp_path / "work"),
+                "--out",
+                str(tmp_path / "d.json"),
+            ]
+        )
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == (
+        "error: retrieval.device=cuda but torch sees no CUDA device; use retrieval.device=cpu\n"
+    )
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_device_section_checks_the_torch_path(tmp_path: Path) -> None:

@@ -298,6 +298,8 @@ def run_retrieval(args: argparse.Namespace) -> dict[str, Any]:
     require_positive(args, "n_database", "n_queries", "dim", "repeat", "euclidean_queries", "cluster_size")
     if not 0 <= args.flip_prob <= 0.5:
         raise ConfigError(f"--flip-prob must be in [0, 0.5], got {args.flip_prob}")
+    if args.device:
+        torch_device(args.device)  # a missing GPU is reported before the features are written
     threads, blas_threads = limit_threads(args.threads)
     rng = np.random.default_rng(args.seed)
     n, dim, k = args.n_database, args.dim, args.k[0]
