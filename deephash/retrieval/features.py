@@ -488,9 +488,15 @@ class F7File:
         self.release(int(rows[0]), int(rows[-1]) + 1)
         if out is not half:
             out.copy_(half)
+        self._check_copy(rows, half, out)
+        return out
+
+    def _check_copy(self, rows: np.ndarray, half: torch.Tensor, out: torch.Tensor) -> None:
+        """``gather``'s checks of its copy ``half`` (and its widening ``out``) of the file's ``rows``."""
+        m = len(rows)
         if self.checksums is None:
             self._check_sums(out, rows, np.ones(m, bool))
-            return out
+            return
         br, n, rb = self.block_rows, self.shape[0], self.row_bytes
         if br == 1:  # a block per row (rows of 8 KB or more): each is held whole
             touched, first, counts, copied = rows, np.arange(m), None, ~self._verified[rows]
@@ -504,7 +510,7 @@ class F7File:
             self._verify_mapped(touched[todo & ~whole])
             copied = todo & whole
         if not copied.any():
-            return out
+            return
         starts = first[copied] * rb
         ends = starts + (rb if counts is None else counts[copied] * rb)
         with memoryview(half.numpy()).cast("B") as view:
@@ -514,7 +520,6 @@ class F7File:
             raise self._checksum_error(int(touched[copied][bad[0]]))
         self._check_sums(out, rows, copied if counts is None else np.repeat(copied, counts))
         self._verified[touched[copied]] = True
-        return out
 
     def _check_sums(self, data: torch.Tensor, rows: np.ndarray, tested: np.ndarray) -> None:
         """data: (m, d) the file's float16 ``rows`` (m,), or their float32 widening; raises on the first of the

@@ -350,8 +350,8 @@ class _RowGather:
     (so the rows are scored before they leave it; numpy's fancy indexing plus ``widen`` goes through main
     memory twice). An ``F7File`` gathers the same way from its memory map (``F7File.gather``: a positional
     read per scattered row made a search on a loaded index 1.5x to 1.8x slower), checking the copies of
-    rows not yet checked and unmapping the pages of each ``sub`` rows once copied. Other sources (float32) are read a whole block at
-    once by ``f7_rows``."""
+    rows not yet checked and unmapping the pages of each ``sub`` rows once copied. Other sources (float32)
+    are read a whole block at once by ``f7_rows``."""
 
     def __init__(self, db_f7: np.ndarray | F7File, block_rows: int, sub: int) -> None:
         self.db_f7, self.sub = db_f7, sub
