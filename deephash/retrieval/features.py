@@ -20,6 +20,7 @@ from __future__ import annotations
 import mmap
 import os
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,10 +33,11 @@ from deephash.utils.errors import IndexFormatError
 _BLOCK_BYTES = 16 << 20  # staging buffer of a converting read
 _CHECK_READ_BYTES = 2 << 20  # blocks read at a time to be checked (beside a converting read's buffer)
 _CHECK_BYTES = 1 << 20  # rows tested for NaN/inf at a time
-_GATHER_BYTES = 512 << 10  # float16 rows per gather from the memory map (with their widening, in cache)
+# bytes of the file a gather from the memory map, or a check of mapped blocks, handles at a time: they (and
+# a gather's float32 widening) stay in cache, and their pages are unmapped once done
+_MAPPED_STEP_BYTES = 512 << 10
 # a read of this many runs of consecutive rows or more gathers them from the memory map (one call each else)
 _GATHER_MIN_RUNS = 16
-_CHECK_CACHED_BYTES = 512 << 10  # mapped rows copied out to be tested for NaN/inf at a time (stays in cache)
 _MAX_IO = 1 << 30  # bytes per system call (Linux caps one read or write just below 2 GiB)
 # A page fault can map a whole page-cache folio (at most a PMD, 2 MiB on x86-64) around the row asked for, so
 # unmapping the pages of a run of rows reaches that far past either end.
@@ -370,7 +372,7 @@ class F7File:
         ):
             return self._gather_into(rows, out)
         if self.checksums is not None:
-            inline = self._plan_checks(rows, step)
+            inline = self._plan_checks(rows, step, self._verify)
         buffer = None if direct else np.empty((min(step, len(rows)), self.shape[1]), self.dtype)
         for c in range(0, len(rows), step):
             block = rows[c : c + step]
@@ -388,8 +390,8 @@ class F7File:
 
     def _gather_into(self, rows: np.ndarray, out: np.ndarray) -> np.ndarray:
         """Scattered ``rows`` (strictly increasing) of a float16 file into ``out`` ((m, d) C-contiguous float16
-        or float32), by ``gather``, ``_GATHER_BYTES`` of the file at a time (the copy checked in cache)."""
-        step = max(1, _GATHER_BYTES // self.row_bytes)
+        or float32), by ``gather``, ``_MAPPED_STEP_BYTES`` of the file at a time (the copy checked in cache)."""
+        step = max(1, _MAPPED_STEP_BYTES // self.row_bytes)
         target = torch.from_numpy(out)
         half = (
             None
@@ -401,10 +403,16 @@ class F7File:
             self.gather(part, target[s : s + len(part)], None if half is None else half[: len(part)])
         return out
 
-    def _plan_checks(self, rows: np.ndarray, step: int) -> tuple[np.ndarray, np.ndarray]:
+    def _plan_checks(
+        self, rows: np.ndarray, step: int, verify: Callable[[np.ndarray], None]
+    ) -> tuple[np.ndarray, np.ndarray]:
         """The unchecked blocks ``rows`` touches: those it holds whole within one ``step`` of the read are
-        returned as (blocks, position of their first row) to check from the read; the others are checked now."""
+        returned as (blocks, position of their first row) to check from the rows read; the others are checked
+        now by ``verify`` (``_verify`` reads them from the file, ``_verify_mapped`` from the memory map)."""
         br = self.block_rows
+        if br == 1:  # a block per row (rows of 8 KB or more): each is held whole
+            starts = np.flatnonzero(~self._verified[rows])
+            return rows[starts], starts
         blocks = rows // br
         starts = np.flatnonzero(np.diff(blocks, prepend=-1))
         touched = blocks[starts]
@@ -412,24 +420,39 @@ class F7File:
         whole = (ends - starts) == np.minimum(br, self.shape[0] - touched * br)
         inline = whole & (starts // step == (ends - 1) // step)
         todo = ~self._verified[touched]
-        self._verify(touched[todo & ~inline])
+        verify(touched[todo & ~inline])
         return touched[todo & inline], starts[todo & inline]
 
     def _check_read_blocks(
-        self, data: np.ndarray, rows: np.ndarray, first: int, inline: tuple[np.ndarray, np.ndarray]
+        self,
+        data: np.ndarray,
+        rows: np.ndarray,
+        first: int,
+        inline: tuple[np.ndarray, np.ndarray],
+        tensor: torch.Tensor | None = None,
     ) -> None:
-        """Check the planned blocks whose rows are ``data`` (the file's ``rows``, read positions ``first``...)."""
+        """Check the planned blocks whose rows are ``data`` (the file's ``rows``, read positions ``first``...):
+        their bytes against the CRC-32, then the rows for NaN/inf (by the float32 sums of ``tensor``, the same
+        rows or their float32 widening, when given: see ``gather``)."""
         blocks, starts = inline
         lo, hi = np.searchsorted(starts, [first, first + len(rows)])
         if lo == hi:
             return
-        view, br, n = memoryview(data).cast("B"), self.block_rows, self.shape[0]
-        for b, p in zip(blocks[lo:hi].tolist(), (starts[lo:hi] - first).tolist()):
-            size = min(br, n - b * br) * self.row_bytes
-            if crc32(view[p * self.row_bytes : p * self.row_bytes + size]) != self.checksums[b]:
-                raise self._checksum_error(b)
-        self._check_finite(data, rows)
+        with memoryview(data).cast("B") as view:
+            self._check_crcs(view, blocks[lo:hi], (starts[lo:hi] - first) * self.row_bytes)
+        if tensor is None:
+            self._check_finite(data, rows)
+        else:
+            self._check_sums(tensor, rows)
         self._verified[blocks[lo:hi]] = True
+
+    def _check_crcs(self, view: memoryview, blocks: np.ndarray, starts: np.ndarray) -> None:
+        """Compare each of ``blocks`` (its bytes at offsets ``starts`` of ``view``) with its CRC-32."""
+        ends = starts + np.minimum(self.block_rows, self.shape[0] - blocks * self.block_rows) * self.row_bytes
+        got = [crc32(view[a:b]) for a, b in zip(starts.tolist(), ends.tolist())]
+        bad = np.flatnonzero(np.array(got, np.uint32) != self.checksums[blocks])
+        if bad.size:
+            raise self._checksum_error(int(blocks[bad[0]]))
 
     def _pread_into(self, view: memoryview, row: int) -> None:
         if self._fd is None:
@@ -447,7 +470,7 @@ class F7File:
         gather of scattered rows without a system call per row. torch's ``index_select`` copies them into
         ``half`` ((m, d) contiguous float16, allocated when None), which is widened into ``out``; the pages
         touched are unmapped (``release``) so the resident set stays small. ``read`` gathers scattered rows
-        this way too, ``_GATHER_BYTES`` at a time.
+        this way too, ``_MAPPED_STEP_BYTES`` at a time.
 
         With checksums, each block is checked the first time a gather touches it: when ``rows`` hold it whole,
         on the copy itself (its float16 bytes against the CRC-32, and a finite float32 sum for each of its
@@ -488,60 +511,30 @@ class F7File:
         self.release(int(rows[0]), int(rows[-1]) + 1)
         if out is not half:
             out.copy_(half)
-        self._check_copy(rows, half, out)
+        if self.checksums is None:
+            self._check_sums(out, rows)
+        else:
+            plan = self._plan_checks(rows, m, self._verify_mapped)
+            if len(plan[0]):  # else every block was checked before (or just now, from the map)
+                self._check_read_blocks(half.numpy(), rows, 0, plan, tensor=out)
         return out
 
-    def _check_copy(self, rows: np.ndarray, half: torch.Tensor, out: torch.Tensor) -> None:
-        """``gather``'s checks of its copy ``half`` (and its widening ``out``) of the file's ``rows``."""
-        m = len(rows)
-        if self.checksums is None:
-            self._check_sums(out, rows, np.ones(m, bool))
-            return
-        br, n, rb = self.block_rows, self.shape[0], self.row_bytes
-        if br == 1:  # a block per row (rows of 8 KB or more): each is held whole
-            touched, first, counts, copied = rows, np.arange(m), None, ~self._verified[rows]
-        else:
-            blocks = rows // br
-            first = np.flatnonzero(np.diff(blocks, prepend=-1))
-            touched = blocks[first]
-            counts = np.diff(first, append=m)
-            todo = ~self._verified[touched]
-            whole = counts == np.minimum(br, n - touched * br)
-            self._verify_mapped(touched[todo & ~whole])
-            copied = todo & whole
-        if not copied.any():
-            return
-        starts = first[copied] * rb
-        ends = starts + (rb if counts is None else counts[copied] * rb)
-        with memoryview(half.numpy()).cast("B") as view:
-            got = [crc32(view[a:b]) for a, b in zip(starts.tolist(), ends.tolist())]
-        bad = np.flatnonzero(np.array(got, np.uint32) != self.checksums[touched[copied]])
-        if bad.size:
-            raise self._checksum_error(int(touched[copied][bad[0]]))
-        self._check_sums(out, rows, copied if counts is None else np.repeat(copied, counts))
-        self._verified[touched[copied]] = True
-
-    def _check_sums(self, data: torch.Tensor, rows: np.ndarray, tested: np.ndarray) -> None:
-        """data: (m, d) the file's float16 ``rows`` (m,), or their float32 widening; raises on the first of the
-        ``tested`` (m,) bool rows whose float32 sum is not finite (see ``gather``)."""
-        bad = np.flatnonzero(tested & ~np.isfinite(data.sum(dim=1, dtype=torch.float32).numpy()))
+    def _check_sums(self, data: torch.Tensor, rows: np.ndarray) -> None:
+        """data: (m, d) the file's float16 ``rows`` (m,), or their float32 widening; raises on the first row
+        whose float32 sum is not finite (see ``gather``)."""
+        bad = np.flatnonzero(~np.isfinite(data.sum(dim=1, dtype=torch.float32).numpy()))
         if bad.size:
             raise self._non_finite_error(int(rows[bad[0]]))
 
     def _verify_mapped(self, blocks: np.ndarray) -> None:
-        """Check the ``blocks`` (unchecked, increasing) from the memory map, ``_CHECK_CACHED_BYTES`` of them at a
+        """Check the ``blocks`` (unchecked, increasing) from the memory map, ``_MAPPED_STEP_BYTES`` of them at a
         time, whose pages are unmapped once checked (scattered rows may each fault in a folio)."""
         br, n, rb = self.block_rows, self.shape[0], self.row_bytes
-        per_check = max(1, _CHECK_CACHED_BYTES // (br * rb))
+        per_check = max(1, _MAPPED_STEP_BYTES // (br * rb))
         for c in range(0, len(blocks), per_check):
             chunk = blocks[c : c + per_check]
-            starts, sizes = self.offset + chunk * (br * rb), np.minimum(br, n - chunk * br) * rb
             with memoryview(self._mmap) as view:
-                got = [crc32(view[s : s + z]) for s, z in zip(starts.tolist(), sizes.tolist())]
-            bad = np.flatnonzero(np.array(got, np.uint32) != self.checksums[chunk])
-            if bad.size:
-                b = int(chunk[bad[0]])
-                raise self._checksum_error(b)
+                self._check_crcs(view, chunk, self.offset + chunk * (br * rb))
             held = (chunk[:, None] * br + np.arange(br)).ravel()
             held = held[held < n]
             self._check_finite(self._map[held], held)
