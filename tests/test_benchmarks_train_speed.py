@@ -37,6 +37,7 @@ TOP_KEYS = {
     "raw_pytorch",
     "ratio",
     "ratio_median",
+    "ratio_target",
     "encode",
 }
 LOOP_KEYS = {
