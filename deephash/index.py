@@ -23,7 +23,7 @@ from deephash.config import CONFIG_PATH
 from deephash.models.module import load_hash_module
 from deephash.retrieval.build import build_index, drop_unreadable
 from deephash.retrieval.searcher import index_images
-from deephash.retrieval.store import load_index, verify_index
+from deephash.retrieval.store import check_index_target, load_index, verify_index
 from deephash.runs import build_predict_trainer, checkpoint_run_dir, run_data_config, run_preprocess
 from deephash.utils.errors import ConfigError
 
@@ -38,6 +38,7 @@ def build(cfg: DictConfig) -> dict[str, Any]:
         images = Path(str(cfg.images)).expanduser()
         where = run_dir or Path(cfg.paths.output_dir)
         out = Path(cfg.index_dir) if cfg.get("index_dir") else where / f"index-{images.resolve().name}"
+        check_index_target(out)
         spec = run_preprocess(run_dir, cfg.get("data"))
         store = index_images(ckpt, images, out, spec, batch_size=int(cfg.batch_size))
         return {**store.manifest, "index_dir": str(out)}
@@ -49,6 +50,7 @@ def build(cfg: DictConfig) -> dict[str, Any]:
     index_dir = (
         Path(cfg.index_dir) if cfg.get("index_dir") else (run_dir or Path(cfg.paths.output_dir)) / "index"
     )
+    check_index_target(index_dir)
     module = load_hash_module(ckpt)
     pl.seed_everything(cfg.seed, workers=True)
     datamodule = hydra.utils.instantiate(data_cfg)

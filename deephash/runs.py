@@ -138,7 +138,7 @@ def select_checkpoint(cfg: DictConfig, trainer: pl.Trainer, run_dir: Path) -> di
     falls back to ``last`` and says so.
     """
     selection = check_checkpoint_selection(cfg.get("checkpoint_selection", "best_val"))
-    callback = trainer.checkpoint_callback
+    callback = monitored_checkpoint_callback(trainer)
     best = callback.best_model_path if callback is not None and callback.monitor is not None else ""
     if selection == "best_val" and best:
         return {"selection": "best_val", "evaluated_checkpoint": best}
@@ -323,10 +323,23 @@ def record_train_failure(cfg: DictConfig, err: BaseException) -> None:
 
 
 def last_checkpoint(trainer: pl.Trainer) -> str:
-    """The last checkpoint this fit actually wrote ("" when none): ModelCheckpoint's own record, which names
-    ``last-v1.ckpt`` and the like where it had to pick another name."""
-    callback = trainer.checkpoint_callback
-    return (getattr(callback, "last_model_path", "") or "") if callback is not None else ""
+    """The last checkpoint this fit actually wrote ("" when none): a ModelCheckpoint's ``save_last`` record
+    (which names ``last-v1.ckpt`` and the like where it had to pick another name), else the file of an
+    unmonitored ``filename: last`` callback (``callbacks.last_checkpoint``)."""
+    callbacks = trainer.checkpoint_callbacks
+    for callback in callbacks:
+        if getattr(callback, "last_model_path", ""):
+            return str(callback.last_model_path)
+    for callback in callbacks:
+        if getattr(callback, "monitor", "") is None and getattr(callback, "filename", "") == "last":
+            return str(getattr(callback, "best_model_path", "") or "")
+    return ""
+
+
+def monitored_checkpoint_callback(trainer: pl.Trainer) -> Any:
+    """The checkpoint callback that keeps the best monitored score (model selection), else the first one."""
+    callbacks = trainer.checkpoint_callbacks
+    return next((c for c in callbacks if getattr(c, "monitor", None) is not None), trainer.checkpoint_callback)
 
 
 CONFIG_TREE_ORDER = ("data", "model", "trainer", "callbacks", "logger", "retrieval", "paths", "extras")

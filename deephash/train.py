@@ -22,6 +22,7 @@ from deephash.runs import (
     instantiate_callbacks,
     instantiate_loggers,
     last_checkpoint,
+    monitored_checkpoint_callback,
     record_train_failure,
     select_checkpoint,
 )
@@ -63,9 +64,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     train_seconds = time.perf_counter() - start
 
-    best_ckpt = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-    best_score = trainer.checkpoint_callback.best_model_score if trainer.checkpoint_callback else None
+    best = monitored_checkpoint_callback(trainer)
+    best_ckpt = best.best_model_path if best is not None else ""
+    best_score = best.best_model_score if best is not None else None
     val_acc = float(best_score) if best_score is not None else _metric(trainer, "val/acc")
+    last_ckpt = last_checkpoint(trainer)  # before test(), whose checkpoint restores the callbacks' state
     chosen = select_checkpoint(cfg, trainer, output_dir)  # best validation score, or the final iteration
     ckpt = chosen["evaluated_checkpoint"]
     test_acc = None
@@ -85,7 +88,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "global_step": int(trainer.global_step),
         "train_seconds": round(train_seconds, 3),
         "best_checkpoint": best_ckpt,
-        "last_checkpoint": last_checkpoint(trainer),
+        "last_checkpoint": last_ckpt,
         **chosen,
         "protocol": datamodule.describe()["protocol"],
         "data": datamodule.describe(),

@@ -451,3 +451,22 @@ def test_lock_is_reentrant_and_released(tmp_path: Path) -> None:
     assert not (tmp_path / ".index.lock").exists()
     save(path)
     assert sha256_file(path / "codes.npy") == load_index(path).manifest["files"]["codes.npy"]["sha256"]
+
+
+def test_save_refuses_a_file_or_a_folder_that_is_not_an_index(tmp_path: Path) -> None:
+    """Only an existing index or an empty directory may be replaced; nothing else is deleted."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "image.png").write_bytes(b"png")
+    file = tmp_path / "file"
+    file.write_text("x")
+    for target in (data, file):
+        with pytest.raises(ConfigError, match="not an index|not a directory"):
+            save(target)
+    assert (data / "image.png").read_bytes() == b"png" and file.read_text() == "x"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "file"]  # no lock or staging left
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    save(empty)
+    items = save(empty, seed=1)  # an existing index is rebuilt in place
+    assert np.array_equal(load_index(empty).codes, items["codes_packed"])

@@ -166,6 +166,27 @@ def test_eval_index_and_baseline_configs_are_checked_first(capsys, trained, tmp_
     assert line == "error: retrieval.radius must be an integer >= 0, got -2"
 
 
+def test_an_index_is_never_written_over_something_that_is_not_one(capsys, trained, tmp_path) -> None:
+    """``index_dir`` pointing at the run itself, a file or a folder of data is refused before encoding;
+    each is left as it was (the commit's swap would have deleted it)."""
+    ckpt = trained / "checkpoints" / "last.ckpt"
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "keep.txt").write_text("mine")
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    before = sorted(p.name for p in trained.iterdir())
+    for target in (trained, photos, notes):
+        line = _refused(capsys, build, "index", [f"ckpt_path={ckpt}", f"index_dir={target}"], tmp_path / "i")
+        assert str(target) in line and ("not an index" in line or "not a directory" in line), line
+    line = _refused(
+        capsys, evaluate, "eval", [f"ckpt_path={ckpt}", f"retrieval.index_dir={photos}"], tmp_path / "e"
+    )
+    assert "not an index" in line
+    assert sorted(p.name for p in trained.iterdir()) == before
+    assert (photos / "keep.txt").read_text() == "mine" and notes.read_text() == "mine"
+
+
 @pytest.mark.parametrize(
     ("fail", "code", "reason"),
     [("fsync", errno.ENOSPC, "No space left on device"), ("mkstemp", errno.EACCES, "Permission denied")],

@@ -87,6 +87,8 @@ def test_paper_experiments_train_on_everything_and_evaluate_the_last_iteration(
     assert full.callbacks.model_checkpoint.monitor is None
     assert full.callbacks.model_checkpoint.every_n_train_steps > 0
     assert full.trainer.max_steps % full.callbacks.model_checkpoint.every_n_train_steps == 0
+    # last.ckpt comes with each periodic save (unmonitored, so every save is one), not from a second writer
+    assert full.callbacks.model_checkpoint.save_last is True and full.callbacks.last_checkpoint is None
 
 
 @pytest.mark.parametrize("bits", [12, 32, 48])

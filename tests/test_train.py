@@ -94,6 +94,22 @@ def test_resume_from_last_checkpoint_continues(train_cfg, tmp_path: Path) -> Non
     assert resumed["global_step"] == 3 * step_after_one
 
 
+def test_last_checkpoint_is_the_final_epoch_even_when_the_score_stops_improving(
+    train_cfg, tmp_path: Path
+) -> None:
+    """With lr 0 val/acc never improves after the first epoch, so the best checkpoint stays at epoch 0; the
+    resume point (last.ckpt, and the one metrics.json names) must still be the final epoch, or a resume
+    retrains epochs. (Lightning's own ``save_last`` beside a monitor writes it only on an improvement.)"""
+    metrics = train(
+        train_cfg("trainer.max_epochs=3", "model.optimizer.lr=0", "model.scheduler=null", output_dir=tmp_path / "r")
+    )
+    last = tmp_path / "r" / "checkpoints" / "last.ckpt"
+    assert metrics["last_checkpoint"] == str(last)
+    assert torch.load(last, map_location="cpu", weights_only=True)["epoch"] == 2
+    best = torch.load(metrics["best_checkpoint"], map_location="cpu", weights_only=True)
+    assert best["epoch"] == 0 and metrics["evaluated_checkpoint"] == metrics["best_checkpoint"]
+
+
 @pytest.mark.parametrize(
     ("override", "message"),
     [

@@ -25,7 +25,7 @@ from deephash.evaluation.plots import (
 from deephash.models.module import load_hash_module
 from deephash.retrieval.build import build_index, drop_unreadable
 from deephash.retrieval.searcher import refuse_unlabelled
-from deephash.retrieval.store import IndexStore
+from deephash.retrieval.store import IndexStore, check_index_target
 from deephash.retrieval.sublinear import build_hamming_index
 from deephash.utils.io import update_json
 from deephash.utils.logging import get_logger
@@ -47,10 +47,12 @@ def evaluate_checkpoint(
     and global rank 0 evaluates, the others get ``{}``."""
     run_dir = Path(run_dir or cfg.paths.output_dir)
     rcfg = cfg.retrieval
-    module = load_hash_module(ckpt_path)
-    bad_images = drop_unreadable(datamodule)  # once, before any split is encoded
     index_dir = Path(rcfg.index_dir) if rcfg.get("index_dir") else run_dir / "index"
     refuse_unlabelled(index_dir)  # never rebuilt over someone's own photos
+    check_index_target(index_dir)  # nor over a file or a folder that is not an index
+    check_index_target(run_dir / "queries")
+    module = load_hash_module(ckpt_path)
+    bad_images = drop_unreadable(datamodule)  # once, before any split is encoded
     # the encoded queries are saved too (<run>/queries), so anyone can re-check the metrics
     queries = build_index(
         module, datamodule, ckpt_path, run_dir / "queries", predict_trainer, "query", bad_images

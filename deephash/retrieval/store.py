@@ -187,6 +187,7 @@ class IndexWriter:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             acquire_index_lock(self.path)
             try:
+                check_index_target(self.path)
                 self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.tmp-", dir=self.path.parent))
             except BaseException:
                 release_index_lock(self.path)
@@ -490,6 +491,25 @@ def acquire_index_lock(path: str | os.PathLike) -> None:
     except BaseException:
         release_index_lock(path)
         raise
+
+
+def check_index_target(path: str | os.PathLike) -> None:
+    """Refuse to write an index over anything but an index: an existing ``path`` must be an index directory
+    (``manifest.json`` in it) or an empty directory. A file, a run directory or a folder of data given as
+    ``index_dir`` would otherwise be replaced, and its contents deleted, by the commit's swap."""
+    path = Path(path)
+    if not (path.exists() or path.is_symlink()):
+        return
+    if not path.is_dir():
+        raise ConfigError(
+            f"{path} exists and is not a directory; an index is written to a new path or over an existing index"
+        )
+    if (path / MANIFEST).is_file() or not any(path.iterdir()):
+        return
+    raise ConfigError(
+        f"{path} is a non-empty directory without {MANIFEST}, not an index; refusing to replace it "
+        "(choose a new index_dir, or an existing index to rebuild)"
+    )
 
 
 def release_index_lock(path: str | os.PathLike) -> None:
