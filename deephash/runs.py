@@ -152,14 +152,58 @@ def checkpoint_run_dir(ckpt: Path) -> Path | None:
     return ckpt.resolve().parent.parent if ckpt.resolve().parent.name == "checkpoints" else None
 
 
+DATA_DIR_KEYS = ("root", "cache_dir")  # directories: relative ones are relative to the launch directory
+DATA_FILE_KEYS = ("list_file", "test_list_file", "classes_file")  # files: as given, else under root
+
+
+def anchor_data_paths(data_cfg: DictConfig, cwd: str | os.PathLike | None) -> DictConfig:
+    """``data_cfg`` with its relative paths made absolute against ``cwd``, the directory the run was launched
+    from, so a later evaluation or index build from anywhere reads the same files (``data=folder
+    data.root=photos`` launched in ``~/work`` means ``~/work/photos`` for good). Files that are not found
+    under ``cwd`` stay as given: the datamodule also looks for them under ``root``."""
+    if cwd is None:
+        return data_cfg
+    out = OmegaConf.create(OmegaConf.to_container(data_cfg, resolve=True))
+    for key in (*DATA_DIR_KEYS, *DATA_FILE_KEYS):
+        value = out.get(key)
+        if not isinstance(value, str) or not value or os.path.isabs(os.path.expanduser(value)):
+            continue
+        anchored = Path(cwd) / value
+        if key in DATA_DIR_KEYS or anchored.is_file():
+            out[key] = str(anchored)
+    return out
+
+
+def current_launch_cwd() -> str:
+    """The directory this command was launched from: Hydra's ``runtime.cwd`` (``hydra.job.chdir=true`` moves
+    the process into the run directory), else the working directory."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return str(HydraConfig.get().runtime.cwd) if HydraConfig.initialized() else os.getcwd()
+
+
+def launch_cwd(run_dir: Path) -> str | None:
+    """The directory a Hydra run was launched from (``.hydra/hydra.yaml``'s ``runtime.cwd``), if recorded."""
+    path = run_dir / ".hydra" / "hydra.yaml"
+    if not path.is_file():
+        return None
+    try:
+        cwd = OmegaConf.load(path).hydra.runtime.cwd
+    except Exception:  # noqa: BLE001 - an unreadable record: nothing to anchor to
+        return None
+    return str(cwd) if cwd else None
+
+
 def run_data_config(run_dir: Path | None) -> DictConfig | None:
-    """The ``data`` config of a training run: its resolved ``config.yaml`` (or Hydra's ``.hydra/config.yaml``)."""
+    """The ``data`` config of a training run: its resolved ``config.yaml`` (or Hydra's ``.hydra/config.yaml``),
+    with relative data paths taken from where the run was launched, not from where this process runs."""
     if run_dir is None:
         return None
     for path in (run_dir / "config.yaml", run_dir / ".hydra" / "config.yaml"):
         if path.is_file():
             run_cfg = OmegaConf.load(path)
-            return OmegaConf.create(OmegaConf.to_container(run_cfg.data, resolve=True))
+            data = OmegaConf.create(OmegaConf.to_container(run_cfg.data, resolve=True))
+            return anchor_data_paths(data, launch_cwd(run_dir))
     return None
 
 

@@ -16,8 +16,10 @@ from deephash.cli import accepts_version, check_group_choices, run_hydra_task
 from deephash.config import CONFIG_PATH, validate_train_config
 from deephash.evaluation.run import evaluate_checkpoint
 from deephash.runs import (
+    anchor_data_paths,
     build_predict_trainer,
     claim_run_dir,
+    current_launch_cwd,
     finish_loggers,
     instantiate_callbacks,
     instantiate_loggers,
@@ -51,7 +53,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if trainer.is_global_zero:
         datamodule.save_splits(output_dir)
         # the resolved config, so evaluation/indexing can rebuild this run's data without Hydra's files
-        atomic_write_text(output_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+        # (data paths absolute: relative ones mean the launch directory, which later commands may not share)
+        saved = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+        saved.data = anchor_data_paths(saved.data, current_launch_cwd())
+        atomic_write_text(output_dir / "config.yaml", OmegaConf.to_yaml(saved))
 
     log.info(
         "training %s/%s with %d-bit codes in %s",

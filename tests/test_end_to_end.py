@@ -196,6 +196,7 @@ def test_evaluate_cli_on_a_checkpoint(run: Path, tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-2000:]
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics["modes"]) == {"hamming"} and metrics["n_database"] == 1437
+    assert metrics["evaluated_checkpoint"] == str(ckpt)  # the record names the weights its numbers are of
     assert "mAP" in proc.stdout  # the summary table
     bad = _cli("deephash.evaluate", f"ckpt_path={tmp_path / 'none.ckpt'}", f"hydra.run.dir={tmp_path / 'h2'}")
     assert bad.returncode == 2 and "ckpt_path not found" in bad.stderr

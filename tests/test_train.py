@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from deephash.runs import run_data_config
 from deephash.train import train
 from deephash.utils.errors import ConfigError
 from tests.fixtures_data import write_cifar10, write_image_tree, write_mnist
@@ -66,11 +67,14 @@ def test_release_files_train_offline(train_cfg, tmp_path: Path, write, overrides
     assert 0.0 <= metrics["test_acc"] <= 1.0
 
 
-def test_folder_tree_trains_and_saves_class_mapping(train_cfg, tmp_path: Path) -> None:
+def test_folder_tree_trains_and_saves_class_mapping(train_cfg, tmp_path: Path, monkeypatch) -> None:
+    """Also: a relative data.root means the launch directory for good. Evaluating or indexing the run from
+    another directory (which may hold its own ``images``) must read the images it was trained on."""
     write_image_tree(tmp_path / "images", classes=("dress", "shoe", "skirt"), per_class=10)
+    monkeypatch.chdir(tmp_path)
     cfg = train_cfg(
         "data=folder",
-        f"data.root={tmp_path / 'images'}",
+        "data.root=images",
         "data.n_queries=3",
         "data.test_fraction=0.2",
         "data.batch_size=8",
@@ -81,6 +85,24 @@ def test_folder_tree_trains_and_saves_class_mapping(train_cfg, tmp_path: Path) -
     assert metrics["dataset"] == "folder"
     classes = json.loads((tmp_path / "run" / "classes.json").read_text())
     assert classes["class_to_idx"] == {"dress": 0, "shoe": 1, "skirt": 2}
+    elsewhere = tmp_path / "elsewhere"
+    write_image_tree(elsewhere / "images", classes=("cat", "dog"), per_class=4)
+    monkeypatch.chdir(elsewhere)
+    assert run_data_config(tmp_path / "run").root == str(tmp_path / "images")
+
+
+def test_run_data_config_anchors_relative_paths_at_the_launch_directory(tmp_path: Path) -> None:
+    """A run whose config.yaml kept a relative root: Hydra's record of the launch directory anchors it."""
+    run = tmp_path / "run"
+    (run / ".hydra").mkdir(parents=True)
+    (run / "config.yaml").write_text("data:\n  root: photos\n  cache_dir: null\n  list_file: train.txt\n")
+    (run / ".hydra" / "hydra.yaml").write_text(f"hydra:\n  runtime:\n    cwd: {tmp_path / 'launch'}\n")
+    data = run_data_config(run)
+    assert data.root == str(tmp_path / "launch" / "photos") and data.cache_dir is None
+    assert data.list_file == "train.txt"  # not under the launch directory: the datamodule looks under root
+    (tmp_path / "launch").mkdir()
+    (tmp_path / "launch" / "train.txt").write_text("")
+    assert run_data_config(run).list_file == str(tmp_path / "launch" / "train.txt")
 
 
 def test_resume_from_last_checkpoint_continues(train_cfg, tmp_path: Path) -> None:

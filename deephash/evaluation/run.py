@@ -62,6 +62,8 @@ def evaluate_checkpoint(
         return {}
     metrics = {
         **evaluate_indexes(rcfg, database, queries, datamodule, run_dir),
+        # which weights these numbers are of (deephash-eval may be handed any checkpoint of the run)
+        "evaluated_checkpoint": str(Path(ckpt_path).absolute()),
         "protocol": datamodule.protocol,
         # the split sizes after unreadable images were left out, so they agree with the index
         "data": datamodule.describe(),
