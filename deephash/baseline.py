@@ -12,7 +12,7 @@ from omegaconf import DictConfig
 from deephash.baselines.run import run_baseline
 from deephash.cli import accepts_version, check_group_choices, run_hydra_task
 from deephash.config import CONFIG_PATH
-from deephash.runs import record_failure
+from deephash.runs import record_train_failure
 
 
 @accepts_version("deephash-baseline")
@@ -20,7 +20,7 @@ from deephash.runs import record_failure
 @hydra.main(config_path=CONFIG_PATH, config_name="baseline", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
     # Hydra sweepers optimise the scalar the task returns
-    return run_hydra_task(run_baseline, cfg, on_failure=record_failure)
+    return run_hydra_task(run_baseline, cfg, on_failure=record_train_failure)
 
 
 if __name__ == "__main__":

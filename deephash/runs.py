@@ -290,11 +290,12 @@ class RunDirError(ConfigError):
     """The run directory holds another run or is in use; it was left untouched."""
 
 
-def claim_run_dir(cfg: DictConfig) -> Path:
+def claim_run_dir(cfg: DictConfig, resumes: bool = True) -> Path:
     """Create ``cfg.paths.output_dir`` and make it this run's: lock it for this process's lifetime (another
     live process training there -> ``RunDirError``), and refuse a directory that holds an earlier run unless
-    this run resumes (``ckpt_path``) or ``overwrite=true`` (which removes the earlier run's checkpoints,
-    metrics and indexes first). Ranks other than 0 of a distributed run share rank 0's claim."""
+    this run resumes it (``ckpt_path``, a checkpoint of that very run: ``resumes=False`` where ``ckpt_path``
+    means something else) or ``overwrite=true`` (which removes the earlier run's checkpoints, metrics,
+    indexes and reports first). Ranks other than 0 of a distributed run share rank 0's claim."""
     from pytorch_lightning.utilities import rank_zero_only
 
     run_dir = Path(cfg.paths.output_dir)
@@ -303,17 +304,55 @@ def claim_run_dir(cfg: DictConfig) -> Path:
         return run_dir
     _lock_run_dir(run_dir)
     held = previous_run(run_dir)
-    if held and not cfg.get("ckpt_path"):
+    resume = Path(str(cfg.ckpt_path)).expanduser() if resumes and cfg.get("ckpt_path") else None
+    if held and resume is not None and checkpoint_run_dir(resume) != run_dir.resolve():
         if not cfg.get("overwrite"):
             raise RunDirError(
-                f"{run_dir} already holds a run ({', '.join(held)}): pass ckpt_path=<checkpoint> to resume "
-                "it, overwrite=true to replace it, or choose another hydra.run.dir"
+                f"{run_dir} already holds a run ({', '.join(held)}) and ckpt_path={resume} is a checkpoint of "
+                "another run: resume into that run's directory, pass overwrite=true to replace this one, or "
+                "choose another hydra.run.dir"
             )
-        for name in held:
+        resume = None  # overwrite=true: replace this directory's run, starting from the given weights
+    if held and resume is None:
+        if not cfg.get("overwrite"):
+            hint = "pass ckpt_path=<checkpoint> to resume it, " if resumes else "pass "
+            raise RunDirError(
+                f"{run_dir} already holds a run ({', '.join(held)}): {hint}overwrite=true to replace it, "
+                "or choose another hydra.run.dir"
+            )
+        removed = [*held, *(p.name for p in run_outputs(run_dir) if p.name not in held)]
+        for name in removed:
             path = run_dir / name
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
-        log.warning("overwrite=true: removed the earlier run's %s from %s", ", ".join(held), run_dir)
+            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+        log.warning("overwrite=true: removed the earlier run's %s from %s", ", ".join(removed), run_dir)
     return run_dir
+
+
+# what a run writes besides RUN_MARKERS: reports, the CSV log, the data records, image indexes (index-*);
+# an overwritten run must not leave them beside the new run's, where they would pass for its results
+RUN_OUTPUTS = (
+    "bit_balance.csv",
+    "bit_balance.png",
+    "pr_curve.csv",
+    "pr_curve.png",
+    "precision_at_k.csv",
+    "precision_at_k.png",
+    "retrieval_grid.png",
+    "csv",
+    "method.npz",
+    "bad_images.txt",
+    "classes.json",
+    "splits.npz",
+    "config.yaml",
+)
+
+
+def run_outputs(run_dir: Path) -> list[Path]:
+    """The files of ``RUN_OUTPUTS`` and the image indexes (``index-<folder>``) present in ``run_dir``."""
+    found = [
+        run_dir / name for name in RUN_OUTPUTS if (run_dir / name).exists() or (run_dir / name).is_symlink()
+    ]
+    return found + sorted(p for p in run_dir.glob("index-*") if (p / "manifest.json").is_file())
 
 
 def previous_run(run_dir: Path) -> list[str]:
@@ -383,7 +422,9 @@ def last_checkpoint(trainer: pl.Trainer) -> str:
 def monitored_checkpoint_callback(trainer: pl.Trainer) -> Any:
     """The checkpoint callback that keeps the best monitored score (model selection), else the first one."""
     callbacks = trainer.checkpoint_callbacks
-    return next((c for c in callbacks if getattr(c, "monitor", None) is not None), trainer.checkpoint_callback)
+    return next(
+        (c for c in callbacks if getattr(c, "monitor", None) is not None), trainer.checkpoint_callback
+    )
 
 
 CONFIG_TREE_ORDER = ("data", "model", "trainer", "callbacks", "logger", "retrieval", "paths", "extras")

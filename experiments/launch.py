@@ -34,6 +34,8 @@ def run_job(plan: Plan, job: Job) -> dict[str, Any]:
     if job.entry == "train" and last.is_file():
         log.info("%s: resuming from %s", job.name, last)
         overrides.append(f"ckpt_path={hydra_value(last)}")
+    if job.entry == "baseline" and run_dir.exists():  # an unfinished baseline has nothing to resume: redo it
+        overrides.append("overwrite=true")
     log.info("%s: deephash.%s %s", job.name, job.entry, " ".join(overrides))
     start = time.perf_counter()
     error = ""

@@ -88,7 +88,20 @@ def test_a_second_training_into_a_run_dir_is_refused_and_changes_nothing(finishe
 
 def test_overwrite_replaces_the_earlier_run(finished: tuple[Path, dict]) -> None:
     run, first = finished
+    # the earlier run's reports, CSV log and photo index must not pass for the new run's
+    stale = [
+        "pr_curve.png",
+        "precision_at_k.csv",
+        "retrieval_grid.png",
+        "csv/metrics.csv",
+        "index-photos/manifest.json",
+    ]
+    for name in stale:
+        (run / name).parent.mkdir(exist_ok=True)
+        (run / name).write_text("earlier run")
+    (run / "notes").mkdir()  # not the run's: kept
     metrics = train(cfg(run, "overwrite=true", "trainer.max_epochs=2"))
+    assert not any((run / name).exists() for name in stale) and (run / "notes").is_dir()
     names = sorted(p.name for p in (run / "checkpoints").iterdir())
     assert "last.ckpt" in names and not any("-v1" in n for n in names)
     assert metrics["last_checkpoint"] == str(run / "checkpoints" / "last.ckpt")
@@ -103,6 +116,42 @@ def test_resuming_in_the_same_dir_records_the_checkpoint_it_wrote(finished: tupl
     metrics = train(cfg(run, f"ckpt_path={last}", "trainer.max_epochs=2"))
     assert Path(metrics["last_checkpoint"]).is_file()
     assert step_of(metrics["last_checkpoint"]) == metrics["global_step"] == 2 * first["global_step"]
+    release_run_dir(run)
+
+
+def test_resuming_another_runs_checkpoint_into_a_held_dir_is_refused(
+    finished: tuple[Path, dict], tmp_path: Path
+) -> None:
+    """ckpt_path resumes the run it belongs to; pointed at another run's directory it would clobber that run."""
+    run, _ = finished
+    other = tmp_path / "other"
+    shutil.copytree(run, other)
+    before = {
+        p.name: p.read_bytes() for p in [other / "metrics.json", *sorted((other / "checkpoints").iterdir())]
+    }
+    with pytest.raises(RunDirError, match=r"is a checkpoint of another run"):
+        train(cfg(other, f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}"))
+    after = {
+        p.name: p.read_bytes() for p in [other / "metrics.json", *sorted((other / "checkpoints").iterdir())]
+    }
+    assert after == before
+    release_run_dir(other)
+
+
+def test_a_baseline_never_writes_into_a_training_run(finished: tuple[Path, dict]) -> None:
+    """The baseline's ckpt_path is the model whose F7 it hashes, not a resume: the run dir is still refused."""
+    from deephash.baselines.run import run_baseline
+
+    run, _ = finished
+    before = (run / "metrics.json").read_bytes()
+    baseline = compose_config(
+        "baseline", ["logger=none", "features=f7", f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}"], run
+    )
+    with pytest.raises(
+        RunDirError, match=r"already holds a run \(checkpoints, metrics.json\): pass overwrite"
+    ):
+        run_baseline(baseline)
+    assert (run / "metrics.json").read_bytes() == before and not (run / "method.npz").exists()
     release_run_dir(run)
 
 

@@ -123,7 +123,9 @@ def test_last_checkpoint_is_the_final_epoch_even_when_the_score_stops_improving(
     resume point (last.ckpt, and the one metrics.json names) must still be the final epoch, or a resume
     retrains epochs. (Lightning's own ``save_last`` beside a monitor writes it only on an improvement.)"""
     metrics = train(
-        train_cfg("trainer.max_epochs=3", "model.optimizer.lr=0", "model.scheduler=null", output_dir=tmp_path / "r")
+        train_cfg(
+            "trainer.max_epochs=3", "model.optimizer.lr=0", "model.scheduler=null", output_dir=tmp_path / "r"
+        )
     )
     last = tmp_path / "r" / "checkpoints" / "last.ckpt"
     assert metrics["last_checkpoint"] == str(last)

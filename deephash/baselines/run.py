@@ -36,7 +36,7 @@ from deephash.models.backbones import BACKBONES, NATIVE_BACKBONES
 from deephash.retrieval.codes import pack_codes
 from deephash.retrieval.encode import encode_split
 from deephash.retrieval.store import EncodedItems, IndexStore, load_index, save_index
-from deephash.runs import build_predict_trainer, finish_loggers, instantiate_loggers
+from deephash.runs import build_predict_trainer, claim_run_dir, finish_loggers, instantiate_loggers
 from deephash.utils.checks import check_int
 from deephash.utils.errors import ConfigError
 from deephash.utils.io import atomic_write_json
@@ -176,8 +176,7 @@ def run_baseline(cfg: DictConfig) -> dict[str, Any]:
     """Fit ``cfg.method`` on the training split, then index, evaluate and report; returns metrics.json."""
     validate_baseline_config(cfg)
     method = build_baseline(cfg)
-    run_dir = Path(cfg.paths.output_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = claim_run_dir(cfg, resumes=False)  # ckpt_path is the F7 model here, never a resume
     datamodule = hydra.utils.instantiate(cfg.data)
     datamodule.prepare_data()
     datamodule.setup()
