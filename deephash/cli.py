@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from deephash.utils.errors import DeephashError
 
@@ -181,9 +181,12 @@ def run_hydra_task(
     launcher marks only this job failed and goes on with the others.
     """
     from deephash.config import validate_config
-    from deephash.runs import optimized_value, print_config_tree, print_summary
+    from deephash.runs import optimized_value, previous_run, print_config_tree, print_summary, write_hydra_record
 
     try:
+        output_dir = OmegaConf.select(cfg, "paths.output_dir", throw_on_resolution_failure=False)
+        if output_dir is not None and not previous_run(Path(output_dir)):  # else after claim_run_dir
+            write_hydra_record(cfg)
         validate_config(cfg)
         print_config_tree(cfg)  # extras.print_config
         result = task(cfg)

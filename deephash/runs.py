@@ -15,7 +15,7 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 
 from deephash.utils.errors import ConfigError
-from deephash.utils.io import try_lock, update_json
+from deephash.utils.io import atomic_write_text, try_lock, update_json
 from deephash.utils.logging import get_logger
 
 log = get_logger(__name__)
@@ -325,6 +325,7 @@ def claim_run_dir(cfg: DictConfig, resumes: bool = True) -> Path:
             path = run_dir / name
             shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
         log.warning("overwrite=true: removed the earlier run's %s from %s", ", ".join(removed), run_dir)
+    write_hydra_record(cfg)  # the directory is this run's now (a resume or an overwrite included)
     return run_dir
 
 
@@ -353,6 +354,22 @@ def run_outputs(run_dir: Path) -> list[Path]:
         run_dir / name for name in RUN_OUTPUTS if (run_dir / name).exists() or (run_dir / name).is_symlink()
     ]
     return found + sorted(p for p in run_dir.glob("index-*") if (p / "manifest.json").is_file())
+
+
+def write_hydra_record(cfg: DictConfig) -> None:
+    """Hydra's record of the job (``.hydra/config.yaml``, ``hydra.yaml``, ``overrides.yaml``) in its output
+    directory. Hydra writes it before the task runs (``hydra.output_subdir``), which would rewrite the record
+    of an earlier run in a directory this job is then refused; so that is off (``conf/hydra/default.yaml``)
+    and the task writes it here once the directory is its own. Nothing outside a Hydra job."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return
+    hydra_cfg = HydraConfig.instance().cfg
+    out = Path(str(hydra_cfg.hydra.runtime.output_dir)) / ".hydra"
+    atomic_write_text(out / "config.yaml", OmegaConf.to_yaml(cfg))
+    atomic_write_text(out / "hydra.yaml", OmegaConf.to_yaml(hydra_cfg))
+    atomic_write_text(out / "overrides.yaml", OmegaConf.to_yaml(hydra_cfg.hydra.overrides.task))
 
 
 def previous_run(run_dir: Path) -> list[str]:

@@ -186,6 +186,10 @@ def test_a_live_process_holding_the_run_dir_blocks_a_second(tmp_path: Path) -> N
 def test_cli_refuses_a_run_dir_with_one_line(finished: tuple[Path, dict]) -> None:
     run, _ = finished
     metrics_before = (run / "metrics.json").read_bytes()
+    (run / ".hydra").mkdir()
+    record = {name: f"the earlier run's {name}\n" for name in ("config.yaml", "hydra.yaml", "overrides.yaml")}
+    for name, text in record.items():  # what the earlier job recorded (deephash-compare labels jobs by it)
+        (run / ".hydra" / name).write_text(text)
     proc = subprocess.run(
         [sys.executable, "-m", "deephash.train", *FAST, f"hydra.run.dir={run}"],
         cwd=REPO,
@@ -200,6 +204,7 @@ def test_cli_refuses_a_run_dir_with_one_line(finished: tuple[Path, dict]) -> Non
         and "Traceback" not in proc.stderr
     )
     assert (run / "metrics.json").read_bytes() == metrics_before
+    assert {p.name: p.read_text() for p in (run / ".hydra").iterdir()} == record
 
 
 @pytest.mark.slow  # two real trainings at once
