@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from deephash.data.base import check_val_size
 from deephash.data.protocols import SPLITS
@@ -30,10 +30,18 @@ from deephash.utils.errors import ConfigError
 _PACKAGED_CONF = Path(__file__).resolve().parent / "conf"
 CONFIG_PATH = str(_PACKAGED_CONF if _PACKAGED_CONF.is_dir() else _PACKAGED_CONF.parent.parent / "conf")
 MAX_SEED = 2**32 - 1  # numpy's seed range
+# what a required value (``???`` in conf/) is, for the error that asks for it
+REQUIRED_HINTS = {
+    "ckpt_path": "a .ckpt written by deephash-train, e.g. ckpt_path=<run>/checkpoints/last.ckpt",
+    "data.root": "the folder of class subfolders, e.g. data.root=/path/to/images",
+}
 
 
 def validate_config(cfg: DictConfig) -> None:
     """Check every section ``cfg`` has; a one-line ConfigError names the first bad value."""
+    for key in missing_keys(cfg):
+        hint = REQUIRED_HINTS.get(key, f"pass {key}=<value>")
+        raise ConfigError(f"{key} is required and was not given (expected {hint})")
     if "seed" in cfg:
         seed = cfg.seed
         if seed is None:
@@ -54,6 +62,20 @@ def validate_config(cfg: DictConfig) -> None:
         check_int(cfg.bits, "bits", 1, 4096)
     if cfg.get("fit_samples") is not None:
         check_int(cfg.fit_samples, "fit_samples")
+
+
+def missing_keys(cfg: DictConfig, prefix: str = "") -> list[str]:
+    """The dotted keys of ``cfg`` still ``???`` (required, not given), in order. Unlike
+    ``OmegaConf.missing_keys`` this resolves no interpolation, so one that cannot resolve yet is not an
+    error here."""
+    found = []
+    for key in cfg.keys():
+        node = cfg._get_node(key)
+        if isinstance(node, DictConfig) and not (node._is_missing() or node._is_none() or node._is_interpolation()):
+            found += missing_keys(node, f"{prefix}{key}.")
+        elif OmegaConf.is_missing(cfg, key):
+            found.append(f"{prefix}{key}")
+    return found
 
 
 def validate_data(data: DictConfig) -> None:

@@ -166,6 +166,16 @@ def test_eval_index_and_baseline_configs_are_checked_first(capsys, trained, tmp_
     assert line == "error: retrieval.radius must be an integer >= 0, got -2"
 
 
+def test_a_required_value_not_given_is_named_with_what_it_expects(capsys, tmp_path) -> None:
+    """``ckpt_path: ???`` and ``data.root: ???`` are asked for by name, not reported as OmegaConf's
+    MissingMandatoryValue traceback from wherever the task first reads them."""
+    expected = "error: ckpt_path is required and was not given (expected a .ckpt written by deephash-train, "
+    assert _refused(capsys, evaluate, "eval", ["data=digits"], tmp_path / "e").startswith(expected)
+    assert _refused(capsys, build, "index", ["data=digits"], tmp_path / "i").startswith(expected)
+    line = _refused(capsys, train, "train", [*FAST, "data=folder"], tmp_path / "t")
+    assert line.startswith("error: data.root is required and was not given (expected the folder of class")
+
+
 def test_an_index_is_never_written_over_something_that_is_not_one(capsys, trained, tmp_path) -> None:
     """``index_dir`` pointing at the run itself, a file or a folder of data is refused before encoding;
     each is left as it was (the commit's swap would have deleted it)."""

@@ -139,6 +139,24 @@ def test_flat_range_results_and_empty_queries() -> None:
     assert d.shape == i.shape == (0, 5)
 
 
+def test_a_radius_beyond_the_code_length_finds_everything_on_every_index() -> None:
+    """FAISS takes the (exclusive) radius as an int32 and the torch index builds (distance, index) int64
+    keys from it: a radius of 2**31 or 2**62 must mean "everything", not wrap around to nothing."""
+    from deephash.retrieval.sublinear import BinaryHashIndex
+    from deephash.retrieval.torch_search import TorchHammingIndex
+
+    rng = np.random.default_rng(3)
+    bits = 12
+    db, q = pack_codes(tied_codes(rng, 300, bits)), pack_codes(tied_codes(rng, 5, bits))
+    indexes = HammingIndex(db, bits), BinaryHashIndex(db, bits, nflip=bits), TorchHammingIndex(db, bits, "cpu")
+    for index in indexes:
+        want = index.range_search_flat(q, bits)
+        assert np.array_equal(np.diff(want[0]), [300] * 5)
+        for radius in (2**31 - 1, 2**31, 2**62, 10**30):
+            for got, expected in zip(index.range_search_flat(q, radius), want):
+                np.testing.assert_array_equal(got, expected)
+
+
 @pytest.mark.parametrize("radius_from", ["zero", "median", "all"])
 def test_radius_search_is_inclusive(tied_data, radius_from: str) -> None:
     bits, db_bits, q_bits = tied_data

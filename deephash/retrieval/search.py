@@ -196,7 +196,14 @@ class HammingIndex:
     def range_search_flat(self, query_packed: np.ndarray, radius: int) -> tuple[np.ndarray, ...]:
         """``range_search`` as flat arrays: (lims (q + 1,) int64, dist int32, idx int64), the results of
         query i at ``lims[i]:lims[i + 1]``, ordered by (query, distance, index)."""
-        return self._range_sorted(self._queries(query_packed), check_int(radius, "radius", 0))
+        return self._range_sorted(self._queries(query_packed), range_radius(radius, self.bits))
+
+
+def range_radius(radius: int, bits: int) -> int:
+    """A checked range-search radius, at most ``bits``: no Hamming distance of ``bits``-bit codes is larger,
+    so the results are the same, and FAISS's int32 threshold (``radius + 1``) or a (distance, index) key
+    cannot overflow on a huge one (``--radius 10000000000``)."""
+    return min(check_int(radius, "radius", 0), bits)
 
 
 def _split_queries(

@@ -32,7 +32,7 @@ import numpy as np
 
 from deephash.retrieval.codes import check_packed, code_bytes, pad_codes, padded_code_bytes, padded_queries
 from deephash.retrieval.faiss_blas import faiss
-from deephash.retrieval.search import HammingIndex, split_ranges
+from deephash.retrieval.search import HammingIndex, range_radius, split_ranges
 from deephash.utils.checks import check_int
 from deephash.utils.errors import ConfigError
 
@@ -203,7 +203,7 @@ class MultiHashIndex:
 
     def range_search_flat(self, query_packed: np.ndarray, radius: int) -> tuple[np.ndarray, ...]:
         """``range_search`` as flat arrays (lims, dist int32, idx int64), ordered by (query, dist, idx)."""
-        return self._range_sorted(self._queries(query_packed), check_int(radius, "radius", 0))
+        return self._range_sorted(self._queries(query_packed), range_radius(radius, self.bits))
 
     def _shortlists(
         self, padded_queries: np.ndarray

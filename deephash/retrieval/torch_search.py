@@ -102,7 +102,7 @@ class TorchHammingIndex:
 
     def range_search_flat(self, query_packed: np.ndarray, radius: int) -> tuple[np.ndarray, ...]:
         """Like ``HammingIndex.range_search_flat``: (lims, dist int32, idx int64) by (query, distance, index)."""
-        radius, n = check_int(radius, "radius", 0), self.ntotal
+        radius, n = search.range_radius(radius, self.bits), self.ntotal
         counts, keys_found = [], []
         for _, keys in self._blocks(query_packed):
             inside = keys < (radius + 1) * n
