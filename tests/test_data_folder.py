@@ -85,6 +85,33 @@ def test_gray_image_is_replicated_and_cmyk_converted(tmp_path):
     assert np.asarray(dm.pool.image(int(index["b/cmyk.jpg"]))).shape == (14, 20, 3)
 
 
+def test_16_bit_and_float_images_keep_their_tones(tmp_path):
+    """PIL's convert("RGB") clips 16-bit pixels to 255 and float ones in [0, 1] to 0 or 1: a 16-bit scan
+    would train and search as a white square. The folder source, query preprocessing and the pixel
+    baselines all scale them to 8 bits instead."""
+    from deephash.data.query import query_transform
+    from deephash.data.transforms import to_mode
+
+    tones = np.linspace(0, 1, 14 * 20).reshape(14, 20)
+    expected = np.rint(tones * 255).astype(np.uint8)
+    for cls in ("a", "b"):  # two classes of one 16-bit PNG and one float TIFF each
+        (tmp_path / cls).mkdir()
+        Image.fromarray(np.rint(tones * 65535).astype(np.uint16)).save(tmp_path / cls / "deep.png")
+        Image.fromarray(tones.astype(np.float32), "F").save(tmp_path / cls / "float.tiff")
+    for name in ("deep.png", "float.tiff"):
+        with Image.open(tmp_path / "a" / name) as raw:
+            assert raw.mode in ("I;16", "I", "F")
+            assert np.abs(np.asarray(to_mode(raw, "L")).astype(int) - expected).max() <= 1
+    dm = _dm(tmp_path, test_fraction=0.5, n_queries=1)
+    dm.setup()
+    for p in range(len(dm.pool)):
+        rgb = np.asarray(dm.pool.image(p)).astype(int)
+        assert rgb.shape == (14, 20, 3) and np.abs(rgb[..., 1] - expected).max() <= 1
+    spec = {"transform": "native", "channels": 1, "size": [14, 20], "mean": [0.0], "std": [1.0]}
+    x = query_transform(spec)(Image.open(tmp_path / "a" / "deep.png"))
+    assert x.shape == (1, 14, 20) and abs(float(x.mean()) - 0.5) < 0.01  # not ~1.0 (clipped white)
+
+
 def test_holdout_split_is_stratified_and_fixed(tree):
     root, _, labels = tree
     a, b = _dm(root, seed=1), _dm(root, seed=2)

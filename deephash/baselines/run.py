@@ -31,6 +31,7 @@ from PIL import Image
 from deephash.baselines.base import HashMethod, validate_bits
 from deephash.baselines.features import flatten_images, pretrained_f7_module
 from deephash.baselines.registry import METHODS
+from deephash.data.transforms import to_mode
 from deephash.evaluation.run import evaluate_indexes
 from deephash.models.backbones import BACKBONES, NATIVE_BACKBONES
 from deephash.retrieval.codes import pack_codes
@@ -129,8 +130,7 @@ def pixel_features(datamodule: Any, pool_index: np.ndarray, size: tuple[int, int
     out = np.empty((len(pool_index), h * w * channels), np.uint8)
     for row, p in enumerate(pool_index):
         image = datamodule.pool.image(int(p))
-        if image.mode != mode:
-            image = image.convert(mode)
+        image = to_mode(image, mode)
         if image.size != (w, h):
             image = image.resize((w, h), Image.Resampling.BILINEAR)
         out[row] = np.asarray(image, dtype=np.uint8).reshape(-1)

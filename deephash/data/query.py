@@ -15,7 +15,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torchvision import transforms as T
 
-from deephash.data.transforms import ImageTransform, imagenet_transform, native_transform
+from deephash.data.transforms import ImageTransform, imagenet_transform, native_transform, to_mode
 from deephash.utils.errors import DataError
 
 
@@ -41,7 +41,7 @@ def query_transform(spec: dict[str, Any]) -> ImageTransform:
     mode = "L" if spec["channels"] == 1 else "RGB"
     return T.Compose(
         [
-            T.Lambda(lambda img: img if img.mode == mode else img.convert(mode)),
+            T.Lambda(lambda img: to_mode(img, mode)),
             T.Resize(tuple(spec["size"])),
             native_transform(False, mean=spec["mean"], std=spec["std"]),
         ]

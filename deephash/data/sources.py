@@ -13,6 +13,7 @@ from typing import Protocol, overload
 import numpy as np
 from PIL import Image
 
+from deephash.data.transforms import to_mode
 from deephash.utils.errors import DataError
 
 
@@ -47,13 +48,14 @@ class ArraySource:
 
 
 def load_rgb(path: str) -> Image.Image:
-    """Open an image file as RGB (gray, RGBA, palette and CMYK are converted); DataError if unreadable."""
+    """Open an image file as RGB (gray, RGBA, palette, CMYK, 16-bit and float are converted); DataError if
+    unreadable."""
     try:
         with Image.open(path) as img:
             if img.mode == "P" and "transparency" in img.info:
                 # PIL warns when palette transparency is dropped without going through RGBA first
                 img = img.convert("RGBA")
-            return img.convert("RGB")
+            return to_mode(img, "RGB") if img.mode != "RGB" else img.copy()
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         raise DataError(f"cannot read image {path}: {e}") from e
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+import numpy as np
 import torch
 from PIL import Image
 from torchvision import transforms as T
@@ -28,7 +29,33 @@ TensorTransform = Callable[[torch.Tensor], torch.Tensor]
 
 def to_rgb(img: Image.Image) -> Image.Image:
     """Any PIL mode -> RGB (gray is replicated to 3 channels)."""
-    return img if img.mode == "RGB" else img.convert("RGB")
+    return to_mode(img, "RGB")
+
+
+def to_mode(img: Image.Image, mode: str) -> Image.Image:
+    """``img`` in PIL mode ``mode`` (``"RGB"`` or ``"L"``).
+
+    PIL's ``convert`` clips 16-bit, 32-bit and float pixels to 0..255: a 16-bit scan comes out nearly all
+    white, a float image in [0, 1] nearly all black. Those modes are scaled to 8 bits first
+    (:func:`eight_bit`)."""
+    if img.mode == mode:
+        return img
+    if img.mode == "F" or img.mode.startswith("I"):  # "I", "I;16", "I;16B", ...
+        img = Image.fromarray(eight_bit(np.asarray(img)), "L")
+    return img.convert(mode)
+
+
+def eight_bit(pixels: np.ndarray) -> np.ndarray:
+    """Integer or float pixels -> uint8. Integers are read as 16-bit (0..65535 -> 0..255, the range of the
+    16-bit PNG and TIFF files PIL opens in these modes); floats as [0, 1] when every value lies there, else
+    as 0..255. NaN counts as 0; whatever is out of range is clipped."""
+    if pixels.dtype.kind == "f":
+        values = np.nan_to_num(pixels.astype(np.float64), nan=0.0, posinf=255.0, neginf=0.0)
+        unit = values.size > 0 and values.min() >= 0.0 and values.max() <= 1.0
+        scaled = values * 255.0 if unit else values
+    else:
+        scaled = pixels.astype(np.float64) / 257.0
+    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
 
 
 def imagenet_transform(train: bool, *, image_size: int = 227, resize: int = 256) -> ImageTransform:
