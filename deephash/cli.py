@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -90,12 +91,20 @@ def accepts_version(prog: str) -> Callable[[Callable[..., T]], Callable[..., T]]
 def exit_on_user_error(fn: Callable[..., T]) -> Callable[..., T]:
     """For argparse mains: print ``error: <message>`` for a user error and exit 2, without a traceback; Ctrl-C
     prints ``interrupted`` and exits 130, as the Hydra entry points do (cleanup in ``finally`` blocks and atomic
-    writes have run or been rolled back by then)."""
+    writes have run or been rolled back by then). Output piped to a reader that stops early
+    (``deephash-search ... | head``) ends the command quietly, as it does ``cat``."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
-            return fn(*args, **kwargs)
+            result = fn(*args, **kwargs)
+            sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's flush at exit
+            return result
+        except BrokenPipeError:
+            # the pattern of Python's signal documentation: stdout to /dev/null so the flush at exit cannot
+            # fail again, and a non-zero status for a pipeline under ``set -o pipefail``
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(1)
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
             sys.exit(INTERRUPTED_STATUS)

@@ -341,6 +341,27 @@ def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 240) -> None:
         time.sleep(0.1)
 
 
+def test_output_into_a_pipe_closed_early_ends_quietly(trained, tmp_path) -> None:
+    """``deephash-search ... | head`` and ``deephash-index info ... | head``: the reader is gone before the
+    output is written; the command stops without a BrokenPipeError traceback or an "Exception ignored"
+    report from the interpreter's flush at exit."""
+    image = tmp_path / "q.png"
+    Image.fromarray(np.full((8, 8), 90, np.uint8)).save(image)
+    commands = [
+        ["deephash.index", "info", str(trained / "index")],
+        ["deephash.search", "--index", str(trained / "index"), "--ckpt", _indexed_ckpt(trained), str(image)],
+    ]
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    for args in commands:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=tmp_path
+        )
+        proc.stdout.close()  # the reader goes away at once, like head after its first lines
+        err = proc.stderr.read().decode()
+        assert proc.wait(timeout=120) == 1, err
+        assert "Traceback" not in err and "BrokenPipe" not in err and "Exception ignored" not in err, err
+
+
 def test_ctrl_c_is_recorded_as_interrupted_with_where_to_resume(tmp_path) -> None:
     run = tmp_path / "run"
     proc = _start_training(run, "trainer.max_epochs=1000")
