@@ -116,6 +116,29 @@ def test_resume_from_last_checkpoint_continues(train_cfg, tmp_path: Path) -> Non
     assert resumed["global_step"] == 3 * step_after_one
 
 
+def test_a_resume_with_the_csv_logger_continues_its_metrics_csv(train_cfg, tmp_path: Path) -> None:
+    """Lightning's CSV writer deletes the metrics.csv it finds; a resumed run must keep the epochs before
+    its checkpoint, and drop the rows the interrupted run logged after it (they are logged again)."""
+    import csv
+
+    run = tmp_path / "run"
+    train(train_cfg("logger=csv", "trainer.max_epochs=1", "trainer.log_every_n_steps=1"))
+    table = run / "csv" / "metrics.csv"
+    first = list(csv.DictReader(table.open()))
+    assert {row["epoch"] for row in first if row["train/loss"]} == {"0"} and any(row["val/acc"] for row in first)
+    with table.open("a", newline="") as file:  # what the interrupted run logged after its checkpoint
+        csv.DictWriter(file, fieldnames=list(first[0])).writerow({**first[-1], "epoch": "1", "step": "100000"})
+    last = run / "checkpoints" / "last.ckpt"
+    resume_step = torch.load(last, map_location="cpu", weights_only=True)["global_step"]
+    train(train_cfg("logger=csv", "trainer.max_epochs=3", "trainer.log_every_n_steps=1", f"ckpt_path={last}"))
+    rows = list(csv.DictReader(table.open()))
+    before = [row for row in first if int(row["step"]) < resume_step]
+    assert before and rows[: len(before)] == before  # the epoch before the checkpoint, as it was
+    assert "100000" not in {row["step"] for row in rows}
+    assert [row["epoch"] for row in rows if row["val/acc"]] == ["0", "1", "2"]  # one validation per epoch
+    assert len([row for row in rows if row["test/acc"]]) == 1  # the earlier run's test row was re-logged
+
+
 def test_last_checkpoint_is_the_final_epoch_even_when_the_score_stops_improving(
     train_cfg, tmp_path: Path
 ) -> None:
