@@ -10,13 +10,13 @@ import hydra
 from omegaconf import DictConfig
 
 from deephash.baselines.run import run_baseline
-from deephash.cli import accepts_version, check_group_choices, run_hydra_task
+from deephash.cli import accepts_version, check_overrides, run_hydra_task
 from deephash.config import CONFIG_PATH
 from deephash.runs import record_train_failure
 
 
 @accepts_version("deephash-baseline")
-@check_group_choices
+@check_overrides("baseline")
 @hydra.main(config_path=CONFIG_PATH, config_name="baseline", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
     # Hydra sweepers optimise the scalar the task returns

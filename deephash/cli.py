@@ -1,19 +1,21 @@
 """Shared entry-point plumbing: turn user errors into one line on stderr and exit status 2.
 
 Argparse mains are decorated with :func:`exit_on_user_error`; Hydra mains call :func:`run_hydra_task` and are
-wrapped (outside ``@hydra.main``) in :func:`check_group_choices`, which refuses an unknown config group
-option (``data=foo``) with one line before Hydra composes anything.
+wrapped (outside ``@hydra.main``) in :func:`check_overrides`, which refuses an override Hydra cannot apply
+(``data=foo``, ``model.foo=1``) with one line before Hydra composes anything.
 """
 
 from __future__ import annotations
 
+import argparse
 import errno
 import functools
 import os
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -88,6 +90,16 @@ def accepts_version(prog: str) -> Callable[[Callable[..., T]], Callable[..., T]]
     return decorate
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """``argparse.ArgumentParser`` whose errors are one ``error: ...`` line (exit status 2) pointing at
+    ``--help``, like every other refusal here, instead of the usage block and ``prog: error: ...``.
+    Sub-command parsers (``add_subparsers().add_parser``) are of this class too."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(2)
+
+
 def exit_on_user_error(fn: Callable[..., T]) -> Callable[..., T]:
     """For argparse mains: print ``error: <message>`` for a user error and exit 2, without a traceback; Ctrl-C
     prints ``interrupted`` and exits 130, as the Hydra entry points do (cleanup in ``finally`` blocks and atomic
@@ -118,22 +130,91 @@ def exit_on_user_error(fn: Callable[..., T]) -> Callable[..., T]:
     return wrapper
 
 
-def check_group_choices(main: Callable[[], T]) -> Callable[[], T]:
-    """For Hydra mains, applied outside ``@hydra.main``: an override that selects a missing option of a
-    config group (``data=foo``) is one line with the choices and exit status 2, instead of Hydra's
-    multi-line report and status 1."""
+def check_overrides(config_name: str) -> Callable[[Callable[[], T]], Callable[[], T]]:
+    """For Hydra mains, applied outside ``@hydra.main(config_name=...)``: an override Hydra cannot apply (a
+    missing option of a config group, ``data=foo``; a key the config lacks, ``model.lr=0.1``; a malformed
+    override) is one ``error:`` line and exit status 2, instead of Hydra's multi-line report and status 1."""
 
-    @functools.wraps(main)
-    def wrapper(*args, **kwargs):
-        from deephash.config import CONFIG_PATH
+    def decorate(main: Callable[[], T]) -> Callable[[], T]:
+        @functools.wraps(main)
+        def wrapper(*args, **kwargs):
+            from deephash.config import CONFIG_PATH
 
-        problem = unknown_group_option(sys.argv[1:], Path(CONFIG_PATH))
-        if problem:
-            print(f"error: {problem}", file=sys.stderr)
-            sys.exit(2)
-        return main(*args, **kwargs)
+            argv = sys.argv[1:]
+            problem = unknown_group_option(argv, Path(CONFIG_PATH)) or composition_error(
+                config_name, argv, CONFIG_PATH
+            )
+            if problem:
+                print(f"error: {problem}", file=sys.stderr)
+                sys.exit(2)
+            return main(*args, **kwargs)
 
-    return wrapper
+        return wrapper
+
+    return decorate
+
+
+def composition_error(config_name: str, argv: list[str], conf_dir: str) -> str | None:
+    """Hydra's refusal to compose ``config_name`` with the overrides of ``argv``, on one line; None if it
+    composes (or the command line uses Hydra flags this check leaves to Hydra: ``--cfg``, ``-cn``, ...).
+
+    A sweep (``model.bits=32,64``, ``choice(...)``, ``range(...)``) is composed with its first value; one
+    whose values cannot be enumerated (Optuna's ``interval``) is left to the sweeper."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    if any(a.startswith("-") and a not in ("-m", "--multirun") for a in argv):
+        return None
+    overrides = [a for a in argv if not a.startswith("-")]
+    try:
+        composed = []
+        for override in OverridesParser.create().parse_overrides(overrides):
+            if not override.is_sweep_override():
+                composed.append(override.input_line)
+                continue
+            try:
+                first = next(iter(override.sweep_string_iterator()), None)
+            except HydraException:
+                first = None
+            if first is not None and re.fullmatch(r"[\w./+-]*", first):
+                composed.append(f"{override.get_key_element()}={first}")
+        with initialize_config_dir(config_dir=conf_dir, version_base="1.3"):
+            compose(config_name, overrides=composed, return_hydra_config=True)
+    except (HydraException, OmegaConfBaseException) as err:
+        return _hydra_message(err)
+    return None
+
+
+def _hydra_message(err: BaseException) -> str:
+    """Hydra's multi-line report of a composition error on one line: the search path, OmegaConf's
+    ``full_key``/``object_type`` lines and the link to the grammar are left out, a list of options is
+    joined with commas, and the cause (``Key 'foo' is not in struct``) follows in parentheses."""
+
+    def lines(text: str) -> list[str]:
+        kept = []
+        for line in (part.strip() for part in text.splitlines()):
+            if line.startswith("Config search path"):
+                break
+            if line and not line.startswith(("full_key:", "object_type=", "See https://")):
+                kept.append(line)
+        return kept
+
+    parts: list[str] = []
+    listing = False  # "Available options in 'model':", then one option per line
+    for line in lines(str(err)):
+        if listing and " " not in line:
+            parts[-1] += (" " if parts[-1].endswith(":") else ", ") + line
+        else:
+            parts.append(line)
+            listing = line.endswith(":")
+    text = " ".join(parts)
+    override = getattr(err, "override", None)  # OverrideParseException: not always in its message
+    if isinstance(override, str) and override not in text:
+        text = f"Error parsing override '{override}': {text} (key=value expected)"
+    cause = lines(str(err.__cause__)) if err.__cause__ is not None else []
+    return f"{text} ({cause[0]})" if cause else text
 
 
 def unknown_group_option(overrides: list[str], conf_dir: Path) -> str | None:
@@ -190,7 +271,13 @@ def run_hydra_task(
     launcher marks only this job failed and goes on with the others.
     """
     from deephash.config import validate_config
-    from deephash.runs import optimized_value, previous_run, print_config_tree, print_summary, write_hydra_record
+    from deephash.runs import (
+        optimized_value,
+        previous_run,
+        print_config_tree,
+        print_summary,
+        write_hydra_record,
+    )
 
     try:
         output_dir = OmegaConf.select(cfg, "paths.output_dir", throw_on_resolution_failure=False)

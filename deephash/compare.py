@@ -11,12 +11,12 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from deephash.cli import accepts_version, exit_on_user_error
+from deephash.cli import ArgumentParser, accepts_version, exit_on_user_error
 from deephash.tracking.compare import compare_runs
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="deephash-compare", description=__doc__.split("\n\n")[1].strip())
+    parser = ArgumentParser(prog="deephash-compare", description=__doc__.split("\n\n")[1].strip())
     parser.add_argument("multirun_dir", help="a sweep folder, e.g. multirun/train/2024-05-01_12-00-00")
     parser.add_argument(
         "--out", default=None, help="where to write the comparison (default: <multirun_dir>/compare)"

@@ -58,6 +58,8 @@ def validate_config(cfg: DictConfig) -> None:
         validate_retrieval(cfg.retrieval)
     if "split" in cfg and cfg.split not in SPLITS:
         raise ConfigError(f"split must be one of {', '.join(SPLITS)}, got {cfg.split!r}")
+    if "batch_size" in cfg:  # deephash-index build's encoding batch
+        check_int(cfg.batch_size, "batch_size")
     if "bits" in cfg:  # a baseline's code length
         check_int(cfg.bits, "bits", 1, 4096)
     if cfg.get("fit_samples") is not None:
@@ -71,7 +73,9 @@ def missing_keys(cfg: DictConfig, prefix: str = "") -> list[str]:
     found = []
     for key in cfg.keys():
         node = cfg._get_node(key)
-        if isinstance(node, DictConfig) and not (node._is_missing() or node._is_none() or node._is_interpolation()):
+        if isinstance(node, DictConfig) and not (
+            node._is_missing() or node._is_none() or node._is_interpolation()
+        ):
             found += missing_keys(node, f"{prefix}{key}.")
         elif OmegaConf.is_missing(cfg, key):
             found.append(f"{prefix}{key}")

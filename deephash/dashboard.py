@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from deephash.cli import accepts_version, exit_on_user_error
+from deephash.cli import ArgumentParser, accepts_version, exit_on_user_error
 from deephash.tracking.dashboard import (
     KS,
     MODES,
@@ -31,7 +31,7 @@ SPEC_NAME = "wandb_dashboard.json"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="deephash-dashboard", description=__doc__.split("\n\n")[1].strip())
+    parser = ArgumentParser(prog="deephash-dashboard", description=__doc__.split("\n\n")[1].strip())
     scope = parser.add_mutually_exclusive_group()
     scope.add_argument(
         "--sweep-dir",

@@ -11,7 +11,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from deephash.cli import accepts_version, exit_on_user_error
+from deephash.cli import ArgumentParser, accepts_version, exit_on_user_error
 from deephash.data.mnist_pickle import import_mnist_pickle, matches_official
 
 
@@ -21,7 +21,7 @@ def default_mnist_root() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="deephash-data", description=__doc__.split("\n\n")[1].strip())
+    parser = ArgumentParser(prog="deephash-data", description=__doc__.split("\n\n")[1].strip())
     datasets = parser.add_subparsers(dest="dataset", required=True, metavar="DATASET")
     mnist = datasets.add_parser(
         "mnist",

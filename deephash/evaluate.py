@@ -14,7 +14,7 @@ import hydra
 import pytorch_lightning as pl
 from omegaconf import DictConfig
 
-from deephash.cli import accepts_version, check_group_choices, run_hydra_task
+from deephash.cli import accepts_version, check_overrides, run_hydra_task
 from deephash.config import CONFIG_PATH
 from deephash.evaluation.run import evaluate_checkpoint
 from deephash.runs import (
@@ -35,6 +35,10 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         raise ConfigError(f"ckpt_path not found: {ckpt} (expected a .ckpt written by deephash-train)")
     trained_in = checkpoint_run_dir(ckpt)
     run_dir = Path(cfg.run_dir) if cfg.get("run_dir") else trained_in or Path(cfg.paths.output_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(
+            f"run_dir {run_dir} is a file; expected a directory for metrics.json, the reports and the index"
+        )
     data_cfg = cfg.get("data") or run_data_config(trained_in)
     if data_cfg is None:
         raise ConfigError(
@@ -53,7 +57,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
 
 @accepts_version("deephash-eval")
-@check_group_choices
+@check_overrides("eval")
 @hydra.main(config_path=CONFIG_PATH, config_name="eval", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
     return run_hydra_task(evaluate, cfg, on_failure=record_failure)

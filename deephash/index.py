@@ -18,7 +18,7 @@ import hydra
 import pytorch_lightning as pl
 from omegaconf import DictConfig
 
-from deephash.cli import accepts_version, check_group_choices, exit_on_user_error, run_hydra_task
+from deephash.cli import ArgumentParser, accepts_version, check_overrides, exit_on_user_error, run_hydra_task
 from deephash.config import CONFIG_PATH
 from deephash.models.module import load_hash_module
 from deephash.retrieval.build import build_index, drop_unreadable
@@ -63,7 +63,7 @@ def build(cfg: DictConfig) -> dict[str, Any]:
     return {**store.manifest, "index_dir": str(index_dir)} if store is not None else {}
 
 
-@check_group_choices
+@check_overrides("index")
 @hydra.main(config_path=CONFIG_PATH, config_name="index", version_base="1.3")
 def _build_main(cfg: DictConfig) -> None:
     def report(manifest: dict[str, Any]) -> None:
@@ -95,7 +95,7 @@ def _summary(manifest: dict[str, Any], path: Any) -> dict[str, Any]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="deephash-index",
         description="Build a persistent retrieval index from a checkpoint, or describe one.",
     )

@@ -212,12 +212,16 @@ def run_preprocess(run_dir: Path | None, data_cfg: DictConfig | None = None) -> 
     images are encoded the same way: recorded by its run's index (``<run>/index``), else rebuilt from
     ``data_cfg`` or the run's data config."""
     from deephash.data.query import preprocess_spec
-    from deephash.retrieval.store import MANIFEST
+    from deephash.retrieval.store import MANIFEST, check_preprocess
 
-    if run_dir is not None and (run_dir / "index" / MANIFEST).is_file():
-        spec = json.loads((run_dir / "index" / MANIFEST).read_text()).get("meta", {}).get("preprocess")
-        if spec:
-            return spec
+    manifest = run_dir / "index" / MANIFEST if run_dir is not None else None
+    if manifest is not None and manifest.is_file():
+        try:
+            meta = json.loads(manifest.read_text(encoding="utf-8")).get("meta") or {}
+        except (OSError, ValueError, AttributeError):
+            meta = {}  # a damaged index: the data config says the same
+        if isinstance(meta, dict) and meta.get("preprocess"):
+            return check_preprocess(meta["preprocess"], str(manifest))
     data_cfg = data_cfg or run_data_config(run_dir)
     if data_cfg is None:
         raise ConfigError(

@@ -12,7 +12,7 @@ import hydra
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 
-from deephash.cli import accepts_version, check_group_choices, run_hydra_task
+from deephash.cli import accepts_version, check_overrides, run_hydra_task
 from deephash.config import CONFIG_PATH, validate_train_config
 from deephash.evaluation.run import evaluate_checkpoint
 from deephash.runs import (
@@ -114,7 +114,7 @@ def _metric(trainer: pl.Trainer, key: str) -> float | None:
 
 
 @accepts_version("deephash-train")
-@check_group_choices
+@check_overrides("train")
 @hydra.main(config_path=CONFIG_PATH, config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
     # Hydra sweepers (e.g. Optuna) optimise the scalar the task returns

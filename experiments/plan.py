@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from deephash.cli import ArgumentParser
 from deephash.utils.errors import ConfigError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -88,7 +89,7 @@ class Job:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m experiments.reproduce",
         description="Regenerate the paper's tables and figures (needs MNIST, CIFAR-10, ImageNet AlexNet "
         "weights and, realistically, a GPU); --smoke runs every stage on the bundled digits on CPU.",

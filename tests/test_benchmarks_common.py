@@ -86,6 +86,9 @@ def test_options_quick_sizes_and_positive_checks() -> None:
     quick = common.parse_args("demo", None, add, ["--quick"])
     common.apply_quick(quick, {"repeat": 1})
     assert quick.repeat == 1
+    explicit = common.parse_args("demo", None, add, ["--quick", "--repeat=5", "--n", "4"])
+    common.apply_quick(explicit, {"repeat": 1, "n": [2]})
+    assert explicit.repeat == 5 and explicit.n == [4]  # a size given beside --quick is kept
     common.require_positive(args, "n", "repeat")
     args.n = [5, 0]
     with pytest.raises(ConfigError, match="^--n must be positive, got 0$"):

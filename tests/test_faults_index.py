@@ -87,6 +87,12 @@ def nan_row(path: Path, row: int) -> None:
         f.write(np.full(DIM, np.nan, np.float16).tobytes())
 
 
+def _native(**changes) -> dict:
+    """A manifest's ``meta.preprocess`` for 1-channel 8x8 images, with ``changes``."""
+    spec = {"transform": "native", "channels": 1, "image_size": 8, "resize": 8, "size": [8, 8]}
+    return {**spec, "mean": [0.5], "std": [0.25], **changes}
+
+
 # ---- the corruption matrix: every file, verify and load ------------------------------------------------
 
 CORRUPTIONS: dict[str, tuple[Callable[[Path], None], str]] = {
@@ -150,6 +156,32 @@ CORRUPTIONS: dict[str, tuple[Callable[[Path], None], str]] = {
         lambda p: edit_manifest(p, lambda m: m["meta"].update(class_names=["c0", "c1"])),
         r"labels.npy in .* holds label [2-4] \(item \d+\) but the index names 2 classes",
     ),
+    "meta not an object": (
+        lambda p: edit_manifest(p, lambda m: m.update(meta=["digits"])),
+        "'meta' must be an object, got \\['digits'\\]",
+    ),
+    "class_names not names": (
+        lambda p: edit_manifest(p, lambda m: m["meta"].update(class_names=list(range(5)))),
+        "meta.class_names must be a list of names",
+    ),
+    "preprocess without its size": (
+        lambda p: edit_manifest(p, lambda m: m["meta"].update(preprocess=_native(size=None))),
+        r"meta.preprocess.size must be \[height, width\], two integers >= 1, got None; rebuild the index",
+    ),
+    "preprocess std of zero": (
+        lambda p: edit_manifest(p, lambda m: m["meta"].update(preprocess=_native(std=[0.0]))),
+        r"meta.preprocess.std must be a list of 1 numbers > 0 \(one per channel\), got \[0.0\]",
+    ),
+    "preprocess unknown transform": (
+        lambda p: edit_manifest(p, lambda m: m["meta"].update(preprocess=_native(transform="caffe"))),
+        "meta.preprocess.transform must be 'imagenet' or 'native', got 'caffe'",
+    ),
+    "preprocess crop beyond its resize": (
+        lambda p: edit_manifest(
+            p, lambda m: m["meta"].update(preprocess=_native(transform="imagenet", image_size=227, resize=64))
+        ),
+        r"meta.preprocess.resize must be at least image_size \(227\), got 64",
+    ),
     "older format": (
         lambda p: edit_manifest(p, lambda m: m.update(format_version=1)),
         "format_version 1, from an older deephash without F7 checksums; rebuild it",
@@ -169,6 +201,15 @@ def test_corruption_is_a_one_line_error(built: tuple[Path, dict], case: str) -> 
     with pytest.raises(IndexFormatError, match=message):  # and loading, then reading every row, fails too
         store = load_index(path)
         store.f7[:]
+
+
+def test_a_manifest_with_the_preprocessing_an_index_writes_loads(built: tuple[Path, dict]) -> None:
+    """The control of the preprocess cases above: what ``preprocess_spec`` writes passes the checks."""
+    path, _ = built
+    pixels = {"features": "pixels", "channels": 1, "size": [8, 8], "resample": "bilinear", "scale": 1 / 255}
+    for spec in (_native(), _native(transform="imagenet", channels=3, image_size=227, resize=256), pixels):
+        edit_manifest(path, lambda m, spec=spec: m["meta"].update(preprocess=spec))
+        assert load_index(path).manifest["meta"]["preprocess"] == spec
 
 
 def test_deephash_index_verify_cli(built: tuple[Path, dict], tmp_path: Path) -> None:

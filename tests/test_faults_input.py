@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 
 from deephash.baselines.run import run_baseline
-from deephash.cli import run_hydra_task, unknown_group_option
+from deephash.cli import composition_error, run_hydra_task, unknown_group_option
 from deephash.config import CONFIG_PATH
 from deephash.evaluate import evaluate
 from deephash.index import build
@@ -229,6 +229,43 @@ def test_unknown_group_option_is_one_line_with_the_choices(tmp_path) -> None:
         assert unknown_group_option(fine, Path(CONFIG_PATH)) is None
 
 
+def test_an_override_hydra_cannot_apply_is_one_line(tmp_path) -> None:
+    """A key the config lacks, a malformed override, an empty group choice: one ``error:`` line and status
+    2 before anything runs, where Hydra prints a multi-line report and exits 1."""
+    line = _one_error_line(_cli("deephash.train", "model.lr=0.1", f"hydra.run.dir={tmp_path / 'r'}"))
+    assert line == (
+        "error: Could not override 'model.lr'. To append to your config use +model.lr=0.1 "
+        "(Key 'lr' is not in struct)"
+    )
+    assert not (tmp_path / "r").exists()  # refused before Hydra made the run directory
+    cases = {
+        ("eval", "retrieval.foo=3"): "Could not override 'retrieval.foo'. ",
+        (
+            "train",
+            "trainer.max_epochs",
+        ): "Error parsing override 'trainer.max_epochs' missing EQUAL at '<EOF>'",
+        ("train", "model.bits=[1,2"): "Error parsing override 'model.bits=[1,2': no viable alternative",
+        (
+            "train",
+            "model=",
+        ): "In 'train': Could not find 'model/' Available options in 'model': alexnet, mnistcnn,",
+        ("train", "+seed=3"): "Could not append to config. An item is already at 'seed'.",
+        ("index", "hydra.foo=1"): "Could not override 'hydra.foo'.",
+        ("baseline", "-m", "method=lsh", "bitz=16,32"): "Could not override 'bitz'.",
+    }
+    for (config, *argv), start in cases.items():
+        problem = composition_error(config, argv, CONFIG_PATH)
+        assert problem is not None and problem.startswith(start) and "\n" not in problem, problem
+    for config, argv in [  # what composes must pass: sweeps by their first value, Hydra flags left to Hydra
+        ("train", ["-m", "model.bits=32,64", "seed=range(0,3)", "data=digits,mnist"]),
+        ("train", ["experiment=paper_mnist_48", "++seed=3", "~logger", "hydra.run.dir=/tmp/x y"]),
+        ("train", ["--cfg", "job", "model.foo=1"]),
+        ("eval", ["ckpt_path=a.ckpt", "retrieval.modes=[hamming,euclidean]", "data=folder", "data.root=x"]),
+        ("baseline", ["-m", "method=lsh,itq", "bits=16,32"]),
+    ]:
+        assert composition_error(config, argv, CONFIG_PATH) is None, argv
+
+
 @pytest.fixture
 def bad_tree(tmp_path) -> Path:
     root = tmp_path / "images"
@@ -310,6 +347,42 @@ def test_search_refuses_bad_checkpoints_images_and_devices(capsys, trained, tmp_
             r"error: device 'cuda:7' requested but this machine has (no CUDA device|\d CUDA).*", line
         )
     assert search("--ckpt", ckpt, "--device", "tpu:0", str(image)).startswith("error: unknown device 'tpu:0'")
+    assert search("--ckpt", ckpt, str(tmp_path)) == (
+        f"error: query {tmp_path} is a folder: pass image files (a shell glob such as {tmp_path}/*.jpg does), "
+        "or index the folder with deephash-index build images=<folder>"
+    )
+    # flags: one line naming the flag, before the checkpoint is read
+    assert search("--ckpt", ckpt, str(image), "--pool-size", "0") == (
+        "error: --pool-size must be >= 1, got 0 (see deephash-search --help)"
+    )
+    assert search("--ckpt", ckpt, str(image), "--min-pool", "500", "--max-pool", "10") == (
+        "error: --min-pool <= --pool-size <= --max-pool is required, got 500, 1000, 10 (see deephash-search --help)"
+    )
+    assert search("--ckpt", ckpt, str(image), "--mode", "fast") == (
+        "error: argument --mode: invalid choice: 'fast' (choose from 'hamming', 'hamming_radius', "
+        "'hierarchical', 'euclidean') (see deephash-search --help)"
+    )
+    search_main(["--index", str(trained / "index"), "--ckpt", ckpt, str(image), "--pool-size", "20000"])
+    assert json.loads(capsys.readouterr().out)[0]["results"]  # a bound not given makes room for the pool size
+
+
+def test_index_and_eval_refuse_a_file_where_a_directory_belongs(capsys, trained, tmp_path) -> None:
+    from deephash.index import main as index_main
+
+    with pytest.raises(SystemExit) as exit_info:
+        index_main(["info", str(trained / "metrics.json")])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: {trained / 'metrics.json'} is a file, not an index: expected the directory deephash-index "
+        "build wrote"
+    )
+    ckpt = trained / "checkpoints" / "last.ckpt"
+    line = _refused(
+        capsys, evaluate, "eval", [f"ckpt_path={ckpt}", f"run_dir={trained / 'metrics.json'}"], tmp_path
+    )
+    assert line.startswith(f"error: run_dir {trained / 'metrics.json'} is a file; expected a directory")
+    line = _refused(capsys, build, "index", [f"ckpt_path={ckpt}", "batch_size=abc"], tmp_path / "i")
+    assert line == "error: batch_size must be an integer >= 1, got 'abc'"
 
 
 # ---- interruptions ----------------------------------------------------------------------------------------
@@ -354,7 +427,11 @@ def test_output_into_a_pipe_closed_early_ends_quietly(trained, tmp_path) -> None
     env = {**os.environ, "WANDB_MODE": "disabled"}
     for args in commands:
         proc = subprocess.Popen(
-            [sys.executable, "-m", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=tmp_path
+            [sys.executable, "-m", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+            cwd=tmp_path,
         )
         proc.stdout.close()  # the reader goes away at once, like head after its first lines
         err = proc.stderr.read().decode()

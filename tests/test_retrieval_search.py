@@ -148,7 +148,11 @@ def test_a_radius_beyond_the_code_length_finds_everything_on_every_index() -> No
     rng = np.random.default_rng(3)
     bits = 12
     db, q = pack_codes(tied_codes(rng, 300, bits)), pack_codes(tied_codes(rng, 5, bits))
-    indexes = HammingIndex(db, bits), BinaryHashIndex(db, bits, nflip=bits), TorchHammingIndex(db, bits, "cpu")
+    indexes = (
+        HammingIndex(db, bits),
+        BinaryHashIndex(db, bits, nflip=bits),
+        TorchHammingIndex(db, bits, "cpu"),
+    )
     for index in indexes:
         want = index.range_search_flat(q, bits)
         assert np.array_equal(np.diff(want[0]), [300] * 5)

@@ -125,9 +125,13 @@ def test_a_resume_with_the_csv_logger_continues_its_metrics_csv(train_cfg, tmp_p
     train(train_cfg("logger=csv", "trainer.max_epochs=1", "trainer.log_every_n_steps=1"))
     table = run / "csv" / "metrics.csv"
     first = list(csv.DictReader(table.open()))
-    assert {row["epoch"] for row in first if row["train/loss"]} == {"0"} and any(row["val/acc"] for row in first)
+    assert {row["epoch"] for row in first if row["train/loss"]} == {"0"} and any(
+        row["val/acc"] for row in first
+    )
     with table.open("a", newline="") as file:  # what the interrupted run logged after its checkpoint
-        csv.DictWriter(file, fieldnames=list(first[0])).writerow({**first[-1], "epoch": "1", "step": "100000"})
+        csv.DictWriter(file, fieldnames=list(first[0])).writerow(
+            {**first[-1], "epoch": "1", "step": "100000"}
+        )
     last = run / "checkpoints" / "last.ckpt"
     resume_step = torch.load(last, map_location="cpu", weights_only=True)["global_step"]
     train(train_cfg("logger=csv", "trainer.max_epochs=3", "trainer.log_every_n_steps=1", f"ckpt_path={last}"))

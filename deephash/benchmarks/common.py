@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -18,6 +19,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from deephash.cli import ArgumentParser
 from deephash.retrieval.codes import code_bytes
 from deephash.utils.errors import ConfigError
 from deephash.utils.io import atomic_write_json
@@ -115,10 +117,13 @@ def require_positive(args: argparse.Namespace, *names: str) -> None:
 
 
 def apply_quick(args: argparse.Namespace, quick: Mapping[str, Any]) -> None:
-    """With ``--quick``, replace the sizes in ``args`` by the tiny ones of ``quick``."""
+    """With ``--quick``, replace the sizes in ``args`` by the tiny ones of ``quick``, except those given on
+    the command line (``--quick --n-queries 50`` keeps 50)."""
     if getattr(args, "quick", False):
+        given = getattr(args, "given_options", frozenset())
         for name, value in quick.items():
-            setattr(args, name, value)
+            if name not in given:
+                setattr(args, name, value)
 
 
 def parse_args(
@@ -128,9 +133,16 @@ def parse_args(
     argv: Sequence[str] | None,
 ) -> argparse.Namespace:
     """The options of ``deephash-bench <name>``, described by the first paragraph of the module ``doc``."""
-    parser = argparse.ArgumentParser(prog=f"deephash-bench {name}", description=(doc or "").split("\n\n")[0])
+    parser = ArgumentParser(prog=f"deephash-bench {name}", description=(doc or "").split("\n\n")[0])
     add_arguments(parser)
     args = parser.parse_args(argv)
+    tokens = list(sys.argv[1:] if argv is None else argv)
+    args.given_options = frozenset(  # the options on the command line, as opposed to their defaults
+        action.dest
+        for action in parser._actions  # argparse has no public list of its actions
+        for flag in action.option_strings
+        if any(t == flag or t.startswith(flag + "=") for t in tokens)
+    )
     if getattr(args, "out", None):
         check_out(Path(args.out))
     return args

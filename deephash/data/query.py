@@ -55,6 +55,11 @@ def load_query_image(path: str | Path) -> Image.Image:
     refused before it is decoded: a small file can declare a size whose decoding would exhaust memory."""
     path = Path(path)
     if not path.is_file():
+        if path.is_dir():
+            raise DataError(
+                f"query {path} is a folder: pass image files (a shell glob such as {path}/*.jpg does), or index "
+                "the folder with deephash-index build images=<folder>"
+            )
         raise DataError(f"query image not found: {path}")
     try:
         with warnings.catch_warnings():

@@ -27,7 +27,14 @@ from deephash.data.scan import IMG_EXTENSIONS
 from deephash.models.module import HashModule, load_hash_module
 from deephash.retrieval.codes import hamming_distance_matrix, pack_codes
 from deephash.retrieval.search import MODES, PoolRule, euclidean_search, exact_l2, hierarchical_search
-from deephash.retrieval.store import MANIFEST, IndexStore, load_index, save_index, sha256_file
+from deephash.retrieval.store import (
+    MANIFEST,
+    IndexStore,
+    check_preprocess,
+    load_index,
+    save_index,
+    sha256_file,
+)
 from deephash.retrieval.sublinear import METHODS, build_hamming_index
 from deephash.utils.checks import check_int
 from deephash.utils.errors import ConfigError, DataError, IndexFormatError
@@ -89,6 +96,7 @@ class Searcher:
             raise IndexFormatError(
                 f"index {store.path} records no query preprocessing; rebuild it with deephash-index build"
             )
+        spec = check_preprocess(spec, str(store.path / MANIFEST))
         if spec["channels"] != module.hparams.in_channels:
             raise ConfigError(
                 f"the model expects {module.hparams.in_channels}-channel input, the index preprocessing "

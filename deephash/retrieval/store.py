@@ -649,6 +649,10 @@ def _read_manifest(path: Path) -> dict[str, Any]:
     if not path.is_dir() and leftovers(path):
         with index_lock(path):  # restores an index a dead writer left aside; busy -> one line
             pass
+    if path.exists() and not path.is_dir():
+        raise IndexFormatError(
+            f"{path} is a file, not an index: expected the directory deephash-index build wrote"
+        )
     if not path.is_dir():
         raise IndexFormatError(f"index directory {path} does not exist")
     manifest_path = path / MANIFEST
@@ -727,6 +731,74 @@ def _check_manifest(manifest: dict[str, Any], manifest_path: Path) -> None:
             )
     else:
         raise IndexFormatError(f"{manifest_path}: checkpoint_free must be true or false, got {free!r}")
+    _check_meta(manifest.get("meta"), manifest_path)
+
+
+def check_preprocess(spec: Any, where: str) -> dict[str, Any]:
+    """``spec`` if it is a preprocessing ``deephash.data.query.preprocess_spec`` writes (read back from ``where``, an index
+    manifest), else a one-line IndexFormatError: a hand-edited or damaged manifest must not turn into a
+    KeyError, or into queries encoded unlike the database."""
+
+    def bad(key: str, expected: str) -> IndexFormatError:
+        value = spec.get(key) if isinstance(spec, dict) else spec
+        return IndexFormatError(
+            f"{where}: meta.preprocess{'.' + key if key else ''} must be {expected}, got {value!r}; "
+            "rebuild the index with deephash-index build"
+        )
+
+    def positive_int(value: Any) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+    if not isinstance(spec, dict):
+        raise bad("", "an object")
+    size = spec.get("size")
+    size_ok = isinstance(size, list) and len(size) == 2 and all(positive_int(v) for v in size)
+    if spec.get("features") == "pixels":  # a pixel baseline's index: resized raw pixels
+        if spec.get("channels") not in (1, 3):
+            raise bad("channels", "1 or 3")
+        if not size_ok:
+            raise bad("size", "[height, width], two integers >= 1")
+        return spec
+    if spec.get("transform") not in ("imagenet", "native"):
+        raise bad("transform", "'imagenet' or 'native'")
+    if spec.get("channels") not in (1, 3):
+        raise bad("channels", "1 or 3")
+    if spec["transform"] == "imagenet":
+        for key in ("image_size", "resize"):
+            if not positive_int(spec.get(key)):
+                raise bad(key, "an integer >= 1")
+        if spec["resize"] < spec["image_size"]:
+            raise bad("resize", f"at least image_size ({spec['image_size']})")
+        return spec
+    if not size_ok:
+        raise bad("size", "[height, width], two integers >= 1")
+    for key in ("mean", "std"):
+        values = spec.get(key)
+        numbers = isinstance(values, list) and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in values
+        )
+        if not (numbers and len(values) == spec["channels"] and (key == "mean" or min(values) > 0)):
+            positive = " > 0" if key == "std" else ""
+            raise bad(key, f"a list of {spec['channels']} numbers{positive} (one per channel)")
+    return spec
+
+
+def _check_meta(meta: Any, manifest_path: Path) -> None:
+    """``meta`` is an object whose ``class_names`` (a list of names), ``labelled`` (a boolean) and
+    ``preprocess`` (:func:`check_preprocess`) are what search and evaluation read."""
+    if meta is None:
+        return
+    if not isinstance(meta, dict):
+        raise IndexFormatError(f"{manifest_path}: 'meta' must be an object, got {meta!r}")
+    names = meta.get("class_names")
+    if names is not None and not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
+        raise IndexFormatError(f"{manifest_path}: meta.class_names must be a list of names, got {names!r}")
+    if not isinstance(meta.get("labelled", True), bool):
+        raise IndexFormatError(
+            f"{manifest_path}: meta.labelled must be true or false, got {meta['labelled']!r}"
+        )
+    if meta.get("preprocess") is not None:
+        check_preprocess(meta["preprocess"], str(manifest_path))
 
 
 def _load_array(
