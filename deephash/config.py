@@ -21,7 +21,7 @@ from deephash.models.module import read_checkpoint
 from deephash.retrieval.search import MODES
 from deephash.retrieval.sublinear import METHODS
 from deephash.retrieval.torch_search import torch_device
-from deephash.utils.checks import check_int
+from deephash.utils.checks import check_int, check_number
 from deephash.utils.errors import ConfigError
 
 # The Hydra config directory every entry point composes from.
@@ -142,6 +142,12 @@ def validate_train_config(cfg: DictConfig) -> None:
     if "data" not in cfg or cfg.data is None or "_target_" not in cfg.data:
         raise ConfigError("no dataset selected; pass data=<digits|mnist|cifar10|folder>")
     model = cfg.model
+    for key in ("backbone", "bits"):
+        if key not in model:
+            raise ConfigError(
+                f"model.{key} is required (the model config sets it; was it removed with ~model.{key}?)"
+            )
+    validate_training_numbers(model)
     if model.backbone not in BACKBONES:
         raise ConfigError(f"unknown backbone {model.backbone!r}; expected one of: {', '.join(BACKBONES)}")
     validate_bits(model.bits)
@@ -168,6 +174,25 @@ def validate_train_config(cfg: DictConfig) -> None:
                 f"ckpt_path not found: {ckpt} (expected a .ckpt file, e.g. <run>/checkpoints/last.ckpt)"
             )
         check_resume(str(ckpt), model)
+
+
+# optimizer and scheduler settings a typo or a sign slip would otherwise turn into a traceback after the
+# data is loaded (torch's "Invalid learning rate"), or into a run that silently does not learn
+_OPTIMIZER_NUMBERS = {"lr": (0.0, None), "weight_decay": (0.0, None), "momentum": (0.0, 1.0)}
+_SCHEDULER_NUMBERS = {"gamma": (0.0, None)}
+
+
+def validate_training_numbers(model: DictConfig) -> None:
+    """``model.optimizer.{lr,weight_decay,momentum}`` and ``model.scheduler.{gamma,step_size}``."""
+    for section, numbers in (("optimizer", _OPTIMIZER_NUMBERS), ("scheduler", _SCHEDULER_NUMBERS)):
+        settings = model.get(section)
+        if settings is None:
+            continue
+        for key, (low, high) in numbers.items():
+            if key in settings:
+                check_number(settings[key], f"model.{section}.{key}", low, high)
+    if model.get("scheduler") is not None and "step_size" in model.scheduler:
+        check_int(model.scheduler.step_size, "model.scheduler.step_size")
 
 
 def check_resume(ckpt: str, model: Any) -> None:

@@ -114,10 +114,14 @@ def _one_error_line(proc: subprocess.CompletedProcess) -> str:
         ("trainer.max_epochs=-5", r"trainer.max_epochs \(-1: no limit\) must be an integer >= 1, got -5"),
         ("seed=abc", r"seed must be an integer in 0..4294967295, got 'abc'"),
         ("seed=null", r"seed must be an integer in 0..4294967295, got null"),
+        (
+            "model=alexnet model.optimizer.momentum=1.5",
+            r"model.optimizer.momentum must be a number in \[0, 1\], got 1.5",
+        ),
     ],
 )
 def test_train_config_errors_are_one_line(capsys, tmp_path, override, message) -> None:
-    line = _refused(capsys, train, "train", [*FAST, override], tmp_path / "run")
+    line = _refused(capsys, train, "train", [*FAST, *override.split(" ")], tmp_path / "run")
     assert re.search(message, line), line
     assert not (tmp_path / "run" / "checkpoints").exists()  # nothing was trained
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["status"] == "failed"

@@ -173,6 +173,18 @@ def test_last_checkpoint_is_the_final_epoch_even_when_the_score_stops_improving(
         ("data.batch_size=0", r"data.batch_size must be an integer >= 1, got 0"),
         ("model.weights=/no/such/weights.pth", r"model.weights file not found: /no/such/weights.pth"),
         ("ckpt_path=/no/such.ckpt", r"ckpt_path not found: /no/such.ckpt"),
+        ("model.optimizer.lr=-1", r"^model.optimizer.lr must be a number >= 0, got -1$"),
+        ("model.optimizer.lr=abc", r"^model.optimizer.lr must be a number >= 0, got 'abc'$"),
+        ("model.optimizer.lr=nan", r"^model.optimizer.lr must be a number >= 0, got nan$"),
+        (
+            "model.optimizer.weight_decay=-0.1",
+            r"^model.optimizer.weight_decay must be a number >= 0, got -0.1$",
+        ),
+        ("model.scheduler.step_size=0", r"^model.scheduler.step_size must be an integer >= 1, got 0$"),
+        (
+            "~model.bits",
+            r"^model.bits is required \(the model config sets it; was it removed with ~model.bits\?\)$",
+        ),
     ],
 )
 def test_bad_config_fails_fast_with_one_line(train_cfg, override: str, message: str) -> None:

@@ -1,4 +1,4 @@
-"""The one integer check behind every config value, argument and CLI option that must be a whole number."""
+"""The checks behind every config value, argument and CLI option that must be a whole number or a number."""
 
 from __future__ import annotations
 
@@ -21,6 +21,16 @@ def check_int(value: Any, name: str, low: int = 1, high: int | None = None) -> i
         bound = f"in {low}..{high}" if high is not None else f">= {low}"
         raise ConfigError(f"{name} must be an integer {bound}, got {value!r}")
     return int(value)
+
+
+def check_number(value: Any, name: str, low: float = 0.0, high: float | None = None) -> float:
+    """``value`` as a finite float in ``[low, high]``, or a one-line ConfigError naming ``name``. Ints and
+    floats pass; bools, strings, NaN and infinities do not."""
+    ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+    if not ok or not np.isfinite(value) or value < low or (high is not None and value > high):
+        bound = f"in [{low:g}, {high:g}]" if high is not None else f">= {low:g}"
+        raise ConfigError(f"{name} must be a number {bound}, got {value!r}")
+    return float(value)
 
 
 def positive_int_arg(text: str) -> int:
