@@ -21,6 +21,7 @@ ENTRY_POINTS = {
     "bench",
     "data_cli",
     "dashboard",
+    "scripts",
 }
 # A stage may import the stages of a lower rank (and its own); entry points may import anything.
 RANKS = {

@@ -443,6 +443,35 @@ def test_output_into_a_pipe_closed_early_ends_quietly(trained, tmp_path) -> None
         assert "Traceback" not in err and "BrokenPipe" not in err and "Exception ignored" not in err, err
 
 
+def test_every_console_script_runs_its_command_and_ctrl_c_in_its_imports_is_one_line(
+    capsys, monkeypatch
+) -> None:
+    """The console scripts import their command when run: each names a command module with a ``main``, and
+    a Ctrl-C while torch and Lightning import is ``interrupted`` and status 130, not a traceback."""
+    import importlib
+    import tomllib
+
+    from deephash import scripts
+
+    table = tomllib.loads((Path(__file__).resolve().parent.parent / "pyproject.toml").read_text())
+    for name, target in table["project"]["scripts"].items():
+        module, function = target.split(":")
+        assert module == "deephash.scripts", name
+        called = []
+        monkeypatch.setattr(scripts, "_run", called.append)
+        getattr(scripts, function)()
+        assert callable(importlib.import_module(called[0]).main), name
+        monkeypatch.undo()
+
+    def interrupted(_module: str) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(scripts.importlib, "import_module", interrupted)
+    with pytest.raises(SystemExit) as exit_info:
+        scripts.train()
+    assert exit_info.value.code == 130 and capsys.readouterr().err == "interrupted\n"
+
+
 def test_ctrl_c_is_recorded_as_interrupted_with_where_to_resume(tmp_path) -> None:
     run = tmp_path / "run"
     proc = _start_training(run, "trainer.max_epochs=1000")
