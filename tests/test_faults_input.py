@@ -449,6 +449,7 @@ def test_every_console_script_runs_its_command_and_ctrl_c_in_its_imports_is_one_
     """The console scripts import their command when run: each names a command module with a ``main``, and
     a Ctrl-C while torch and Lightning import is ``interrupted`` and status 130, not a traceback."""
     import importlib
+
     import tomllib
 
     from deephash import scripts
