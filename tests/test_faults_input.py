@@ -160,6 +160,34 @@ def test_non_checkpoint_files_are_refused_everywhere(capsys, tmp_path) -> None:
     assert not (tmp_path / "ix").exists()
 
 
+def test_a_checkpoint_with_a_flipped_weight_byte_is_refused_everywhere(capsys, trained, tmp_path) -> None:
+    """torch.load does not check the archive's CRC-32s: one flipped byte in a weight loads as another
+    weight. Resume, evaluation, indexing and search must refuse the file instead."""
+    import zipfile
+
+    bad = tmp_path / "copy.ckpt"
+    data = bytearray((trained / "checkpoints" / "last.ckpt").read_bytes())
+    with zipfile.ZipFile(trained / "checkpoints" / "last.ckpt") as archive:
+        largest = max(archive.infolist(), key=lambda info: info.file_size)
+    name_and_extra = int.from_bytes(data[largest.header_offset + 26 : largest.header_offset + 30], "little")
+    start = largest.header_offset + 30 + (name_and_extra & 0xFFFF) + (name_and_extra >> 16)
+    data[start + largest.file_size // 2] ^= 0x01  # a stored (uncompressed) float's lowest mantissa bit
+    bad.write_bytes(bytes(data))
+    expected = f"error: {bad} is damaged: {largest.filename} does not match the CRC-32 the archive records"
+    cases = [
+        (train, "train", [*FAST, f"ckpt_path={bad}"]),
+        (evaluate, "eval", ["data=digits", "logger=none", f"ckpt_path={bad}", f"run_dir={tmp_path / 'e'}"]),
+        (build, "index", ["data=digits", f"ckpt_path={bad}", f"index_dir={tmp_path / 'ix'}"]),
+    ]
+    for task, config, overrides in cases:
+        assert _refused(capsys, task, config, overrides, tmp_path / config).startswith(expected)
+    image = tmp_path / "q.png"
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(image)
+    with pytest.raises(SystemExit):
+        search_main(["--index", str(trained / "index"), "--ckpt", str(bad), str(image)])
+    assert capsys.readouterr().err.startswith(expected)
+
+
 def test_eval_index_and_baseline_configs_are_checked_first(capsys, trained, tmp_path) -> None:
     ckpt = trained / "checkpoints" / "last.ckpt"
     line = _refused(capsys, evaluate, "eval", [f"ckpt_path={ckpt}", "retrieval.ks=[0]"], tmp_path / "e")

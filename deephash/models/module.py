@@ -210,6 +210,12 @@ def read_checkpoint(ckpt_path: str | Path) -> dict[str, Any]:
             f"{path} is not a deephash checkpoint (not a PyTorch zip archive); "
             f"expected a .ckpt written by deephash-train"
         )
+    damaged = _damaged_member(path)
+    if damaged is not None:
+        raise ConfigError(
+            f"{path} is damaged: {damaged} does not match the CRC-32 the archive records (a partial copy or a "
+            "disk error); copy it again or use another checkpoint"
+        )
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as err:  # noqa: BLE001 - pickle, zip and torch errors alike: not a checkpoint
@@ -225,6 +231,17 @@ def read_checkpoint(ckpt_path: str | Path) -> dict[str, Any]:
             f"expected a .ckpt written by deephash-train"
         )
     return ckpt
+
+
+def _damaged_member(path: Path) -> str | None:
+    """The first member of the checkpoint's zip archive whose bytes fail their recorded CRC-32, or None.
+    torch.load does not check them: a flipped bit in a weight would load as a different weight. Reading
+    the whole file costs about a second per GB."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError) as err:
+        return f"the archive ({' '.join(str(err).split())[:120]})"
 
 
 def load_hash_module(ckpt_path: str | Path, map_location: str = "cpu") -> HashModule:
