@@ -144,16 +144,20 @@ def test_resume_with_other_bits_names_both(capsys, trained, tmp_path) -> None:
     assert f"ckpt_path {ckpt} was trained with model.bits=48 but this run has model.bits=32" in line
 
 
+def _checkpoint_readers(ckpt: Path, tmp_path: Path) -> list[tuple]:
+    """(task, config, overrides) of every Hydra main that reads ``ckpt``: resume, evaluation, indexing."""
+    return [
+        (train, "train", [*FAST, f"ckpt_path={ckpt}"]),
+        (evaluate, "eval", ["data=digits", "logger=none", f"ckpt_path={ckpt}", f"run_dir={tmp_path / 'e'}"]),
+        (build, "index", ["data=digits", f"ckpt_path={ckpt}", f"index_dir={tmp_path / 'ix'}"]),
+    ]
+
+
 def test_non_checkpoint_files_are_refused_everywhere(capsys, tmp_path) -> None:
     fake = tmp_path / "model.ckpt"
     fake.write_text("not a checkpoint\n")
     expected = rf"{re.escape(str(fake))} is not a deephash checkpoint \(.*\); expected a .ckpt written by deephash-train"
-    cases = [
-        (train, "train", [*FAST, f"ckpt_path={fake}"]),
-        (evaluate, "eval", ["data=digits", "logger=none", f"ckpt_path={fake}", f"run_dir={tmp_path / 'e'}"]),
-        (build, "index", ["data=digits", f"ckpt_path={fake}", f"index_dir={tmp_path / 'ix'}"]),
-    ]
-    for task, config, overrides in cases:
+    for task, config, overrides in _checkpoint_readers(fake, tmp_path):
         assert re.fullmatch(
             f"error: {expected}", _refused(capsys, task, config, overrides, tmp_path / config)
         )
@@ -174,12 +178,7 @@ def test_a_checkpoint_with_a_flipped_weight_byte_is_refused_everywhere(capsys, t
     data[start + largest.file_size // 2] ^= 0x01  # a stored (uncompressed) float's lowest mantissa bit
     bad.write_bytes(bytes(data))
     expected = f"error: {bad} is damaged: {largest.filename} does not match the CRC-32 the archive records"
-    cases = [
-        (train, "train", [*FAST, f"ckpt_path={bad}"]),
-        (evaluate, "eval", ["data=digits", "logger=none", f"ckpt_path={bad}", f"run_dir={tmp_path / 'e'}"]),
-        (build, "index", ["data=digits", f"ckpt_path={bad}", f"index_dir={tmp_path / 'ix'}"]),
-    ]
-    for task, config, overrides in cases:
+    for task, config, overrides in _checkpoint_readers(bad, tmp_path):
         assert _refused(capsys, task, config, overrides, tmp_path / config).startswith(expected)
     image = tmp_path / "q.png"
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(image)
