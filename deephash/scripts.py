@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import importlib
 import sys
+from functools import partial
 
-INTERRUPTED_STATUS = 130  # the shell's status for a process stopped by SIGINT (as deephash.cli)
+from deephash.cli import INTERRUPTED_STATUS
 
 
 def _run(module: str) -> None:
@@ -23,37 +24,13 @@ def _run(module: str) -> None:
     main()
 
 
-def train() -> None:
-    _run("deephash.train")
-
-
-def evaluate() -> None:
-    _run("deephash.evaluate")
-
-
-def index() -> None:
-    _run("deephash.index")
-
-
-def search() -> None:
-    _run("deephash.search")
-
-
-def compare() -> None:
-    _run("deephash.compare")
-
-
-def bench() -> None:
-    _run("deephash.bench")
-
-
-def baseline() -> None:
-    _run("deephash.baseline")
-
-
-def data() -> None:
-    _run("deephash.data_cli")
-
-
-def dashboard() -> None:
-    _run("deephash.dashboard")
+# script function -> command module (pyproject.toml names the functions)
+train = partial(_run, "deephash.train")
+evaluate = partial(_run, "deephash.evaluate")
+index = partial(_run, "deephash.index")
+search = partial(_run, "deephash.search")
+compare = partial(_run, "deephash.compare")
+bench = partial(_run, "deephash.bench")
+baseline = partial(_run, "deephash.baseline")
+data = partial(_run, "deephash.data_cli")
+dashboard = partial(_run, "deephash.dashboard")
