@@ -735,9 +735,9 @@ def _check_manifest(manifest: dict[str, Any], manifest_path: Path) -> None:
 
 
 def check_preprocess(spec: Any, where: str) -> dict[str, Any]:
-    """``spec`` if it is a preprocessing ``deephash.data.query.preprocess_spec`` writes (read back from ``where``, an index
-    manifest), else a one-line IndexFormatError: a hand-edited or damaged manifest must not turn into a
-    KeyError, or into queries encoded unlike the database."""
+    """``spec`` if it is a preprocessing ``deephash.data.query.preprocess_spec`` (or a pixel baseline)
+    writes, read back from ``where`` (an index manifest); else a one-line IndexFormatError: a hand-edited or
+    damaged manifest must not turn into a KeyError, or into queries encoded unlike the database."""
 
     def bad(key: str, expected: str) -> IndexFormatError:
         value = spec.get(key) if isinstance(spec, dict) else spec
@@ -753,17 +753,12 @@ def check_preprocess(spec: Any, where: str) -> dict[str, Any]:
         raise bad("", "an object")
     size = spec.get("size")
     size_ok = isinstance(size, list) and len(size) == 2 and all(positive_int(v) for v in size)
-    if spec.get("features") == "pixels":  # a pixel baseline's index: resized raw pixels
-        if spec.get("channels") not in (1, 3):
-            raise bad("channels", "1 or 3")
-        if not size_ok:
-            raise bad("size", "[height, width], two integers >= 1")
-        return spec
-    if spec.get("transform") not in ("imagenet", "native"):
+    pixels = spec.get("features") == "pixels"  # a pixel baseline's index: resized raw pixels
+    if not pixels and spec.get("transform") not in ("imagenet", "native"):
         raise bad("transform", "'imagenet' or 'native'")
     if spec.get("channels") not in (1, 3):
         raise bad("channels", "1 or 3")
-    if spec["transform"] == "imagenet":
+    if spec.get("transform") == "imagenet" and not pixels:
         for key in ("image_size", "resize"):
             if not positive_int(spec.get(key)):
                 raise bad(key, "an integer >= 1")
@@ -772,6 +767,8 @@ def check_preprocess(spec: Any, where: str) -> dict[str, Any]:
         return spec
     if not size_ok:
         raise bad("size", "[height, width], two integers >= 1")
+    if pixels:
+        return spec
     for key in ("mean", "std"):
         values = spec.get(key)
         numbers = isinstance(values, list) and all(
