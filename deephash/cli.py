@@ -133,14 +133,15 @@ def exit_on_user_error(fn: Callable[..., T]) -> Callable[..., T]:
 def check_overrides(config_name: str) -> Callable[[Callable[[], T]], Callable[[], T]]:
     """For Hydra mains, applied outside ``@hydra.main(config_name=...)``: an override Hydra cannot apply (a
     missing option of a config group, ``data=foo``; a key the config lacks, ``model.lr=0.1``; a malformed
-    override) is one ``error:`` line and exit status 2, instead of Hydra's multi-line report and status 1."""
+    override) is one ``error:`` line and exit status 2, instead of Hydra's multi-line report and status 1.
+    An override of a key that has moved (``model.bits``) is first renamed to its place (``model.net.bits``)."""
 
     def decorate(main: Callable[[], T]) -> Callable[[], T]:
         @functools.wraps(main)
         def wrapper(*args, **kwargs):
-            from deephash.config import CONFIG_PATH
+            from deephash.config import CONFIG_PATH, rewrite_moved_keys
 
-            argv = sys.argv[1:]
+            sys.argv[1:] = argv = rewrite_moved_keys(sys.argv[1:])
             problem = unknown_group_option(argv, Path(CONFIG_PATH)) or composition_error(
                 config_name, argv, CONFIG_PATH
             )

@@ -16,8 +16,9 @@ from deephash.data.base import check_val_size
 from deephash.data.protocols import SPLITS
 from deephash.evaluation.pipeline import pool_rule
 from deephash.models.backbones import BACKBONES, NATIVE_BACKBONES, _looks_like_path
-from deephash.models.latent_hash import validate_bits
-from deephash.models.module import read_checkpoint
+from deephash.methods.registry import DEEP, SHALLOW
+from deephash.models.net import validate_bits
+from deephash.models.checkpoint import network_record, read_checkpoint
 from deephash.retrieval.search import MODES
 from deephash.retrieval.sublinear import METHODS
 from deephash.retrieval.torch_search import torch_device
@@ -30,11 +31,32 @@ from deephash.utils.errors import ConfigError
 _PACKAGED_CONF = Path(__file__).resolve().parent / "conf"
 CONFIG_PATH = str(_PACKAGED_CONF if _PACKAGED_CONF.is_dir() else _PACKAGED_CONF.parent.parent / "conf")
 MAX_SEED = 2**32 - 1  # numpy's seed range
+NET_KEYS = ("backbone", "bits", "weights", "f7_dim", "dropout", "backbone_dropout")
 # what a required value (``???`` in conf/) is, for the error that asks for it
+# the keys of the releases before methods, when the network's settings sat flat under ``model``: still
+# accepted on the command line (``model.bits=128``) and moved to where they live now (``rewrite_moved_keys``)
+MOVED_KEYS = {
+    **{f"model.{key}": f"model.net.{key}" for key in NET_KEYS},
+    "model.init": "model.net.head.init",
+    "model.forcing_binary_weight": "model.loss.forcing_binary_weight",
+    "model.balance_weight": "model.loss.balance_weight",
+}
 REQUIRED_HINTS = {
     "ckpt_path": "a .ckpt written by deephash-train, e.g. ckpt_path=<run>/checkpoints/last.ckpt",
     "data.root": "the folder of class subfolders, e.g. data.root=/path/to/images",
 }
+
+
+def rewrite_moved_keys(overrides: list[str]) -> list[str]:
+    """Command-line overrides with each key of :data:`MOVED_KEYS` (``model.bits=128``, ``~model.init``,
+    ``model.bits=16,32``) renamed to its place now (``model.net.bits=128``); everything else unchanged."""
+    out = []
+    for override in overrides:
+        key, sep, value = override.partition("=")
+        prefix = key[: len(key) - len(key.lstrip("+~"))]
+        name = key[len(prefix) :]
+        out.append(f"{prefix}{MOVED_KEYS[name]}{sep}{value}" if name in MOVED_KEYS else override)
+    return out
 
 
 def validate_config(cfg: DictConfig) -> None:
@@ -141,30 +163,32 @@ def validate_train_config(cfg: DictConfig) -> None:
     validate_config(cfg)
     if "data" not in cfg or cfg.data is None or "_target_" not in cfg.data:
         raise ConfigError("no dataset selected; pass data=<digits|mnist|cifar10|folder>")
+    validate_method(cfg)
     model = cfg.model
+    net = model.net
     for key in ("backbone", "bits"):
-        if key not in model:
+        if key not in net:
             raise ConfigError(
-                f"model.{key} is required (the model config sets it; was it removed with ~model.{key}?)"
+                f"model.net.{key} is required (the model config sets it; was it removed with ~model.net.{key}?)"
             )
     validate_training_numbers(model)
-    if model.backbone not in BACKBONES:
-        raise ConfigError(f"unknown backbone {model.backbone!r}; expected one of: {', '.join(BACKBONES)}")
-    validate_bits(model.bits)
+    if net.backbone not in BACKBONES:
+        raise ConfigError(f"unknown backbone {net.backbone!r}; expected one of: {', '.join(BACKBONES)}")
+    validate_bits(net.bits)
     check_int(cfg.data.get("batch_size"), "data.batch_size")
-    weights = model.get("weights")
+    weights = net.get("weights")
     if (
         weights is not None
         and _looks_like_path(str(weights))
         and not Path(str(weights)).expanduser().is_file()
     ):
         raise ConfigError(
-            f"model.weights file not found: {weights} (expected a torchvision weight name such as "
+            f"model.net.weights file not found: {weights} (expected a torchvision weight name such as "
             f"IMAGENET1K_V1, null, or the path of a saved state dict)"
         )
-    if model.backbone not in NATIVE_BACKBONES and cfg.data.get("transform") == "native":
+    if net.backbone not in NATIVE_BACKBONES and cfg.data.get("transform") == "native":
         raise ConfigError(
-            f"backbone {model.backbone!r} needs 3-channel ImageNet-style input; use data.transform=imagenet "
+            f"backbone {net.backbone!r} needs 3-channel ImageNet-style input; use data.transform=imagenet "
             f"(data.transform=native is for {' and '.join(NATIVE_BACKBONES)})"
         )
     ckpt = cfg.get("ckpt_path")
@@ -195,13 +219,32 @@ def validate_training_numbers(model: DictConfig) -> None:
         check_int(model.scheduler.step_size, "model.scheduler.step_size")
 
 
+def validate_method(cfg: DictConfig) -> None:
+    """A training run needs a deep method (``method=<name>``, which fills in ``model.method``, the head and the
+    loss); a shallow one is refused with the command that runs it."""
+    shallow = cfg.get("method")
+    if isinstance(shallow, DictConfig) and shallow.get("name") in SHALLOW:
+        raise ConfigError(
+            f"method={shallow.name} is a shallow method; run it with deephash-baseline method={shallow.name} "
+            f"(deephash-train takes a deep method: {', '.join(DEEP)})"
+        )
+    model = cfg.get("model")
+    if model is None or "net" not in model:
+        raise ConfigError(f"no model selected; pass model=<{'|'.join(BACKBONES)}>")
+    if model.get("method") is None or model.net.get("head") is None or model.get("loss") is None:
+        raise ConfigError(f"no hashing method selected; pass method=<{'|'.join(DEEP)}>")
+    if model.method not in DEEP:
+        raise ConfigError(f"unknown hashing method {model.method!r}; expected one of: {', '.join(DEEP)}")
+
+
 def check_resume(ckpt: str, model: Any) -> None:
-    """A checkpoint to resume must be one, with this run's code length and backbone (both named if not)."""
-    hparams = read_checkpoint(ckpt)["hyper_parameters"]
-    for key in ("bits", "backbone"):
-        if hparams.get(key) != model.get(key):
+    """A checkpoint to resume must be one, of this run's method, code length and backbone (named if not)."""
+    recorded = network_record(read_checkpoint(ckpt), ckpt)
+    ours = {"method": model.get("method"), "bits": model.net.get("bits"), "backbone": model.net.get("backbone")}
+    for key, value in ours.items():
+        if recorded.get(key) != value:
+            where = "method" if key == "method" else f"model.net.{key}"
             raise ConfigError(
-                f"ckpt_path {ckpt} was trained with model.{key}={hparams.get(key)} but this run has "
-                f"model.{key}={model.get(key)}; resume with model.{key}={hparams.get(key)} or start a new run "
-                f"without ckpt_path"
+                f"ckpt_path {ckpt} was trained with {where}={recorded.get(key)} but this run has "
+                f"{where}={value}; resume with {where}={recorded.get(key)} or start a new run without ckpt_path"
             )

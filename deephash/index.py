@@ -20,7 +20,7 @@ from omegaconf import DictConfig
 
 from deephash.cli import ArgumentParser, accepts_version, check_overrides, exit_on_user_error, run_hydra_task
 from deephash.config import CONFIG_PATH
-from deephash.models.module import load_hash_module
+from deephash.models.checkpoint import load_hash_module
 from deephash.retrieval.build import build_index, drop_unreadable
 from deephash.retrieval.searcher import index_images
 from deephash.retrieval.store import check_index_target, load_index, verify_index

@@ -44,8 +44,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     datamodule.set_report_dir(output_dir)  # image folders list the unreadable files they skip here
     datamodule.prepare_data()
     datamodule.setup("fit")
+    # the method's network and loss, completed with what the data decides
     model: pl.LightningModule = hydra.utils.instantiate(
-        cfg.model, num_classes=datamodule.num_classes, in_channels=datamodule.in_channels
+        cfg.model, net={"num_classes": datamodule.num_classes, "in_channels": datamodule.in_channels}
     )
     loggers = instantiate_loggers(cfg.get("logger"), cfg)
     callbacks = instantiate_callbacks(cfg.get("callbacks"))
@@ -59,10 +60,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         atomic_write_text(output_dir / "config.yaml", OmegaConf.to_yaml(saved))
 
     log.info(
-        "training %s/%s with %d-bit codes in %s",
-        cfg.model.backbone,
+        "training %s on %s/%s with %d-bit codes in %s",
+        model.method,
+        model.backbone,
         datamodule.name,
-        cfg.model.bits,
+        model.bits,
         output_dir,
     )
     start = time.perf_counter()
@@ -83,9 +85,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     metrics: dict[str, Any] = {
         "status": "completed",
+        "method": model.method,
         "dataset": datamodule.name,
-        "backbone": cfg.model.backbone,
-        "bits": int(cfg.model.bits),
+        "backbone": model.backbone,
+        "bits": model.bits,
         "seed": int(cfg.seed),
         "val_acc": val_acc,
         "test_acc": test_acc,

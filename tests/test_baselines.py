@@ -7,19 +7,14 @@ import pytest
 from sklearn.datasets import load_digits
 from sklearn.decomposition import PCA
 
-from deephash.baselines import (
-    ITQ,
-    LSH,
-    METHODS,
-    PCAH,
-    SH,
-    HashMethod,
-    build_method,
-    flatten_images,
-    load_method,
-)
-from deephash.baselines.pca import principal_components
-from deephash.baselines.sh import select_modes
+from deephash.baselines.features import flatten_images
+from deephash.methods.itq import ITQ
+from deephash.methods.lsh import LSH
+from deephash.methods.pca import principal_components
+from deephash.methods.pcah import PCAH
+from deephash.methods.registry import METHODS, build_method, load_method
+from deephash.methods.sh import SH, select_modes
+from deephash.methods.shallow import HashMethod
 from deephash.utils.errors import ConfigError, DataError, DeephashError, IndexFormatError
 
 NAMES = ["lsh", "pcah", "itq", "sh"]

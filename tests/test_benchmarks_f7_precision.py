@@ -12,7 +12,7 @@ import torch
 from deephash import bench
 from deephash.benchmarks.f7_precision import compare_f7_precision
 from deephash.data.digits import DigitsDataModule
-from deephash.models.module import load_hash_module
+from deephash.models.checkpoint import load_hash_module
 from deephash.train import train
 from deephash.utils.errors import ConfigError
 

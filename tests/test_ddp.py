@@ -13,7 +13,7 @@ import pytorch_lightning as pl
 import torch
 
 from deephash.data.digits import DigitsDataModule
-from deephash.models.module import load_hash_module
+from deephash.models.checkpoint import load_hash_module
 from deephash.retrieval.store import load_index
 
 DDP = ["trainer=ddp_cpu", "experiment=demo", "logger=none", "callbacks=none", "retrieval.modes=[hamming]"]

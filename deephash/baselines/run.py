@@ -28,9 +28,9 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf, open_dict
 from PIL import Image
 
-from deephash.baselines.base import HashMethod, validate_bits
 from deephash.baselines.features import flatten_images, pretrained_f7_module
-from deephash.baselines.registry import METHODS
+from deephash.methods.registry import DEEP, SHALLOW
+from deephash.methods.shallow import HashMethod, validate_bits
 from deephash.data.transforms import to_mode
 from deephash.evaluation.run import evaluate_indexes
 from deephash.models.backbones import BACKBONES, NATIVE_BACKBONES
@@ -55,7 +55,10 @@ def validate_baseline_config(cfg: DictConfig) -> None:
         raise ConfigError("no dataset selected; pass data=<digits|mnist|cifar10|folder>")
     method = cfg.get("method")
     if not method or "name" not in method:
-        raise ConfigError(f"no hashing method selected; pass method=<{'|'.join(METHODS)}>")
+        deep = OmegaConf.select(cfg, "model.method", default=None)
+        if deep in DEEP:
+            raise ConfigError(f"method={deep} is a deep method; train it with deephash-train method={deep}")
+        raise ConfigError(f"no hashing method selected; pass method=<{'|'.join(SHALLOW)}>")
     validate_bits(cfg.get("bits"))
     features = cfg.get("features")
     name = features.get("name") if features else None
@@ -210,7 +213,7 @@ def run_baseline(cfg: DictConfig) -> dict[str, Any]:
         info["features"],
     )
     start = time.perf_counter()
-    method.fit(as_float(train.f7))
+    method.fit(as_float(train.f7), train.labels)  # unsupervised methods ignore the labels
     fit_seconds = time.perf_counter() - start
     method.save(run_dir / "method.npz")
 
@@ -258,10 +261,10 @@ def _feature_module(cfg: DictConfig, datamodule: Any) -> Any:
 
 def _load_module(cfg: DictConfig, datamodule: Any) -> Any:
     """The checkpoint's HashModule, checked against the datamodule's input channels."""
-    from deephash.models.module import load_hash_module
+    from deephash.models.checkpoint import load_hash_module
 
     module = load_hash_module(Path(str(cfg.ckpt_path)).expanduser())
-    want = int(module.hparams.get("in_channels", 3))
+    want = module.in_channels
     if want != datamodule.in_channels:
         raise ConfigError(
             f"checkpoint {cfg.ckpt_path} takes {want}-channel input but data gives {datamodule.in_channels}-channel "

@@ -24,7 +24,7 @@ from rich.table import Table
 
 from deephash.benchmarks.common import finish, parse_args
 from deephash.evaluation.pipeline import evaluate_retrieval, settings
-from deephash.models.module import load_hash_module
+from deephash.models.checkpoint import load_hash_module
 from deephash.retrieval.store import EncodedItems, IndexStore, load_index
 from deephash.utils.errors import ConfigError
 

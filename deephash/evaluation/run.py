@@ -22,7 +22,7 @@ from deephash.evaluation.plots import (
     write_precision_curves,
     write_retrieval_grid,
 )
-from deephash.models.module import load_hash_module
+from deephash.models.checkpoint import load_hash_module
 from deephash.retrieval.build import build_index, drop_unreadable
 from deephash.retrieval.searcher import refuse_unlabelled
 from deephash.retrieval.store import IndexStore, check_index_target

@@ -1,23 +1,24 @@
-"""HashModule: the LightningModule that fine-tunes a LatentHashNet with softmax cross-entropy."""
+"""HashModule: the LightningModule that trains any deep hashing method's network with that method's loss."""
 
 from __future__ import annotations
 
-import zipfile
+import functools
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
-import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from deephash.models.latent_hash import LatentHashNet, codes_from_latent
-from deephash.models.losses import balanced_bits_loss, bit_balance_stats, forcing_binary_loss
-from deephash.utils.errors import ConfigError, DeephashError
+from deephash.methods.deep import HashLoss
+from deephash.models.net import HashNetwork
+from deephash.utils.errors import ConfigError
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
+LossFactory = Callable[..., nn.Module]
 
 # Caffe fine-tuning convention (the authors' prototxt): pretrained layers at the base rate, the newly added
 # layers faster. Overridable per group through ``model.lr_mult``.
@@ -25,35 +26,35 @@ DEFAULT_LR_MULT = {"backbone": 1.0, "latent": 1.0, "classifier": 10.0}
 
 
 class HashModule(pl.LightningModule):
-    """Point-wise training of the latent hash layer (paper section 3.1).
+    """Training and encoding for every deep method (lightning-hydra-template's shape: a ready network and a
+    loss go in, the module owns the loop).
 
-    ``optimizer`` and ``scheduler`` are partials (Hydra ``_partial_: true``) completed in
-    :meth:`configure_optimizers`; ``scheduler_interval`` is ``"step"`` for the paper's iteration-based
-    step decay or ``"epoch"``.
+    ``net``: the :class:`~deephash.models.net.HashNetwork` (backbone + the method's head). ``loss``: the
+    method's :class:`~deephash.methods.deep.HashLoss`, or a partial of it (Hydra ``_partial_: true``)
+    completed here with the code length and the number of classes; None for inference only. ``method``:
+    the method's name, checked against the head's (a YAML that names one method and builds another is
+    refused). ``optimizer`` and ``scheduler`` are partials completed in :meth:`configure_optimizers`;
+    ``scheduler_interval`` is ``"step"`` for the paper's iteration-based step decay or ``"epoch"``.
     """
 
     def __init__(
         self,
-        backbone: str,
-        bits: int,
-        num_classes: int,
-        weights: str | None = None,
+        net: HashNetwork,
+        loss: HashLoss | LossFactory | None = None,
         *,
-        in_channels: int = 3,
-        f7_dim: int = 256,
-        dropout: float = 0.5,
-        init: str = "torch",
-        backbone_dropout: str = "torchvision",
+        method: str | None = None,
         optimizer: OptimizerFactory | None = None,
         scheduler: SchedulerFactory | None = None,
         scheduler_interval: str = "step",
         lr_mult: Mapping[str, float] | None = None,
-        forcing_binary_weight: float = 0.0,
-        balance_weight: float = 0.0,
         channels_last: bool = False,
         compile: bool = False,
     ) -> None:
         super().__init__()
+        if not isinstance(net, HashNetwork):
+            raise ConfigError(f"model.net must build a HashNetwork, got {type(net).__name__}")
+        if method is not None and method != net.method:
+            raise ConfigError(f"model.method is {method!r} but model.net.head builds method {net.method!r}")
         if scheduler_interval not in ("step", "epoch"):
             raise ConfigError(
                 f"model.scheduler_interval must be 'step' or 'epoch', got {scheduler_interval!r}"
@@ -65,26 +66,20 @@ class HashModule(pl.LightningModule):
             raise ConfigError(
                 f"model.lr_mult has unknown groups {sorted(unknown)}; expected keys among {sorted(DEFAULT_LR_MULT)}"
             )
-        self.save_hyperparameters(ignore=["optimizer", "scheduler"])
-        self.net = LatentHashNet(
-            backbone,
-            bits,
-            num_classes,
-            weights,
-            in_channels=in_channels,
-            f7_dim=f7_dim,
-            dropout=dropout,
-            init=init,
-            backbone_dropout=backbone_dropout,
-        )
-        if channels_last:
-            self.net = self.net.to(memory_format=torch.channels_last)
+        self.save_hyperparameters(ignore=["net", "loss", "optimizer", "scheduler"])
+        # the checkpoint's record of the method: what rebuilds the network (load_hash_module), and the loss
+        self.hparams["method"] = net.method
+        self.hparams["net"] = net.spec
+        self.hparams["loss"] = _loss_spec(loss)
+        self.net = net.to(memory_format=torch.channels_last) if channels_last else net
+        self.loss = loss(bits=net.bits, num_classes=net.num_classes) if _is_factory(loss) else loss
         # kept outside the module registry: a registered compiled wrapper would add a second copy of every
         # weight (``_orig_mod.*``) to the state dict and break loading checkpoints without compile
         object.__setattr__(self, "forward_fn", torch.compile(self.net) if compile else self.net)
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.lr_mult = {**DEFAULT_LR_MULT, **lr_mult}
+        num_classes = net.num_classes
         # validate_args=False: the argument check calls torch.unique on the targets, a device sync every step
         self.train_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
@@ -94,53 +89,72 @@ class HashModule(pl.LightningModule):
     def bits(self) -> int:
         return self.net.bits
 
+    @property
+    def method(self) -> str:
+        return self.net.method
+
+    @property
+    def backbone(self) -> str:
+        return self.net.backbone_name
+
+    @property
+    def in_channels(self) -> int:
+        return self.net.spec["in_channels"]
+
+    @property
+    def feature_dim(self) -> int:
+        """Width of the re-rank features ``predict_step`` yields."""
+        return self.net.feature_dim
+
     def forward(self, x: torch.Tensor):
         if self.hparams.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return self.forward_fn(x)
 
-    def _loss(self, latent: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        loss = F.cross_entropy(logits, y)
-        if self.hparams.forcing_binary_weight:
-            loss = loss + self.hparams.forcing_binary_weight * forcing_binary_loss(latent)
-        if self.hparams.balance_weight:
-            loss = loss + self.hparams.balance_weight * balanced_bits_loss(latent)
-        return loss
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        self.net.head.update(self.global_step)  # the method's schedule, if it has one
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         x, y = batch[0], batch[1]
         out = self(x)
-        loss = self._loss(out.latent, out.logits, y)
-        self.train_acc(out.logits, y)
+        loss = self.loss(out, y)
         self.log("train/loss", loss, prog_bar=True, batch_size=len(y))
-        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, batch_size=len(y))
+        if out.logits is not None:
+            self.train_acc(out.logits, y)
+            self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, batch_size=len(y))
         return loss
 
     def validation_step(self, batch, batch_idx: int) -> None:
         x, y = batch[0], batch[1]
         out = self(x)
-        loss = F.cross_entropy(out.logits, y)
-        self.val_acc(out.logits, y)
-        self.log("val/loss", loss, prog_bar=False, sync_dist=True, batch_size=len(y))
-        self.log("val/acc", self.val_acc, prog_bar=True, batch_size=len(y))
-        stats = bit_balance_stats(out.latent.float())
+        if self.loss is not None:
+            self.log("val/loss", self.loss(out, y), prog_bar=False, sync_dist=True, batch_size=len(y))
+        if out.logits is not None:
+            self.val_acc(out.logits, y)
+            self.log("val/acc", self.val_acc, prog_bar=True, batch_size=len(y))
+        codes = self.net.head.codes(out.latent)
+        stats = bit_balance_stats(codes, self.net.head.saturation(out.latent.float()))
         for key, value in stats.items():
             self.log(f"val/bits/{key}", value, sync_dist=True, batch_size=len(y))
 
     def test_step(self, batch, batch_idx: int) -> None:
         x, y = batch[0], batch[1]
         out = self(x)
-        self.test_acc(out.logits, y)
-        self.log("test/loss", F.cross_entropy(out.logits, y), sync_dist=True, batch_size=len(y))
-        self.log("test/acc", self.test_acc, batch_size=len(y))
+        if self.loss is not None:
+            self.log("test/loss", self.loss(out, y), sync_dist=True, batch_size=len(y))
+        if out.logits is not None:
+            self.test_acc(out.logits, y)
+            self.log("test/acc", self.test_acc, batch_size=len(y))
 
     def predict_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> dict[str, torch.Tensor]:
-        """Codes ``(B, bits) bool``, F7 ``(B, f7_dim) float16``, labels and pool indices of one batch."""
+        """Codes ``(B, bits) bool``, re-rank features ``(B, feature_dim) float16`` (under the key ``f7``, the
+        index's name for them), labels and pool indices of one batch."""
         x, y, index = batch[0], batch[1], batch[2]
         out = self(x)
+        features = out.f7 if self.net.features == "f7" else out.latent
         return {
-            "codes": codes_from_latent(out.latent).cpu(),
-            "f7": out.f7.to(torch.float16).cpu(),
+            "codes": self.net.head.codes(out.latent).cpu(),
+            "f7": features.to(torch.float16).cpu(),
             "labels": y.cpu(),
             "index": index.cpu(),
         }
@@ -182,80 +196,28 @@ class HashModule(pl.LightningModule):
         }
 
 
-def check_device(device: str) -> torch.device:
-    """``device`` as a torch device that this machine has, or a one-line ConfigError."""
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as err:
-        raise ConfigError(f"unknown device {device!r} ({err}); expected cpu, cuda or cuda:<n>") from None
-    if dev.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if count == 0:
-            raise ConfigError(f"device {device!r} requested but this machine has no CUDA device; use cpu")
-        if dev.index is not None and dev.index >= count:
-            raise ConfigError(
-                f"device {device!r} requested but this machine has {count} CUDA device(s): cuda:0..cuda:{count - 1}"
-            )
-    return dev
+def _is_factory(loss: Any) -> bool:
+    return isinstance(loss, functools.partial) or (isinstance(loss, type) and issubclass(loss, nn.Module))
 
 
-def read_checkpoint(ckpt_path: str | Path) -> dict[str, Any]:
-    """The contents of a deephash checkpoint (tensors memory-mapped, not read), or a one-line ConfigError if
-    the file is missing or is not a checkpoint written by deephash-train."""
-    path = Path(ckpt_path).expanduser()
-    if not path.is_file():
-        raise ConfigError(f"checkpoint not found: {path} (expected a .ckpt written by deephash-train)")
-    if not zipfile.is_zipfile(path):
-        raise ConfigError(
-            f"{path} is not a deephash checkpoint (not a PyTorch zip archive); "
-            f"expected a .ckpt written by deephash-train"
-        )
-    damaged = _damaged_member(path)
-    if damaged is not None:
-        raise ConfigError(
-            f"{path} is damaged: {damaged} does not match the CRC-32 the archive records (a partial copy or a "
-            "disk error); copy it again or use another checkpoint"
-        )
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as err:  # noqa: BLE001 - pickle, zip and torch errors alike: not a checkpoint
-        reason = " ".join(str(err).split())[:120]
-        raise ConfigError(
-            f"{path} is not a deephash checkpoint ({err.__class__.__name__}: {reason}); "
-            f"expected a .ckpt written by deephash-train"
-        ) from None
-    hparams = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
-    if not isinstance(hparams, dict) or "state_dict" not in ckpt or not {"bits", "backbone"} <= set(hparams):
-        raise ConfigError(
-            f"{path} is not a deephash checkpoint (no model hyper-parameters or state_dict); "
-            f"expected a .ckpt written by deephash-train"
-        )
-    return ckpt
+def _loss_spec(loss: Any) -> dict[str, Any] | None:
+    """The loss's class and options as plain types, for the checkpoint's record (None without a loss)."""
+    if loss is None:
+        return None
+    func = loss.func if isinstance(loss, functools.partial) else loss if isinstance(loss, type) else type(loss)
+    options = loss.keywords if isinstance(loss, functools.partial) else {}
+    plain = {k: OmegaConf.to_container(v, resolve=True) if isinstance(v, DictConfig) else v for k, v in options.items()}
+    return {"class": f"{func.__module__}.{func.__qualname__}", **plain}
 
 
-def _damaged_member(path: Path) -> str | None:
-    """The first member of the checkpoint's zip archive whose bytes fail their recorded CRC-32, or None.
-    torch.load does not check them: a flipped bit in a weight would load as a different weight. Reading
-    the whole file costs about a second per GB."""
-    try:
-        with zipfile.ZipFile(path) as archive:
-            return archive.testzip()
-    except (zipfile.BadZipFile, OSError, EOFError) as err:
-        return f"the archive ({' '.join(str(err).split())[:120]})"
-
-
-def load_hash_module(ckpt_path: str | Path, map_location: str = "cpu") -> HashModule:
-    """Load a trained HashModule for inference on ``map_location``; never downloads (the checkpoint holds
-    every weight). Every way this fails (missing file, not a checkpoint, a device this machine lacks, weights
-    that do not fit) is a one-line ConfigError."""
-    path = Path(ckpt_path).expanduser()
-    check_device(map_location)
-    read_checkpoint(path)
-    try:
-        module = HashModule.load_from_checkpoint(path, map_location=map_location, weights=None, compile=False)
-    except DeephashError:
-        raise
-    except Exception as err:  # noqa: BLE001 - a checkpoint that does not fit this code is a user error
-        reason = " ".join(str(err).split())[:200]
-        raise ConfigError(f"cannot load checkpoint {path}: {err.__class__.__name__}: {reason}") from None
-    return module.eval()
+def bit_balance_stats(codes: torch.Tensor, saturation: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Batch statistics of the codes ``(B, bits) bool``: how often bits fire, how many never change, and how
+    decided the relaxed codes are (``saturation`` ``(B, bits)`` in [0, 1], 1 = fully saturated)."""
+    fire = codes.float().mean(dim=0)  # per-bit fraction of ones
+    return {
+        "fire_rate_mean": fire.mean(),
+        "fire_rate_min": fire.min(),
+        "fire_rate_max": fire.max(),
+        "dead_bits": ((fire == 0) | (fire == 1)).float().sum(),
+        "binariness": saturation.mean(),
+    }

@@ -122,7 +122,9 @@ def _encode_and_save(
                 "dataset": datamodule.name,
                 "split": split,
                 "protocol": datamodule.protocol,
-                "backbone": module.hparams.backbone,
+                "method": module.method,
+                "features": module.net.features,  # the re-rank layer
+                "backbone": module.backbone,
                 "checkpoint": str(Path(ckpt_path).resolve()),
                 "checkpoint_sha256": sha256_file(ckpt_path),
                 "class_names": datamodule.class_names,

@@ -106,7 +106,7 @@ def encode_split(
     directory = Path(directory)
     datamodule.setup()
     pool_index = np.asarray(datamodule.splits[split])
-    writer = _RowWriter(directory, pool_index, module.bits, module.net.f7_dim)
+    writer = _RowWriter(directory, pool_index, module.bits, module.feature_dim)
     trainer = trainer or default_predict_trainer()
     loader = datamodule.encode_dataloader(split)
     trainer.callbacks.append(writer)

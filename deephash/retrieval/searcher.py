@@ -24,7 +24,8 @@ from PIL import Image
 
 from deephash.data.query import load_query_image, query_transform
 from deephash.data.scan import IMG_EXTENSIONS
-from deephash.models.module import HashModule, load_hash_module
+from deephash.models.checkpoint import load_hash_module
+from deephash.models.module import HashModule
 from deephash.retrieval.codes import hamming_distance_matrix, pack_codes
 from deephash.retrieval.search import MODES, PoolRule, euclidean_search, exact_l2, hierarchical_search
 from deephash.retrieval.store import (
@@ -97,9 +98,9 @@ class Searcher:
                 f"index {store.path} records no query preprocessing; rebuild it with deephash-index build"
             )
         spec = check_preprocess(spec, str(store.path / MANIFEST))
-        if spec["channels"] != module.hparams.in_channels:
+        if spec["channels"] != module.in_channels:
             raise ConfigError(
-                f"the model expects {module.hparams.in_channels}-channel input, the index preprocessing "
+                f"the model expects {module.in_channels}-channel input, the index preprocessing "
                 f"gives {spec['channels']}"
             )
         self.module, self.store, self.device = module.eval().to(device), store, device
@@ -117,7 +118,7 @@ class Searcher:
         store = load_index(
             index_dir,
             expect_bits=module.bits,
-            expect_feature_dim=module.net.f7_dim,
+            expect_feature_dim=module.feature_dim,
             expect_checkpoint_sha256=sha256_file(ckpt),
         )
         return cls(module, store, device, coarse)
@@ -290,9 +291,9 @@ def index_images(
     """
     check_int(batch_size, "batch_size", 1)
     module = load_hash_module(ckpt, map_location=device)
-    if preprocess["channels"] != module.hparams.in_channels:
+    if preprocess["channels"] != module.in_channels:
         raise ConfigError(
-            f"the model expects {module.hparams.in_channels}-channel input, the preprocessing gives "
+            f"the model expects {module.in_channels}-channel input, the preprocessing gives "
             f"{preprocess['channels']}"
         )
     module.eval().to(device)
@@ -329,7 +330,9 @@ def index_images(
             "split": "database",
             "labelled": False,
             "root": str(root.resolve()),
-            "backbone": module.hparams.backbone,
+            "method": module.method,
+            "features": module.net.features,  # the re-rank layer
+            "backbone": module.backbone,
             "checkpoint": str(Path(ckpt).resolve()),
             "checkpoint_sha256": sha256_file(ckpt),
             "class_names": None,

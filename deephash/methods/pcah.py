@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from deephash.baselines.base import LinearHash
-from deephash.baselines.pca import principal_components
+from deephash.methods.shallow import LinearHash
+from deephash.methods.pca import principal_components
 
 
 class PCAH(LinearHash):
@@ -16,8 +16,7 @@ class PCAH(LinearHash):
 
     name = "pcah"
 
-    def fit(self, X: np.ndarray) -> PCAH:
-        X = self._train_features(X)
+    def _fit(self, X: np.ndarray, y: np.ndarray | None) -> PCAH:
         self._check_pca_bits(X)
         mean, components, _ = principal_components(X, self.bits)
         return self._set_fitted(mean, components)

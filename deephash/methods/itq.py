@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from deephash.baselines.base import LinearHash
-from deephash.baselines.pca import principal_components
+from deephash.methods.shallow import LinearHash
+from deephash.methods.pca import principal_components
 from deephash.utils.checks import check_int
 
 
@@ -24,8 +24,7 @@ class ITQ(LinearHash):
     def params(self) -> dict[str, int | float]:
         return {**super().params(), "n_iter": self.n_iter}
 
-    def fit(self, X: np.ndarray) -> ITQ:
-        X = self._train_features(X)
+    def _fit(self, X: np.ndarray, y: np.ndarray | None) -> ITQ:
         self._check_pca_bits(X)
         mean, components, _ = principal_components(X, self.bits)
         V = (X - mean) @ components  # (n, bits) float64

@@ -1,8 +1,11 @@
-"""Common interface of the classical hashing baselines, and their save/load format.
+"""The contract of a shallow hashing method, and its save/load format.
 
-Every method learns (or draws) its parameters from training features ``X: (n, d)`` in ``fit`` and maps
-any features to ``codes: (n, bits) bool`` in ``encode``; the codes enter retrieval and evaluation like
-the deep model's. A fitted method is a handful of arrays, saved with ``np.savez``.
+A shallow method learns (or draws) its parameters from training features ``X: (n, d)`` and, if it is
+supervised, their class labels ``y: (n,)`` in ``fit(X, y=None)``, and maps any features to
+``codes: (n, bits) bool`` in ``encode``; the codes enter retrieval and evaluation like a deep method's. A
+fitted method is a handful of arrays, saved with ``np.savez``. Each subclass that sets ``name`` registers
+itself (:data:`SHALLOW_METHODS`), so a new method is one module in ``deephash/methods`` plus
+``conf/method/<name>.yaml``.
 """
 
 from __future__ import annotations
@@ -19,17 +22,21 @@ from deephash.utils.errors import ConfigError, DataError, DeephashError
 from deephash.utils.io import atomic_write_bytes
 
 FORMAT_VERSION = 1
+# every shallow method by name, filled as their modules are imported (deephash.methods.registry imports all)
+SHALLOW_METHODS: dict[str, type[BaseHash]] = {}
 
 
 @runtime_checkable
 class HashMethod(Protocol):
-    """What retrieval and evaluation need from a baseline."""
+    """What the baseline runner, retrieval and evaluation need from a shallow method."""
 
     name: str
     bits: int
+    supervised: bool
 
-    def fit(self, X: np.ndarray) -> HashMethod:
-        """Learn the hash functions from training features ``X: (n, d)``; returns ``self``."""
+    def fit(self, X: np.ndarray, y: np.ndarray | None = None) -> HashMethod:
+        """Learn the hash functions from training features ``X: (n, d)`` (and, supervised, their class labels
+        ``y: (n,)``); returns ``self``."""
         ...
 
     def encode(self, X: np.ndarray) -> np.ndarray:
@@ -59,15 +66,33 @@ def as_features(X: Any, what: str = "features") -> np.ndarray:
     return X
 
 
+def as_labels(y: Any, n: int) -> np.ndarray:
+    """Class labels ``y`` as ``int64 (n,)``, or a one-line DataError."""
+    y = np.asarray(y)
+    if y.shape != (n,):
+        raise DataError(f"labels must have shape ({n},) like the training features, got {y.shape}")
+    if y.dtype == bool or not np.issubdtype(y.dtype, np.integer):
+        raise DataError(f"labels must be integer class indices, got dtype {y.dtype}")
+    return y.astype(np.int64, copy=False)
+
+
 class BaseHash:
     """Shared validation, fitted-state bookkeeping and npz persistence.
 
-    Subclasses set ``name``, list their fitted arrays in ``state_keys`` (attributes, ``None`` until
-    fitted) and return their constructor arguments from ``params``.
+    Subclasses set ``name`` (which registers them), ``supervised`` (True: ``fit`` needs labels), list their
+    fitted arrays in ``state_keys`` (attributes, ``None`` until fitted), implement ``_fit(X, y)`` (``y`` the
+    checked labels, or None for an unsupervised method) and return their constructor arguments from
+    ``params``.
     """
 
     name: ClassVar[str]
+    supervised: ClassVar[bool] = False
     state_keys: ClassVar[tuple[str, ...]]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "name" in cls.__dict__:
+            SHALLOW_METHODS[cls.name] = cls
 
     def __init__(self, bits: int, seed: int = 0) -> None:
         self.bits = validate_bits(bits)
@@ -90,12 +115,24 @@ class BaseHash:
     def fitted(self) -> bool:
         return self.dim is not None
 
-    def _train_features(self, X: Any) -> np.ndarray:
+    def fit(self, X: Any, y: Any = None) -> BaseHash:
+        """Learn the hash functions from ``X: (n, d)``; a supervised method needs the class labels ``y: (n,)``
+        (an unsupervised one ignores them). Returns ``self``."""
         X = as_features(X, "training features")
         n = X.shape[0]
         if n < 2:
             raise DataError(f"{self.name} needs at least 2 training samples, got {n}")
-        return X
+        if not self.supervised:
+            return self._fit(X, None)
+        if y is None:
+            raise ConfigError(
+                f"{self.name} is a supervised method and needs the training labels: fit(X, y) with y the (n,) "
+                "class labels"
+            )
+        return self._fit(X, as_labels(y, n))
+
+    def _fit(self, X: np.ndarray, y: np.ndarray | None) -> BaseHash:
+        raise NotImplementedError
 
     def _check_pca_bits(self, X: np.ndarray) -> None:
         """PCA-based codes use one principal direction per bit, so bits are capped by the data's rank."""

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from deephash.baselines.base import BaseHash
-from deephash.baselines.pca import principal_components
+from deephash.methods.shallow import BaseHash
+from deephash.methods.pca import principal_components
 
 # MATLAB's eps, padding the bounding box exactly as trainSH does.
 _EPS = np.finfo(np.float64).eps
@@ -23,8 +23,7 @@ class SH(BaseHash):
     name = "sh"
     state_keys = ("mean", "components", "mn", "mx", "modes")
 
-    def fit(self, X: np.ndarray) -> SH:
-        X = self._train_features(X)
+    def _fit(self, X: np.ndarray, y: np.ndarray | None) -> SH:
         npca = min(self.bits, X.shape[1])
         mean, components, _ = principal_components(X, npca)
         # trainSH projects without centring; the offset cancels once mn is subtracted.

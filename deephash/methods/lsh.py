@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from deephash.baselines.base import LinearHash
+from deephash.methods.shallow import LinearHash
 
 
 class LSH(LinearHash):
@@ -16,8 +16,7 @@ class LSH(LinearHash):
 
     name = "lsh"
 
-    def fit(self, X: np.ndarray) -> LSH:
-        X = self._train_features(X)
+    def _fit(self, X: np.ndarray, y: np.ndarray | None) -> LSH:
         rng = np.random.default_rng(self.seed)
         projection = rng.standard_normal((X.shape[1], self.bits))
         return self._set_fitted(X.mean(axis=0, dtype=np.float64), projection)
