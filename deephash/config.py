@@ -15,10 +15,10 @@ from omegaconf import DictConfig, OmegaConf
 from deephash.data.base import check_val_size
 from deephash.data.protocols import SPLITS
 from deephash.evaluation.pipeline import pool_rule
-from deephash.models.backbones import BACKBONES, NATIVE_BACKBONES, _looks_like_path
 from deephash.methods.registry import DEEP, SHALLOW
-from deephash.models.net import validate_bits
+from deephash.models.backbones import BACKBONES, NATIVE_BACKBONES, _looks_like_path
 from deephash.models.checkpoint import network_record, read_checkpoint
+from deephash.models.net import validate_bits
 from deephash.retrieval.search import MODES
 from deephash.retrieval.sublinear import METHODS
 from deephash.retrieval.torch_search import torch_device
@@ -240,7 +240,11 @@ def validate_method(cfg: DictConfig) -> None:
 def check_resume(ckpt: str, model: Any) -> None:
     """A checkpoint to resume must be one, of this run's method, code length and backbone (named if not)."""
     recorded = network_record(read_checkpoint(ckpt), ckpt)
-    ours = {"method": model.get("method"), "bits": model.net.get("bits"), "backbone": model.net.get("backbone")}
+    ours = {
+        "method": model.get("method"),
+        "bits": model.net.get("bits"),
+        "backbone": model.net.get("backbone"),
+    }
     for key, value in ours.items():
         if recorded.get(key) != value:
             where = "method" if key == "method" else f"model.net.{key}"

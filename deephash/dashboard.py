@@ -1,7 +1,7 @@
 """Entry point: ``python -m deephash.dashboard`` / ``deephash-dashboard [--sweep-dir DIR | --group G] ...``.
 
 Builds the W&B dashboard of a sweep (or a whole project): mAP and mAP@1000 against bits per mode with a
-line per backbone, precision@k, training curves, and a runs table with the swept overrides. Online it saves
+line per method, precision@k, training curves, and a runs table with the swept overrides. Online it saves
 the workspace and prints its URL; offline it writes the workspace spec (JSON) and says how to push it.
 """
 

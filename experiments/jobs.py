@@ -37,7 +37,7 @@ def common_overrides(plan: Plan) -> list[str]:
     out = [f"logger={plan.logger}", f"paths.data_dir={hydra_value(plan.data_dir)}", "task_name=reproduce"]
     if not plan.smoke:
         if plan.weights is not None:
-            out.append(f"model.weights={hydra_value(plan.weights)}")
+            out.append(f"model.net.weights={hydra_value(plan.weights)}")
         if plan.download:
             out.append("data.download=true")
         if not _cuda():
@@ -55,7 +55,7 @@ def seeded(plan: Plan, name: str, entry: str, overrides: list[str]) -> list[Job]
 def training_jobs(plan: Plan) -> list[Job]:
     """The paper's 48/128-bit runs first, then the rest of the code-length sweep, for every dataset.
 
-    Every code length runs ``experiment=paper_<dataset>_48`` with ``model.bits=<k>``: paper_<dataset>_128
+    Every code length runs ``experiment=paper_<dataset>_48`` with ``model.net.bits=<k>``: paper_<dataset>_128
     is the same configuration at 128 bits, and one experiment for the sweep keeps its runs one setting in
     the comparison (which averages only runs whose overrides differ in the seed and code length). A dataset
     of ``plan.small_cnn`` (no AlexNet weights) runs its small CNN recipe the same way.
@@ -70,7 +70,7 @@ def training_jobs(plan: Plan) -> list[Job]:
                 experiment = [f"experiment={SMALL_CNN_EXPERIMENTS[dataset]}"]
             else:
                 experiment = [f"experiment=paper_{dataset}_{BASELINE_BITS}"]
-            overrides = [*experiment, f"model.bits={bits}", *common_overrides(plan), *plan.overrides]
+            overrides = [*experiment, f"model.net.bits={bits}", *common_overrides(plan), *plan.overrides]
             jobs += seeded(plan, f"{dataset}/bits{bits}", "train", overrides)
     if not plan.smoke and "cifar10" in plan.trained:
         # the authors' README table: mAP@1000, the 10,000 test images against the 50,000 training images

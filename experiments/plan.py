@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from deephash.cli import ArgumentParser
+from deephash.methods.registry import SHALLOW
 from deephash.utils.errors import ConfigError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -24,7 +25,6 @@ PAPER_DATASETS = ("mnist", "cifar10")
 PAPER_BITS = (48, 128)
 BASELINE_BITS = 48
 YAHOO_BITS = 128
-METHODS = ("lsh", "pcah", "itq", "sh")
 FEATURES = ("pixels", "f7")
 FULL_BITS = (12, 24, 32, 48, 128)
 SMOKE_BITS = (12, 24, 48, 128)
@@ -134,7 +134,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--epochs", type=int, default=None, help=f"smoke only: epochs per run (default {SMOKE_EPOCHS})"
     )
     parser.add_argument(
-        "--methods", nargs="+", choices=METHODS, default=list(METHODS), help="baselines at 48 bits"
+        "--methods",
+        nargs="+",
+        choices=list(SHALLOW),
+        default=list(SHALLOW),
+        help="shallow methods (baselines) at 48 bits (default: all)",
     )
     parser.add_argument(
         "--features",

@@ -10,7 +10,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 
-from deephash.config import CONFIG_PATH
+from deephash.config import CONFIG_PATH, rewrite_moved_keys
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
@@ -19,9 +19,10 @@ CONF_DIR = CONFIG_PATH  # the one config directory every entry point composes fr
 
 
 def compose_config(config_name: str, overrides: list[str], output_dir: Path) -> DictConfig:
-    """Compose ``conf/<config_name>.yaml`` as the CLI would, with the run directory set to ``output_dir``."""
+    """Compose ``conf/<config_name>.yaml`` as the CLI would (moved keys such as ``model.bits`` renamed), with the
+    run directory set to ``output_dir``."""
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose(config_name=config_name, overrides=overrides)
+        cfg = compose(config_name=config_name, overrides=rewrite_moved_keys(overrides))
     with open_dict(cfg):
         cfg.paths.output_dir = str(output_dir)
     return cfg

@@ -13,9 +13,9 @@ import pytest
 import torch
 from hydra.errors import ConfigCompositionException
 
-from deephash.methods.registry import load_method
 from deephash.baselines.run import fit_rows, run_baseline, wandb_defaults
 from deephash.data.digits import DigitsDataModule
+from deephash.methods.registry import load_method
 from deephash.models.checkpoint import load_hash_module
 from deephash.retrieval.store import load_index
 from deephash.train import train

@@ -25,6 +25,7 @@ from deephash.data.transforms import IMAGENET_STD
 from deephash.models.module import HashModule
 from deephash.utils.errors import ConfigError, DataError
 from tests.fixtures_data import write_image, write_image_tree, write_list_file
+from tests.fixtures_models import latent_module
 
 CLASSES = ("cat", "dog")
 
@@ -93,7 +94,7 @@ def bad_tree(tmp_path):
 
 
 def _module(num_classes: int) -> HashModule:
-    return HashModule(
+    return latent_module(
         "smallcnn",
         bits=8,
         num_classes=num_classes,

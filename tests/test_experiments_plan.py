@@ -90,11 +90,11 @@ def test_full_mode_jobs_compose_to_the_paper_configs(tmp_path: Path, monkeypatch
     readme_table = {f"cifar10_10k50k/bits{b}" for b in (12, 32, 48)}  # the authors' README mAP@1000
     assert set(names) == sweep | readme_table
     readme = compose_config("train", jobs[names.index("cifar10_10k50k/bits32")].overrides, tmp_path / "r")
-    assert readme.data.protocol == "cifar_10k50k" and readme.model.bits == 32
+    assert readme.data.protocol == "cifar_10k50k" and readme.model.net.bits == 32
     job = jobs[names.index("cifar10/bits24")]
     cfg = compose_config("train", job.overrides, tmp_path / "run")
-    assert cfg.model.backbone == "alexnet" and cfg.model.bits == 24
-    assert cfg.model.weights == str(weights)
+    assert cfg.model.net.backbone == "alexnet" and cfg.model.net.bits == 24
+    assert cfg.model.net.weights == str(weights)
     assert cfg.data.root == str(tmp_path / "d" / "cifar10")
     assert cfg.trainer.max_steps == 50000 and cfg.data.n_queries == 1000
     assert cfg.trainer.accelerator == "cpu"  # no GPU: trainer=cpu
@@ -135,7 +135,7 @@ def test_seeded_jobs_run_every_setting_per_seed(tmp_path: Path, monkeypatch) -> 
     }
     job = jobs[3]
     cfg = compose_config("train", job.overrides, tmp_path / "run")
-    assert cfg.seed == 1 and cfg.model.bits == 128 and cfg.trainer.max_steps == 50000
+    assert cfg.seed == 1 and cfg.model.net.bits == 128 and cfg.trainer.max_steps == 50000
 
     # only seed 1's 48-bit model completed: F7 baselines for seed 1, from that model
     model = tmp_path / "runs" / "mnist" / "bits48" / "seed1"
@@ -178,7 +178,7 @@ def test_without_alexnet_weights_mnist_trains_the_small_cnn(
     assert {o for j in jobs for o in j.overrides if o.startswith("experiment=")} == {"experiment=mnist_cnn"}
     job = {j.name: j for j in jobs}["mnist/bits48/seed1"]
     cfg = compose_config("train", job.overrides, tmp_path / "run")
-    assert cfg.model.backbone == "mnistcnn" and cfg.model.bits == 48 and cfg.seed == 1
+    assert cfg.model.net.backbone == "mnistcnn" and cfg.model.net.bits == 48 and cfg.seed == 1
     assert (
         cfg.data.root == str(data / "mnist") and cfg.data.protocol == "paper" and cfg.data.n_queries == 1000
     )
@@ -212,7 +212,7 @@ def test_with_alexnet_weights_mnist_keeps_the_paper_recipe(
     job = job_lists.training_jobs(plan)[0]
     assert job.name == "mnist/bits48" and "experiment=paper_mnist_48" in job.overrides
     cfg = compose_config("train", job.overrides, tmp_path / "run")
-    assert cfg.model.backbone == "alexnet" and cfg.model.weights == str(weights)
+    assert cfg.model.net.backbone == "alexnet" and cfg.model.net.weights == str(weights)
     # the same with the weights in the torch hub cache instead of --weights
     cache = tmp_path / "torch-home" / "hub" / "checkpoints"
     cache.mkdir(parents=True)

@@ -12,12 +12,12 @@ from torchvision import transforms as T
 
 from deephash.data import MNISTDataModule
 from deephash.models.backbones import build_backbone
-from deephash.models.latent_hash import LatentHashNet
 from deephash.models.mnist_cnn import MnistCNN
 from deephash.train import train
 from deephash.utils.errors import ConfigError
 from tests.conftest import compose_config
 from tests.fixtures_data import write_mnist
+from tests.fixtures_models import latent_net
 
 
 def test_mnistcnn_maps_digits_to_f7() -> None:
@@ -29,7 +29,7 @@ def test_mnistcnn_maps_digits_to_f7() -> None:
     # the last pool is adaptive: other input sizes give the same F7 width
     assert backbone.features(torch.randn(2, 1, 32, 32)).shape == (2, 96)
 
-    net = LatentHashNet("mnistcnn", bits=48, num_classes=10, in_channels=1, f7_dim=96).eval()
+    net = latent_net("mnistcnn", bits=48, num_classes=10, in_channels=1, f7_dim=96).eval()
     codes, f7 = net.encode(torch.randn(3, 1, 28, 28))
     assert codes.shape == (3, 48) and codes.dtype == torch.bool and f7.shape == (3, 96)
 
@@ -107,7 +107,9 @@ def test_fast_experiment_trains_and_evaluates(tmp_path: Path) -> None:
         ],
         tmp_path / "run",
     )
-    assert cfg.model.backbone == "mnistcnn" and cfg.model.bits == 48 and cfg.data.transform == "native"
+    assert (
+        cfg.model.net.backbone == "mnistcnn" and cfg.model.net.bits == 48 and cfg.data.transform == "native"
+    )
     metrics = train(cfg)
     assert metrics["global_step"] == 12  # 180 training images in batches of 32, two epochs
     saved = json.loads((tmp_path / "run" / "metrics.json").read_text())

@@ -7,11 +7,11 @@ import functools
 import pytest
 import torch
 
+from deephash.methods.latent import balanced_bits_loss, forcing_binary_loss
 from deephash.models.backbones import build_backbone
-from deephash.models.latent_hash import LatentHashNet, codes_from_latent
-from deephash.models.losses import balanced_bits_loss, bit_balance_stats, forcing_binary_loss
-from deephash.models.module import HashModule
+from deephash.models.module import bit_balance_stats
 from deephash.utils.errors import ConfigError
+from tests.fixtures_models import latent_module, latent_net
 
 
 @pytest.mark.parametrize(
@@ -21,7 +21,7 @@ from deephash.utils.errors import ConfigError
 def test_forward_shapes_every_backbone(backbone: str, size: int, f7_dim: int) -> None:
     torch.manual_seed(0)
     channels = 1 if backbone == "smallcnn" else 3
-    net = LatentHashNet(backbone, bits=12, num_classes=5, in_channels=channels).eval()
+    net = latent_net(backbone, bits=12, num_classes=5, in_channels=channels).eval()
     x = torch.randn(2, channels, size, size)
     out = net(x)
     assert out.logits.shape == (2, 5)
@@ -64,7 +64,8 @@ def _remap_alexnet(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def test_codes_threshold_at_half() -> None:
     latent = torch.tensor([[0.49, 0.5, 0.51, 0.0, 1.0]])
-    assert codes_from_latent(latent).tolist() == [[False, True, True, False, True]]
+    head = latent_net().head
+    assert head.codes(latent).tolist() == [[False, True, True, False, True]]
 
 
 def test_weights_from_local_state_dict(tmp_path) -> None:
@@ -80,14 +81,14 @@ def test_weights_from_local_state_dict(tmp_path) -> None:
 
 
 def test_missing_weights_file_is_a_clear_error(tmp_path) -> None:
-    with pytest.raises(ConfigError, match="model.weights file not found: .*nope.pth"):
+    with pytest.raises(ConfigError, match="model.net.weights file not found: .*nope.pth"):
         build_backbone("alexnet", str(tmp_path / "nope.pth"))
 
 
 def test_corrupt_weights_file_is_a_clear_error(tmp_path) -> None:
     path = tmp_path / "bad.pth"
     path.write_bytes(b"not a checkpoint")
-    with pytest.raises(ConfigError, match="cannot load model.weights"):
+    with pytest.raises(ConfigError, match="cannot load model.net.weights"):
         build_backbone("alexnet", str(path))
 
 
@@ -100,13 +101,13 @@ def test_unknown_backbone_lists_choices() -> None:
 
 @pytest.mark.parametrize("bits", [0, 4097, 12.5, "48", True])
 def test_bits_must_be_integer_in_range(bits) -> None:
-    with pytest.raises(ConfigError, match=r"model.bits must be an integer in 1..4096"):
-        LatentHashNet("smallcnn", bits=bits, num_classes=3, in_channels=1)
+    with pytest.raises(ConfigError, match=r"model.net.bits must be an integer in 1..4096"):
+        latent_net("smallcnn", bits=bits, num_classes=3, in_channels=1)
 
 
 def test_lr_groups_follow_multipliers() -> None:
     sgd = functools.partial(torch.optim.SGD, lr=0.001, momentum=0.9, weight_decay=5e-4)
-    module = HashModule(
+    module = latent_module(
         "smallcnn",
         bits=16,
         num_classes=4,
@@ -128,7 +129,7 @@ def test_lr_groups_follow_multipliers() -> None:
 
 def test_unknown_lr_group_is_rejected() -> None:
     with pytest.raises(ConfigError, match="model.lr_mult has unknown groups \\['fc8'\\]"):
-        HashModule("smallcnn", bits=8, num_classes=3, in_channels=1, lr_mult={"fc8": 10.0})
+        latent_module("smallcnn", bits=8, num_classes=3, in_channels=1, lr_mult={"fc8": 10.0})
 
 
 def test_optional_ssdh_terms() -> None:
@@ -137,23 +138,25 @@ def test_optional_ssdh_terms() -> None:
     assert forcing_binary_loss(binary) < forcing_binary_loss(undecided)
     assert balanced_bits_loss(binary) == 0  # each code fires half its bits
     assert balanced_bits_loss(torch.ones(2, 2)) == pytest.approx(0.25 / 2)  # (1 - 0.5)^2 / 2
-    stats = bit_balance_stats(torch.tensor([[0.9, 0.1], [0.8, 0.2]]))
+    latent = torch.tensor([[0.9, 0.1], [0.8, 0.2]])
+    head = latent_net(bits=2).head
+    stats = bit_balance_stats(head.codes(latent), head.saturation(latent))
     assert stats["dead_bits"] == 2  # bit 0 always fires, bit 1 never
     assert stats["fire_rate_mean"] == pytest.approx(0.5)
 
 
 def test_channels_last_gives_same_output() -> None:
     torch.manual_seed(0)
-    a = HashModule("smallcnn", bits=8, num_classes=3, in_channels=1).eval()
-    b = HashModule("smallcnn", bits=8, num_classes=3, in_channels=1, channels_last=True).eval()
+    a = latent_module("smallcnn", bits=8, num_classes=3, in_channels=1).eval()
+    b = latent_module("smallcnn", bits=8, num_classes=3, in_channels=1, channels_last=True).eval()
     b.net.load_state_dict(a.net.state_dict())
     x = torch.randn(2, 1, 8, 8)
     assert torch.allclose(a(x).logits, b(x).logits, atol=1e-6)
 
 
 def test_compiled_module_checkpoints_like_an_eager_one() -> None:
-    eager = HashModule("smallcnn", bits=8, num_classes=3, in_channels=1)
-    compiled = HashModule("smallcnn", bits=8, num_classes=3, in_channels=1, compile=True)
+    eager = latent_module("smallcnn", bits=8, num_classes=3, in_channels=1)
+    compiled = latent_module("smallcnn", bits=8, num_classes=3, in_channels=1, compile=True)
     assert set(compiled.state_dict()) == set(eager.state_dict())
     eager.load_state_dict(compiled.state_dict())  # strict: no extra or missing keys
 
@@ -165,19 +168,19 @@ def test_compiled_module_checkpoints_like_an_eager_one() -> None:
 def test_classifier_consumes_the_latent_layer(bits: int) -> None:
     """F8 reads H (paper fig. 1): its input width is ``bits`` and it is fed exactly H's activations."""
     torch.manual_seed(0)
-    net = LatentHashNet("smallcnn", bits=bits, num_classes=5, in_channels=1).eval()
-    assert net.latent.out_features == bits and net.classifier.in_features == bits
+    net = latent_net("smallcnn", bits=bits, num_classes=5, in_channels=1).eval()
+    assert net.head.latent.out_features == bits and net.head.classifier.in_features == bits
     seen = {}
-    net.classifier.register_forward_hook(lambda m, args, out: seen.setdefault("input", args[0]))
+    net.head.classifier.register_forward_hook(lambda m, args, out: seen.setdefault("input", args[0]))
     out = net(torch.randn(3, 1, 8, 8))
     assert torch.equal(seen["input"], out.latent)
-    assert torch.allclose(out.logits, net.classifier(out.latent))
+    assert torch.allclose(out.logits, net.head.classifier(out.latent))
 
 
 def test_a_training_step_trains_the_latent_layer() -> None:
     """The hash layer learns from the classification loss (it would not if F8 read F7)."""
     torch.manual_seed(0)
-    module = HashModule(
+    module = latent_module(
         "smallcnn",
         bits=16,
         num_classes=4,
@@ -189,21 +192,21 @@ def test_a_training_step_trains_the_latent_layer() -> None:
     x, y = torch.randn(8, 1, 8, 8), torch.arange(8) % 4
     module.train()
     out = module(x)
-    module._loss(out.latent, out.logits, y).backward()
+    module.loss(out, y).backward()
     optimizer.step()
-    for name in ("latent.weight", "latent.bias", "classifier.weight"):
+    for name in ("head.latent.weight", "head.latent.bias", "head.classifier.weight"):
         assert not torch.equal(before[name], dict(module.net.named_parameters())[name]), name
-    assert module.net.latent.weight.grad.abs().sum() > 0
+    assert module.net.head.latent.weight.grad.abs().sum() > 0
 
 
 def test_small_cnn_layers_are_pinned() -> None:
     """The small CNN's head: drop, F6, relu6, drop, F7, relu7; then the net's drop7 between F7 and H."""
     from torch import nn
 
-    net = LatentHashNet("smallcnn", bits=8, num_classes=3, in_channels=1, f7_dim=64, dropout=0.5)
+    net = latent_net("smallcnn", bits=8, num_classes=3, in_channels=1, f7_dim=64, dropout=0.5)
     head = list(net.backbone.fc)
     assert [type(layer) for layer in head] == [nn.Dropout, nn.Linear, nn.ReLU, nn.Dropout, nn.Linear, nn.ReLU]
-    assert head[4].out_features == 64 and net.latent.in_features == 64
+    assert head[4].out_features == 64 and net.head.latent.in_features == 64
     assert isinstance(net.dropout, nn.Dropout) and net.dropout.p == 0.5
     net.eval()
     torch.manual_seed(1)
@@ -214,4 +217,4 @@ def test_small_cnn_layers_are_pinned() -> None:
     net.train()
     torch.manual_seed(2)
     trained = net(x)
-    assert not torch.allclose(trained.latent, torch.sigmoid(net.latent(trained.f7)))  # drop7 is applied
+    assert not torch.allclose(trained.latent, torch.sigmoid(net.head.latent(trained.f7)))  # drop7 is applied

@@ -14,12 +14,12 @@ from omegaconf import OmegaConf
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from deephash.methods.latent import balanced_bits_loss, forcing_binary_loss
 from deephash.models.backbones import build_backbone
-from deephash.models.latent_hash import LatentHashNet, codes_from_latent
-from deephash.models.losses import balanced_bits_loss, forcing_binary_loss
-from deephash.models.module import HashModule
+from deephash.models.net import HashNetwork
 from deephash.utils.errors import ConfigError
 from tests.conftest import CONF_DIR, compose_config
+from tests.fixtures_models import latent_module, latent_net
 
 PAPER_EXPERIMENTS = sorted(p.stem for p in Path(CONF_DIR, "experiment").glob("paper_*.yaml"))
 
@@ -95,7 +95,7 @@ def test_paper_experiments_train_on_everything_and_evaluate_the_last_iteration(
 def test_cifar10_10k50k_experiments_match_the_authors_readme_table(bits: int, tmp_path: Path) -> None:
     """mAP@1000, all 10,000 test images against the 50,000 training images, the CIFAR-10 recipe."""
     cfg = _compose(tmp_path, f"experiment=paper_cifar10_10k50k_{bits}")
-    assert cfg.model.bits == bits and cfg.data._target_.endswith("CIFAR10DataModule")
+    assert cfg.model.net.bits == bits and cfg.data._target_.endswith("CIFAR10DataModule")
     assert cfg.data.protocol == "cifar_10k50k" and cfg.retrieval.map_at == 1000
     paper = _compose(tmp_path, "experiment=paper_cifar10_48")
     for key in (
@@ -121,19 +121,19 @@ def test_other_configs_select_on_validation(overrides: list[str], tmp_path: Path
 @pytest.mark.parametrize("experiment", PAPER_EXPERIMENTS)
 def test_paper_experiments_use_the_authors_init_and_dropout(experiment: str, tmp_path: Path) -> None:
     cfg = _compose(tmp_path, f"experiment={experiment}")
-    assert cfg.model.init == "caffe"
-    assert cfg.model.backbone_dropout == "caffenet"
+    assert cfg.model.net.head.init == "caffe"
+    assert cfg.model.net.backbone_dropout == "caffenet"
 
 
 @pytest.mark.parametrize("overrides", [[], ["experiment=demo"], ["model=alexnet"], ["model=resnet50"]])
 def test_other_configs_keep_torch_defaults(overrides: list[str], tmp_path: Path) -> None:
     cfg = _compose(tmp_path, *overrides)
-    assert cfg.model.init == "torch"
-    assert cfg.model.backbone_dropout == "torchvision"
+    assert cfg.model.net.head.init == "torch"
+    assert cfg.model.net.backbone_dropout == "torchvision"
 
 
-def _assert_caffe_statistics(net: LatentHashNet) -> None:
-    h, f8 = net.latent, net.classifier
+def _assert_caffe_statistics(net: HashNetwork) -> None:
+    h, f8 = net.head.latent, net.head.classifier
     # H: N(0, 0.005), bias exactly 1 (every unit starts near sigmoid(1) = 0.73)
     assert h.weight.std().item() == pytest.approx(0.005, rel=0.05)
     assert abs(h.weight.mean().item()) < 4 * 0.005 / math.sqrt(h.weight.numel())
@@ -149,29 +149,30 @@ def _assert_caffe_statistics(net: LatentHashNet) -> None:
 
 def test_composed_paper_model_has_caffe_statistics_on_h_and_f8_only(tmp_path: Path) -> None:
     """The composed paper model: H and F8 follow the prototxt fillers, the backbone (F7) is untouched."""
-    cfg = _compose(tmp_path, "experiment=paper_cifar10_48", "model.weights=null")
+    cfg = _compose(tmp_path, "experiment=paper_cifar10_48", "model.net.weights=null")
+    data = {"num_classes": 10, "in_channels": 3}
     torch.manual_seed(0)
-    caffe = hydra.utils.instantiate(cfg.model, num_classes=10, in_channels=3).net
+    caffe = hydra.utils.instantiate(cfg.model, net=data).net
     torch.manual_seed(0)
-    default = hydra.utils.instantiate(cfg.model, init="torch", num_classes=10, in_channels=3).net
+    default = hydra.utils.instantiate(cfg.model, net={**data, "head": {"init": "torch"}}).net
     _assert_caffe_statistics(caffe)
     for (name, a), b in zip(caffe.backbone.state_dict().items(), default.backbone.state_dict().values()):
         assert torch.equal(a, b), f"caffe init changed the backbone's {name}"
     # PyTorch's default is uniform(+-1/sqrt(fan_in)): another spread and a random bias
-    assert not torch.equal(default.latent.bias, caffe.latent.bias)
-    assert default.latent.weight.std().item() == pytest.approx(1 / math.sqrt(3 * 4096), rel=0.05)
-    assert default.classifier.weight.std().item() == pytest.approx(1 / math.sqrt(3 * 48), rel=0.2)
+    assert not torch.equal(default.head.latent.bias, caffe.head.latent.bias)
+    assert default.head.latent.weight.std().item() == pytest.approx(1 / math.sqrt(3 * 4096), rel=0.05)
+    assert default.head.classifier.weight.std().item() == pytest.approx(1 / math.sqrt(3 * 48), rel=0.2)
 
 
 def test_caffe_init_on_small_cnn() -> None:
     torch.manual_seed(1)
-    net = LatentHashNet("smallcnn", bits=64, num_classes=10, in_channels=1, f7_dim=512, init="caffe")
+    net = latent_net("smallcnn", bits=64, num_classes=10, in_channels=1, f7_dim=512, init="caffe")
     _assert_caffe_statistics(net)
 
 
 def test_unknown_init_is_rejected() -> None:
-    with pytest.raises(ConfigError, match="model.init must be one of torch, caffe, got 'xavier'"):
-        LatentHashNet("smallcnn", bits=8, num_classes=3, in_channels=1, init="xavier")
+    with pytest.raises(ConfigError, match="model.net.head.init must be one of torch, caffe, got 'xavier'"):
+        latent_net("smallcnn", bits=8, num_classes=3, in_channels=1, init="xavier")
 
 
 # ------------------------------------------------------------------------------------ dropout placement
@@ -217,28 +218,32 @@ def test_caffenet_dropout_placement_on_small_cnn_and_vgg16() -> None:
 
 def test_unknown_dropout_layout_is_rejected() -> None:
     with pytest.raises(
-        ConfigError, match="model.backbone_dropout must be one of torchvision, caffenet, got 'none'"
+        ConfigError, match="model.net.backbone_dropout must be one of torchvision, caffenet, got 'none'"
     ):
-        HashModule("smallcnn", bits=8, num_classes=3, in_channels=1, backbone_dropout="none")
+        latent_module("smallcnn", bits=8, num_classes=3, in_channels=1, backbone_dropout="none")
 
 
 # ------------------------------------------------------------------------------------------- precision
 
 
-def _make_undecided(net: LatentHashNet) -> torch.Tensor:
+def _codes(latent: torch.Tensor) -> torch.Tensor:
+    return latent >= 0.5  # the latent method's rule (paper eq. 1)
+
+
+def _make_undecided(net: HashNetwork) -> torch.Tensor:
     """Make ``net``'s backbone pass F7 through and set H so that its activations on the returned F7
     (256, 256) cluster within ~0.01 of 0.5, where bf16's spacing (2^-9 below 0.5) rounds some to 0.5."""
     torch.manual_seed(0)
     net.backbone = nn.Identity()
     f7 = torch.rand(256, 256)
     with torch.no_grad():
-        net.latent.weight.normal_(0, 0.01)
-        net.latent.bias.copy_(-(f7 @ net.latent.weight.T).mean(0))
+        net.head.latent.weight.normal_(0, 0.01)
+        net.head.latent.bias.copy_(-(f7 @ net.head.latent.weight.T).mean(0))
     return f7
 
 
-def _undecided_net(device: str) -> tuple[LatentHashNet, torch.Tensor]:
-    net = LatentHashNet("smallcnn", bits=48, num_classes=4, in_channels=1, f7_dim=256).eval()
+def _undecided_net(device: str) -> tuple[HashNetwork, torch.Tensor]:
+    net = latent_net("smallcnn", bits=48, num_classes=4, in_channels=1, f7_dim=256).eval()
     f7 = _make_undecided(net)
     return net.to(device), f7.to(device)
 
@@ -255,19 +260,19 @@ def test_bf16_autocast_codes_equal_float32_codes(device: str) -> None:
     with torch.no_grad():
         reference = net(f7).latent
         # the case is hard: bf16 rounding of these activations would flip bits
-        rounded = torch.sigmoid(net.latent(f7.bfloat16().float()).bfloat16())
-        assert not torch.equal(codes_from_latent(rounded), codes_from_latent(reference))
+        rounded = torch.sigmoid(net.head.latent(f7.bfloat16().float()).bfloat16())
+        assert not torch.equal(_codes(rounded), _codes(reference))
         with torch.autocast(device_type=device, dtype=torch.bfloat16):
             out = net(f7)
             codes, _ = net.encode(f7)
     assert out.latent.dtype == torch.float32
-    assert torch.equal(codes_from_latent(out.latent), codes_from_latent(reference))
-    assert torch.equal(codes, codes_from_latent(reference))
+    assert torch.equal(_codes(out.latent), _codes(reference))
+    assert torch.equal(codes, _codes(reference))
 
 
 def test_bf16_mixed_predict_gives_the_float32_codes() -> None:
     """Lightning's bf16-mixed predict (what encoding with the training trainer runs) gives fp32's codes."""
-    module = HashModule("smallcnn", bits=48, num_classes=4, in_channels=1, f7_dim=256)
+    module = latent_module("smallcnn", bits=48, num_classes=4, in_channels=1, f7_dim=256)
     f7 = _make_undecided(module.net)
     data = TensorDataset(f7, torch.zeros(len(f7), dtype=torch.long), torch.arange(len(f7)))
     codes = {}

@@ -86,7 +86,7 @@ def test_a_failed_sweep_job_is_reported_not_dropped(tmp_path: Path) -> None:
     assert proc.returncode != 0  # the sweep reports the failure at the end, after running every job
     assert json.loads((sweep / "0" / "metrics.json").read_text())["status"] == "completed"
     failed = json.loads((sweep / "1" / "metrics.json").read_text())
-    assert failed["status"] == "failed" and "model.bits must be an integer" in failed["error"]
+    assert failed["status"] == "failed" and "model.net.bits must be an integer" in failed["error"]
     compare = subprocess.run(
         [sys.executable, "-m", "deephash.compare", str(sweep)], capture_output=True, text=True, timeout=120
     )

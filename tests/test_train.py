@@ -63,7 +63,7 @@ def test_release_files_train_offline(train_cfg, tmp_path: Path, write, overrides
     cfg = train_cfg(*overrides, f"data.root={tmp_path / 'data'}", "data.n_queries=10", "trainer.max_epochs=1")
     metrics = train(cfg)
     assert metrics["dataset"] == overrides[0].removeprefix("data=")
-    assert metrics["backbone"] == backbone and metrics["bits"] == cfg.model.bits
+    assert metrics["backbone"] == backbone and metrics["bits"] == cfg.model.net.bits
     assert 0.0 <= metrics["test_acc"] <= 1.0
 
 
@@ -164,14 +164,14 @@ def test_last_checkpoint_is_the_final_epoch_even_when_the_score_stops_improving(
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("model.bits=0", r"model.bits must be an integer in 1..4096, got 0"),
-        ("model.bits=5000", r"model.bits must be an integer in 1..4096, got 5000"),
+        ("model.bits=0", r"model.net.bits must be an integer in 1..4096, got 0"),
+        ("model.bits=5000", r"model.net.bits must be an integer in 1..4096, got 5000"),
         (
             "model.backbone=lenet",
             r"unknown backbone 'lenet'; expected one of: alexnet, vgg16, resnet50, smallcnn",
         ),
         ("data.batch_size=0", r"data.batch_size must be an integer >= 1, got 0"),
-        ("model.weights=/no/such/weights.pth", r"model.weights file not found: /no/such/weights.pth"),
+        ("model.weights=/no/such/weights.pth", r"model.net.weights file not found: /no/such/weights.pth"),
         ("ckpt_path=/no/such.ckpt", r"ckpt_path not found: /no/such.ckpt"),
         ("model.optimizer.lr=-1", r"^model.optimizer.lr must be a number >= 0, got -1$"),
         ("model.optimizer.lr=abc", r"^model.optimizer.lr must be a number >= 0, got 'abc'$"),
@@ -206,7 +206,9 @@ def test_cli_prints_one_line_and_exits_2(tmp_path: Path) -> None:
         timeout=120,
     )
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines()[-1] == "error: model.bits must be an integer in 1..4096, got 0"
+    assert (
+        proc.stderr.strip().splitlines()[-1] == "error: model.net.bits must be an integer in 1..4096, got 0"
+    )
     assert "Traceback" not in proc.stderr
     assert json.loads((tmp_path / "metrics.json").read_text())["status"] == "failed"
 

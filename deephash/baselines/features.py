@@ -39,17 +39,20 @@ def pretrained_f7_module(
     features: Mapping[str, Any], *, num_classes: int, in_channels: int, bits: int
 ) -> Any:
     """A HashModule whose backbone holds ``features.weights`` and is not fine-tuned: its F7 is the pretrained
-    network's (relu7 for AlexNet/VGG16), figure 8's "AlexNet" curve under exhaustive L2. The latent layer H
-    is random; the baseline's method supplies the codes. ``features``: ``backbone``, ``weights`` (a torchvision
+    network's (relu7 for AlexNet/VGG16), figure 8's "AlexNet" curve under exhaustive L2. Its head is random;
+    the baseline's method supplies the codes. ``features``: ``backbone``, ``weights`` (a torchvision
     weight name or a state-dict path) and ``f7_dim`` (the small CNNs' F7 width, or None)."""
     from deephash.models.module import HashModule
+    from deephash.models.net import HashNetwork
 
     f7_dim = features.get("f7_dim")
-    return HashModule(
+    net = HashNetwork(
         str(features["backbone"]),
         bits,
         num_classes,
+        "latent",
         str(features["weights"]),
         in_channels=in_channels,
         **({"f7_dim": int(f7_dim)} if f7_dim is not None else {}),
-    ).eval()
+    )
+    return HashModule(net).eval()

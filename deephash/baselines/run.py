@@ -29,10 +29,10 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from PIL import Image
 
 from deephash.baselines.features import flatten_images, pretrained_f7_module
-from deephash.methods.registry import DEEP, SHALLOW
-from deephash.methods.shallow import HashMethod, validate_bits
 from deephash.data.transforms import to_mode
 from deephash.evaluation.run import evaluate_indexes
+from deephash.methods.registry import DEEP, SHALLOW
+from deephash.methods.shallow import HashMethod, validate_bits
 from deephash.models.backbones import BACKBONES, NATIVE_BACKBONES
 from deephash.retrieval.codes import pack_codes
 from deephash.retrieval.encode import encode_split

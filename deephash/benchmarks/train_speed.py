@@ -29,8 +29,10 @@ from torch.utils.data import DataLoader, Dataset
 
 from deephash.benchmarks.common import finish, parse_args
 from deephash.cli import exit_on_user_error
+from deephash.methods.latent import LatentLoss
 from deephash.models.backbones import BACKBONES
 from deephash.models.module import HashModule
+from deephash.models.net import HashNetwork
 from deephash.utils.checks import positive_int_arg
 from deephash.utils.errors import ConfigError
 
@@ -152,10 +154,8 @@ def build_module(cfg: TrainBenchConfig) -> HashModule:
     """A randomly initialised HashModule; the same seed gives both loops the same weights."""
     torch.manual_seed(cfg.seed)
     return HashModule(
-        cfg.backbone,
-        cfg.bits,
-        cfg.num_classes,
-        weights=None,
+        HashNetwork(cfg.backbone, cfg.bits, cfg.num_classes, "latent"),
+        LatentLoss,
         optimizer=OPTIMIZER,
         channels_last=cfg.channels_last,
         compile=cfg.compile,

@@ -60,7 +60,9 @@ class HashHead(nn.Module):
         super().__init_subclass__(**kwargs)
         if "name" in cls.__dict__:
             if cls.code_rule not in CODE_RULES:
-                raise TypeError(f"{cls.__name__}.code_rule must be one of {CODE_RULES}, got {cls.code_rule!r}")
+                raise TypeError(
+                    f"{cls.__name__}.code_rule must be one of {CODE_RULES}, got {cls.code_rule!r}"
+                )
             DEEP_METHODS[cls.name] = cls
 
     def __init__(self, in_features: int, bits: int, num_classes: int, *, init: str = "torch") -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from deephash.methods.shallow import LinearHash
 from deephash.methods.pca import principal_components
+from deephash.methods.shallow import LinearHash
 from deephash.utils.checks import check_int
 
 

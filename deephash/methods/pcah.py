@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from deephash.methods.shallow import LinearHash
 from deephash.methods.pca import principal_components
+from deephash.methods.shallow import LinearHash
 
 
 class PCAH(LinearHash):

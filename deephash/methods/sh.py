@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from deephash.methods.shallow import BaseHash
 from deephash.methods.pca import principal_components
+from deephash.methods.shallow import BaseHash
 
 # MATLAB's eps, padding the bounding box exactly as trainSH does.
 _EPS = np.finfo(np.float64).eps

@@ -133,7 +133,7 @@ def build_backbone(
         raise ConfigError(f"unknown backbone {name!r}; expected one of: {', '.join(BACKBONES)}")
     if dropout_layout not in BACKBONE_DROPOUTS:
         raise ConfigError(
-            f"model.backbone_dropout must be one of {', '.join(BACKBONE_DROPOUTS)}, got {dropout_layout!r}"
+            f"model.net.backbone_dropout must be one of {', '.join(BACKBONE_DROPOUTS)}, got {dropout_layout!r}"
         )
     built = _build(name, weights, in_channels=in_channels, f7_dim=f7_dim)
     if dropout_layout == "caffenet":
@@ -168,7 +168,7 @@ def _build(name: str, weights: str | None, *, in_channels: int, f7_dim: int) -> 
         except (OSError, RuntimeError) as err:  # urllib errors subclass OSError
             raise ConfigError(
                 f"cannot download {name} weights {weights!r} ({err.__class__.__name__}: {err}); "
-                f"without a network pass model.weights=<path to a saved state dict>"
+                f"without a network pass model.net.weights=<path to a saved state dict>"
             ) from None
     return Backbone(wrap(net), dim)
 
@@ -181,16 +181,16 @@ def _load_state_dict(path: str) -> dict[str, torch.Tensor]:
     p = Path(path).expanduser()
     if not p.is_file():
         raise ConfigError(
-            f"model.weights file not found: {p} (expected a torchvision state dict saved with torch.save)"
+            f"model.net.weights file not found: {p} (expected a torchvision state dict saved with torch.save)"
         )
     try:
         state = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unpickling failure is a bad file
-        raise ConfigError(f"cannot load model.weights {p}: {err.__class__.__name__}: {err}") from None
+        raise ConfigError(f"cannot load model.net.weights {p}: {err.__class__.__name__}: {err}") from None
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
     if not isinstance(state, dict):
-        raise ConfigError(f"model.weights {p} does not hold a state dict (got {type(state).__name__})")
+        raise ConfigError(f"model.net.weights {p} does not hold a state dict (got {type(state).__name__})")
     return state
 
 

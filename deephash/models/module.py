@@ -204,9 +204,14 @@ def _loss_spec(loss: Any) -> dict[str, Any] | None:
     """The loss's class and options as plain types, for the checkpoint's record (None without a loss)."""
     if loss is None:
         return None
-    func = loss.func if isinstance(loss, functools.partial) else loss if isinstance(loss, type) else type(loss)
+    func = (
+        loss.func if isinstance(loss, functools.partial) else loss if isinstance(loss, type) else type(loss)
+    )
     options = loss.keywords if isinstance(loss, functools.partial) else {}
-    plain = {k: OmegaConf.to_container(v, resolve=True) if isinstance(v, DictConfig) else v for k, v in options.items()}
+    plain = {
+        k: OmegaConf.to_container(v, resolve=True) if isinstance(v, DictConfig) else v
+        for k, v in options.items()
+    }
     return {"class": f"{func.__module__}.{func.__qualname__}", **plain}
 
 

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from deephash.tracking.sweep import load_jobs, swept_keys
+from deephash.tracking.sweep import BITS_KEYS, SEED_KEYS, load_jobs, swept_keys
 from deephash.tracking.wandb import sweep_name
 from deephash.utils.errors import ConfigError
 from deephash.utils.io import atomic_write_json
@@ -28,9 +28,16 @@ SPEC_VERSION = 1
 MODES = ("hamming", "hamming_radius", "hierarchical", "euclidean")
 KS = (1, 10, 100, 1000)
 RADIUS_MODE = "hamming_radius"  # no ranking: precision and recall of the ball instead of mAP
-BACKBONE = "backbone"  # the config key the retrieval panels draw one line for each value of
+METHOD = "method"  # the config key the retrieval panels draw one line for each value of, and runs group by
 # run info every run's config has (deephash.tracking.wandb.build_wandb_logger), train and baseline runs alike
-INFO_COLUMNS = ("config:dataset", "config:bits", "config:seed", "config:overrides")
+INFO_COLUMNS = (
+    "config:method",
+    "config:dataset",
+    "config:backbone",
+    "config:bits",
+    "config:seed",
+    "config:overrides",
+)
 PRECISION_CHART = "wandb/lineseries/v0"  # the chart wandb.plot.line_series logs with its table
 INSTALL_HINT = "pip install 'deephash[dashboard]' (or pip install wandb-workspaces)"
 
@@ -44,7 +51,7 @@ def dashboard_spec(
     ks: Sequence[int] = KS,
     swept: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """The dashboard as plain data: retrieval against bits (per mode, a line per backbone), precision@k,
+    """The dashboard as plain data: retrieval against bits (per mode, a line per method), precision@k,
     training curves and a runs table with the swept overrides (``swept``: config keys such as
     ``model.optimizer.lr``; every run also has all its overrides in one ``overrides`` column).
 
@@ -90,7 +97,7 @@ def dashboard_spec(
     ]
     columns = [
         *INFO_COLUMNS,
-        *(f"config:{key}" for key in swept if key not in ("model.bits", "bits", "seed")),
+        *(f"config:{key}" for key in swept if key not in BITS_KEYS | SEED_KEYS),
         "summary:val/acc.max",
         "summary:test/acc",
         *(f"summary:retrieval/{mode}/mAP" for mode in ranked),
@@ -101,7 +108,7 @@ def dashboard_spec(
         "project": project,
         "name": name or f"deephash: {group or project}",
         "group": group,
-        "groupby": [BACKBONE],
+        "groupby": [METHOD],
         "columns": list(dict.fromkeys(columns)),
         "x_axis": "epoch",
         "sections": [
@@ -113,7 +120,7 @@ def dashboard_spec(
     }
 
 
-def line(title: str, x: str, y: Sequence[str], groupby: str | None = BACKBONE) -> dict[str, Any]:
+def line(title: str, x: str, y: Sequence[str], groupby: str | None = METHOD) -> dict[str, Any]:
     """A line plot of history keys ``y`` against ``x``; with ``groupby``, one line per value of that config key
     (runs averaged), so a sweep's runs, one point each, join into a line against bits."""
     return {"type": "line", "title": title, "x": x, "y": list(y), "groupby": groupby}

@@ -28,7 +28,7 @@ from deephash.utils.errors import ConfigError
 INFO = ("dataset", "backbone", "method", "features", "bits", "seed")
 SETTING_INFO = ("dataset", "backbone", "method", "features")
 SEED_KEYS = frozenset({"seed"})
-BITS_KEYS = frozenset({"bits", "model.bits"})
+BITS_KEYS = frozenset({"bits", "model.net.bits", "model.bits"})
 # overrides (or their top-level group) that change where a job writes, logs or resumes from, not its result;
 # ckpt_path is a resumed checkpoint, or the per-seed model whose F7 a baseline hashes
 PLACE_KEYS = frozenset(
@@ -224,14 +224,19 @@ def _config_info(path: Path) -> dict[str, Any]:
         value = OmegaConf.select(cfg, key, default=None, throw_on_resolution_failure=False)
         return value if isinstance(value, (str, int, float)) else None
 
+    def first(*keys: str) -> Any:
+        return next((v for v in map(get, keys) if v is not None), None)
+
     target = get("data._target_")
-    method = get("method.name") or get("method")
+    # model.method: a deep method; method.name: a shallow one; a training run of the releases before
+    # methods (network settings flat under model) trained the paper's latent layer
+    legacy = "latent" if get("model._target_") and get("model.net._target_") is None else None
     info = {
         "dataset": get("dataset") or (dataset_from_target(target) if target else None),
-        "backbone": get("model.backbone"),
-        "method": method or ("deephash" if get("model._target_") else None),
+        "backbone": first("model.net.backbone", "model.backbone"),
+        "method": first("model.method", "method.name") or legacy,
         "features": get("features.name"),
-        "bits": get("model.bits") if get("model.bits") is not None else get("bits"),
+        "bits": first("model.net.bits", "model.bits", "bits"),
         "seed": get("seed"),
     }
     return {k: v for k, v in info.items() if v is not None}

@@ -167,6 +167,7 @@ def build_wandb_logger(
     dataset: str | None = None,
     data_target: str | None = None,
     backbone: str | None = None,
+    method: str | None = None,
     bits: int | None = None,
     seed: int | None = None,
     task_name: str = "train",
@@ -177,8 +178,8 @@ def build_wandb_logger(
     """A ``WandbLogger`` for one run (one job of a multirun): a new W&B run, never the previous job's.
 
     Group: ``group``, else one per sweep (``sweep-<id>`` under a ``wandb agent``, else the Hydra sweep
-    directory), else ``<dataset>-<task_name>`` for a single run. Name ``bits<k>-seed<s>``. Tags: ``tags``, the
-    dataset, backbone, ``bits<k>`` and the job's overrides (``model.bits=48``). ``sweep_dir`` and
+    directory), else ``<dataset>-<task_name>`` for a single run. Name ``<method>-bits<k>-seed<s>``. Tags:
+    ``tags``, the dataset, method, backbone, ``bits<k>`` and the job's overrides (``model.net.bits=48``). ``sweep_dir`` and
     ``overrides`` default to the running Hydra job's. ``dataset`` falls back to the datamodule class in
     ``data_target`` (``...DigitsDataModule`` -> ``digits``). ``log_model`` (Lightning uploading every
     checkpoint) is online only; offline, :func:`log_artifacts` records the best one for ``wandb sync``.
@@ -192,10 +193,11 @@ def build_wandb_logger(
     overrides = [o for o in (hydra_overrides if overrides is None else overrides) if is_setting(o)]
     dataset = dataset or (dataset_from_target(data_target) if data_target else None) or "unknown"
     user_tags = [tags] if isinstance(tags, str) else list(tags or ())
-    extra_tags = [dataset, backbone, f"bits{bits}" if bits is not None else None, *overrides]
+    extra_tags = [dataset, method, backbone, f"bits{bits}" if bits is not None else None, *overrides]
     all_tags = list(dict.fromkeys(str(t)[:MAX_TAG] for t in [*user_tags, *extra_tags] if t))
     config = {
         "dataset": dataset,
+        "method": method,
         "backbone": backbone,
         "bits": bits,
         "seed": seed,
@@ -210,7 +212,7 @@ def build_wandb_logger(
         project=project,
         entity=entity,
         group=run_group(group, sweep_dir, dataset, task_name),
-        name=name or default_run_name(bits, seed),
+        name=name or default_run_name(bits, seed, method),
         job_type=job_type,
         tags=all_tags,
         save_dir=str(save_dir),
@@ -268,14 +270,18 @@ def hydra_job() -> tuple[str | None, list[str]]:
 
 
 def is_setting(override: str) -> bool:
-    """Whether an override changes the result (``model.bits=48``), not where the job writes or logs."""
+    """Whether an override changes the result (``model.net.bits=48``), not where the job writes or logs."""
     key = override.partition("=")[0].lstrip("+~")
     return bool(key) and key.split(".")[0].split("/")[0] not in PLACE_KEYS
 
 
-def default_run_name(bits: int | None, seed: int | None) -> str | None:
-    """``bits48-seed42`` (parts that are unknown are left out; ``None`` lets W&B pick a name)."""
-    parts = [f"bits{bits}" if bits is not None else "", f"seed{seed}" if seed is not None else ""]
+def default_run_name(bits: int | None, seed: int | None, method: str | None = None) -> str | None:
+    """``latent-bits48-seed42`` (parts that are unknown are left out; ``None`` lets W&B pick a name)."""
+    parts = [
+        method or "",
+        f"bits{bits}" if bits is not None else "",
+        f"seed{seed}" if seed is not None else "",
+    ]
     return "-".join(p for p in parts if p) or None
 
 
