@@ -233,8 +233,6 @@ def validate_method(cfg: DictConfig) -> None:
         raise ConfigError(f"no model selected; pass model=<{'|'.join(BACKBONES)}>")
     if model.get("method") is None or model.net.get("head") is None or model.get("loss") is None:
         raise ConfigError(f"no hashing method selected; pass method=<{'|'.join(DEEP)}>")
-    if model.method not in DEEP:
-        raise ConfigError(f"unknown hashing method {model.method!r}; expected one of: {', '.join(DEEP)}")
 
 
 def check_resume(ckpt: str, model: Any) -> None:

@@ -8,6 +8,7 @@ network's settings flat in ``hyper_parameters``) load as method ``latent``.
 
 from __future__ import annotations
 
+import importlib
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -93,11 +94,24 @@ def network_record(ckpt: dict[str, Any], path: str | Path) -> dict[str, Any]:
     if spec is None:
         raise ConfigError(f"{path} is not a deephash checkpoint (no hashing method or network record)")
     if spec["method"] not in DEEP:
+        _import_method(spec.get("head_class"))
+    if spec["method"] not in DEEP:
         raise ConfigError(
             f"{path} was trained with hashing method {spec['method']!r}, which this installation does not have "
             f"(its methods: {', '.join(DEEP)}); install the package that defines it"
         )
     return spec
+
+
+def _import_method(head_class: Any) -> None:
+    """Import the module that defines a method outside this package (its head registers on import), if it can
+    be imported here; nothing else is executed."""
+    if not isinstance(head_class, str) or "." not in head_class:
+        return
+    try:
+        importlib.import_module(head_class.rsplit(".", 1)[0])
+    except ImportError:
+        pass  # the caller names the methods this installation has
 
 
 def _record(hparams: dict[str, Any]) -> dict[str, Any] | None:

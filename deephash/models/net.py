@@ -7,7 +7,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 from torch import nn
 
 from deephash.methods.deep import HashHead, HashOutput
@@ -71,6 +71,7 @@ class HashNetwork(nn.Module):
         # what rebuilds this network without its weights (a checkpoint records it): plain types only
         self.spec: dict[str, Any] = {
             "method": head_cls.name,
+            "head_class": f"{head_cls.__module__}.{head_cls.__qualname__}",  # imported to load a checkpoint
             "head": options,
             "backbone": backbone,
             "bits": self.bits,
@@ -130,12 +131,13 @@ def _head_factory(head: str | HeadFactory) -> tuple[type[HashHead], dict[str, An
 
 
 def _plain(value: Any) -> Any:
-    return OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig) else value
+    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
 
 
 def build_network(spec: Mapping[str, Any], weights: str | None = None) -> HashNetwork:
     """The network a :attr:`HashNetwork.spec` describes (weights random unless ``weights``); an unknown method
     is a one-line ConfigError."""
     spec = dict(spec)
+    spec.pop("head_class", None)
     head = functools.partial(deep_method(str(spec.pop("method"))), **dict(spec.pop("head", {}) or {}))
     return HashNetwork(head=head, weights=weights, **spec)
