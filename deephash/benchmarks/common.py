@@ -92,6 +92,13 @@ def limit_threads(threads: int | None) -> tuple[int, AbstractContextManager[Any]
     return threads, threadpool_limits(limits=threads, user_api="blas")
 
 
+def work_dir(option: Path | None) -> Path:
+    """The directory of ``--workdir``, else the system's temporary directory; created if missing."""
+    workdir = Path(option or tempfile.gettempdir())
+    workdir.mkdir(parents=True, exist_ok=True)
+    return workdir
+
+
 def check_disk(
     workdir: Path, n: int, bytes_per_row: int, what: str, size_option: str = "--n-database"
 ) -> int:

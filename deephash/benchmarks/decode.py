@@ -36,6 +36,7 @@ from deephash.benchmarks.common import (
     require_positive,
     results_table,
     run_benchmark,
+    work_dir,
 )
 from deephash.benchmarks.train_speed import DEVICES, device_name, resolve_device
 from deephash.data.folder import FolderDataModule
@@ -132,8 +133,7 @@ def run_decode_bench(args: argparse.Namespace) -> dict[str, Any]:
             f"--n-images must be at least 4 per class ({4 * args.n_classes}), got {args.n_images}"
         )
     resolve_device(args.device)  # a missing GPU is reported before the images are written
-    workdir = Path(args.workdir or tempfile.gettempdir())
-    workdir.mkdir(parents=True, exist_ok=True)
+    workdir = work_dir(args.workdir)
     check_disk(workdir, args.n_images, _JPEG_BYTES, f"{args.n_images} JPEG files", "--n-images")
     root = Path(tempfile.mkdtemp(prefix="deephash-decode-", dir=workdir))
     try:

@@ -49,6 +49,7 @@ from deephash.benchmarks.common import (
     require_positive,
     results_table,
     run_benchmark,
+    work_dir,
 )
 from deephash.cli import exit_on_user_error
 from deephash.utils.io import atomic_write_json
@@ -251,8 +252,7 @@ def run_memory_bench(args: argparse.Namespace) -> dict[str, Any]:
         args, "n_database", "dim", "bits", "n_queries", "euclidean_queries", "batch_rows", "chunk_rows", "k"
     )
     n, dim = args.n_database, args.dim
-    workdir = Path(args.workdir or tempfile.gettempdir())
-    workdir.mkdir(parents=True, exist_ok=True)
+    workdir = work_dir(args.workdir)
     # staging and index side by side: two copies of each row, the written flags and the ids
     per_row = 2 * (2 * dim + (args.bits + 7) // 8 + 8) + 1 + 16
     disk_bytes = check_disk(workdir, n, per_row, f"building a {n} x {dim} index (staging copy and index)")

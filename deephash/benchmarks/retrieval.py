@@ -48,6 +48,7 @@ from deephash.benchmarks.common import (
     require_positive,
     results_table,
     run_benchmark,
+    work_dir,
 )
 from deephash.retrieval.codes import code_bytes, pad_codes
 from deephash.retrieval.faiss_blas import faiss
@@ -305,8 +306,7 @@ def run_retrieval(args: argparse.Namespace) -> dict[str, Any]:
     threads, blas_threads = limit_threads(args.threads)
     rng = np.random.default_rng(args.seed)
     n, dim, k = args.n_database, args.dim, args.k[0]
-    workdir = Path(args.workdir or tempfile.gettempdir())
-    workdir.mkdir(parents=True, exist_ok=True)
+    workdir = work_dir(args.workdir)
     check_disk(workdir, n, dim * 2, f"the {n} x {dim} float16 F7 file")
     config = {
         "n_database": n,

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -26,6 +25,7 @@ from deephash.benchmarks.common import (
     require_positive,
     results_table,
     run_benchmark,
+    work_dir,
 )
 from deephash.data.scan import FileList, cached_file_list, default_threads, scan_tree
 
@@ -83,8 +83,7 @@ def run_scan_bench(args: argparse.Namespace) -> dict[str, Any]:
     """The folder-scan benchmark; prints a table and writes ``args.out`` (JSON, atomically)."""
     apply_quick(args, QUICK)
     require_positive(args, "n_files", "n_classes")
-    workdir = Path(args.workdir or tempfile.gettempdir())
-    workdir.mkdir(parents=True, exist_ok=True)
+    workdir = work_dir(args.workdir)
     check_disk(workdir, args.n_files, _BYTES_PER_FILE, f"a tree of {args.n_files} files", "--n-files")
     threads = args.threads or default_threads()
     results = {"config": {"threads": threads, "cpu_count": os.cpu_count()}}
