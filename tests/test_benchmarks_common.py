@@ -6,6 +6,7 @@ import argparse
 import importlib
 import json
 import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -112,6 +113,55 @@ def test_finish_prints_the_table_and_writes_json(tmp_path: Path, capsys: pytest.
     assert "demo" in capsys.readouterr().out
     common.finish(results, table, None)
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["r.json"]
+
+
+def test_shared_options_are_added_only_where_asked() -> None:
+    def full(parser: argparse.ArgumentParser) -> None:
+        common.add_shared_arguments(
+            parser, out=Path("x.json"), quick={"n": 1}, repeat=3, threads="FAISS threads", workdir="files go"
+        )
+
+    args = common.parse_args("demo", None, full, [])
+    assert (args.repeat, args.threads, args.workdir, args.seed, args.out, args.quick) == (
+        3,
+        None,
+        None,
+        0,
+        Path("x.json"),
+        False,
+    )
+    bare = common.parse_args("demo", None, lambda p: common.add_shared_arguments(p, out=None, seed=False), [])
+    assert vars(bare).keys() == {"out", "given_options"} and bare.out is None
+
+
+def test_run_benchmark_parses_runs_and_turns_user_errors_into_status_2(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    def add(parser: argparse.ArgumentParser) -> None:
+        common.add_shared_arguments(parser, out=None, repeat=1)
+
+    seen: list[argparse.Namespace] = []
+    assert common.run_benchmark("demo", None, add, seen.append, ["--repeat", "2"]) == 0
+    assert seen[0].repeat == 2
+
+    def refuse(args: argparse.Namespace) -> None:
+        raise ConfigError("--repeat must be positive, got 0")
+
+    with pytest.raises(SystemExit) as exit_info:
+        common.run_benchmark("demo", None, add, refuse, [])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip() == "error: --repeat must be positive, got 0"
+
+
+def test_results_table_aligns_the_named_columns_left() -> None:
+    table = common.results_table("demo", ("measure", "value"), left={"measure"}, caption="note")
+    assert [c.justify for c in table.columns] == ["left", "right"]
+    assert all(c.no_wrap for c in table.columns) and table.caption == "note"
+
+
+def test_work_dir_is_the_option_or_the_temp_dir_and_exists(tmp_path: Path) -> None:
+    assert common.work_dir(tmp_path / "a" / "b") == tmp_path / "a" / "b" and (tmp_path / "a" / "b").is_dir()
+    assert common.work_dir(None) == Path(tempfile.gettempdir())
 
 
 RUNNERS = {

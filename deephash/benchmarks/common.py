@@ -1,5 +1,6 @@
-"""What every benchmark shares: best-of timing, synthetic codes, queries/s, the disk check, options and
-the "print the table, write the JSON" ending. Benchmarks import this; the library never imports them."""
+"""What every benchmark shares: best-of timing, synthetic codes, queries/s, the disk check, the shared
+options, ``main`` and the "print the table, write the JSON" ending. Benchmarks import this; the library never
+imports them."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from deephash.cli import ArgumentParser
+from deephash.cli import ArgumentParser, exit_on_user_error
 from deephash.retrieval.codes import code_bytes
 from deephash.utils.errors import ConfigError
 from deephash.utils.io import atomic_write_json
@@ -91,6 +92,13 @@ def limit_threads(threads: int | None) -> tuple[int, AbstractContextManager[Any]
     return threads, threadpool_limits(limits=threads, user_api="blas")
 
 
+def work_dir(option: Path | None) -> Path:
+    """The directory of ``--workdir``, else the system's temporary directory; created if missing."""
+    workdir = Path(option or tempfile.gettempdir())
+    workdir.mkdir(parents=True, exist_ok=True)
+    return workdir
+
+
 def check_disk(
     workdir: Path, n: int, bytes_per_row: int, what: str, size_option: str = "--n-database"
 ) -> int:
@@ -124,6 +132,49 @@ def apply_quick(args: argparse.Namespace, quick: Mapping[str, Any]) -> None:
         for name, value in quick.items():
             if name not in given:
                 setattr(args, name, value)
+
+
+def add_shared_arguments(
+    parser: argparse.ArgumentParser,
+    *,
+    out: Path | None,
+    quick: Mapping[str, Any] | None = None,
+    repeat: int | None = None,
+    threads: str | None = None,
+    workdir: str | None = None,
+    seed: bool = True,
+) -> None:
+    """The options benchmarks share, added after their own: ``--repeat`` (default ``repeat``), ``--threads``
+    (``threads`` says which) and ``--workdir`` (``workdir`` says what goes there), each only where its
+    argument is given; ``--seed`` unless ``seed`` is False; ``--out`` (default ``out``); ``--quick`` listing
+    the tiny ``quick`` sizes where given."""
+    if repeat is not None:
+        parser.add_argument(
+            "--repeat", type=int, default=repeat, help="timings are the best of this many runs"
+        )
+    if threads is not None:
+        parser.add_argument("--threads", type=int, default=None, help=f"{threads} (default: all cores)")
+    if workdir is not None:
+        parser.add_argument("--workdir", type=Path, default=None, help=f"where {workdir} (default: temp dir)")
+    if seed:
+        parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=out, help="write the results as JSON here")
+    if quick is not None:
+        parser.add_argument("--quick", action="store_true", help=f"tiny sizes for a smoke run: {dict(quick)}")
+
+
+@exit_on_user_error
+def run_benchmark(
+    name: str,
+    doc: str | None,
+    add_arguments: Callable[[argparse.ArgumentParser], None],
+    run: Callable[[argparse.Namespace], Any],
+    argv: Sequence[str] | None,
+) -> int:
+    """The ``main`` of ``deephash-bench <name>``: parse ``argv`` (see :func:`parse_args`), ``run`` the
+    benchmark (which ends in :func:`finish`), exit status 0; a user error is one line and status 2."""
+    run(parse_args(name, doc, add_arguments, argv))
+    return 0
 
 
 def parse_args(
@@ -172,6 +223,16 @@ def check_out(out: Path) -> None:
         raise ConfigError(
             f"--out {out}: cannot write in {parent} ({err.strerror}); expected a writable directory"
         ) from err
+
+
+def results_table(
+    title: str, columns: Sequence[str], left: Collection[str] = (), caption: str | None = None
+) -> Table:
+    """An empty table for :func:`finish`: ``columns`` aligned right but those in ``left``, none wrapped."""
+    table = Table(title=title, caption=caption)
+    for column in columns:
+        table.add_column(column, justify="left" if column in left else "right", no_wrap=True)
+    return table
 
 
 def finish(results: dict[str, Any], table: Table, out: Path | None, width: int = 120) -> dict[str, Any]:

@@ -28,9 +28,17 @@ import torch
 from PIL import Image
 from rich.table import Table
 
-from deephash.benchmarks.common import apply_quick, check_disk, finish, parse_args, require_positive
+from deephash.benchmarks.common import (
+    add_shared_arguments,
+    apply_quick,
+    check_disk,
+    finish,
+    require_positive,
+    results_table,
+    run_benchmark,
+    work_dir,
+)
 from deephash.benchmarks.train_speed import DEVICES, device_name, resolve_device
-from deephash.cli import exit_on_user_error
 from deephash.data.folder import FolderDataModule
 from deephash.utils.errors import ConfigError
 
@@ -125,8 +133,7 @@ def run_decode_bench(args: argparse.Namespace) -> dict[str, Any]:
             f"--n-images must be at least 4 per class ({4 * args.n_classes}), got {args.n_images}"
         )
     resolve_device(args.device)  # a missing GPU is reported before the images are written
-    workdir = Path(args.workdir or tempfile.gettempdir())
-    workdir.mkdir(parents=True, exist_ok=True)
+    workdir = work_dir(args.workdir)
     check_disk(workdir, args.n_images, _JPEG_BYTES, f"{args.n_images} JPEG files", "--n-images")
     root = Path(tempfile.mkdtemp(prefix="deephash-decode-", dir=workdir))
     try:
@@ -152,12 +159,12 @@ def run_decode_bench(args: argparse.Namespace) -> dict[str, Any]:
 
 def render_table(results: dict[str, Any]) -> Table:
     c, r = results["config"], results["decode"]
-    table = Table(
-        title=f"decoding {r['images']:,} JPEGs ({c['source_size']} px, {c['mean_jpeg_kb']:.0f} KB) to "
-        f"{c['image_size']} px, batches of {c['batch_size']}, {c['num_workers']} workers, best of {c['repeat']}"
+    table = results_table(
+        f"decoding {r['images']:,} JPEGs ({c['source_size']} px, {c['mean_jpeg_kb']:.0f} KB) to "
+        f"{c['image_size']} px, batches of {c['batch_size']}, {c['num_workers']} workers, best of {c['repeat']}",
+        ("measure", "value"),
+        left={"measure"},
     )
-    table.add_column("measure")
-    table.add_column("value", justify="right")
     table.add_row("decoded in the workers, images/s", f"{r['workers_images_per_s']:,.1f}")
     table.add_row(f"decoded on {r['device_name']}, images/s", f"{r['device_images_per_s']:,.1f}")
     table.add_row("device over workers", f"{r['speedup']:.2f}x")
@@ -178,17 +185,11 @@ def add_decode_arguments(parser: argparse.ArgumentParser) -> None:
         "--num-workers", type=int, default=min(8, os.cpu_count() or 1), help="loader worker processes"
     )
     parser.add_argument("--device", choices=DEVICES, default="auto")
-    parser.add_argument("--repeat", type=int, default=3, help="timings are the best of this many passes")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--workdir", type=Path, default=None, help="where the images go (default: temp dir)")
-    parser.add_argument("--out", type=Path, default=Path("decode.json"))
-    parser.add_argument("--quick", action="store_true", help=f"tiny sizes for a smoke run: {QUICK}")
+    add_shared_arguments(parser, out=Path("decode.json"), quick=QUICK, repeat=3, workdir="the images go")
 
 
-@exit_on_user_error
 def main(argv: Sequence[str] | None = None) -> int:
-    run_decode_bench(parse_args("decode", __doc__, add_decode_arguments, argv))
-    return 0
+    return run_benchmark("decode", __doc__, add_decode_arguments, run_decode_bench, argv)
 
 
 if __name__ == "__main__":

@@ -23,14 +23,15 @@ import numpy as np
 from rich.table import Table
 
 from deephash.benchmarks.common import (
+    add_shared_arguments,
     apply_quick,
     best_of,
     finish,
     limit_threads,
-    parse_args,
     require_positive,
+    results_table,
+    run_benchmark,
 )
-from deephash.cli import exit_on_user_error
 from deephash.evaluation import metrics as M
 from deephash.evaluation.hamming_metrics import hamming_retrieval_metrics
 from deephash.evaluation.pipeline import MODES, default_curve_ks, evaluate_retrieval
@@ -307,12 +308,12 @@ def run_eval_bench(args: argparse.Namespace) -> dict[str, Any]:
 
 def render_table(results: dict[str, Any]) -> Table:
     cfg, h = results["config"], results["hamming"]
-    table = Table(
-        title=f"evaluation: {cfg['n_queries']:,} queries x {cfg['n_database']:,} items, {cfg['bits']} bits, "
-        f"{cfg['classes']} classes (flip p={cfg['flip_prob']}), {cfg['threads']} threads, best of {cfg['repeat']}"
+    table = results_table(
+        f"evaluation: {cfg['n_queries']:,} queries x {cfg['n_database']:,} items, {cfg['bits']} bits, "
+        f"{cfg['classes']} classes (flip p={cfg['flip_prob']}), {cfg['threads']} threads, best of {cfg['repeat']}",
+        ("measure", "seconds", "ratio", "check"),
+        left={"measure"},
     )
-    for column in ("measure", "seconds", "ratio", "check"):
-        table.add_column(column, justify="left" if column == "measure" else "right", no_wrap=True)
     table.add_row(
         f"hamming metrics, fast (target <= {TARGET_SECONDS:g} s)",
         f"{h['fast']['wall_s']:.3f}",
@@ -360,17 +361,11 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
         "--modes", nargs="*", default=list(MODES), help="evaluate_retrieval modes to time (none: skip)"
     )
     parser.add_argument("--dim", type=int, default=4096, help="F7 feature size for the mode timings")
-    parser.add_argument("--repeat", type=int, default=2, help="timings are the best of this many runs")
-    parser.add_argument("--threads", type=int, default=None, help="threads (default: all cores)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=Path("bench/eval.json"))
-    parser.add_argument("--quick", action="store_true", help=f"tiny sizes for a smoke run: {QUICK}")
+    add_shared_arguments(parser, out=Path("bench/eval.json"), quick=QUICK, repeat=2, threads="threads")
 
 
-@exit_on_user_error
 def main(argv: Sequence[str] | None = None) -> int:
-    run_eval_bench(parse_args("eval", __doc__, add_eval_arguments, argv))
-    return 0
+    return run_benchmark("eval", __doc__, add_eval_arguments, run_eval_bench, argv)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ import torch
 from omegaconf import OmegaConf
 from rich.table import Table
 
-from deephash.benchmarks.common import finish, parse_args
+from deephash.benchmarks.common import add_shared_arguments, finish, results_table, run_benchmark
 from deephash.evaluation.pipeline import evaluate_retrieval, settings
 from deephash.models.checkpoint import load_hash_module
 from deephash.retrieval.store import EncodedItems, IndexStore, load_index
@@ -40,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="default: the checkpoint the run evaluated (metrics.json evaluated_checkpoint)",
     )
-    parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
+    add_shared_arguments(parser, out=None, seed=False)
 
 
 def run_checkpoint(run: Path, checkpoint: Path | None) -> Path:
@@ -131,15 +131,18 @@ def _metric(mode_metrics: dict[str, Any], name: str) -> float:
     return float(mode_metrics[name])
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args("f7", __doc__, add_arguments, argv)
+def run_f7_bench(args: argparse.Namespace) -> dict[str, Any]:
+    """The float16/float32 comparison of ``args.run``; prints a table and writes ``args.out`` (JSON) if given."""
     results = compare_f7_precision(args.run, args.checkpoint)
-    table = Table(
-        title=f"float16 vs float32 F7: {results['n_queries']} queries x {results['n_database']} items, "
-        f"{results['f7_dim']}-d"
+    return finish(results, render_table(results), args.out)
+
+
+def render_table(results: dict[str, Any]) -> Table:
+    table = results_table(
+        f"float16 vs float32 F7: {results['n_queries']} queries x {results['n_database']} items, "
+        f"{results['f7_dim']}-d",
+        ("mode", "metric", "float16", "float32", "difference"),
     )
-    for column in ("mode", "metric", "float16", "float32", "difference"):
-        table.add_column(column, justify="right")
     for mode, row in results["modes"].items():
         for metric, values in row.items():
             table.add_row(
@@ -149,8 +152,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"{values['float32']:.6f}",
                 f"{values['difference']:+.6f}",
             )
-    finish(results, table, args.out)
-    return 0
+    return table
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_benchmark("f7", __doc__, add_arguments, run_f7_bench, argv)
 
 
 if __name__ == "__main__":

@@ -40,13 +40,16 @@ from rich.console import Console
 from rich.table import Table
 
 from deephash.benchmarks.common import (
+    add_shared_arguments,
     apply_quick,
     check_disk,
     finish,
     limit_threads,
-    parse_args,
     random_codes,
     require_positive,
+    results_table,
+    run_benchmark,
+    work_dir,
 )
 from deephash.cli import exit_on_user_error
 from deephash.utils.io import atomic_write_json
@@ -249,8 +252,7 @@ def run_memory_bench(args: argparse.Namespace) -> dict[str, Any]:
         args, "n_database", "dim", "bits", "n_queries", "euclidean_queries", "batch_rows", "chunk_rows", "k"
     )
     n, dim = args.n_database, args.dim
-    workdir = Path(args.workdir or tempfile.gettempdir())
-    workdir.mkdir(parents=True, exist_ok=True)
+    workdir = work_dir(args.workdir)
     # staging and index side by side: two copies of each row, the written flags and the ids
     per_row = 2 * (2 * dim + (args.bits + 7) // 8 + 8) + 1 + 16
     disk_bytes = check_disk(workdir, n, per_row, f"building a {n} x {dim} index (staging copy and index)")
@@ -303,19 +305,12 @@ def run_memory_bench(args: argparse.Namespace) -> dict[str, Any]:
 
 def render_table(results: dict[str, Any]) -> Table:
     cfg, sizes = results["config"], results["sizes"]
-    table = Table(
-        title=f"peak resident memory: {cfg['n_database']:,} x {cfg['dim']} float16 F7 "
-        f"({sizes['f7_file_mb']:,.0f} MB file), {cfg['bits']}-bit codes ({sizes['codes_mb']:,.1f} MB)"
+    table = results_table(
+        f"peak resident memory: {cfg['n_database']:,} x {cfg['dim']} float16 F7 "
+        f"({sizes['f7_file_mb']:,.0f} MB file), {cfg['bits']}-bit codes ({sizes['codes_mb']:,.1f} MB)",
+        ("operation", "seconds", "baseline MB", "peak MB", "peak - baseline MB", f"< {cfg['limit_mb']} MB"),
+        left={"operation"},
     )
-    for column in (
-        "operation",
-        "seconds",
-        "baseline MB",
-        "peak MB",
-        "peak - baseline MB",
-        f"< {cfg['limit_mb']} MB",
-    ):
-        table.add_column(column, justify="left" if column == "operation" else "right", no_wrap=True)
     labels = {
         "build": f"build (encode staging + save, {cfg['batch_rows']}-row batches)",
         "hierarchical": f"hierarchical, {cfg['n_queries']} queries, pool {cfg['pool_size']}",
@@ -354,14 +349,14 @@ def add_memory_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--limit-mb", type=float, default=3072, help="target: peak beyond the codes stays below"
     )
-    parser.add_argument("--threads", type=int, default=None, help="FAISS/BLAS threads (default: all cores)")
-    parser.add_argument(
-        "--workdir", type=Path, default=None, help="where the staging and index files go (default: temp dir)"
-    )
     parser.add_argument("--keep", action="store_true", help="keep the index directory")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=Path("memory.json"))
-    parser.add_argument("--quick", action="store_true", help=f"tiny sizes for a smoke run: {QUICK}")
+    add_shared_arguments(
+        parser,
+        out=Path("memory.json"),
+        quick=QUICK,
+        threads="FAISS/BLAS threads",
+        workdir="the staging and index files go",
+    )
 
 
 @exit_on_user_error
@@ -370,8 +365,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["--worker"]:
         return _worker(argv[1], argv[2])
-    run_memory_bench(parse_args("memory", __doc__, add_memory_arguments, argv))
-    return 0
+    return run_benchmark("memory", __doc__, add_memory_arguments, run_memory_bench, argv)
 
 
 if __name__ == "__main__":

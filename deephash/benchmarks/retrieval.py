@@ -36,6 +36,7 @@ from rich.console import Console
 from rich.table import Table
 
 from deephash.benchmarks.common import (
+    add_shared_arguments,
     apply_quick,
     best_of,
     check_disk,
@@ -45,8 +46,10 @@ from deephash.benchmarks.common import (
     qps,
     random_codes,
     require_positive,
+    results_table,
+    run_benchmark,
+    work_dir,
 )
-from deephash.cli import exit_on_user_error
 from deephash.retrieval.codes import code_bytes, pad_codes
 from deephash.retrieval.faiss_blas import faiss
 from deephash.retrieval.features import F7File, block_checksums
@@ -303,8 +306,7 @@ def run_retrieval(args: argparse.Namespace) -> dict[str, Any]:
     threads, blas_threads = limit_threads(args.threads)
     rng = np.random.default_rng(args.seed)
     n, dim, k = args.n_database, args.dim, args.k[0]
-    workdir = Path(args.workdir or tempfile.gettempdir())
-    workdir.mkdir(parents=True, exist_ok=True)
+    workdir = work_dir(args.workdir)
     check_disk(workdir, n, dim * 2, f"the {n} x {dim} float16 F7 file")
     config = {
         "n_database": n,
@@ -378,12 +380,12 @@ def run_retrieval(args: argparse.Namespace) -> dict[str, Any]:
 
 def render_table(results: dict[str, Any]) -> Table:
     cfg = results["config"]
-    table = Table(
-        title=f"retrieval: {cfg['n_database']:,} items, {cfg['n_queries']} queries, {cfg['dim']}-d F7, "
-        f"{cfg['faiss_threads']} FAISS/BLAS threads, best of {cfg['repeat']}"
+    table = results_table(
+        f"retrieval: {cfg['n_database']:,} items, {cfg['n_queries']} queries, {cfg['dim']}-d F7, "
+        f"{cfg['faiss_threads']} FAISS/BLAS threads, best of {cfg['repeat']}",
+        ("measure", "bits", "k", "value"),
+        left={"measure"},
     )
-    for column in ("measure", "bits", "k", "value"):
-        table.add_column(column, justify="left" if column == "measure" else "right", no_wrap=True)
     for bits, by_k in results["hamming"].items():
         for key, r in by_k.items():
             table.add_row(
@@ -469,30 +471,28 @@ def add_retrieval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--flip-prob", type=float, default=1 / 32, help="clustered data: per-bit flip probability of a code"
     )
-    parser.add_argument("--repeat", type=int, default=3, help="timings are the best of this many runs")
-    parser.add_argument("--threads", type=int, default=None, help="FAISS OpenMP threads (default: all cores)")
-    parser.add_argument(
-        "--workdir", type=Path, default=None, help="where the float16 F7 memmap goes (default: temp dir)"
-    )
     parser.add_argument(
         "--device",
         choices=("cpu", "cuda"),
         default=None,
         help="also time the torch path of retrieval.device against FAISS (cpu: the torch code on CPU tensors)",
     )
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=Path("bench.json"))
-    parser.add_argument("--quick", action="store_true", help=f"tiny sizes for a smoke run: {QUICK}")
+    add_shared_arguments(
+        parser,
+        out=Path("bench.json"),
+        quick=QUICK,
+        repeat=3,
+        threads="FAISS OpenMP threads",
+        workdir="the float16 F7 memmap goes",
+    )
 
 
 def parse_retrieval_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parse_args("retrieval", __doc__, add_retrieval_arguments, argv)
 
 
-@exit_on_user_error
 def main(argv: Sequence[str] | None = None) -> int:
-    run_retrieval(parse_retrieval_args(argv))
-    return 0
+    return run_benchmark("retrieval", __doc__, add_retrieval_arguments, run_retrieval, argv)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -18,8 +17,16 @@ from typing import Any
 
 from rich.table import Table
 
-from deephash.benchmarks.common import apply_quick, check_disk, finish, parse_args, require_positive
-from deephash.cli import exit_on_user_error
+from deephash.benchmarks.common import (
+    add_shared_arguments,
+    apply_quick,
+    check_disk,
+    finish,
+    require_positive,
+    results_table,
+    run_benchmark,
+    work_dir,
+)
 from deephash.data.scan import FileList, cached_file_list, default_threads, scan_tree
 
 QUICK = {"n_files": 2000, "n_classes": 10}
@@ -76,8 +83,7 @@ def run_scan_bench(args: argparse.Namespace) -> dict[str, Any]:
     """The folder-scan benchmark; prints a table and writes ``args.out`` (JSON, atomically)."""
     apply_quick(args, QUICK)
     require_positive(args, "n_files", "n_classes")
-    workdir = Path(args.workdir or tempfile.gettempdir())
-    workdir.mkdir(parents=True, exist_ok=True)
+    workdir = work_dir(args.workdir)
     check_disk(workdir, args.n_files, _BYTES_PER_FILE, f"a tree of {args.n_files} files", "--n-files")
     threads = args.threads or default_threads()
     results = {"config": {"threads": threads, "cpu_count": os.cpu_count()}}
@@ -87,9 +93,9 @@ def run_scan_bench(args: argparse.Namespace) -> dict[str, Any]:
 
 def render_table(results: dict[str, Any]) -> Table:
     t = results["timings"]
-    table = Table(title=f"folder scan, {results['config']['threads']} threads")
-    table.add_column("measure")
-    table.add_column("value", justify="right")
+    table = results_table(
+        f"folder scan, {results['config']['threads']} threads", ("measure", "value"), left={"measure"}
+    )
     table.add_row("files / classes", f"{t['n_files']:,.0f} / {t['n_classes']:,.0f}")
     for key, label in STEPS.items():
         table.add_row(f"{label} s", f"{t[key]:,.3f}")
@@ -101,15 +107,11 @@ def add_scan_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n-files", type=int, default=1_000_000)
     parser.add_argument("--n-classes", type=int, default=116)
     parser.add_argument("--threads", type=int, default=None, help="scan threads (default: 4 per core, <= 32)")
-    parser.add_argument("--workdir", type=Path, default=None, help="where the tree goes (default: temp dir)")
-    parser.add_argument("--out", type=Path, default=Path("scan.json"))
-    parser.add_argument("--quick", action="store_true", help=f"tiny sizes for a smoke run: {QUICK}")
+    add_shared_arguments(parser, out=Path("scan.json"), quick=QUICK, workdir="the tree goes", seed=False)
 
 
-@exit_on_user_error
 def main(argv: Sequence[str] | None = None) -> int:
-    run_scan_bench(parse_args("scan", __doc__, add_scan_arguments, argv))
-    return 0
+    return run_benchmark("scan", __doc__, add_scan_arguments, run_scan_bench, argv)
 
 
 if __name__ == "__main__":

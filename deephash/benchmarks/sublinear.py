@@ -30,17 +30,18 @@ from rich.table import Table
 
 from deephash.benchmarks.common import (
     Best,
+    add_shared_arguments,
     apply_quick,
     best_of,
     clustered_codes,
     finish,
     limit_threads,
-    parse_args,
     qps,
     random_codes,
     require_positive,
+    results_table,
+    run_benchmark,
 )
-from deephash.cli import exit_on_user_error
 from deephash.retrieval.codes import code_bytes, pad_codes
 from deephash.retrieval.faiss_blas import faiss
 from deephash.retrieval.search import HammingIndex
@@ -258,17 +259,28 @@ def run_sublinear_bench(args: argparse.Namespace) -> dict[str, Any]:
 
 def render_table(results: dict[str, Any]) -> Table:
     cfg = results["config"]
-    table = Table(
-        title=f"multi-index hashing vs exhaustive Hamming scan ({cfg['faiss_threads']} FAISS threads, "
+    table = results_table(
+        f"multi-index hashing vs exhaustive Hamming scan ({cfg['faiss_threads']} FAISS threads, "
         f"best of {cfg['repeat']})",
+        (
+            "n",
+            "bits",
+            "data",
+            "index",
+            "exact r",
+            "build s",
+            "MB",
+            "cand/q",
+            "k",
+            "q/s",
+            "speedup (cpu)",
+            "recall",
+        ),
+        left={"data", "index"},
         caption=f"clustered: {cfg['cluster_size']} items per centre, bit flip p={cfg['flip_prob']}; queries: "
         f"items with {cfg['query_flips']} bits flipped; recall tie-aware (id recall in brackets); "
         f"peak RSS {results['peak_rss_mb']:,.0f} MB",
     )
-    for column in ("n", "bits", "data", "index", "exact r", "build s", "MB", "cand/q", "k"):
-        table.add_column(column, justify="left" if column in ("data", "index") else "right", no_wrap=True)
-    for column in ("q/s", "speedup (cpu)", "recall"):
-        table.add_column(column, justify="right", no_wrap=True)
     for case in results["cases"]:
         head = (f"{case['n_database']:,}", str(case["bits"]), case["data"])
         flat = case["flat"]
@@ -326,17 +338,13 @@ def add_sublinear_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--query-flips", type=int, default=2, help="bits flipped in a database item to make a query"
     )
-    parser.add_argument("--repeat", type=int, default=1, help="timings are the best of this many runs")
-    parser.add_argument("--threads", type=int, default=None, help="FAISS OpenMP threads (default: all cores)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=Path("bench_sublinear.json"))
-    parser.add_argument("--quick", action="store_true", help=f"tiny sizes for a smoke run: {QUICK}")
+    add_shared_arguments(
+        parser, out=Path("bench_sublinear.json"), quick=QUICK, repeat=1, threads="FAISS OpenMP threads"
+    )
 
 
-@exit_on_user_error
 def main(argv: Sequence[str] | None = None) -> int:
-    run_sublinear_bench(parse_args("sublinear", __doc__, add_sublinear_arguments, argv))
-    return 0
+    return run_benchmark("sublinear", __doc__, add_sublinear_arguments, run_sublinear_bench, argv)
 
 
 if __name__ == "__main__":

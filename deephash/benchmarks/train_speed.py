@@ -18,7 +18,6 @@ import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
@@ -27,8 +26,7 @@ import torch.nn.functional as F
 from rich.table import Table
 from torch.utils.data import DataLoader, Dataset
 
-from deephash.benchmarks.common import finish, parse_args
-from deephash.cli import exit_on_user_error
+from deephash.benchmarks.common import add_shared_arguments, finish, results_table, run_benchmark
 from deephash.methods.latent import LatentLoss
 from deephash.models.backbones import BACKBONES
 from deephash.models.module import HashModule
@@ -353,15 +351,13 @@ def benchmark_train(cfg: TrainBenchConfig) -> dict[str, Any]:
 def render_table(results: dict[str, Any]) -> Table:
     s = results["settings"]
     flags = [s["precision"]] + [name for name in ("channels_last", "compile") if s[name]]
-    table = Table(
-        title=f"{s['backbone']} {s['image_size']}px batch {s['batch_size']} {' '.join(flags)} on {results['device']}",
+    table = results_table(
+        f"{s['backbone']} {s['image_size']}px batch {s['batch_size']} {' '.join(flags)} on {results['device']}",
+        ("loop", "best images/s", "median images/s", "warm-up s"),
+        left={"loop"},
         caption=f"torch {results['torch']}, lightning {results['lightning']}; "
         f"{s['steps']} timed steps after {s['warmup']} warm-up, {s['repeats']} repeat(s)",
     )
-    table.add_column("loop")
-    table.add_column("best images/s", justify="right")
-    table.add_column("median images/s", justify="right")
-    table.add_column("warm-up s", justify="right")
     for label, key in (("Lightning fit", "lightning_fit"), ("raw PyTorch", "raw_pytorch")):
         row = results[key]
         table.add_row(
@@ -407,9 +403,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--repeats", type=positive_int_arg, default=None, help="alternating runs of each loop (3)"
     )
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="small CPU-sized defaults, well under a minute")
-    parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
+    add_shared_arguments(parser, out=None)
 
 
 def config_from_args(args: argparse.Namespace) -> TrainBenchConfig:
@@ -446,10 +441,8 @@ def run_train_bench(args: argparse.Namespace) -> dict[str, Any]:
     return finish(results, render_table(results), getattr(args, "out", None))
 
 
-@exit_on_user_error
 def main(argv: Sequence[str] | None = None) -> int:
-    run_train_bench(parse_args("train", __doc__, add_train_arguments, argv))
-    return 0
+    return run_benchmark("train", __doc__, add_train_arguments, run_train_bench, argv)
 
 
 if __name__ == "__main__":

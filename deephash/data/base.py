@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -49,6 +49,17 @@ def describe_line(description: dict[str, Any]) -> str:
         f"{description['dataset']} ({description['protocol']} protocol, {description['num_classes']} classes, "
         f"{shape} {description['transform']}): {sizes}"
     )
+
+
+def download_torchvision(dataset: Callable[..., object], root: str, what: str, folder: str) -> None:
+    """Fetch a torchvision dataset with ``dataset(root, train=True, download=True)``. Any failure is one
+    DataError, ``downloading <what> into <folder> failed: <reason on one line>``: URLError, RuntimeError,
+    OSError and timeouts all mean the same to the user."""
+    try:
+        dataset(root, train=True, download=True)
+    except Exception as e:
+        reason = " ".join(str(e).split())
+        raise DataError(f"downloading {what} into {folder} failed: {reason}") from e
 
 
 class RetrievalDataModule(pl.LightningDataModule):

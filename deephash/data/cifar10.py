@@ -8,7 +8,7 @@ import pickle
 from torchvision.datasets import CIFAR10
 from torchvision.datasets.utils import check_integrity
 
-from deephash.data.base import RetrievalDataModule
+from deephash.data.base import RetrievalDataModule, download_torchvision
 from deephash.data.sources import ArraySource
 from deephash.utils.checks import check_int
 from deephash.utils.errors import ConfigError, DataError
@@ -59,11 +59,7 @@ class CIFAR10DataModule(RetrievalDataModule):
         return {"train_per_class": self.train_per_class}
 
     def _download(self) -> None:
-        try:
-            CIFAR10(self._root_dir(), train=True, download=True)
-        except Exception as e:  # URLError, RuntimeError, OSError, timeouts: all mean the same to the user
-            reason = " ".join(str(e).split())
-            raise DataError(f"downloading CIFAR-10 into {self.folder} failed: {reason}") from e
+        download_torchvision(CIFAR10, self._root_dir(), "CIFAR-10", self.folder)
 
     def _load_sources(self) -> tuple[ArraySource, ArraySource, list[str]]:
         folder = self.folder

@@ -7,7 +7,7 @@ import os
 
 from torchvision.datasets import MNIST
 
-from deephash.data.base import RetrievalDataModule
+from deephash.data.base import RetrievalDataModule, download_torchvision
 from deephash.data.sources import ArraySource
 from deephash.utils.errors import DataError
 from deephash.utils.io import atomic_write_bytes
@@ -34,11 +34,7 @@ class MNISTDataModule(RetrievalDataModule):
         return os.path.join(self._root_dir(), "MNIST", "raw")
 
     def _download(self) -> None:
-        try:
-            MNIST(self._root_dir(), train=True, download=True)
-        except Exception as e:  # URLError, RuntimeError, OSError, timeouts: all mean the same to the user
-            reason = " ".join(str(e).split())
-            raise DataError(f"downloading MNIST into {self.raw_folder} failed: {reason}") from e
+        download_torchvision(MNIST, self._root_dir(), "MNIST", self.raw_folder)
 
     def _load_sources(self) -> tuple[ArraySource, ArraySource, list[str]]:
         raw = self.raw_folder
