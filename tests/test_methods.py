@@ -4,6 +4,7 @@ refusing the other kind of method in one line."""
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import subprocess
@@ -388,3 +389,40 @@ def test_a_composed_latent_run_builds_the_paper_network(tmp_path: Path) -> None:
     assert isinstance(module.net.head, LatentHead) and module.bits == 48 and module.method == "latent"
     assert isinstance(module.loss, LatentLoss) and module.loss.bits == 48 and module.loss.num_classes == 10
     assert module.hparams["method"] == "latent" and module.hparams["net"]["bits"] == 48
+
+
+class _RecordingLoss(LatentLoss):
+    """The latent loss, remembering what ``setup`` and each batch hand it."""
+
+    def setup(self, labels: torch.Tensor, index: torch.Tensor) -> None:
+        self.setup_args = (labels.clone(), index.clone())
+
+    def forward(self, out, labels: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        self.batch_index = index
+        return super().forward(out, labels, index)
+
+
+def test_a_loss_gets_the_training_split_before_training_and_each_batch_s_pool_indices() -> None:
+    """What CNNH's stage 1 needs: every training sample's label and pool index, then per-sample lookups."""
+    import pytorch_lightning as pl
+
+    from deephash.data.digits import DigitsDataModule
+
+    datamodule = DigitsDataModule(batch_size=32, n_queries=50, val_size=0.1, seed=0, transform="native")
+    datamodule.setup("fit")
+    net = HashNetwork("smallcnn", 8, 10, "latent", in_channels=1)
+    module = HashModule(net, _RecordingLoss, optimizer=functools.partial(torch.optim.SGD, lr=0.01))
+    trainer = pl.Trainer(
+        max_steps=2,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+    )
+    trainer.fit(module, datamodule=datamodule)
+    labels, index = module.loss.setup_args
+    assert torch.equal(index, torch.from_numpy(datamodule.splits["train"]))
+    assert torch.equal(labels, torch.from_numpy(datamodule.labels("train")))
+    assert set(module.loss.batch_index.tolist()) <= set(datamodule.splits["train"].tolist())

@@ -192,7 +192,7 @@ def test_a_training_step_trains_the_latent_layer() -> None:
     x, y = torch.randn(8, 1, 8, 8), torch.arange(8) % 4
     module.train()
     out = module(x)
-    module.loss(out, y).backward()
+    module.loss(out, y, torch.arange(8)).backward()
     optimizer.step()
     for name in ("head.latent.weight", "head.latent.bias", "head.classifier.weight"):
         assert not torch.equal(before[name], dict(module.net.named_parameters())[name]), name

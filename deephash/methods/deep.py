@@ -7,7 +7,9 @@ groups, metrics, bit statistics and ``predict_step``) is the same for every meth
   :class:`HeadOutput` (the relaxed codes ``latent (B, bits)`` and, if the method classifies, ``logits``),
   its ``code_rule`` (``threshold``: bit = latent >= 0.5, for sigmoid outputs; ``sign``: bit = latent >= 0)
   and, if it follows a schedule, :meth:`HashHead.update`;
-* a :class:`HashLoss` subclass: ``loss(out, labels) -> scalar`` on a batch's :class:`HashOutput`;
+* a :class:`HashLoss` subclass: ``loss(out, labels, index) -> scalar`` on a batch's :class:`HashOutput`
+  (``index``: the samples' pool indices, for a method with per-sample targets) and, if it learns something
+  from the whole training set first (CNNH's target codes), :meth:`HashLoss.setup`;
 * ``conf/method/<name>.yaml``: the head and loss with their hyper-parameters (Hydra ``_partial_``, completed
   by the network and the module) and ``net.features``, the layer the hierarchical and euclidean modes
   re-rank on (``f7``, the paper's choice, or ``latent``).
@@ -108,15 +110,22 @@ class HashHead(nn.Module):
 
 
 class HashLoss(nn.Module):
-    """``loss(out, labels) -> scalar`` for a batch: ``out`` the network's :class:`HashOutput`, ``labels (B,)``
-    int64 class indices. Built by the LightningModule with the code length and the number of classes (the
-    YAML's ``_partial_`` supplies the method's own hyper-parameters)."""
+    """``loss(out, labels, index) -> scalar`` for a batch: ``out`` the network's :class:`HashOutput`,
+    ``labels (B,)`` int64 class indices, ``index (B,)`` int64 the samples' pool indices. Built by the
+    LightningModule with the code length and the number of classes (the YAML's ``_partial_`` supplies the
+    method's own hyper-parameters). State a loss keeps in buffers is saved in checkpoints, so a resumed run
+    continues with it."""
 
     def __init__(self, bits: int, num_classes: int) -> None:
         super().__init__()
         self.bits, self.num_classes = bits, num_classes
 
-    def forward(self, out: HashOutput, labels: torch.Tensor) -> torch.Tensor:
+    def setup(self, labels: torch.Tensor, index: torch.Tensor) -> None:
+        """Called once before training (and again on resume) with every training sample's label ``(n,)`` and
+        pool index ``(n,)``; a method that learns from the whole training set before the network does (CNNH's
+        stage 1) overrides it. The default does nothing."""
+
+    def forward(self, out: HashOutput, labels: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
 

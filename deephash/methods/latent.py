@@ -45,7 +45,7 @@ class LatentLoss(HashLoss):
         self.forcing_binary_weight = float(forcing_binary_weight)
         self.balance_weight = float(balance_weight)
 
-    def forward(self, out: HashOutput, labels: torch.Tensor) -> torch.Tensor:
+    def forward(self, out: HashOutput, labels: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         loss = F.cross_entropy(out.logits, labels)
         if self.forcing_binary_weight:
             loss = loss + self.forcing_binary_weight * forcing_binary_loss(out.latent)

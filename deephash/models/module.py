@@ -6,6 +6,7 @@ import functools
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -111,13 +112,21 @@ class HashModule(pl.LightningModule):
             x = x.contiguous(memory_format=torch.channels_last)
         return self.forward_fn(x)
 
+    def on_fit_start(self) -> None:
+        """Hand the loss the training split's labels and pool indices, if it asks for them (``setup``)."""
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if type(self.loss).setup is HashLoss.setup or datamodule is None:
+            return
+        train = np.asarray(datamodule.splits["train"])
+        self.loss.setup(torch.from_numpy(datamodule.labels("train")), torch.from_numpy(train))
+
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         self.net.head.update(self.global_step)  # the method's schedule, if it has one
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         x, y = batch[0], batch[1]
         out = self(x)
-        loss = self.loss(out, y)
+        loss = self.loss(out, y, batch[2])
         self.log("train/loss", loss, prog_bar=True, batch_size=len(y))
         if out.logits is not None:
             self.train_acc(out.logits, y)
@@ -128,7 +137,9 @@ class HashModule(pl.LightningModule):
         x, y = batch[0], batch[1]
         out = self(x)
         if self.loss is not None:
-            self.log("val/loss", self.loss(out, y), prog_bar=False, sync_dist=True, batch_size=len(y))
+            self.log(
+                "val/loss", self.loss(out, y, batch[2]), prog_bar=False, sync_dist=True, batch_size=len(y)
+            )
         if out.logits is not None:
             self.val_acc(out.logits, y)
             self.log("val/acc", self.val_acc, prog_bar=True, batch_size=len(y))
@@ -141,7 +152,7 @@ class HashModule(pl.LightningModule):
         x, y = batch[0], batch[1]
         out = self(x)
         if self.loss is not None:
-            self.log("test/loss", self.loss(out, y), sync_dist=True, batch_size=len(y))
+            self.log("test/loss", self.loss(out, y, batch[2]), sync_dist=True, batch_size=len(y))
         if out.logits is not None:
             self.test_acc(out.logits, y)
             self.log("test/acc", self.test_acc, batch_size=len(y))
