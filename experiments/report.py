@@ -17,7 +17,7 @@ from deephash.tracking.markdown import markdown_table
 from deephash.utils.errors import DeephashError
 from deephash.utils.io import atomic_write_text
 from experiments.figures import examples_section, precision_section, stat
-from experiments.paper import paper_table, planned_reason, small_cnn
+from experiments.paper import cnnh_section, paper_table, planned_reason, small_cnn
 from experiments.plan import (
     BASELINE_BITS,
     PAPER_BITS,
@@ -73,6 +73,7 @@ def write_results(plan: Plan) -> Path:
     sections = [
         _header(plan),
         paper_table(plan),
+        cnnh_section(plan),
         precision_section(plan),
         examples_section(plan),
         _sweep_section(plan),

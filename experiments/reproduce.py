@@ -9,12 +9,15 @@ come from :mod:`experiments.plan` and :mod:`experiments.jobs`:
    experiment configs, plus a code-length sweep, each run in ``runs/<dataset>/bits<k>``.
 3. :func:`~experiments.launch.run_baselines`: LSH, PCAH, ITQ, SH at 48 bits on raw pixels and on the F7
    of our 48-bit model, in ``runs/<dataset>/baselines/<method>-<features>``.
-4. :func:`~experiments.launch.run_yahoo`: the Yahoo-1M-style image folder run (``--yahoo-root``), in
+4. :func:`~experiments.launch.run_cnnh`: the compared methods of figures 4 and 6 (LSH, SH, ITQ, BRE, MLH,
+   CCA-ITQ, KSH and SDH at 12 to 48 bits, CNNH and CNNH+ at 48) under the protocol of Xia et al. (AAAI 2014),
+   in ``runs/<dataset>/cnnh/<method>/bits<k>``.
+5. :func:`~experiments.launch.run_yahoo`: the Yahoo-1M-style image folder run (``--yahoo-root``), in
    ``runs/yahoo/bits128``.
-5. :func:`~experiments.launch.run_speed`: the ``deephash.bench`` retrieval timings, in ``bench/bench.json``.
-6. :func:`~experiments.report.write_results`: ``RESULTS.md``, every entry of ``paper_results.yaml``
-   against ours, the precision figures with the baselines, the retrieval grids, the mAP-vs-bits sweep, the
-   speed table and the runs' W&B links.
+6. :func:`~experiments.launch.run_speed`: the ``deephash.bench`` retrieval timings, in ``bench/bench.json``.
+7. :func:`~experiments.report.write_results`: ``RESULTS.md``, every entry of ``paper_results.yaml``
+   against ours, the CNNH table, the precision figures with the baselines and the compared methods, the
+   retrieval grids, the mAP-vs-bits sweep, the speed table and the runs' W&B links.
 
 ``--seeds N`` (or a list of seeds) runs every configuration once per seed, in ``<run>/seed<s>``, and
 reports the mean ± std over the seeds.
@@ -55,18 +58,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             for warning in preflight(plan):
                 log.warning(warning)
             plan.out.mkdir(parents=True, exist_ok=True)
-            log.info("stage 2/6: training runs (%s)", ", ".join(plan.trained))
+            log.info("stage 2/7: training runs (%s)", ", ".join(plan.trained))
             ran.update(launch.run_training(plan))
-            log.info("stage 3/6: baselines at %d bits", BASELINE_BITS)
+            log.info("stage 3/7: baselines at %d bits", BASELINE_BITS)
             ran.update(launch.run_baselines(plan))
+            log.info("stage 4/7: the compared methods of figures 4 and 6 (CNNH protocol)")
+            ran.update(launch.run_cnnh(plan))
             log.info(
-                "stage 4/6: Yahoo-style folder run%s",
+                "stage 5/7: Yahoo-style folder run%s",
                 "" if plan.yahoo_root else " (no --yahoo-root: left out)",
             )
             ran.update(launch.run_yahoo(plan))
-            log.info("stage 5/6: retrieval speed")
+            log.info("stage 6/7: retrieval speed")
             ran.update(launch.run_speed(plan))
-        log.info("stage 6/6: RESULTS.md")
+        log.info("stage 7/7: RESULTS.md")
         from experiments.report import write_results  # matplotlib and FAISS: not before preflight answers
 
         path = write_results(plan)

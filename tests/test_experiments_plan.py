@@ -220,3 +220,36 @@ def test_with_alexnet_weights_mnist_keeps_the_paper_recipe(
     plan = plan_for("--data-root", str(tmp_path / "data"), "--datasets", "mnist")
     preflight(plan)
     assert plan.small_cnn == [] and "experiment=paper_mnist_48" in job_lists.training_jobs(plan)[0].overrides
+
+
+def test_cnnh_jobs_compose_to_xia_et_al_protocol(tmp_path: Path, monkeypatch) -> None:
+    """The compared methods of figures 4 and 6: the shallow ones at the table's code lengths in --bits, the deep
+    ones at 48 bits with the MNIST CPU recipe (none for CIFAR-10), every run under data.protocol=cnnh."""
+    monkeypatch.setattr(job_lists, "_cuda", lambda: False)
+    plan = plan_for("--data-root", str(tmp_path / "d"), "--bits", "12", "48", "128")
+    jobs = {job.name: job for job in job_lists.cnnh_jobs(plan)}
+    shallow = {"lsh", "sh", "itq", "bre", "mlh", "cca_itq", "ksh", "sdh"}
+    expected = {f"{ds}/cnnh/{m}/bits{b}" for ds in ("mnist", "cifar10") for m in shallow for b in (12, 48)}
+    expected |= {f"mnist/cnnh/{m}/bits48" for m in ("cnnh", "cnnh_plus")}
+    assert set(jobs) == expected
+    lsh = compose_config("baseline", jobs["mnist/cnnh/lsh/bits12"].overrides, tmp_path / "l")
+    assert (lsh.method.name, lsh.method.centre, lsh.bits, lsh.fit_samples) == ("lsh", False, 12, None)
+    assert lsh.data.protocol == "cnnh" and lsh.data.train_per_class == 500 and lsh.data.n_queries == 1000
+    assert list(lsh.retrieval.modes) == ["hamming"] and lsh.retrieval.map_at == 5000
+    ksh = compose_config("baseline", jobs["cifar10/cnnh/ksh/bits48"].overrides, tmp_path / "k")
+    assert ksh.method.name == "ksh" and ksh.data.root == str(tmp_path / "d" / "cifar10")
+    deep = compose_config("train", jobs["mnist/cnnh/cnnh_plus/bits48"].overrides, tmp_path / "c")
+    assert (
+        deep.model.method == "cnnh_plus"
+        and deep.model.net.backbone == "mnistcnn"
+        and deep.model.net.bits == 48
+    )
+    assert deep.data.protocol == "cnnh" and deep.data.val_size == 0 and deep.trainer.accelerator == "cpu"
+    only = plan_for(
+        "--data-root", str(tmp_path / "d"), "--datasets", "mnist", "--cnnh-methods", "ksh", "cnnh"
+    )
+    assert sorted(job.name for job in job_lists.cnnh_jobs(only)) == [
+        f"mnist/cnnh/{m}/bits{b}"
+        for m, b in (("cnnh", 48), ("ksh", 12), ("ksh", 24), ("ksh", 32), ("ksh", 48))
+    ]
+    assert job_lists.cnnh_jobs(plan_for("--cnnh-methods")) == []

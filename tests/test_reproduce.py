@@ -21,6 +21,7 @@ TINY = [
     "--epochs", "1",
     "--bits", "12", "48",
     "--methods", "lsh",
+    "--cnnh-methods", "lsh",
     "--logger", "none",
     "--override", "trainer.limit_train_batches=5",
     "--bench-args", "--n-database 2000 --n-queries 20 --dim 64 --repeat 1",
@@ -62,7 +63,7 @@ def test_failed_runs_exit_1_with_every_row_explained(tmp_path: Path, monkeypatch
         return {"digits/bits48": launch.record_status(plan, "digits/bits48", entry)}
 
     monkeypatch.setattr(launch, "run_training", training)
-    for stage in ("run_baselines", "run_yahoo", "run_speed"):
+    for stage in ("run_baselines", "run_cnnh", "run_yahoo", "run_speed"):
         monkeypatch.setattr(launch, stage, lambda plan: {})
     assert reproduce.main(["--smoke", "--out", str(tmp_path)]) == 1
     rows = {row[0].strip("`"): row for row in results_table((tmp_path / "RESULTS.md").read_text())}
@@ -97,16 +98,29 @@ def test_tiny_smoke_writes_every_stage(tiny_smoke: tuple[Path, int]) -> None:
     assert all((compare / f"map_vs_bits.{ext}").stat().st_size > 0 for ext in ("png", "svg", "pdf"))
     # in-process runs record their overrides as Hydra does, so the comparison tells the settings apart
     overrides = yaml.safe_load((out / "runs" / "digits" / "bits48" / ".hydra" / "overrides.yaml").read_text())
-    assert "model.bits=48" in overrides and "experiment=demo" in overrides
+    assert "model.net.bits=48" in overrides and "experiment=demo" in overrides
     with (compare / "groups.csv").open() as f:
         groups = [r for r in csv.DictReader(f) if r["mode"] == "hamming"]
     assert sorted((g["method"], g["features"], g["bits"]) for g in groups) == [
-        ("deephash", "", "12"),
-        ("deephash", "", "48"),
+        ("latent", "", "12"),
+        ("latent", "", "48"),
         ("lsh", "f7", "48"),
         ("lsh", "pixels", "48"),
+        ("lsh", "pixels", "48"),  # LSH under the cnnh protocol, its own setting
     ]
     assert json.loads((out / "bench" / "bench.json").read_text())["config"]["n_database"] == 2000
+    # the compared methods of figures 4 and 6 under the cnnh protocol: their table and figure
+    lsh = json.loads((out / "runs" / "digits" / "cnnh" / "lsh" / "bits48" / "metrics.json").read_text())
+    assert lsh["protocol"] == "cnnh" and lsh["method_params"]["centre"] is False
+    section = (out / "RESULTS.md").read_text().split("## The compared methods of figures 4 and 6")[1]
+    section = section.split("\n## ", 1)[0]
+    assert (
+        f"| LSH | - (0.187) | - (0.209) | - (0.235) | {lsh['modes']['hamming']['mAP']:.3f} (0.243) |"
+        in section
+    )
+    assert "| KSH | - (0.872) |" in section and "not run: ksh not in --cnnh-methods" in section
+    with (out / "figures" / "digits_compared_48.csv").open() as f:
+        assert next(csv.reader(f)) == ["k", "ours hamming", "LSH"]
 
 
 def test_tiny_smoke_results_table_is_filled(tiny_smoke: tuple[Path, int]) -> None:
