@@ -1,11 +1,11 @@
-"""Binary reconstructive embedding (Kulis & Darrell, NIPS 2009), supervised, after Kulis's BRE.m as its
-BRE_learn.m wrapper calls it.
+"""Binary reconstructive embedding (Kulis & Darrell, NIPS 2009), supervised: the paper's algorithm with the
+settings of the BRE_learn.m wrapper (Lin & Cai's hashing collection) around Kulis's BRE.m.
 
 Features are centred on the training mean and scaled to unit length. Hash function ``p`` is a kernel
 expansion over ``n_points`` training points of its own, ``h_p(x) = [sum_q W_pq k(x_pq, x) > 0]``, with the
 wrapper's linear kernel ``k(x, x') = x^T x'``. The weights minimise the reconstruction error over every pair of the ``n``
 labelled samples, ``sum_ij (d_M(i, j) - d_R(i, j))^2``, with the supervised targets ``d_M = 0`` for a shared
-label and ``1`` otherwise, and ``d_R`` the Hamming distance over ``bits``. Coordinate descent updates one
+label and ``1`` otherwise, and ``d_R`` the Hamming distance divided by ``bits``. Coordinate descent updates one
 ``W_pq`` at a time exactly: as ``W_pq`` moves, the objective only changes where some ``h_p(x_i)`` flips, at
 ``n`` known values, so every interval is scored in one pass over the flips sorted by where they happen and the
 best one is taken. The residual ``E = d_M - d_R`` of labels and ``{-1, 1}`` codes ``Z`` is

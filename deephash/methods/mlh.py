@@ -66,9 +66,8 @@ class MLH(BaseHash):
         self.batch_size = check_int(batch_size, "mlh batch_size", 1)
         self.pairs_per_iter = check_int(pairs_per_iter, "mlh pairs_per_iter", 1)
         self.n_iter = check_int(n_iter, "mlh n_iter", 0)
-        self.history: list[
-            float
-        ] = []  # mean hinge loss on fixed pairs, before training and after each iteration
+        # the mean hinge loss on fixed pairs, before training and after each iteration
+        self.history: list[float] = []
 
     def params(self) -> dict[str, Any]:
         keys = ("rho", "lam", "positive_fraction", "eta", "momentum", "weight_decay", "batch_size")
