@@ -27,15 +27,16 @@ ENTRY_POINTS = {
 RANKS = {
     "utils": 0,
     "data": 1,
-    "models": 2,
-    "retrieval": 3,
-    "evaluation": 4,
-    "tracking": 5,
-    "config": 6,
-    "runs": 6,
-    "baselines": 7,
-    "cli": 8,
-    "benchmarks": 9,
+    "methods": 2,
+    "models": 3,
+    "retrieval": 4,
+    "evaluation": 5,
+    "tracking": 6,
+    "config": 7,
+    "runs": 7,
+    "baselines": 8,
+    "cli": 9,
+    "benchmarks": 10,
 }
 
 

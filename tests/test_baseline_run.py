@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +16,7 @@ from hydra.errors import ConfigCompositionException
 
 from deephash.baselines.run import fit_rows, run_baseline, wandb_defaults
 from deephash.data.digits import DigitsDataModule
-from deephash.methods.registry import load_method
+from deephash.methods.registry import SHALLOW, load_method
 from deephash.models.checkpoint import load_hash_module
 from deephash.retrieval.store import load_index
 from deephash.train import train
@@ -151,13 +152,16 @@ def test_f7_checkpoint_must_match_the_input_channels(checkpoint: Path, tmp_path:
         (["features=f7", "ckpt_path=/nonexistent/last.ckpt"], "ckpt_path not found: /nonexistent/last.ckpt"),
         (["ckpt_path=/nonexistent/last.ckpt"], "ckpt_path is only used with features=f7"),
         (["bits=0"], "bits must be an integer >= 1, got 0"),
-        (["method.name=kmeans"], "unknown hashing method 'kmeans', expected one of: lsh, pcah, itq, sh"),
+        (
+            ["method.name=kmeans"],
+            f"unknown shallow hashing method 'kmeans', expected one of: {', '.join(SHALLOW)}",
+        ),
         (["+method.rounds=3"], r"itq got unknown options \['rounds'\], accepted: n_iter"),
         (["method.n_iter=-1"], "itq n_iter must be an integer >= 0"),
         (["features.size=0"], r"features.size \(pixels per side, or null\) must be an integer >= 1, got 0"),
         (["features.name=hog"], "features must be one of pixels, f7, pretrained_f7, got 'hog'"),
         (["fit_samples=1"], r"fit_samples \(or null: the whole train split\) must be an integer >= 2, got 1"),
-        (["~method"], r"no hashing method selected; pass method=<lsh\|pcah\|itq\|sh>"),
+        (["~method"], re.escape(f"no hashing method selected; pass method=<{'|'.join(SHALLOW)}>")),
     ],
 )
 def test_bad_input_is_one_line_before_any_work(overrides: list[str], message: str, tmp_path: Path) -> None:

@@ -183,7 +183,7 @@ def test_last_checkpoint_is_the_final_epoch_even_when_the_score_stops_improving(
         ("model.scheduler.step_size=0", r"^model.scheduler.step_size must be an integer >= 1, got 0$"),
         (
             "~model.bits",
-            r"^model.bits is required \(the model config sets it; was it removed with ~model.bits\?\)$",
+            r"^model.net.bits is required \(the model config sets it; was it removed with ~model.net.bits\?\)$",
         ),
     ],
 )
