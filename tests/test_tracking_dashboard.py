@@ -15,10 +15,10 @@ import yaml
 pytest.importorskip("wandb")
 
 from deephash.dashboard import main  # noqa: E402
+from deephash.evaluation.metrics import KS  # noqa: E402
+from deephash.retrieval.modes import MODES  # noqa: E402
 from deephash.tracking import dashboard  # noqa: E402
 from deephash.tracking.dashboard import (  # noqa: E402
-    KS,
-    MODES,
     build_workspace,
     dashboard_spec,
     spec_keys,
