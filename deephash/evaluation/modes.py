@@ -36,7 +36,7 @@ from deephash.retrieval.codes import hamming_distance_matrix
 from deephash.retrieval.hamming import HammingSearch
 from deephash.retrieval.hierarchical import PoolRule
 from deephash.retrieval.items import EncodedItems
-from deephash.retrieval.modes import MODES, SEARCHES
+from deephash.retrieval.modes import MODES, SEARCHES, ModeQuery
 
 
 @dataclass(frozen=True)
@@ -128,7 +128,9 @@ def _hierarchical_ranking(setup: EvalSetup, queries: EncodedItems) -> np.ndarray
     # the pool is never larger than this (a radius pool <= max_pool, else the pool_size nearest codes),
     # so a hierarchical search with k = pool_cap returns each query's whole pool, re-ranked
     pool_cap = max(pool.max_pool, pool.pool_size)
-    pooled = SEARCHES["hierarchical"](setup.index, database.f7, queries.codes, queries.f7, pool_cap, pool)
+    pooled = SEARCHES["hierarchical"](
+        ModeQuery(setup.index, database.f7, queries.codes, queries.f7, pool_cap, pool)
+    )
     return pool_first(pooled, stable_ranking(dist))
 
 
@@ -166,8 +168,9 @@ def time_search(mode: str, setup: EvalSetup) -> dict:
     """Wall time of ``mode``'s top-k search (k = max(ks), at most the database size) over all queries."""
     database, queries = setup.database, setup.queries
     k = min(max(setup.ks), len(database.labels))
+    search = ModeQuery(setup.index, database.f7, queries.codes, queries.f7, k, setup.pool)
     start = time.perf_counter()
-    SEARCHES[mode](setup.index, database.f7, queries.codes, queries.f7, k, setup.pool)
+    SEARCHES[mode](search)
     seconds = max(time.perf_counter() - start, 1e-9)
     q = len(queries.labels)
     return {"queries_per_second": q / seconds, "ms_per_query": 1000 * seconds / q}

@@ -32,7 +32,7 @@ from deephash.retrieval.index_reader import load_index
 from deephash.retrieval.index_writer import save_index
 from deephash.retrieval.items import IndexStore
 from deephash.retrieval.manifest import MANIFEST, check_preprocess, sha256_file
-from deephash.retrieval.modes import MODES, SEARCHES
+from deephash.retrieval.modes import MODES, SEARCHES, ModeQuery
 from deephash.retrieval.sublinear import COARSE_METHODS, build_hamming_index
 from deephash.utils.checks import check_int
 from deephash.utils.errors import ConfigError, DataError, IndexFormatError
@@ -188,7 +188,7 @@ class Searcher:
     def _rows(self, encoded: Encoded, k: int, mode: str, pool: PoolRule) -> list[np.ndarray]:
         """Database rows of each query's results, best first."""
         store, k_all = self.store, min(k, self.store.count)
-        found = SEARCHES[mode](self._index, store.f7, encoded.codes, encoded.f7, k_all, pool)
+        found = SEARCHES[mode](ModeQuery(self._index, store.f7, encoded.codes, encoded.f7, k_all, pool))
         return [row[row >= 0] for row in found]
 
     def _result(
