@@ -26,7 +26,7 @@ from deephash.cli import composition_error, run_hydra_task, unknown_group_option
 from deephash.config import CONFIG_PATH
 from deephash.evaluate import evaluate
 from deephash.index import build
-from deephash.retrieval.store import load_index
+from deephash.retrieval import load_index
 from deephash.runs import record_failure
 from deephash.search import main as search_main
 from deephash.train import train

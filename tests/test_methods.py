@@ -89,7 +89,7 @@ def test_worked_example_trains_indexes_and_retrieves(example: Path) -> None:
 
 def test_worked_example_codes_follow_its_sign_rule(example: Path) -> None:
     """The index holds sign(tanh(.)) bits, not a 0.5 threshold (which would set every bit of a tanh code)."""
-    from deephash.retrieval.store import load_index
+    from deephash.retrieval import load_index
 
     sys.path.insert(0, str(example.parent))
     try:

@@ -15,10 +15,10 @@ import yaml
 pytest.importorskip("wandb")
 
 from deephash.dashboard import main  # noqa: E402
+from deephash.evaluation.metrics import KS  # noqa: E402
+from deephash.retrieval.modes import MODES  # noqa: E402
 from deephash.tracking import dashboard  # noqa: E402
 from deephash.tracking.dashboard import (  # noqa: E402
-    KS,
-    MODES,
     build_workspace,
     dashboard_spec,
     spec_keys,
@@ -81,7 +81,9 @@ def test_every_dashboard_key_is_logged_by_a_real_sweep(
     # grouping: the dashboard shows exactly the sweep's group, and the swept override is a column
     assert {r["run"].run_group for r in runs} == {spec["group"]} == {"multirun/dash"}
     assert "config:model.net.dropout" in spec["columns"]
-    assert all("model.net.dropout=0.1" in r["run"].tags or "model.net.dropout=0.3" in r["run"].tags for r in runs)
+    assert all(
+        "model.net.dropout=0.1" in r["run"].tags or "model.net.dropout=0.3" in r["run"].tags for r in runs
+    )
 
     logged = {
         "history": set.intersection(*(flat(r["history"], "/") for r in runs)),

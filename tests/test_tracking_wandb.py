@@ -27,14 +27,16 @@ from deephash.evaluation.plots import (  # noqa: E402
 from deephash.tracking.wandb import (  # noqa: E402
     build_wandb_logger,
     finish,
-    flatten_metrics,
     hydra_job,
+    resolve_mode,
+    sweep_name,
+)
+from deephash.tracking.wandb_results import (  # noqa: E402
+    flatten_metrics,
     log_artifacts,
     log_retrieval_results,
     make_artifacts,
-    resolve_mode,
     retrieval_scalars,
-    sweep_name,
     wandb_summary,
 )
 from deephash.utils.errors import ConfigError  # noqa: E402
