@@ -231,7 +231,7 @@ def test_build_method_errors():
     with pytest.raises(ConfigError, match="n_iter must be an integer >= 0"):
         build_method("itq", 16, n_iter=-1)
     assert isinstance(build_method(" ITQ ", 8), ITQ)
-    assert set(METHODS) == set(NAMES)
+    assert set(NAMES) <= set(METHODS)
 
 
 @pytest.mark.parametrize("name", ["pcah", "itq"])

@@ -97,12 +97,12 @@ def test_tiny_smoke_writes_every_stage(tiny_smoke: tuple[Path, int]) -> None:
     assert all((compare / f"map_vs_bits.{ext}").stat().st_size > 0 for ext in ("png", "svg", "pdf"))
     # in-process runs record their overrides as Hydra does, so the comparison tells the settings apart
     overrides = yaml.safe_load((out / "runs" / "digits" / "bits48" / ".hydra" / "overrides.yaml").read_text())
-    assert "model.bits=48" in overrides and "experiment=demo" in overrides
+    assert "model.net.bits=48" in overrides and "experiment=demo" in overrides
     with (compare / "groups.csv").open() as f:
         groups = [r for r in csv.DictReader(f) if r["mode"] == "hamming"]
     assert sorted((g["method"], g["features"], g["bits"]) for g in groups) == [
-        ("deephash", "", "12"),
-        ("deephash", "", "48"),
+        ("latent", "", "12"),
+        ("latent", "", "48"),
         ("lsh", "f7", "48"),
         ("lsh", "pixels", "48"),
     ]
