@@ -135,7 +135,7 @@ def test_dashboard_keys_are_logged_by_a_training_run(
         "summary": flat(run["summary"]),
     }
     logged["config"].add("overrides")  # a run launched without overrides has none to show
-    named = spec_keys(dashboard_spec(swept=["model.dropout"]))
+    named = spec_keys(dashboard_spec(swept=["model.net.dropout"]))
     for kind in ("history", "config", "summary"):
         assert named[kind] - logged[kind] == set(), kind
 
@@ -163,8 +163,8 @@ def test_wandb_sweep_runs_the_hydra_bit_sweep() -> None:
     sweep = yaml.safe_load((Path(CONF_DIR) / "wandb_sweep" / "bits.yaml").read_text())
     assert sweep["method"] == "grid" and list(sweep["parameters"]) == list(params)
     wandb_jobs = []
-    for bits in sweep["parameters"]["model.bits"]["values"]:
-        args = create_sweep_command_args({"args": {"model.bits": {"value": bits}}})
+    for bits in sweep["parameters"]["model.net.bits"]["values"]:
+        args = create_sweep_command_args({"args": {"model.net.bits": {"value": bits}}})
         macros = {"${env}": [], "${interpreter}": ["python"], "${args_no_hyphens}": args["args_no_hyphens"]}
         argv = [part for chunk in sweep["command"] for part in macros.get(chunk, [chunk])]
         assert argv[:3] == ["python", "-m", "deephash.train"]  # the program of conf/train.yaml
@@ -200,7 +200,7 @@ def test_spec_panels() -> None:
         f"retrieval/{mode}/precision@{k}" for mode in ("hamming", "euclidean") for k in (5, 50)
     }
     retrieval = spec["sections"][0]["panels"]
-    assert {(p["x"], p["groupby"]) for p in retrieval} == {("bits", "backbone")}  # a line per backbone
+    assert {(p["x"], p["groupby"]) for p in retrieval} == {("bits", "method")}  # a line per method
     assert "config:model.dropout" in spec["columns"] and "summary:val/acc.max" in spec["columns"]
     assert spec_keys(dashboard_spec(modes=["hamming_radius"]))["history"] >= {
         "retrieval/hamming_radius/precision",
@@ -224,7 +224,7 @@ def test_workspace_from_spec() -> None:
     assert (line.x, line.y, line.groupby) == (
         "bits",
         ["retrieval/hamming/mAP", "retrieval/hamming/mAP@1000"],
-        "backbone",
+        "method",
     )
     assert "multirun/x" in str(workspace.runset_settings.filters)
     with pytest.raises(ConfigError, match="no W&B entity"):
