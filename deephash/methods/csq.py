@@ -4,7 +4,7 @@ Each class gets a hash centre, a +-1 code of k bits, the centres pairwise far ap
 relaxed code h = tanh(W F7 + b) of every image to its class's centre. The loss is the binary cross-entropy
 between (h + 1) / 2 and (c + 1) / 2, averaged over bits and images (the paper's central similarity, as the
 authors' code computes it with ``BCELoss``), plus lambda (|h| - 1)^2 averaged the same way (the quantization
-term of the authors' ``train.py``; the paper writes log cosh(|h| - 1), of which this is the quadratic part).
+term of the authors' ``train.py``; the paper writes it as the smoother log cosh(|h| - 1)).
 Codes are sign(h).
 
 Centres (the paper's algorithm 1): when 2 x classes <= k and k is a power of 2, the rows of the Hadamard
