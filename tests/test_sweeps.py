@@ -55,16 +55,17 @@ def test_bit_sweep_gives_one_wandb_run_per_job_in_one_group_and_a_comparison(tmp
         runs.append(parse_run(files[0]))
     # the sweep's own group (absolute: the sweep folder is outside the directory it was launched from)
     assert {r["run"].run_group for r in runs} == {str(sweep)}
-    assert sorted(r["run"].display_name for r in runs) == ["bits12-seed42", "bits24-seed42"]
+    assert sorted(r["run"].display_name for r in runs) == ["latent-bits12-seed42", "latent-bits24-seed42"]
     assert runs[0]["run"].run_id != runs[1]["run"].run_id
     for run in runs:
         summary = run["summary"]
         assert 0 < summary["retrieval/hamming/mAP"] <= 1
         assert 0 <= summary["retrieval/hamming/precision@10"] <= 1
-        assert "model.bits=12" in run["run"].tags or "model.bits=24" in run["run"].tags
+        # the old key model.bits was moved to model.net.bits before the job ran
+        assert "model.net.bits=12" in run["run"].tags or "model.net.bits=24" in run["run"].tags
         assert run["run"].job_type == "train"
         model = run["config"]["model"]
-        assert model.get("value", model)["bits"] in (12, 24)  # the resolved Hydra config
+        assert model.get("value", model)["net"]["bits"] in (12, 24)  # the resolved Hydra config
 
     compare = subprocess.run(
         [sys.executable, "-m", "deephash.compare", str(sweep)], capture_output=True, text=True, timeout=120
