@@ -94,6 +94,50 @@ def test_a_failed_sweep_job_is_reported_not_dropped(tmp_path: Path) -> None:
     assert "failed" in (sweep / "compare" / "compare.md").read_text()
 
 
+def test_a_method_sweep_compares_and_charts_one_line_per_method_and_code_length(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """hparams_search=methods narrowed to two methods and two code lengths: deephash-compare has one group per
+    (method, bits), and the offline dashboard draws retrieval against bits with a line per method."""
+    from deephash.dashboard import main as dashboard
+    from deephash.tracking.compare import group_table
+    from deephash.tracking.sweep import load_jobs
+
+    sweep = tmp_path / "sweep"
+    proc = _train(
+        "hparams_search=methods",
+        "method=latent,dsh",
+        "model.net.bits=8,16",
+        "seed=1",
+        "logger=none",
+        "test=false",
+        "trainer.limit_train_batches=3",
+        "trainer.limit_val_batches=1",
+        *FAST,
+        f"hydra.sweep.dir={sweep}",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    jobs = load_jobs(sweep)
+    assert sorted((j.info["method"], j.info["bits"]) for j in jobs) == [
+        ("dsh", 8),
+        ("dsh", 16),
+        ("latent", 8),
+        ("latent", 16),
+    ]
+    _, rows = group_table(jobs)
+    assert sorted((r["method"], r["bits"], r["mode"], r["seeds"]) for r in rows) == [
+        (method, bits, "hamming", 1) for method in ("dsh", "latent") for bits in (8, 16)
+    ]
+
+    monkeypatch.chdir(tmp_path)
+    assert dashboard(["--sweep-dir", "sweep", "--out", "spec.json", "--mode", "offline"]) == 0
+    capsys.readouterr()
+    spec = json.loads((tmp_path / "spec.json").read_text())
+    assert spec["group"] == "sweep" and spec["groupby"] == ["method"]
+    retrieval = next(s for s in spec["sections"] if s["name"] == "Retrieval vs bits")["panels"]
+    assert retrieval and {(p["x"], p["groupby"]) for p in retrieval} == {("bits", "method")}
+
+
 def test_optuna_config_composes_and_maximises_validation_map() -> None:
     cfg = _compose_with_hydra("hparams_search=optuna")
     assert cfg.hydra.sweeper._target_.endswith("OptunaSweeper")
