@@ -109,6 +109,16 @@ class HashHead(nn.Module):
             nn.init.zeros_(self.classifier.bias)
 
 
+class LinearHead(HashHead):
+    """The hash layer's output as it is, codes by its sign, no classifier: the head of the pairwise methods
+    whose losses act on unbounded relaxed codes (DPSH, DSH). A subclass sets ``name``."""
+
+    code_rule = "sign"
+
+    def forward(self, f7: torch.Tensor) -> HeadOutput:
+        return HeadOutput(self.latent(f7), None)
+
+
 class HashLoss(nn.Module):
     """``loss(out, labels, index) -> scalar`` for a batch: ``out`` the network's :class:`HashOutput`,
     ``labels (B,)`` int64 class indices, ``index (B,)`` int64 the samples' pool indices. Built by the

@@ -18,10 +18,9 @@ import torch
 import torch.nn.functional as F
 
 from deephash.methods.deep import (
-    HashHead,
     HashLoss,
     HashOutput,
-    HeadOutput,
+    LinearHead,
     distinct_pairs,
     masked_mean,
     sign_codes,
@@ -30,14 +29,10 @@ from deephash.methods.deep import (
 from deephash.utils.checks import check_int, check_number
 
 
-class DPSHHead(HashHead):
+class DPSHHead(LinearHead):
     """u = Linear(F7), no activation; codes sign(u)."""
 
     name = "dpsh"
-    code_rule = "sign"
-
-    def forward(self, f7: torch.Tensor) -> HeadOutput:
-        return HeadOutput(self.latent(f7), None)
 
 
 class DPSHLoss(HashLoss):

@@ -13,10 +13,9 @@ from __future__ import annotations
 import torch
 
 from deephash.methods.deep import (
-    HashHead,
     HashLoss,
     HashOutput,
-    HeadOutput,
+    LinearHead,
     distinct_pairs,
     masked_mean,
     similarity,
@@ -24,14 +23,10 @@ from deephash.methods.deep import (
 from deephash.utils.checks import check_number
 
 
-class DSHHead(HashHead):
+class DSHHead(LinearHead):
     """b = Linear(F7), no activation; codes sign(b)."""
 
     name = "dsh"
-    code_rule = "sign"
-
-    def forward(self, f7: torch.Tensor) -> HeadOutput:
-        return HeadOutput(self.latent(f7), None)
 
 
 class DSHLoss(HashLoss):
