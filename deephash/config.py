@@ -19,8 +19,8 @@ from deephash.methods.registry import DEEP, SHALLOW
 from deephash.models.backbones import BACKBONES, NATIVE_BACKBONES, _looks_like_path
 from deephash.models.checkpoint import network_record, read_checkpoint
 from deephash.models.net import validate_bits
-from deephash.retrieval.search import MODES
-from deephash.retrieval.sublinear import METHODS
+from deephash.retrieval.modes import MODES
+from deephash.retrieval.sublinear import COARSE_METHODS
 from deephash.retrieval.torch_search import torch_device
 from deephash.utils.checks import check_int, check_number
 from deephash.utils.errors import ConfigError
@@ -152,8 +152,10 @@ def validate_retrieval(retrieval: DictConfig) -> None:
         check_int(retrieval.grid_queries, "retrieval.grid_queries", 0)
     coarse = retrieval.get("coarse") or {}
     method = coarse.get("method", "flat")
-    if method not in METHODS:
-        raise ConfigError(f"retrieval.coarse.method must be one of {', '.join(METHODS)}, got {method!r}")
+    if method not in COARSE_METHODS:
+        raise ConfigError(
+            f"retrieval.coarse.method must be one of {', '.join(COARSE_METHODS)}, got {method!r}"
+        )
     torch_device(str(retrieval.get("device", "cpu")))  # an unknown device, or cuda on a machine without one
 
 

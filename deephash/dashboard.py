@@ -13,9 +13,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from deephash.cli import ArgumentParser, accepts_version, exit_on_user_error
+from deephash.evaluation.metrics import KS
+from deephash.retrieval.modes import MODES
 from deephash.tracking.dashboard import (
-    KS,
-    MODES,
     dashboard_spec,
     read_spec,
     save_workspace,
@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         type=positive_int_arg,
         default=list(KS),
-        help="k of precision@k (default: 1 10 100 1000)",
+        help=f"k of precision@k (default: {' '.join(map(str, KS))})",
     )
     parser.add_argument("--mode", default="auto", choices=WANDB_MODES, help="W&B mode (WANDB_MODE wins)")
     parser.add_argument(

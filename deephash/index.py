@@ -22,8 +22,9 @@ from deephash.cli import ArgumentParser, accepts_version, check_overrides, exit_
 from deephash.config import CONFIG_PATH
 from deephash.models.checkpoint import load_hash_module
 from deephash.retrieval.build import build_index, drop_unreadable
+from deephash.retrieval.index_lock import check_index_target
+from deephash.retrieval.index_reader import load_index, verify_index
 from deephash.retrieval.searcher import index_images
-from deephash.retrieval.store import check_index_target, load_index, verify_index
 from deephash.runs import build_predict_trainer, checkpoint_run_dir, run_data_config, run_preprocess
 from deephash.utils.errors import ConfigError
 

@@ -14,8 +14,9 @@ import hydra
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 
+from deephash.utils.atomic_dir import holds, try_lock, unlock
 from deephash.utils.errors import ConfigError
-from deephash.utils.io import atomic_write_text, try_lock, update_json
+from deephash.utils.io import atomic_write_text, update_json
 from deephash.utils.logging import get_logger
 
 log = get_logger(__name__)
@@ -41,7 +42,8 @@ def instantiate_loggers(cfg: DictConfig | None, run_cfg: DictConfig) -> list[pl.
 
 def finish_loggers(loggers: list[pl.loggers.Logger], metrics: dict[str, Any], run_dir: Path) -> None:
     """Log the final retrieval results (W&B summary, tables, images, artifacts) and close the runs."""
-    from deephash.tracking.wandb import finish, log_artifacts, log_retrieval_results
+    from deephash.tracking.wandb import finish
+    from deephash.tracking.wandb_results import log_artifacts, log_retrieval_results
 
     url = wandb_url(loggers)
     if url:
@@ -212,7 +214,7 @@ def run_preprocess(run_dir: Path | None, data_cfg: DictConfig | None = None) -> 
     images are encoded the same way: recorded by its run's index (``<run>/index``), else rebuilt from
     ``data_cfg`` or the run's data config."""
     from deephash.data.query import preprocess_spec
-    from deephash.retrieval.store import MANIFEST, check_preprocess
+    from deephash.retrieval.manifest import MANIFEST, check_preprocess
 
     manifest = run_dir / "index" / MANIFEST if run_dir is not None else None
     if manifest is not None and manifest.is_file():
@@ -287,7 +289,6 @@ RUN_LOCK = ".run.lock"
 # what a training run leaves in its directory: checkpoints, metrics.json (unless it records a failure or an
 # interruption before any checkpoint, which a retry may replace) and the encoded indexes
 RUN_MARKERS = ("checkpoints", "metrics.json", "index", "queries")
-_HELD_RUN_LOCKS: dict[Path, int] = {}  # run dir -> fd of its lock, held until the process exits
 
 
 class RunDirError(ConfigError):
@@ -400,24 +401,21 @@ def _recorded_status(path: Path) -> str | None:
 
 
 def _lock_run_dir(run_dir: Path) -> None:
-    """``flock`` on ``<run>/.run.lock`` until the process exits (the kernel drops it even on kill -9)."""
-    key = run_dir.resolve()
-    if key in _HELD_RUN_LOCKS:
+    """Lock ``<run>/.run.lock`` until the process exits (an ``flock``: the kernel drops it even on kill -9)."""
+    lock = run_dir.resolve() / RUN_LOCK
+    if holds(lock):
         return
-    fd, holder = try_lock(run_dir / RUN_LOCK)
-    if fd is None:
+    holder = try_lock(lock)
+    if holder is not None:
         raise RunDirError(
             f"{run_dir} is in use by another training process (pid {holder}); wait for it to finish "
             "or choose another hydra.run.dir"
         )
-    _HELD_RUN_LOCKS[key] = fd
 
 
 def release_run_dir(run_dir: Path) -> None:
     """Drop this process's lock on ``run_dir`` (an in-process caller that runs several trainings)."""
-    fd = _HELD_RUN_LOCKS.pop(Path(run_dir).resolve(), None)
-    if fd is not None:
-        os.close(fd)
+    unlock(Path(run_dir).resolve() / RUN_LOCK)
 
 
 def record_train_failure(cfg: DictConfig, err: BaseException) -> None:

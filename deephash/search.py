@@ -13,9 +13,10 @@ import sys
 from typing import Any
 
 from deephash.cli import ArgumentParser, accepts_version, exit_on_user_error
-from deephash.retrieval.search import MODES, PoolRule
+from deephash.retrieval.hierarchical import PoolRule
+from deephash.retrieval.modes import MODES
 from deephash.retrieval.searcher import Searcher
-from deephash.retrieval.sublinear import METHODS
+from deephash.retrieval.sublinear import COARSE_METHODS
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -39,7 +40,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--pool-size", type=int, default=1000, help="hierarchical: nearest codes used otherwise")
     p.add_argument(
         "--coarse",
-        choices=METHODS,
+        choices=COARSE_METHODS,
         default="flat",
         help=(
             "coarse Hamming index: flat (exact, default), multihash (FAISS multi-index hashing, sub-linear, for "

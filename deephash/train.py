@@ -73,17 +73,17 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     best = monitored_checkpoint_callback(trainer)
     best_ckpt = best.best_model_path if best is not None else ""
-    best_score = best.best_model_score if best is not None else None
-    # the monitored score is val/acc only for a method that classifies (others monitor e.g. val/loss)
-    monitors_acc = best is not None and best.monitor == "val/acc" and best_score is not None
-    val_acc = float(best_score) if monitors_acc else _metric(trainer, "val/acc")
+    # the best val/acc when that selected the checkpoint (a method without a classifier monitors val/loss)
+    best_score = best.best_model_score if best is not None and best.monitor == "val/acc" else None
+    val_acc = float(best_score) if best_score is not None else _metric(trainer, "val/acc")
     last_ckpt = last_checkpoint(trainer)  # before test(), whose checkpoint restores the callbacks' state
     chosen = select_checkpoint(cfg, trainer, output_dir)  # best validation score, or the final iteration
     ckpt = chosen["evaluated_checkpoint"]
     test_acc = None
     if cfg.get("test"):
         results = trainer.test(model, datamodule=datamodule, ckpt_path=ckpt, verbose=False)
-        test_acc = float(results[0]["test/acc"]) if results and "test/acc" in results[0] else None
+        acc = results[0].get("test/acc") if results else None  # None: a method without a classifier
+        test_acc = float(acc) if acc is not None else None
 
     metrics: dict[str, Any] = {
         "status": "completed",

@@ -13,7 +13,7 @@ import torch
 from deephash.baselines.run import run_baseline
 from deephash.data.digits import DigitsDataModule
 from deephash.models.backbones import SmallCNN
-from deephash.retrieval.store import load_index
+from deephash.retrieval import load_index
 from deephash.utils.errors import ConfigError
 from tests.conftest import compose_config
 

@@ -18,7 +18,7 @@ from deephash.baselines.run import fit_rows, run_baseline, wandb_defaults
 from deephash.data.digits import DigitsDataModule
 from deephash.methods.registry import SHALLOW, load_method
 from deephash.models.checkpoint import load_hash_module
-from deephash.retrieval.store import load_index
+from deephash.retrieval import load_index
 from deephash.train import train
 from deephash.utils.errors import ConfigError
 from tests.conftest import compose_config

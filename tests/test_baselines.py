@@ -218,8 +218,7 @@ def test_float32_features_are_accepted(digits):
 
 def test_build_method_errors():
     with pytest.raises(
-        ConfigError,
-        match=f"unknown shallow hashing method 'kmeans', expected one of: {', '.join(METHODS)}$",
+        ConfigError, match=rf"unknown shallow hashing method 'kmeans', expected one of: {', '.join(METHODS)}$"
     ):
         build_method("kmeans", 16)
     for bits in (0, -3, 2.5, True):

@@ -14,7 +14,7 @@ import torch
 
 from deephash.data.digits import DigitsDataModule
 from deephash.models.checkpoint import load_hash_module
-from deephash.retrieval.store import load_index
+from deephash.retrieval import load_index
 
 DDP = ["trainer=ddp_cpu", "experiment=demo", "logger=none", "callbacks=none", "retrieval.modes=[hamming]"]
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from deephash.retrieval.store import load_index
+from deephash.retrieval import load_index
 from deephash.train import train
 from tests.conftest import compose_config
 

@@ -7,9 +7,8 @@ import pytest
 import torch
 
 from deephash.evaluation.pipeline import default_curve_ks, evaluate_retrieval
+from deephash.retrieval import EncodedItems, HammingIndex, PoolRule, hierarchical_search
 from deephash.retrieval.codes import pack_codes
-from deephash.retrieval.search import HammingIndex, PoolRule, hierarchical_search
-from deephash.retrieval.store import EncodedItems
 
 
 def _data(seed: int, n: int = 400, q: int = 30, bits: int = 12, d: int = 16, classes: int = 4):
@@ -119,11 +118,11 @@ def test_pr_curve_reaches_full_recall_at_max_radius() -> None:
 
 
 def test_query_blocks_give_the_same_numbers(monkeypatch) -> None:
-    import deephash.evaluation.pipeline as pipeline
+    import deephash.evaluation.rankings as rankings
 
     db, queries, bits = _data(5)
     whole = evaluate_retrieval(db, queries, bits, modes=["hamming", "euclidean"])
-    monkeypatch.setattr(pipeline, "_BLOCK_CELLS", 7 * len(db.labels))  # 7 queries per block
+    monkeypatch.setattr(rankings, "_BLOCK_CELLS", 7 * len(db.labels))  # 7 queries per block
     blocked = evaluate_retrieval(db, queries, bits, modes=["hamming", "euclidean"])
     for mode in ("hamming", "euclidean"):
         assert blocked.metrics[mode]["mAP"] == pytest.approx(whole.metrics[mode]["mAP"], abs=1e-12)
@@ -211,22 +210,22 @@ def test_settings_carry_the_device() -> None:
 
 
 def test_float_rankings_order_ties_zeros_and_nan_like_a_stable_sort() -> None:
-    from deephash.evaluation.pipeline import _stable_ranking
+    from deephash.evaluation.rankings import stable_ranking
 
     rng = np.random.default_rng(11)
     dist = np.round(rng.random((6, 500)) * 20) / 4  # many exact ties
     dist[:, ::50] = 0.0
     expected = np.argsort(dist, axis=1, kind="stable")
-    assert np.array_equal(_stable_ranking(dist), expected)
+    assert np.array_equal(stable_ranking(dist), expected)
     # -0.0 ties with 0.0 (its bit pattern would sort it last), NaN sorts last in index order
     odd = dist.copy()
     odd[:, 1::50] = -0.0
     odd[0, 7], odd[0, 3] = np.nan, np.nan
-    assert np.array_equal(_stable_ranking(odd), np.argsort(odd, axis=1, kind="stable"))
+    assert np.array_equal(stable_ranking(odd), np.argsort(odd, axis=1, kind="stable"))
 
 
 def test_euclidean_distances_read_in_database_blocks(tmp_path) -> None:
-    from deephash.evaluation.pipeline import _l2_block
+    from deephash.evaluation.rankings import euclidean_sqdist
 
     db, queries, _ = _data(8, n=103, d=24)
     path = tmp_path / "f7.npy"
@@ -235,6 +234,6 @@ def test_euclidean_distances_read_in_database_blocks(tmp_path) -> None:
     q = queries.f7.astype(np.float64)
     exact = ((q[:, None, :] - db.f7.astype(np.float64)[None, :, :]) ** 2).sum(-1)
     for rows in (7, 103, 8192):  # blocks that do not divide n, one block, the default
-        got = _l2_block(queries.f7, memmap, rows=rows)
+        got = euclidean_sqdist(queries.f7, memmap, rows=rows)
         np.testing.assert_allclose(got, exact, rtol=1e-9, atol=1e-9)
         assert not np.signbit(got).any()

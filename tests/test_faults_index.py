@@ -15,18 +15,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from deephash.retrieval import features as features_mod
-from deephash.retrieval import store as store_mod
-from deephash.retrieval.search import PoolRule, hierarchical_search
-from deephash.retrieval.store import (
-    IndexWriteError,
-    acquire_index_lock,
-    load_index,
-    release_index_lock,
-    save_index,
-    sha256_file,
-    verify_index,
-)
+from deephash.retrieval import PoolRule, hierarchical_search, index_lock, index_writer, load_index, save_index
+from deephash.retrieval.checksums import block_checksums
+from deephash.retrieval.features import F7File
+from deephash.retrieval.index_lock import acquire_index_lock, release_index_lock
+from deephash.retrieval.index_reader import verify_index
+from deephash.retrieval.index_writer import IndexWriteError
+from deephash.retrieval.manifest import sha256_file
+from deephash.retrieval.npy import npy_layout
 from deephash.utils.errors import ConfigError, IndexFormatError
 from tests.faults_helpers import BITS, BLOCK_ROWS, CLASSES, DIM, N, make_items
 
@@ -35,7 +31,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(autouse=True)
 def small_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(store_mod, "_CHECK_BLOCK_BYTES", BLOCK_ROWS * DIM * 2)
+    monkeypatch.setattr(index_writer, "_CHECK_BLOCK_BYTES", BLOCK_ROWS * DIM * 2)
 
 
 def save(path: Path, seed: int = 0, checkpoint: Path | None = None, n: int = N) -> dict:
@@ -56,7 +52,7 @@ def built(tmp_path: Path) -> tuple[Path, dict]:
 
 
 def f7_row_offset(path: Path, row: int) -> int:
-    offset, (_, d), dtype = features_mod.npy_layout(path / "f7.npy")
+    offset, (_, d), dtype = npy_layout(path / "f7.npy")
     return offset + row * d * dtype.itemsize
 
 
@@ -75,7 +71,7 @@ def edit_manifest(path: Path, change: Callable[[dict], None]) -> None:
 def header_padding_to_tab(file: Path) -> None:
     """A change numpy's parser ignores (a padding space turned into a tab): only the header's hash sees it."""
     data = bytearray(file.read_bytes())
-    offset = features_mod.npy_layout(file)[0]
+    offset = npy_layout(file)[0]
     assert data[offset - 2 : offset] == b" \n"
     data[offset - 2] = ord("\t")
     file.write_bytes(bytes(data))
@@ -256,12 +252,12 @@ def test_non_finite_rows_are_rejected_on_read_even_with_matching_checksums(built
     """A NaN row a writer let through (its checksums computed over the NaN) is still refused."""
     path, _ = built
     nan_row(path, 70)
-    sums = features_mod.block_checksums(np.load(path / "f7.npy"), BLOCK_ROWS)  # computed over the NaN
-    f7 = features_mod.F7File(path / "f7.npy")  # no checksums: the rows are checked as they are read
+    sums = block_checksums(np.load(path / "f7.npy"), BLOCK_ROWS)  # computed over the NaN
+    f7 = F7File(path / "f7.npy")  # no checksums: the rows are checked as they are read
     with pytest.raises(IndexFormatError, match="f7.npy row 70 holds NaN or inf"):
         f7[60:80]
     np.testing.assert_array_equal(f7[:64], f7[:64])  # the rows before it read fine
-    checked = features_mod.F7File(path / "f7.npy", checksums=sums, block_rows=BLOCK_ROWS)
+    checked = F7File(path / "f7.npy", checksums=sums, block_rows=BLOCK_ROWS)
     with pytest.raises(IndexFormatError, match="f7.npy row 70 holds NaN or inf"):
         checked[[3, 100]]
 
@@ -282,20 +278,21 @@ def test_checkpoint_free_index_is_explicit(tmp_path: Path) -> None:
 
 # each crash point: what the child patches so that it kills itself right there
 CRASH_POINTS = {
-    "writing rows": "features.NpyRowWriter.write_at = die_on_call(features.NpyRowWriter.write_at, 3)",
-    "before the manifest": "store._write_manifest = die_on_call(store._write_manifest, 1)",
-    "before the swap": "store._swap_into_place = die_on_call(store._swap_into_place, 1)",
+    "writing rows": "npy.NpyRowWriter.write_at = die_on_call(npy.NpyRowWriter.write_at, 3)",
+    "before the manifest": "index_writer._write_manifest = die_on_call(index_writer._write_manifest, 1)",
+    "before the swap": "index_writer.swap_into_place = die_on_call(index_writer.swap_into_place, 1)",
     "between the renames": (
         # calls of os.replace: the manifest's atomic write, the old index aside, then the new one in place
-        "store._exchange = lambda a, b: False\nos.replace = die_on_call(os.replace, 3)"
+        "atomic_dir.exchange = lambda a, b: False\nos.replace = die_on_call(os.replace, 3)"
     ),
-    "after the swap": "store._remove = die_on_call(store._remove, 1)",
+    "after the swap": "atomic_dir.remove_path = die_on_call(atomic_dir.remove_path, 1)",
 }
 
 CHILD = """
 import os, signal, sys
 import numpy as np
-from deephash.retrieval import features, store
+from deephash.retrieval import index_writer, npy
+from deephash.utils import atomic_dir
 from tests.faults_helpers import make_items, BLOCK_ROWS, DIM
 
 def die_on_call(fn, nth):
@@ -307,9 +304,9 @@ def die_on_call(fn, nth):
         return fn(*args, **kwargs)
     return wrapper
 
-store._CHECK_BLOCK_BYTES = BLOCK_ROWS * DIM * 2
+index_writer._CHECK_BLOCK_BYTES = BLOCK_ROWS * DIM * 2
 {patch}
-store.save_index(sys.argv[1], **make_items(seed=1), meta={{"dataset": "digits"}})
+index_writer.save_index(sys.argv[1], **make_items(seed=1), meta={{"dataset": "digits"}})
 """
 
 
@@ -345,7 +342,7 @@ def test_stale_leftovers_are_removed_by_the_next_writer(
     for name in (".index.tmp-abc", ".index.old-def", ".index.staging-database-ghi", ".index.encode-database"):
         (tmp_path / name).mkdir()
         (tmp_path / name / "f7.npy").write_bytes(b"x" * 100)
-    assert len(store_mod.leftovers(path)) == 3
+    assert len(index_lock.leftovers(path)) == 3
     save(path, seed=3)
     # an earlier version's shared staging name is reported, not removed: its writer holds no lock
     assert sorted(p.name for p in tmp_path.iterdir()) == [".index.encode-database", "index"]
@@ -357,7 +354,7 @@ def test_stale_leftovers_are_removed_by_the_next_writer(
 
 HOLDER = """
 import sys, time
-from deephash.retrieval.store import acquire_index_lock
+from deephash.retrieval.index_lock import acquire_index_lock
 acquire_index_lock(sys.argv[1])
 print("locked", flush=True)
 time.sleep(120)
@@ -387,12 +384,12 @@ def test_a_second_writer_fails_with_one_line_while_the_first_holds_the_index(tmp
 WRITER = """
 import sys
 from deephash.cli import exit_on_user_error
-from deephash.retrieval import store
+from deephash.retrieval import index_writer
 from tests.faults_helpers import make_items
 
 @exit_on_user_error
 def main():
-    store.save_index(sys.argv[1], **make_items(seed=int(sys.argv[2]), n=50_000), meta={"dataset": "digits"})
+    index_writer.save_index(sys.argv[1], **make_items(seed=int(sys.argv[2]), n=50_000), meta={"dataset": "digits"})
 
 main()
 """
@@ -448,7 +445,7 @@ def test_disk_full_is_one_line_and_leaves_nothing(
     if where == "pwrite":
         monkeypatch.setattr(os, "pwrite", enospc_after(2, os.pwrite))
     else:
-        monkeypatch.setattr(store_mod, "_write_manifest", enospc_after(0, store_mod._write_manifest))
+        monkeypatch.setattr(index_writer, "_write_manifest", enospc_after(0, index_writer._write_manifest))
     with pytest.raises(IndexWriteError, match=r"cannot write index .*index: No space left on device") as err:
         save(path, seed=1)
     assert "\n" not in str(err.value)
@@ -461,14 +458,14 @@ def test_disk_full_is_one_line_and_leaves_nothing(
 FULL_DISK = """
 import errno, os, sys
 from deephash.cli import exit_on_user_error
-from deephash.retrieval import store
+from deephash.retrieval import index_writer
 from tests.faults_helpers import make_items
 
 def full(*args):
     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
 os.pwrite = full
-exit_on_user_error(lambda: store.save_index(sys.argv[1], **make_items(), meta={"dataset": "digits"}))()
+exit_on_user_error(lambda: index_writer.save_index(sys.argv[1], **make_items(), meta={"dataset": "digits"}))()
 """
 
 

@@ -26,7 +26,7 @@ from deephash.cli import composition_error, run_hydra_task, unknown_group_option
 from deephash.config import CONFIG_PATH
 from deephash.evaluate import evaluate
 from deephash.index import build
-from deephash.retrieval.store import load_index
+from deephash.retrieval import load_index
 from deephash.runs import record_failure
 from deephash.search import main as search_main
 from deephash.train import train
@@ -141,7 +141,7 @@ def test_folder_constructor_error_is_unwrapped(capsys, tmp_path) -> None:
 def test_resume_with_other_bits_names_both(capsys, trained, tmp_path) -> None:
     ckpt = trained / "checkpoints" / "last.ckpt"
     line = _refused(capsys, train, "train", [*FAST, "model.bits=32", f"ckpt_path={ckpt}"], tmp_path / "run")
-    assert f"ckpt_path {ckpt} was trained with model.bits=48 but this run has model.bits=32" in line
+    assert f"ckpt_path {ckpt} was trained with model.net.bits=48 but this run has model.net.bits=32" in line
 
 
 def _checkpoint_readers(ckpt: Path, tmp_path: Path) -> list[tuple]:
@@ -288,7 +288,7 @@ def test_an_override_hydra_cannot_apply_is_one_line(tmp_path) -> None:
         problem = composition_error(config, argv, CONFIG_PATH)
         assert problem is not None and problem.startswith(start) and "\n" not in problem, problem
     for config, argv in [  # what composes must pass: sweeps by their first value, Hydra flags left to Hydra
-        ("train", ["-m", "model.bits=32,64", "seed=range(0,3)", "data=digits,mnist"]),
+        ("train", ["-m", "model.net.bits=32,64", "seed=range(0,3)", "data=digits,mnist"]),
         ("train", ["experiment=paper_mnist_48", "++seed=3", "~logger", "hydra.run.dir=/tmp/x y"]),
         ("train", ["--cfg", "job", "model.foo=1"]),
         ("eval", ["ckpt_path=a.ckpt", "retrieval.modes=[hamming,euclidean]", "data=folder", "data.root=x"]),

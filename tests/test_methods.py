@@ -9,6 +9,7 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -89,7 +90,7 @@ def test_worked_example_trains_indexes_and_retrieves(example: Path) -> None:
 
 def test_worked_example_codes_follow_its_sign_rule(example: Path) -> None:
     """The index holds sign(tanh(.)) bits, not a 0.5 threshold (which would set every bit of a tanh code)."""
-    from deephash.retrieval.store import load_index
+    from deephash.retrieval import load_index
 
     sys.path.insert(0, str(example.parent))
     try:
@@ -273,26 +274,32 @@ def _save(module: HashModule, path: Path) -> Path:
 # ---------------------------------------------------------------------------------------- shallow methods
 
 
-class _ClassMeans(BaseHash):
-    """A supervised test method: codes are the signs of projections on random mixes of the class means."""
+@pytest.fixture
+def class_means() -> Iterator[type[BaseHash]]:
+    """A supervised test method, registered as ``classmeans-test`` for the test only: codes are the signs of
+    projections on random mixes of the class means."""
 
-    name = "classmeans-test"
-    supervised = True
-    state_keys = ("mean", "projection")
+    class ClassMeans(BaseHash):
+        name = "classmeans-test"
+        supervised = True
+        state_keys = ("mean", "projection")
 
-    def _fit(self, X: np.ndarray, y: np.ndarray | None) -> _ClassMeans:
-        mean = X.mean(axis=0)
-        means = np.stack([X[y == c].mean(axis=0) - mean for c in np.unique(y)])
-        mix = np.random.default_rng(self.seed).standard_normal((len(means), self.bits))
-        self._set_state(X.shape[1], {"mean": mean, "projection": means.T @ mix})
-        return self
+        def _fit(self, X: np.ndarray, y: np.ndarray | None) -> BaseHash:
+            mean = X.mean(axis=0)
+            means = np.stack([X[y == c].mean(axis=0) - mean for c in np.unique(y)])
+            mix = np.random.default_rng(self.seed).standard_normal((len(means), self.bits))
+            self._set_state(X.shape[1], {"mean": mean, "projection": means.T @ mix})
+            return self
 
-    def encode(self, X: np.ndarray) -> np.ndarray:
-        X = self._query_features(X)
-        return (X - self.mean) @ self.projection >= 0
+        def encode(self, X: np.ndarray) -> np.ndarray:
+            X = self._query_features(X)
+            return (X - self.mean) @ self.projection >= 0
+
+    yield ClassMeans
+    SHALLOW_METHODS.pop(ClassMeans.name)
 
 
-def test_a_supervised_shallow_method_refuses_to_fit_without_labels() -> None:
+def test_a_supervised_shallow_method_refuses_to_fit_without_labels(class_means: type[BaseHash]) -> None:
     X, y = load_digits(return_X_y=True)
     method = build_method("classmeans-test", 16)
     with pytest.raises(ConfigError, match=r"^classmeans-test is a supervised method and needs the training"):
@@ -306,7 +313,9 @@ def test_a_supervised_shallow_method_refuses_to_fit_without_labels() -> None:
     assert np.array_equal(lsh.fit(X, y).encode(X), build_method("lsh", 16, seed=1).fit(X).encode(X))
 
 
-def test_the_baseline_runner_gives_a_supervised_method_the_training_labels(tmp_path: Path) -> None:
+def test_the_baseline_runner_gives_a_supervised_method_the_training_labels(
+    class_means: type[BaseHash], tmp_path: Path
+) -> None:
     """deephash-baseline fits a supervised method with the labels of its training rows: a method built from
     class means retrieves digits far better than chance."""
     from deephash.baselines.run import run_baseline
@@ -344,10 +353,12 @@ def test_each_command_refuses_the_other_kind_of_method(tmp_path: Path) -> None:
         validate_baseline_config(cfg)
 
 
-def test_registries_hold_every_method_once() -> None:
+def test_registries_hold_every_method_once(class_means: type[BaseHash]) -> None:
     assert "latent" in DEEP and {"lsh", "pcah", "itq", "sh"} <= set(SHALLOW)
     assert not set(DEEP) & set(SHALLOW)
-    assert SHALLOW["classmeans-test"] is _ClassMeans and SHALLOW_METHODS is not SHALLOW
+    assert SHALLOW["classmeans-test"] is class_means  # a method defined anywhere registers itself
+    with pytest.raises(TypeError):
+        SHALLOW["other"] = class_means  # a read-only view: methods register by subclassing
 
 
 # ------------------------------------------------------------------------------------------ moved keys

@@ -14,13 +14,23 @@ import numpy as np
 import pytest
 import torch
 
+from deephash.retrieval import (
+    HammingIndex,
+    IndexWriter,
+    PoolRule,
+    euclidean_search,
+    hierarchical_search,
+    index_writer,
+    load_index,
+    save_index,
+)
 from deephash.retrieval import features as features_mod
-from deephash.retrieval import store as store_mod
+from deephash.retrieval.checksums import block_checksums
 from deephash.retrieval.codes import pack_codes
 from deephash.retrieval.encode import _RowWriter
-from deephash.retrieval.features import F7File, NpyRowWriter, create_npy, release_pages
-from deephash.retrieval.search import HammingIndex, PoolRule, euclidean_search, hierarchical_search
-from deephash.retrieval.store import IndexWriter, load_index, save_index
+from deephash.retrieval.features import F7File
+from deephash.retrieval.npy import NpyRowWriter, create_npy, npy_layout
+from deephash.retrieval.pages import release_pages, widen
 from deephash.utils.errors import ConfigError, IndexFormatError
 
 
@@ -88,7 +98,7 @@ def test_widen_converts_every_float16_exactly_from_read_only_and_strided_sources
     every = np.arange(1 << 16, dtype=np.uint16).view(np.float16).reshape(256, 256)  # subnormals, inf, NaN
     want = every.astype(np.float32)
     out = np.full(every.shape, 3.0, np.float32)
-    assert features_mod.widen(every, out) is out
+    assert widen(every, out) is out
     nan = np.isnan(want)
     np.testing.assert_array_equal(np.isnan(out), nan)  # NaN stays NaN (torch quiets signalling ones)
     # the rest bit for bit
@@ -97,12 +107,10 @@ def test_widen_converts_every_float16_exactly_from_read_only_and_strided_sources
     mapped = np.load(tmp_path / "h.npy", mmap_mode="r")  # read-only: no torch warning, no copy needed
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        features_mod.widen(mapped[::3, 1::2], out[::3, 1::2])
+        widen(mapped[::3, 1::2], out[::3, 1::2])
     np.testing.assert_array_equal(out[::3, 1::2], want[::3, 1::2])
     doubles = np.linspace(-2, 2, 12).reshape(3, 4)  # other dtypes go through numpy
-    np.testing.assert_array_equal(
-        features_mod.widen(doubles, np.empty((3, 4), np.float32)), doubles.astype(np.float32)
-    )
+    np.testing.assert_array_equal(widen(doubles, np.empty((3, 4), np.float32)), doubles.astype(np.float32))
 
 
 def test_f7file_array_protocol_and_errors(f7_file, tmp_path: Path) -> None:
@@ -264,7 +272,7 @@ def _items(rng: np.random.Generator, n: int, d: int) -> dict:
 
 
 def test_store_streams_f7_in_blocks_from_memmaps_and_readers(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr(store_mod, "_F7_BLOCK_BYTES", 4 * 8 * 7)  # 7 rows of 8 floats per block
+    monkeypatch.setattr(index_writer, "_F7_BLOCK_BYTES", 4 * 8 * 7)  # 7 rows of 8 floats per block
     rng = np.random.default_rng(3)
     items = _items(rng, 90, 8)
     f7 = rng.standard_normal((90, 8)).astype(np.float32)
@@ -329,7 +337,7 @@ def test_checked_reads_verify_only_the_blocks_they_touch(tmp_path: Path) -> None
     rng = np.random.default_rng(5)
     data = rng.standard_normal((103, 8)).astype(np.float16)
     np.save(tmp_path / "f7.npy", data)
-    sums = features_mod.block_checksums(data, 10)
+    sums = block_checksums(data, 10)
     assert sums.shape == (11,) and sums[-1] == zlib.crc32(data[100:].tobytes())
     f7 = F7File(tmp_path / "f7.npy", checksums=sums, block_rows=10)
     rows = np.array([102, 3, 57, 3, 58, 0])
@@ -352,14 +360,14 @@ def test_blocks_held_whole_by_a_read_are_checked_from_it(tmp_path: Path) -> None
     rng = np.random.default_rng(6)
     data = rng.standard_normal((60, 4)).astype(np.float16)
     np.save(tmp_path / "f7.npy", data)
-    ones = F7File(tmp_path / "f7.npy", checksums=features_mod.block_checksums(data, 1), block_rows=1)
+    ones = F7File(tmp_path / "f7.npy", checksums=block_checksums(data, 1), block_rows=1)
     np.testing.assert_array_equal(ones.read([41, 2, 7], np.float32), data[[41, 2, 7]].astype(np.float32))
     assert np.flatnonzero(ones._verified).tolist() == [2, 7, 41]
-    tens = F7File(tmp_path / "f7.npy", checksums=features_mod.block_checksums(data, 10), block_rows=10)
+    tens = F7File(tmp_path / "f7.npy", checksums=block_checksums(data, 10), block_rows=10)
     rows = np.r_[10:20, 35, 50:60]
     np.testing.assert_array_equal(tens[rows], data[rows])
     assert np.flatnonzero(tens._verified).tolist() == [1, 3, 5]
-    sums = features_mod.block_checksums(data, 1)
+    sums = block_checksums(data, 1)
     changed = data.copy()
     changed[7, 1] = np.float16(123.0)
     np.save(tmp_path / "f7.npy", changed)
@@ -376,7 +384,7 @@ def test_reads_of_many_runs_gather_from_the_map_with_the_same_checks(tmp_path: P
     data = np.random.default_rng(7).standard_normal((300, 64)).astype(np.float16)
     path = tmp_path / "f7.npy"
     np.save(path, data)
-    sums = features_mod.block_checksums(data, 1)
+    sums = block_checksums(data, 1)
     many, few = np.arange(1, 300, 3)[: features_mod._GATHER_MIN_RUNS], np.r_[1:4, 50]
     f7 = F7File(path, checksums=sums, block_rows=1)
     with monkeypatch.context() as m:
@@ -405,7 +413,7 @@ def test_reads_of_many_runs_gather_from_the_map_with_the_same_checks(tmp_path: P
 
 def _change_in_place(path: Path, row: int, col: int, value: float, d: int) -> None:
     """Overwrite one float16 of an open ``.npy`` file in place (a memory map of it sees the change)."""
-    offset = features_mod.npy_layout(path)[0]
+    offset = npy_layout(path)[0]
     with open(path, "r+b") as f:
         f.seek(offset + (row * d + col) * 2)
         f.write(np.float16(value).tobytes())
@@ -428,7 +436,7 @@ def test_gather_checks_each_block_it_first_touches_from_the_copy_or_the_map(
     data[15] = np.finfo(np.float16).max  # 4096 x 65504 sums to a finite float32 (not a float16)
     path = tmp_path / "f7.npy"
     np.save(path, data)
-    sums = features_mod.block_checksums(data, 10)
+    sums = block_checksums(data, 10)
     assert sums.tolist() == [zlib.crc32(data[b : b + 10].tobytes()) for b in range(0, 103, 10)]
     f7 = F7File(path, checksums=sums, block_rows=10)
     from_map: list[int] = []
@@ -457,8 +465,8 @@ def test_gather_refuses_non_finite_rows_and_a_file_truncated_while_open(tmp_path
     data[40, 3], data[41, 0], data[41, 1], data[43, 15] = np.nan, np.inf, -np.inf, -np.inf
     path = tmp_path / "f7.npy"
     np.save(path, data)
-    checked = F7File(path, checksums=features_mod.block_checksums(data, 1), block_rows=1)
-    blocks = F7File(path, checksums=features_mod.block_checksums(data, 4), block_rows=4)
+    checked = F7File(path, checksums=block_checksums(data, 1), block_rows=1)
+    blocks = F7File(path, checksums=block_checksums(data, 4), block_rows=4)
     np.testing.assert_array_equal(_gather(checked, [39]), data[[39]].astype(np.float32))
     plain = F7File(path)
     for row in (40, 41, 43):  # NaN; inf and -inf (sum NaN); -inf

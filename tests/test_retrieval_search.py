@@ -9,18 +9,24 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from deephash.retrieval import search as search_mod
-from deephash.retrieval.codes import pack_codes
-from deephash.retrieval.features import F7File, block_checksums
-from deephash.retrieval.search import (
-    L2_BACKENDS,
+from deephash.retrieval import (
     HammingIndex,
     PoolRule,
+    distances,
     euclidean_search,
     exact_l2,
+    exhaustive,
+    hamming,
+    hierarchical,
     hierarchical_search,
+    pairs,
     select_topk,
 )
+from deephash.retrieval.checksums import block_checksums
+from deephash.retrieval.codes import pack_codes
+from deephash.retrieval.exhaustive import L2_BACKENDS
+from deephash.retrieval.features import F7File
+from deephash.retrieval.rows import row_blocks
 from deephash.utils.errors import ConfigError, IndexFormatError
 
 BITS = [12, 48, 64, 128]
@@ -86,18 +92,18 @@ def test_knn_split_between_threads_matches_brute_force(
 ) -> None:
     """Queries shared out between threads, each a one-thread FAISS call, give brute force's (distance, index)
     order in the original query order, and leave the caller's FAISS thread count alone."""
-    monkeypatch.setattr(search_mod, "_SPLIT_MIN_QUERIES", 1)
+    monkeypatch.setattr(hamming, "_SPLIT_MIN_QUERIES", 1)
     rng = np.random.default_rng(8)
     db_bits, q_bits = tied_codes(rng, 1000, bits), tied_codes(rng, 9, bits)
     exp_d, exp_i = brute_knn(brute_distances(q_bits, db_bits), k)
     index = HammingIndex(pack_codes(db_bits), bits)
-    before = search_mod.faiss.omp_get_max_threads()
-    search_mod.faiss.omp_set_num_threads(3)
+    before = hamming.faiss.omp_get_max_threads()
+    hamming.faiss.omp_set_num_threads(3)
     try:
         got_d, got_i = index.search(pack_codes(q_bits), k)
-        assert search_mod.faiss.omp_get_max_threads() == 3
+        assert hamming.faiss.omp_get_max_threads() == 3
     finally:
-        search_mod.faiss.omp_set_num_threads(before)
+        hamming.faiss.omp_set_num_threads(before)
     np.testing.assert_array_equal(got_i, exp_i)
     np.testing.assert_array_equal(got_d, exp_d)
 
@@ -121,7 +127,7 @@ def test_large_k_numpy_path_matches_faiss_path(monkeypatch: pytest.MonkeyPatch) 
     db_bits, q_bits = tied_codes(rng, 3000, 20), tied_codes(rng, 12, 20)
     exp_d, exp_i = brute_knn(brute_distances(q_bits, db_bits), 700)
     index = HammingIndex(pack_codes(db_bits), 20)
-    monkeypatch.setattr(search_mod, "_COUNTING_BUDGET_BYTES", 1)
+    monkeypatch.setattr(hamming, "_COUNTING_BUDGET_BYTES", 1)
     got_d, got_i = index.search(pack_codes(q_bits), 700)
     np.testing.assert_array_equal(got_i, exp_i)
     np.testing.assert_array_equal(got_d, exp_d)
@@ -245,9 +251,9 @@ def test_euclidean_backends_agree_on_duplicate_rows(copies: int, chunk_size: int
         [db[spots[:2]].astype(np.float32), db[spots[0]] + 0.01, rng.standard_normal((5, 16))]
     ).astype(np.float32)
     rescanned = []
-    rows_within = search_mod._rows_within
+    rows_within = exhaustive._rows_within
     monkeypatch.setattr(
-        search_mod,
+        exhaustive,
         "_rows_within",
         lambda db_f7, q, *a: rescanned.append(len(q)) or rows_within(db_f7, q, *a),
     )
@@ -257,7 +263,7 @@ def test_euclidean_backends_agree_on_duplicate_rows(copies: int, chunk_size: int
         fd, fi = euclidean_search(db, queries, k, chunk_size=chunk_size)
         # a shortlist cut through the tied copies is rescanned (the two copies of the row and the query
         # beside them, and a random query whose top k reaches the copies), once they outnumber it
-        assert (sum(rescanned) >= 3) == (copies > search_mod._shortlist(k))
+        assert (sum(rescanned) >= 3) == (copies > exhaustive._shortlist(k))
         nd, ni = euclidean_search(db, queries, k, chunk_size=chunk_size, backend="numpy")
         np.testing.assert_array_equal(fi, ni)
         np.testing.assert_array_equal(fd, nd)
@@ -435,9 +441,9 @@ def test_batched_pool_shortlist_matches_brute_force_on_ties(monkeypatch) -> None
     q_f7 = np.vstack([db_f7[dup].astype(np.float32), rng.standard_normal((26, 16)).astype(np.float32)])
     index = HammingIndex(pack_codes(db_bits), 48)
     # several batches, closed by their query count or by their pairs
-    monkeypatch.setattr(search_mod, "_RANGE_QUERY_BATCH", 3)
-    monkeypatch.setattr(search_mod, "_SHORTLIST_QUERY_BATCH", 7)
-    monkeypatch.setattr(search_mod, "_SHORTLIST_PAIRS", 1500)
+    monkeypatch.setattr(hierarchical, "_POOL_QUERY_BATCH", 3)
+    monkeypatch.setattr(hierarchical, "_SHORTLIST_QUERY_BATCH", 7)
+    monkeypatch.setattr(hierarchical, "_SHORTLIST_PAIRS", 1500)
     for k, rule, chunk_size in [
         (5, PoolRule(2, 5, 400, 120), 37),
         (40, PoolRule(1, 40, 900, 300), 65536),
@@ -465,16 +471,16 @@ def test_pair_distances_match_float64_and_do_not_depend_on_the_batch() -> None:
     inverse = np.r_[np.zeros(9, np.int64), rng.integers(1, 25, 60)]
     perm = rng.permutation(len(owner))
     owner, inverse = owner[perm], inverse[perm]
-    got = search_mod.pair_sqdist(queries, owner, rows, inverse)
+    got = distances.pair_sqdist(queries, owner, rows, inverse)
     q64, r64 = queries.astype(np.float64)[owner], rows.astype(np.float64)[inverse]
     assert got.dtype == np.float32 and got.shape == owner.shape
     np.testing.assert_allclose(got, ((q64 - r64) ** 2).sum(axis=1), rtol=1e-5)
     # a pair scored alone, with its row elsewhere in memory, gets the same bits
     for i in (0, 17, 68):
         moved = np.vstack([rows[5:7], rows[inverse[i]][None]])
-        alone = search_mod.pair_sqdist(queries[owner[i]][None], np.array([0]), moved, np.array([2]))
+        alone = distances.pair_sqdist(queries[owner[i]][None], np.array([0]), moved, np.array([2]))
         assert alone.view(np.uint32)[0] == got.view(np.uint32)[i]
-    assert search_mod.pair_sqdist(queries, owner[:0], rows, inverse[:0]).shape == (0,)
+    assert distances.pair_sqdist(queries, owner[:0], rows, inverse[:0]).shape == (0,)
 
 
 @pytest.mark.parametrize(
@@ -489,9 +495,9 @@ def test_fused_pair_scoring_gives_pair_sqdist_bits_across_blocks(
     pairs in any order, a row shared by every query, and a memmap's pages released after each block. An
     ``F7File`` is gathered from its memory map, with no positional read per row."""
     released = []
-    monkeypatch.setattr(search_mod, "release_pages", lambda arr: released.append(arr))
-    monkeypatch.setattr(search_mod, "_SCORE_BLOCK_ROWS", 5)
-    monkeypatch.setattr(search_mod, "_FUSED_BYTES", 2 * 4 * 24)
+    monkeypatch.setattr(pairs, "release_pages", lambda arr: released.append(arr))
+    monkeypatch.setattr(pairs, "_SCORE_BLOCK_ROWS", 5)
+    monkeypatch.setattr(pairs, "_FUSED_BYTES", 2 * 4 * 24)
     rng = np.random.default_rng(9)
     db16 = (rng.standard_normal((60, 24)) * 4).astype(np.float16)
     path = tmp_path / "f7.npy"
@@ -510,14 +516,14 @@ def test_fused_pair_scoring_gives_pair_sqdist_bits_across_blocks(
     items = np.r_[np.full(7, 31), rng.integers(0, 60, 80)]
     perm = rng.permutation(len(owner))
     owner, items = owner[perm], items[perm]
-    got = search_mod._score_pairs(db, queries, owner, items, chunk_size=64)
-    expected = search_mod.pair_sqdist(queries, owner, db16.astype(np.float32), items)
+    got = pairs.score_pairs(db, queries, owner, items, chunk_size=64)
+    expected = distances.pair_sqdist(queries, owner, db16.astype(np.float32), items)
     np.testing.assert_array_equal(got.view(np.uint32), expected.view(np.uint32))
     blocks = -(-len(np.unique(items)) // 5)
     assert len(released) == blocks and all(arr is db for arr in released)
     if source == "checked F7File":
         assert np.flatnonzero(db._verified).tolist() == np.unique(items // 4).tolist()
-    assert search_mod._score_pairs(db, queries, owner[:0], items[:0], 64).shape == (0,)
+    assert pairs.score_pairs(db, queries, owner[:0], items[:0], 64).shape == (0,)
 
 
 def test_pair_order_is_lexsort_with_equal_distances_and_nan() -> None:
@@ -531,10 +537,10 @@ def test_pair_order_is_lexsort_with_equal_distances_and_nan() -> None:
     sq[:3], sq[-3:] = 0.5, 7.0
     items = rng.permutation(1000)[:400]
     expected = np.lexsort((items, sq, owner))
-    np.testing.assert_array_equal(search_mod._pair_order(owner, sq, items), expected)
+    np.testing.assert_array_equal(hierarchical._pair_order(owner, sq, items), expected)
     distinct = rng.permutation(400).astype(np.float32)
     np.testing.assert_array_equal(
-        search_mod._pair_order(owner, distinct, items), np.lexsort((items, distinct, owner))
+        hierarchical._pair_order(owner, distinct, items), np.lexsort((items, distinct, owner))
     )
 
 
@@ -553,7 +559,7 @@ def test_exhaustive_search_is_exact_on_near_ties_beyond_the_shortlist(backend: s
 
 
 def _shortlist_width(k: int) -> int:
-    return search_mod._shortlist(k)
+    return exhaustive._shortlist(k)
 
 
 # ---- realistic F7 magnitudes: 4096-d rows with squared norms around 1e5 ---------------------------------
@@ -651,7 +657,7 @@ def test_row_blocks_cover_every_pair_once_in_equal_blocks(distinct: int, step: i
     rows = np.sort(rng.choice(50, distinct, replace=False))
     items = np.repeat(rows, rng.integers(1, 4, distinct))  # sorted pairs, 1 to 3 per row
     seen, sizes = [], []
-    for a, b, block, inverse in search_mod._row_blocks(db, items, step):
+    for a, b, block, inverse in row_blocks(db, items, step):
         time.sleep(0.02)  # the read of the next block, already submitted, completes meanwhile
         assert block.dtype == np.float32 and len(block) <= step
         np.testing.assert_array_equal(block[inverse], db[items[a:b]].astype(np.float32))
@@ -668,8 +674,8 @@ def test_refine_over_many_row_blocks_matches_brute_force(monkeypatch: pytest.Mon
     rng = np.random.default_rng(12)
     db = features(rng, 400, 16)
     queries = np.vstack([db[:3].astype(np.float32), rng.standard_normal((6, 16)).astype(np.float32)])
-    monkeypatch.setattr(search_mod, "_SCORE_BLOCK_ROWS", 3)
-    monkeypatch.setattr(search_mod, "_FUSED_BYTES", 2 * 4 * 16)
+    monkeypatch.setattr(pairs, "_SCORE_BLOCK_ROWS", 3)
+    monkeypatch.setattr(pairs, "_FUSED_BYTES", 2 * 4 * 16)
     dist = brute_l2(queries, db)
     exp_i = np.argsort(dist, axis=1, kind="stable")[:, :20]
     got_d, got_i = euclidean_search(db, queries, 20, chunk_size=64)

@@ -17,7 +17,7 @@ from sklearn.datasets import load_digits
 
 import deephash
 from deephash.evaluation.run import evaluate_indexes
-from deephash.retrieval.search import MODES
+from deephash.retrieval.modes import MODES
 from deephash.retrieval.searcher import Searcher, image_files, refuse_unlabelled
 from deephash.utils.errors import ConfigError, DataError
 from tests.conftest import compose_config

@@ -9,11 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from deephash.retrieval import store as store_mod
+from deephash.retrieval import HammingIndex, IndexWriter, index_writer, load_index, save_index, sha256_file
 from deephash.retrieval.codes import pack_codes
 from deephash.retrieval.features import F7File
-from deephash.retrieval.search import HammingIndex
-from deephash.retrieval.store import IndexWriter, load_index, save_index, sha256_file
 from deephash.utils.errors import ConfigError, IndexFormatError
 
 
@@ -146,7 +144,7 @@ def test_interrupted_save_keeps_previous_index(
     def crash(*args, **kwargs):
         raise KeyboardInterrupt("killed while writing the manifest")
 
-    monkeypatch.setattr(store_mod, "_write_manifest", crash)
+    monkeypatch.setattr(index_writer, "_write_manifest", crash)
     with pytest.raises(KeyboardInterrupt):
         save_index(path, **make_items(n=30, bits=12, seed=1))
     with pytest.raises(KeyboardInterrupt):

@@ -6,9 +6,8 @@ import numpy as np
 import pytest
 
 from deephash.benchmarks.sublinear import recall_at
-from deephash.retrieval import sublinear
+from deephash.retrieval import HammingIndex, PoolRule, hierarchical_search, sublinear
 from deephash.retrieval.codes import pack_codes
-from deephash.retrieval.search import HammingIndex, PoolRule, hierarchical_search
 from deephash.retrieval.sublinear import BinaryHashIndex, MultiHashIndex, build_hamming_index
 from deephash.utils.errors import ConfigError, IndexFormatError
 

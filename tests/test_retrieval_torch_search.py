@@ -10,11 +10,12 @@ import pytest
 import torch
 
 from deephash.evaluation.hamming_metrics import hamming_retrieval_metrics
-from deephash.evaluation.torch_metrics import hamming_retrieval_metrics_torch
-from deephash.retrieval import search, torch_search
+from deephash.retrieval import exhaustive, hierarchical, torch_search
+from deephash.retrieval.checksums import block_checksums
 from deephash.retrieval.codes import pack_codes
-from deephash.retrieval.features import F7File, block_checksums
-from deephash.retrieval.search import HammingIndex, PoolRule
+from deephash.retrieval.features import F7File
+from deephash.retrieval.hamming import HammingIndex
+from deephash.retrieval.hierarchical import PoolRule
 from deephash.retrieval.torch_search import TorchHammingIndex, popcount, torch_device
 from deephash.utils.errors import ConfigError
 
@@ -81,7 +82,9 @@ def test_device_hierarchical_search_equals_cpu_path(k: int, rule: PoolRule, tmp_
         [db_f7[[5, 300, 17]].astype(np.float32), rng.standard_normal((25, 16)).astype(np.float32)]
     )
     codes, queries = pack_codes(db_bits), pack_codes(q_bits)
-    want = search.hierarchical_search(HammingIndex(codes, 48), db_f7, queries, q_f7, k, rule, chunk_size=64)
+    want = hierarchical.hierarchical_search(
+        HammingIndex(codes, 48), db_f7, queries, q_f7, k, rule, chunk_size=64
+    )
     got = torch_search.hierarchical_search(
         TorchHammingIndex(codes, 48, "cpu"), db_f7, queries, q_f7, k, rule, chunk_size=64
     )
@@ -94,7 +97,7 @@ def test_device_hierarchical_search_equals_cpu_path(k: int, rule: PoolRule, tmp_
         for field in ("idx", "l2", "hamming", "pool_sizes"):
             np.testing.assert_array_equal(getattr(result, field), getattr(want, field))
     assert checked._verified.any()
-    assert (want.pool_sizes > search._shortlist(k)).any()  # pools were scored, not just passed on
+    assert (want.pool_sizes > exhaustive._shortlist(k)).any()  # pools were scored, not just passed on
 
 
 def test_device_hierarchical_search_equals_cpu_path_on_near_ties_beyond_the_slack() -> None:
@@ -108,7 +111,7 @@ def test_device_hierarchical_search_equals_cpu_path_on_near_ties_beyond_the_slac
     codes = pack_codes(np.zeros((400, 48), bool))
     queries = pack_codes(np.zeros((6, 48), bool))
     rule = PoolRule(2, 1, 1000, 400)  # every pool is the whole database
-    want = search.hierarchical_search(HammingIndex(codes, 48), db_f7, queries, q_f7, 10, rule)
+    want = hierarchical.hierarchical_search(HammingIndex(codes, 48), db_f7, queries, q_f7, 10, rule)
     got = torch_search.hierarchical_search(
         TorchHammingIndex(codes, 48, "cpu"), db_f7, queries, q_f7, 10, rule
     )
@@ -131,9 +134,7 @@ def test_device_hamming_metrics_equal_cpu_metrics(bits: int, radius: int) -> Non
         "top_n": 10,
     }
     want = hamming_retrieval_metrics(q_codes, db_codes, q_labels, db_labels, bits, **options)
-    got = hamming_retrieval_metrics_torch(
-        q_codes, db_codes, q_labels, db_labels, bits, device="cpu", **options
-    )
+    got = hamming_retrieval_metrics(q_codes, db_codes, q_labels, db_labels, bits, device="cpu", **options)
     assert set(got.metrics) == set(want.metrics)
     for key in ("mAP", "mAP@100", f"precision@r{radius}"):
         assert got.metrics[key] == pytest.approx(want.metrics[key], abs=1e-12, rel=0)

@@ -41,7 +41,7 @@ def test_bit_sweep_gives_one_wandb_run_per_job_in_one_group_and_a_comparison(tmp
     sweep = tmp_path / "sweep"
     proc = _train(
         "-m",
-        "model.bits=12,24",
+        "model.net.bits=12,24",
         "logger=wandb",
         *FAST,
         f"hydra.sweep.dir={sweep}",
@@ -55,16 +55,16 @@ def test_bit_sweep_gives_one_wandb_run_per_job_in_one_group_and_a_comparison(tmp
         runs.append(parse_run(files[0]))
     # the sweep's own group (absolute: the sweep folder is outside the directory it was launched from)
     assert {r["run"].run_group for r in runs} == {str(sweep)}
-    assert sorted(r["run"].display_name for r in runs) == ["bits12-seed42", "bits24-seed42"]
+    assert sorted(r["run"].display_name for r in runs) == ["latent-bits12-seed42", "latent-bits24-seed42"]
     assert runs[0]["run"].run_id != runs[1]["run"].run_id
     for run in runs:
         summary = run["summary"]
         assert 0 < summary["retrieval/hamming/mAP"] <= 1
         assert 0 <= summary["retrieval/hamming/precision@10"] <= 1
-        assert "model.bits=12" in run["run"].tags or "model.bits=24" in run["run"].tags
+        assert "model.net.bits=12" in run["run"].tags or "model.net.bits=24" in run["run"].tags
         assert run["run"].job_type == "train"
         model = run["config"]["model"]
-        assert model.get("value", model)["bits"] in (12, 24)  # the resolved Hydra config
+        assert model.get("value", model)["net"]["bits"] in (12, 24)  # the resolved Hydra config
 
     compare = subprocess.run(
         [sys.executable, "-m", "deephash.compare", str(sweep)], capture_output=True, text=True, timeout=120
@@ -92,6 +92,50 @@ def test_a_failed_sweep_job_is_reported_not_dropped(tmp_path: Path) -> None:
     )
     assert compare.returncode == 0, compare.stderr[-2000:]
     assert "failed" in (sweep / "compare" / "compare.md").read_text()
+
+
+def test_a_method_sweep_compares_and_charts_one_line_per_method_and_code_length(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """hparams_search=methods narrowed to two methods and two code lengths: deephash-compare has one group per
+    (method, bits), and the offline dashboard draws retrieval against bits with a line per method."""
+    from deephash.dashboard import main as dashboard
+    from deephash.tracking.compare import group_table
+    from deephash.tracking.sweep import load_jobs
+
+    sweep = tmp_path / "sweep"
+    proc = _train(
+        "hparams_search=methods",
+        "method=latent,dsh",
+        "model.net.bits=8,16",
+        "seed=1",
+        "logger=none",
+        "test=false",
+        "trainer.limit_train_batches=3",
+        "trainer.limit_val_batches=1",
+        *FAST,
+        f"hydra.sweep.dir={sweep}",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    jobs = load_jobs(sweep)
+    assert sorted((j.info["method"], j.info["bits"]) for j in jobs) == [
+        ("dsh", 8),
+        ("dsh", 16),
+        ("latent", 8),
+        ("latent", 16),
+    ]
+    _, rows = group_table(jobs)
+    assert sorted((r["method"], r["bits"], r["mode"], r["seeds"]) for r in rows) == [
+        (method, bits, "hamming", 1) for method in ("dsh", "latent") for bits in (8, 16)
+    ]
+
+    monkeypatch.chdir(tmp_path)
+    assert dashboard(["--sweep-dir", "sweep", "--out", "spec.json", "--mode", "offline"]) == 0
+    capsys.readouterr()
+    spec = json.loads((tmp_path / "spec.json").read_text())
+    assert spec["group"] == "sweep" and spec["groupby"] == ["method"]
+    retrieval = next(s for s in spec["sections"] if s["name"] == "Retrieval vs bits")["panels"]
+    assert retrieval and {(p["x"], p["groupby"]) for p in retrieval} == {("bits", "method")}
 
 
 def test_optuna_config_composes_and_maximises_validation_map() -> None:

@@ -15,10 +15,10 @@ import yaml
 pytest.importorskip("wandb")
 
 from deephash.dashboard import main  # noqa: E402
+from deephash.evaluation.metrics import KS  # noqa: E402
+from deephash.retrieval.modes import MODES  # noqa: E402
 from deephash.tracking import dashboard  # noqa: E402
 from deephash.tracking.dashboard import (  # noqa: E402
-    KS,
-    MODES,
     build_workspace,
     dashboard_spec,
     spec_keys,
@@ -54,8 +54,8 @@ def test_every_dashboard_key_is_logged_by_a_real_sweep(
         "-m",
         "deephash.train",
         "-m",
-        "model.dropout=0.1,0.3",
-        "model.bits=16",
+        "model.net.dropout=0.1,0.3",
+        "model.net.bits=16",
         "trainer.max_epochs=2",
         "+trainer.limit_train_batches=2",
         "+trainer.limit_val_batches=1",
@@ -80,8 +80,10 @@ def test_every_dashboard_key_is_logged_by_a_real_sweep(
 
     # grouping: the dashboard shows exactly the sweep's group, and the swept override is a column
     assert {r["run"].run_group for r in runs} == {spec["group"]} == {"multirun/dash"}
-    assert "config:model.dropout" in spec["columns"]
-    assert all("model.dropout=0.1" in r["run"].tags or "model.dropout=0.3" in r["run"].tags for r in runs)
+    assert "config:model.net.dropout" in spec["columns"]
+    assert all(
+        "model.net.dropout=0.1" in r["run"].tags or "model.net.dropout=0.3" in r["run"].tags for r in runs
+    )
 
     logged = {
         "history": set.intersection(*(flat(r["history"], "/") for r in runs)),
@@ -123,7 +125,7 @@ def test_dashboard_keys_are_logged_by_a_training_run(
         "+trainer.limit_train_batches=2",
         "+trainer.limit_val_batches=1",
         "+trainer.limit_test_batches=1",
-        "model.bits=16",
+        "model.net.bits=16",
         output_dir=run_dir,
     )
     train(cfg)
@@ -135,7 +137,7 @@ def test_dashboard_keys_are_logged_by_a_training_run(
         "summary": flat(run["summary"]),
     }
     logged["config"].add("overrides")  # a run launched without overrides has none to show
-    named = spec_keys(dashboard_spec(swept=["model.dropout"]))
+    named = spec_keys(dashboard_spec(swept=["model.net.dropout"]))
     for kind in ("history", "config", "summary"):
         assert named[kind] - logged[kind] == set(), kind
 
@@ -163,8 +165,8 @@ def test_wandb_sweep_runs_the_hydra_bit_sweep() -> None:
     sweep = yaml.safe_load((Path(CONF_DIR) / "wandb_sweep" / "bits.yaml").read_text())
     assert sweep["method"] == "grid" and list(sweep["parameters"]) == list(params)
     wandb_jobs = []
-    for bits in sweep["parameters"]["model.bits"]["values"]:
-        args = create_sweep_command_args({"args": {"model.bits": {"value": bits}}})
+    for bits in sweep["parameters"]["model.net.bits"]["values"]:
+        args = create_sweep_command_args({"args": {"model.net.bits": {"value": bits}}})
         macros = {"${env}": [], "${interpreter}": ["python"], "${args_no_hyphens}": args["args_no_hyphens"]}
         argv = [part for chunk in sweep["command"] for part in macros.get(chunk, [chunk])]
         assert argv[:3] == ["python", "-m", "deephash.train"]  # the program of conf/train.yaml
@@ -181,7 +183,7 @@ def test_defaults_follow_the_retrieval_config() -> None:
 
 def test_spec_panels() -> None:
     spec = dashboard_spec(
-        group="multirun/x", modes=["hamming", "euclidean"], ks=[5, 50], swept=["model.dropout"]
+        group="multirun/x", modes=["hamming", "euclidean"], ks=[5, 50], swept=["model.net.dropout"]
     )
     assert [s["name"] for s in spec["sections"]] == [
         "Retrieval vs bits",
@@ -200,8 +202,8 @@ def test_spec_panels() -> None:
         f"retrieval/{mode}/precision@{k}" for mode in ("hamming", "euclidean") for k in (5, 50)
     }
     retrieval = spec["sections"][0]["panels"]
-    assert {(p["x"], p["groupby"]) for p in retrieval} == {("bits", "backbone")}  # a line per backbone
-    assert "config:model.dropout" in spec["columns"] and "summary:val/acc.max" in spec["columns"]
+    assert {(p["x"], p["groupby"]) for p in retrieval} == {("bits", "method")}  # a line per method
+    assert "config:model.net.dropout" in spec["columns"] and "summary:val/acc.max" in spec["columns"]
     assert spec_keys(dashboard_spec(modes=["hamming_radius"]))["history"] >= {
         "retrieval/hamming_radius/precision",
         "retrieval/hamming_radius/recall",
@@ -224,7 +226,7 @@ def test_workspace_from_spec() -> None:
     assert (line.x, line.y, line.groupby) == (
         "bits",
         ["retrieval/hamming/mAP", "retrieval/hamming/mAP@1000"],
-        "backbone",
+        "method",
     )
     assert "multirun/x" in str(workspace.runset_settings.filters)
     with pytest.raises(ConfigError, match="no W&B entity"):

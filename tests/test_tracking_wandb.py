@@ -27,14 +27,16 @@ from deephash.evaluation.plots import (  # noqa: E402
 from deephash.tracking.wandb import (  # noqa: E402
     build_wandb_logger,
     finish,
-    flatten_metrics,
     hydra_job,
+    resolve_mode,
+    sweep_name,
+)
+from deephash.tracking.wandb_results import (  # noqa: E402
+    flatten_metrics,
     log_artifacts,
     log_retrieval_results,
     make_artifacts,
-    resolve_mode,
     retrieval_scalars,
-    sweep_name,
     wandb_summary,
 )
 from deephash.utils.errors import ConfigError  # noqa: E402
@@ -399,12 +401,12 @@ def test_hydra_config_builds_an_offline_logger(offline: Path) -> None:
     init = logger._wandb_init
     assert (init["group"], init["name"], init["job_type"], init["project"]) == (
         "digits-train",
-        "bits32-seed3",
+        "latent-bits32-seed3",
         "train",
         "deephash",
     )
     assert init["mode"] == "offline" and init["dir"] == str(offline / "out")
-    assert set(init["tags"]) == {"digits", "smallcnn", "bits32"}
+    assert set(init["tags"]) == {"digits", "latent", "smallcnn", "bits32"}
     assert (
         logger._log_model is False
     )  # Lightning cannot upload checkpoints offline; log_artifacts records one
@@ -417,7 +419,7 @@ def test_top_level_tags_and_group(offline: Path) -> None:
     )
     init = hydra.utils.instantiate(cfg.logger.wandb)._wandb_init
     assert init["group"] == "my-study"
-    assert set(init["tags"]) == {"baseline", "lr-study", "digits", "smallcnn", "bits48"}
+    assert set(init["tags"]) == {"baseline", "lr-study", "digits", "latent", "smallcnn", "bits48"}
     cfg = compose_config("train", ["logger=wandb", "tags=smoke"], offline / "o")
     assert "smoke" in hydra.utils.instantiate(cfg.logger.wandb)._wandb_init["tags"]
     # `+tags=` (the lightning-hydra-template habit) reaches the run as well, and so does `+group=`
@@ -433,7 +435,7 @@ def multirun_job(offline: Path) -> Any:
     from omegaconf import open_dict
 
     overrides = [
-        "model.bits=32",
+        "model.net.bits=32",
         "seed=3",
         "logger=wandb",
         "tags=[a]",
@@ -466,13 +468,14 @@ def compose_config_with_hydra(overrides: list[str]) -> Any:
 def test_a_sweep_is_one_group_with_its_overrides_as_tags(multirun_job: Any) -> None:
     assert hydra_job() == (
         "multirun/train/2024-05-01_12-00-00",
-        ["model.bits=32", "seed=3", "logger=wandb", "tags=[a]", "paths.data_dir=/d", "hydra.verbose=1"],
+        ["model.net.bits=32", "seed=3", "logger=wandb", "tags=[a]", "paths.data_dir=/d", "hydra.verbose=1"],
     )
     init = hydra.utils.instantiate(multirun_job.logger.wandb)._wandb_init
     assert init["group"] == "multirun/train/2024-05-01_12-00-00"
     # the settings are tags; where the job writes or logs, and the tags override itself, are not
-    assert set(init["tags"]) == {"digits", "smallcnn", "bits32", "model.bits=32", "seed=3"}
-    assert init["config"]["overrides"] == "model.bits=32 seed=3"
+    assert set(init["tags"]) == {"digits", "latent", "smallcnn", "bits32", "model.net.bits=32", "seed=3"}
+    assert init["config"]["overrides"] == "model.net.bits=32 seed=3"
+    assert init["config"]["method"] == "latent"
     assert init["config"]["sweep_dir"] == "multirun/train/2024-05-01_12-00-00"
 
 

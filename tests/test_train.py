@@ -183,7 +183,7 @@ def test_last_checkpoint_is_the_final_epoch_even_when_the_score_stops_improving(
         ("model.scheduler.step_size=0", r"^model.scheduler.step_size must be an integer >= 1, got 0$"),
         (
             "~model.bits",
-            r"^model.bits is required \(the model config sets it; was it removed with ~model.bits\?\)$",
+            r"^model.net.bits is required \(the model config sets it; was it removed with ~model.net.bits\?\)$",
         ),
     ],
 )
@@ -250,7 +250,7 @@ def test_multirun_over_bits_with_basic_launcher(tmp_path: Path) -> None:
 
 
 def test_folder_with_broken_images_trains_indexes_and_lists_them(train_cfg, tmp_path: Path) -> None:
-    from deephash.retrieval.store import load_index
+    from deephash.retrieval import load_index
     from tests.test_data_folder_scale import write_bad_tree
 
     root = tmp_path / "images"

@@ -37,9 +37,9 @@ from deephash.evaluation.run import evaluate_indexes
 from deephash.methods.registry import DEEP, SHALLOW
 from deephash.methods.shallow import HashMethod, validate_bits
 from deephash.models.backbones import BACKBONES, NATIVE_BACKBONES
+from deephash.retrieval import EncodedItems, IndexStore, load_index, save_index
 from deephash.retrieval.codes import pack_codes
 from deephash.retrieval.encode import encode_split
-from deephash.retrieval.store import EncodedItems, IndexStore, load_index, save_index
 from deephash.runs import build_predict_trainer, claim_run_dir, finish_loggers, instantiate_loggers
 from deephash.utils.checks import check_int
 from deephash.utils.errors import ConfigError

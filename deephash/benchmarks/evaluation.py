@@ -34,13 +34,12 @@ from deephash.benchmarks.common import (
 )
 from deephash.evaluation import metrics as M
 from deephash.evaluation.hamming_metrics import hamming_retrieval_metrics
-from deephash.evaluation.pipeline import MODES, default_curve_ks, evaluate_retrieval
+from deephash.evaluation.metrics import KS
+from deephash.evaluation.pipeline import default_curve_ks, evaluate_retrieval
+from deephash.retrieval import MODES, EncodedItems, HammingIndex
 from deephash.retrieval.codes import hamming_distance_matrix
-from deephash.retrieval.search import HammingIndex
-from deephash.retrieval.store import EncodedItems
 from deephash.utils.errors import ConfigError
 
-KS = (1, 10, 100, 1000)
 MAP_AT, RADIUS, TOP_N = 1000, 2, 10
 TARGET_SECONDS, TARGET_SPEEDUP, TARGET_SCALE_SECONDS = 1.0, 10.0, 10.0
 QUICK = {

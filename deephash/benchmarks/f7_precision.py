@@ -25,7 +25,7 @@ from rich.table import Table
 from deephash.benchmarks.common import add_shared_arguments, finish, results_table, run_benchmark
 from deephash.evaluation.pipeline import evaluate_retrieval, settings
 from deephash.models.checkpoint import load_hash_module
-from deephash.retrieval.store import EncodedItems, IndexStore, load_index
+from deephash.retrieval import EncodedItems, IndexStore, load_index
 from deephash.utils.errors import ConfigError
 
 F7_MODES = ("euclidean", "hierarchical")

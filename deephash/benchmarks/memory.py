@@ -123,8 +123,8 @@ def _op_build(spec: dict[str, Any]) -> dict[str, Any]:
 
     import torch
 
+    from deephash.retrieval import load_index, save_index
     from deephash.retrieval.encode import _RowWriter
-    from deephash.retrieval.store import load_index, save_index
 
     n, dim, bits, batch = spec["n_database"], spec["dim"], spec["bits"], spec["batch_rows"]
     index_dir, staging = Path(spec["index_dir"]), Path(spec["staging_dir"])
@@ -173,8 +173,7 @@ def _op_build(spec: dict[str, Any]) -> dict[str, Any]:
 
 def _op_hierarchical(spec: dict[str, Any]) -> dict[str, Any]:
     """``load_index`` and one batch of hierarchical queries."""
-    from deephash.retrieval.search import PoolRule, hierarchical_search
-    from deephash.retrieval.store import load_index
+    from deephash.retrieval import PoolRule, hierarchical_search, load_index
 
     with limit_threads(spec["threads"])[1]:
         rng = np.random.default_rng(spec["seed"] + 1)
@@ -202,8 +201,7 @@ def _op_hierarchical(spec: dict[str, Any]) -> dict[str, Any]:
 
 def _op_euclidean(spec: dict[str, Any]) -> dict[str, Any]:
     """``load_index`` and one exhaustive L2 search, streamed in chunks."""
-    from deephash.retrieval.search import euclidean_search
-    from deephash.retrieval.store import load_index
+    from deephash.retrieval import euclidean_search, load_index
 
     with limit_threads(spec["threads"])[1]:
         rng = np.random.default_rng(spec["seed"] + 2)

@@ -50,18 +50,14 @@ from deephash.benchmarks.common import (
     run_benchmark,
     work_dir,
 )
+from deephash.retrieval.checksums import block_checksums
 from deephash.retrieval.codes import code_bytes, pad_codes
+from deephash.retrieval.exhaustive import L2_BACKENDS, euclidean_search
 from deephash.retrieval.faiss_blas import faiss
-from deephash.retrieval.features import F7File, block_checksums
-from deephash.retrieval.search import (
-    L2_BACKENDS,
-    HammingIndex,
-    HierarchicalResult,
-    PoolRule,
-    euclidean_search,
-    hierarchical_search,
-)
-from deephash.retrieval.store import f7_block_rows
+from deephash.retrieval.features import F7File
+from deephash.retrieval.hamming import HammingIndex
+from deephash.retrieval.hierarchical import HierarchicalResult, PoolRule, hierarchical_search
+from deephash.retrieval.index_writer import f7_block_rows
 from deephash.retrieval.torch_search import TorchHammingIndex, torch_device
 from deephash.retrieval.torch_search import hierarchical_search as device_hierarchical_search
 from deephash.utils.errors import ConfigError

@@ -44,7 +44,7 @@ from deephash.benchmarks.common import (
 )
 from deephash.retrieval.codes import code_bytes, pad_codes
 from deephash.retrieval.faiss_blas import faiss
-from deephash.retrieval.search import HammingIndex
+from deephash.retrieval.hamming import HammingIndex
 from deephash.retrieval.sublinear import MultiHashIndex, faiss_layout
 from deephash.utils.errors import ConfigError
 

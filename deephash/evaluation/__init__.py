@@ -1,7 +1,9 @@
 """Evaluation: retrieval metrics (pure functions) and report writers (CSV + PNG)."""
 
-from deephash.evaluation.hamming_metrics import HammingMetrics, hamming_retrieval_metrics
+from deephash.evaluation.hamming_counts import HammingMetrics
+from deephash.evaluation.hamming_metrics import hamming_retrieval_metrics
 from deephash.evaluation.metrics import (
+    KS,
     average_precision,
     average_precision_at_k,
     bit_balance,
@@ -24,6 +26,7 @@ from deephash.evaluation.plots import (
 )
 
 __all__ = [
+    "KS",
     "HammingMetrics",
     "average_precision",
     "average_precision_at_k",

@@ -23,6 +23,7 @@ import numpy as np
 
 from deephash.utils.errors import ConfigError
 
+KS = (1, 10, 100, 1000)  # the default precision@k cut-offs (conf/retrieval/default.yaml lists the same)
 _BLOCK_CELLS = 1 << 24
 
 

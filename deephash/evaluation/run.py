@@ -24,8 +24,9 @@ from deephash.evaluation.plots import (
 )
 from deephash.models.checkpoint import load_hash_module
 from deephash.retrieval.build import build_index, drop_unreadable
+from deephash.retrieval.index_lock import check_index_target
+from deephash.retrieval.items import IndexStore
 from deephash.retrieval.searcher import refuse_unlabelled
-from deephash.retrieval.store import IndexStore, check_index_target
 from deephash.retrieval.sublinear import build_hamming_index
 from deephash.utils.io import update_json
 from deephash.utils.logging import get_logger

@@ -1,6 +1,6 @@
 """The Hamming-mode metrics of :func:`deephash.evaluation.hamming_metrics.hamming_retrieval_metrics` on a
-torch device (``retrieval.device``): distances, the (distance, index) ranking and every per-query count
-are computed in torch; the same per-query values then go through the same averaging.
+torch device (``retrieval.device``, its ``device`` argument): distances, the (distance, index) ranking and
+every per-query count are computed in torch; the same per-query values then go through the same averaging.
 
 The rankings, the top items and every count are the CPU path's exactly (sorting the unique keys
 ``distance * n + index`` is the stable sort by distance); average precision sums the same float64 terms
@@ -9,46 +9,30 @@ in another order, so mAP and mAP@k agree to about 1e-15.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import numpy as np
 import torch
 
-from deephash.evaluation.hamming_metrics import HammingMetrics, _class_ids, _Stats, check_hamming_inputs
+from deephash.evaluation.hamming_counts import HammingCounts, HammingInputs, class_ids
 from deephash.retrieval.torch_search import code_words, hamming_distances
 
 _BLOCK_CELLS = 1 << 23  # query x database cells per block (a few int64/float64 arrays of that size)
 
 
-def hamming_retrieval_metrics_torch(
-    query_codes: np.ndarray,
-    db_codes: np.ndarray,
-    query_labels: np.ndarray,
-    db_labels: np.ndarray,
-    bits: int,
-    *,
-    ks: Sequence[int] = (1, 10, 100, 1000),
-    map_at: int = 1000,
-    radius: int = 2,
-    curve_ks: Sequence[int] = (),
-    top_n: int = 10,
-    device: torch.device | str = "cpu",
-) -> HammingMetrics:
-    """``hamming_retrieval_metrics`` (same arguments, conventions and results) computed on ``device``."""
-    queries, database, query_labels, db_labels, ks_arr, curve_arr, map_at = check_hamming_inputs(
-        query_codes, db_codes, query_labels, db_labels, bits, ks, curve_ks, map_at, radius, top_n
-    )
+def device_counts(inputs: HammingInputs, device: torch.device | str) -> HammingCounts:
+    """The per-query counts of ``hamming_retrieval_metrics`` computed in torch on ``device``."""
+    queries, database, bits, map_at = inputs.queries, inputs.database, inputs.bits, inputs.map_at
     q, n = len(queries), len(database)
 
     device = torch.device(device)
     db_class, query_class = (
-        torch.from_numpy(c.astype(np.int64)).to(device) for c in _class_ids(db_labels, query_labels)
+        torch.from_numpy(c.astype(np.int64)).to(device)
+        for c in class_ids(inputs.db_labels, inputs.query_labels)
     )
     db_words, query_words = code_words(database, device), code_words(queries, device)
-    cut = np.concatenate([ks_arr, curve_arr]).clip(max=n)
+    cut = np.concatenate([inputs.ks, inputs.curve_ks]).clip(max=n)
     cut_t = torch.from_numpy(cut - 1).to(device)
     deep = min(map_at, n)
-    stats = _Stats(q, n, len(cut) + 1, bits, min(int(top_n), n))
+    stats = HammingCounts(q, n, len(cut) + 1, bits, min(inputs.top_n, n))
     index = torch.arange(n, dtype=torch.int64, device=device)
     inverse_rank = 1.0 / torch.arange(1, n + 1, dtype=torch.float64, device=device)
     step = max(1, _BLOCK_CELLS // n)
@@ -75,7 +59,7 @@ def hamming_retrieval_metrics_torch(
         stats.retrieved[rows] = torch.cumsum(per_distance, dim=1).cpu().numpy()
         stats.hits_within[rows] = torch.cumsum(hits_per_distance, dim=1).cpu().numpy()
         stats.top[rows] = order[:, : stats.top.shape[1]].cpu().numpy()
-    return stats.result(ks_arr, curve_arr, map_at, int(radius), bits)
+    return stats
 
 
-__all__ = ["hamming_retrieval_metrics_torch"]
+__all__ = ["device_counts"]

@@ -109,6 +109,16 @@ class HashHead(nn.Module):
             nn.init.zeros_(self.classifier.bias)
 
 
+class LinearHead(HashHead):
+    """The hash layer's output as it is, codes by its sign, no classifier: the head of the pairwise methods
+    whose losses act on unbounded relaxed codes (DPSH, DSH). A subclass sets ``name``."""
+
+    code_rule = "sign"
+
+    def forward(self, f7: torch.Tensor) -> HeadOutput:
+        return HeadOutput(self.latent(f7), None)
+
+
 class HashLoss(nn.Module):
     """``loss(out, labels, index) -> scalar`` for a batch: ``out`` the network's :class:`HashOutput`,
     ``labels (B,)`` int64 class indices, ``index (B,)`` int64 the samples' pool indices. Built by the
@@ -132,3 +142,20 @@ class HashLoss(nn.Module):
 def similarity(labels: torch.Tensor) -> torch.Tensor:
     """``(B, B)`` float: 1 where two samples share their class, else 0 (the pairwise methods' targets)."""
     return (labels[:, None] == labels[None, :]).float()
+
+
+def distinct_pairs(n: int, device: torch.device | str | None = None) -> torch.Tensor:
+    """``(n, n)`` bool: True for the pairs of two different samples of a batch (off the diagonal)."""
+    return ~torch.eye(n, dtype=torch.bool, device=device)
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The mean of ``values`` where ``mask`` is True, and 0 where it is True nowhere (a batch of one sample
+    has no pairs; a batch of one class has no dissimilar pair)."""
+    return torch.where(mask, values, torch.zeros_like(values)).sum() / mask.sum().clamp(min=1)
+
+
+def sign_codes(latent: torch.Tensor) -> torch.Tensor:
+    """``latent`` as +-1 codes under the ``sign`` rule (+1 where latent >= 0, as :meth:`HashHead.codes`):
+    unlike ``torch.sign``, 0 is +1, so these signs are the stored bits."""
+    return torch.where(latent >= 0, 1.0, -1.0).to(latent.dtype)

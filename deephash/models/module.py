@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
@@ -220,7 +220,7 @@ def _loss_spec(loss: Any) -> dict[str, Any] | None:
     )
     options = loss.keywords if isinstance(loss, functools.partial) else {}
     plain = {
-        k: OmegaConf.to_container(v, resolve=True) if isinstance(v, DictConfig) else v
+        k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
         for k, v in options.items()
     }
     return {"class": f"{func.__module__}.{func.__qualname__}", **plain}

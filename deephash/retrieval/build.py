@@ -12,17 +12,11 @@ import torch
 
 from deephash.data.query import preprocess_spec
 from deephash.retrieval.encode import encode_split
-from deephash.retrieval.store import (
-    IndexStore,
-    acquire_index_lock,
-    index_lock,
-    load_index,
-    release_index_lock,
-    save_index,
-    sha256_file,
-    staging_dir,
-    write_errors,
-)
+from deephash.retrieval.index_lock import acquire_index_lock, index_lock, release_index_lock, staging_dir
+from deephash.retrieval.index_reader import load_index
+from deephash.retrieval.index_writer import save_index, write_errors
+from deephash.retrieval.items import IndexStore
+from deephash.retrieval.manifest import sha256_file
 from deephash.utils.errors import ConfigError, DeephashError
 
 

@@ -114,8 +114,9 @@ def padded_queries(query_packed: np.ndarray, bits: int, padded_bytes: int) -> np
     return pad_codes(check_packed(queries, bits, "query codes"), padded_bytes)
 
 
-def _as_words(packed: np.ndarray) -> np.ndarray:
-    """(n, c) uint8 -> (n, ceil(c / 8)) uint64, zero padded (same Hamming distances, 8x fewer popcounts)."""
+def packed_words(packed: np.ndarray) -> np.ndarray:
+    """(n, c) uint8 packed codes -> (n, ceil(c / 8)) uint64 words, zero padded: the same Hamming distances
+    with 8x fewer popcounts. (A view of ``packed`` when c is a multiple of 8 and it is C-contiguous.)"""
     return pad_codes(packed, -(-packed.shape[1] // 8) * 8).view(np.uint64)
 
 
@@ -141,7 +142,7 @@ def iter_hamming_distances(
         )
     if query_packed.dtype != np.uint8 or db_packed.dtype != np.uint8:
         raise ConfigError(f"packed codes must be uint8, got {query_packed.dtype} and {db_packed.dtype}")
-    query_words = _as_words(query_packed)
+    query_words = packed_words(query_packed)
     nwords = query_words.shape[1]
     n = db_packed.shape[0]
     if chunk is None:
@@ -151,7 +152,7 @@ def iter_hamming_distances(
     # Queries are split too, so one block's XOR never exceeds ~_BLOCK_CELLS words.
     qstep = max(1, _BLOCK_CELLS // (chunk * nwords))
     for start in range(0, n, chunk):
-        db_words = _as_words(db_packed[start : start + chunk])
+        db_words = packed_words(db_packed[start : start + chunk])
         out = np.empty((len(query_words), len(db_words)), dtype=np.int32)
         for q0 in range(0, len(query_words), qstep):
             xor = np.bitwise_xor(query_words[q0 : q0 + qstep, None, :], db_words[None, :, :])

@@ -23,8 +23,9 @@ from pytorch_lightning.callbacks import BasePredictionWriter
 from pytorch_lightning.callbacks.progress import ProgressBar
 
 from deephash.retrieval.codes import code_bytes
-from deephash.retrieval.features import F7File, NpyRowWriter, create_npy
-from deephash.retrieval.store import EncodedItems
+from deephash.retrieval.features import F7File
+from deephash.retrieval.items import EncodedItems
+from deephash.retrieval.npy import NpyRowWriter, create_npy
 from deephash.utils.errors import DeephashError
 
 

@@ -1,9 +1,9 @@
 """FAISS, imported so that its bundled BLAS uses kernels that match the CPU.
 
 The faiss-cpu wheels bundle their own OpenBLAS (0.3.15 in faiss-cpu 1.15), whose run-time CPU detection
-predates Sapphire and Emerald Rapids: there it falls back to its generic "Prescott" SSE3 kernels, and the
-GEMM behind ``faiss.knn`` (exhaustive L2 search) runs 3-4x slower than numpy's own OpenBLAS on the same
-data. OpenBLAS reads ``OPENBLAS_CORETYPE`` when it is loaded, so FAISS is imported with the kernel family
+predates Sapphire and Emerald Rapids: there it falls back to its generic "Prescott" SSE3 kernels, far slower
+than the vector kernels numpy's own OpenBLAS uses for the GEMM behind ``faiss.knn`` (exhaustive L2 search).
+OpenBLAS reads ``OPENBLAS_CORETYPE`` when it is loaded, so FAISS is imported with the kernel family
 the CPU's instruction set supports (AVX-512 -> SkylakeX, AVX2 + FMA -> Haswell), which are also the kernels
 that OpenBLAS picks on every CPU it recognises. numpy is imported first, so its newer OpenBLAS keeps its
 own choice; the variable is removed again afterwards, and a value the user set is left alone.

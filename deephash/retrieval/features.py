@@ -1,157 +1,48 @@
-"""F7 rows on disk with positional reads and writes of ``.npy`` files, memory-mapped only for scattered gathers.
+"""F7 rows on disk, read with positional reads of a ``.npy`` file, memory-mapped only for scattered gathers.
 
-Pages of a memory-mapped file count toward the process's resident set for as long as they stay mapped,
-and a fault maps a whole page-cache folio (on current Linux up to megabytes): gathering 1,000 random
-rows of a 4096-d float16 memmap was seen to map over a gigabyte. ``F7File`` instead reads the requested
-rows with ``os.preadv`` straight into a fresh array and ``NpyRowWriter`` writes rows with ``os.pwrite``,
-so the resident memory is the rows in hand; the file's pages stay in the kernel's shared, reclaimable
-page cache. Runs of consecutive rows are read or written with one call each. A gather of many scattered rows
-(hierarchical search's re-rank) would make one call per row, so it goes through ``F7File.gather`` instead,
-unmapping the pages of each small run of rows it has copied (``F7File.release``).
+A memory map's pages count toward the resident set, and a fault maps a whole page-cache folio (on current Linux
+up to megabytes) around the row asked for, so a scattered gather from a memmap can map far more than the rows
+it reads. ``F7File`` instead reads the requested rows with ``os.preadv`` straight into a fresh array (rows are
+written with ``deephash.retrieval.npy.NpyRowWriter``), so the resident memory is the rows in hand; the file's
+pages stay in the kernel's shared, reclaimable page cache. Runs of consecutive rows are read with one call
+each. A gather of many scattered rows (hierarchical search's re-rank) would make one call per row, so it goes
+through ``F7File.gather`` instead, unmapping the pages of each small run of rows it has copied
+(``F7File.release``).
 
-An index's F7 file comes with a CRC-32 per block of ``block_rows`` rows (``block_checksums``); an ``F7File``
-given them checks each block, and that it holds no NaN or inf, the first time one of its rows is read,
-so a flipped byte or a NaN row is an ``IndexFormatError`` instead of a silently different ranking. A file
-without checksums (an encoder's staging) checks the rows it returns for non-finite values instead.
+An index's F7 file comes with a CRC-32 per block of ``block_rows`` rows (``deephash.retrieval.checksums``); an
+``F7File`` given them checks each block, and that it holds no NaN or inf, the first time one of its rows is
+read. A file without checksums (an encoder's staging) checks the rows it returns for non-finite values instead.
 """
 
 from __future__ import annotations
 
 import mmap
 import os
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from zlib_ng import zlib_ng
 
+from deephash.retrieval.checksums import block_checksums, crc32, non_finite_rows
+from deephash.retrieval.npy import MAX_IO, OpenFile, npy_layout, row_runs
+from deephash.retrieval.pages import read_only_tensor, widen
 from deephash.utils.errors import IndexFormatError
 
 _BLOCK_BYTES = 16 << 20  # staging buffer of a converting read
 _CHECK_READ_BYTES = 2 << 20  # blocks read at a time to be checked (beside a converting read's buffer)
-_CHECK_BYTES = 1 << 20  # rows tested for NaN/inf at a time
 # bytes of the file a gather from the memory map, or a check of mapped blocks, handles at a time: they (and
 # a gather's float32 widening) stay in cache, and their pages are unmapped once done
 _MAPPED_STEP_BYTES = 512 << 10
 # a read of this many runs of consecutive rows or more gathers them from the memory map (one call each else)
 _GATHER_MIN_RUNS = 16
-_MAX_IO = 1 << 30  # bytes per system call (Linux caps one read or write just below 2 GiB)
 # A page fault can map a whole page-cache folio (at most a PMD, 2 MiB on x86-64) around the row asked for, so
 # unmapping the pages of a run of rows reaches that far past either end.
 _FOLIO_SLACK = 2 << 20
 
-# zlib's CRC-32 (the same polynomial and values) computed with carry-less multiplies: 0.25 us per 8 KB row
-# here against 4.8 us for the standard library's, which made checking the rows a search reads first the
-# largest part of a search on a freshly loaded index.
-crc32 = zlib_ng.crc32
 
-
-def npy_layout(path: str | os.PathLike) -> tuple[int, tuple[int, ...], np.dtype]:
-    """``(data offset, shape, dtype)`` of a C-ordered ``.npy`` file (format 1.0 or 2.0)."""
-    try:
-        with open(path, "rb") as f:
-            version = np.lib.format.read_magic(f)
-            if version == (1, 0):
-                shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
-            elif version == (2, 0):
-                shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
-            else:
-                raise ValueError(f"unsupported .npy format version {version}")
-            offset = f.tell()
-    except ValueError as e:
-        raise IndexFormatError(f"{path} is not a readable .npy file ({e})") from None
-    if fortran or dtype.hasobject:
-        raise IndexFormatError(f"{path} must hold a C-ordered numeric array")
-    return offset, tuple(shape), dtype
-
-
-def create_npy(path: str | os.PathLike, shape: tuple[int, ...], dtype: Any) -> int:
-    """Create a zero-filled (sparse) C-ordered ``.npy`` file; returns the offset of its data."""
-    dtype = np.dtype(dtype)
-    shape = tuple(int(s) for s in shape)
-    header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": shape}
-    with open(path, "wb") as f:
-        np.lib.format.write_array_header_1_0(f, header)
-        offset = f.tell()
-        f.truncate(offset + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize)
-    return offset
-
-
-def release_pages(arr: Any) -> None:
-    """Unmap the resident pages of a shared ``np.memmap`` (and its views); other arrays are left alone (an
-    ``F7File``'s gather unmaps its own, ``F7File.release``).
-
-    The data stays in the file and the page cache: the next access faults it back in. A copy-on-write
-    memmap (mode ``c``) is skipped, since dropping its pages would drop its private changes.
-    """
-    mm = getattr(arr, "_mmap", None)  # numpy keeps the mmap.mmap behind every memmap view
-    if isinstance(arr, np.memmap) and arr.mode != "c" and isinstance(mm, mmap.mmap) and not mm.closed:
-        mm.madvise(mmap.MADV_DONTNEED)
-
-
-def non_finite_rows(rows: np.ndarray) -> np.ndarray:
-    """Positions of the rows of ``rows`` (m, d) holding NaN or inf, tested ``_CHECK_BYTES`` at a time so the
-    temporaries stay small. float16 is tested on its bits (an all-ones exponent), which numpy does far faster
-    than ``isfinite`` on emulated half floats."""
-    if not np.issubdtype(rows.dtype, np.floating) or rows.size == 0:
-        return np.zeros(0, np.int64)
-    rows = rows.reshape(len(rows), -1)
-    step = max(1, _CHECK_BYTES // max(1, rows[0].nbytes))
-    found = []
-    for s in range(0, len(rows), step):
-        part = rows[s : s + step]
-        if part.dtype == np.float16:
-            bad = ((part.view(np.uint16) & 0x7C00) == 0x7C00).any(axis=1)
-        else:
-            bad = ~np.isfinite(part).all(axis=1)
-        found.append(s + np.flatnonzero(bad))
-    return np.concatenate(found)
-
-
-def read_only_tensor(arr: np.ndarray) -> torch.Tensor:
-    """``torch.from_numpy(arr)`` for an array only ever read through the tensor (a memmap opened "r"),
-    without torch's warning that the array is not writable."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-        return torch.from_numpy(arr)
-
-
-def widen(src: np.ndarray, out: np.ndarray) -> np.ndarray:
-    """Copy ``src`` into ``out`` (same shape), converting to ``out``'s dtype; returns ``out``.
-
-    float16 -> float32 goes through torch: numpy casts half floats one element at a time (0.3 to 0.6 GB/s of
-    float16 measured on 2 cores), torch with F16C vector instructions and its threads (4 to 9 GB/s). Every
-    value but NaN, subnormals included, converts exactly either way (NaN stays NaN).
-    """
-    if src.dtype == np.float16 and out.dtype == np.float32 and src.shape == out.shape:
-        torch.from_numpy(out).copy_(read_only_tensor(src))
-    else:
-        np.copyto(out, src, casting="unsafe")
-    return out
-
-
-def block_checksums(data: np.ndarray, block_rows: int) -> np.ndarray:
-    """CRC-32 of each block of ``block_rows`` rows of ``data`` (m, d) (the last block may be shorter):
-    ``(ceil(m / block_rows),) uint32``."""
-    view = memoryview(np.ascontiguousarray(data)).cast("B")
-    step = block_rows * (view.nbytes // max(1, len(data)))
-    return np.array([crc32(view[s : s + step]) for s in range(0, view.nbytes, step)], np.uint32)
-
-
-def _runs(rows: np.ndarray) -> tuple[list[int], list[int], list[int]]:
-    """Strictly increasing rows -> (position in ``rows``, first row, length) of each run of consecutive rows."""
-    if len(rows) == 0:
-        return [], [], []
-    starts = np.flatnonzero(np.diff(rows) != 1) + 1
-    pos = np.concatenate([[0], starts])
-    lengths = np.diff(np.concatenate([pos, [len(rows)]]))
-    return pos.tolist(), rows[pos].tolist(), lengths.tolist()
-
-
-class F7File:
+class F7File(OpenFile):
     """Read-only ``(n, d)`` array in a ``.npy`` file, read on demand with positional reads (no memory map).
 
     Indexing works like an ndarray's along the rows: ``f[i]`` -> (d,), ``f[a:b]`` / ``f[a:b:s]`` -> (m, d),
@@ -296,7 +187,7 @@ class F7File:
             rows = rows[rows < n]  # only the file's last block is short, and it comes last
             data = np.empty((len(rows), self.shape[1]), self.dtype)
             view = memoryview(data).cast("B")
-            for pos, row, length in zip(*_runs(rows)):
+            for pos, row, length in zip(*row_runs(rows)):
                 self._pread_into(view[pos * self.row_bytes : (pos + length) * self.row_bytes], row)
             bad = np.flatnonzero(block_checksums(data, br) != self.checksums[chunk])
             if bad.size:
@@ -347,8 +238,8 @@ class F7File:
 
     def _read_sorted(self, rows: np.ndarray, dtype: np.dtype, out: np.ndarray | None = None) -> np.ndarray:
         """Rows ``rows`` (strictly increasing, in range) -> (m, d) ``dtype``, one read per run of rows; rows in
-        ``_GATHER_MIN_RUNS`` runs or more of a float16 file are gathered from the memory map instead (``gather``:
-        as fast as a read per run for sparse rows, 1.2x to 1.6x faster for dense ones; the same checks).
+        ``_GATHER_MIN_RUNS`` runs or more of a float16 file are gathered from the memory map instead (``gather``,
+        with the same checks: no slower than a read per run for sparse rows, faster for dense ones).
 
         With checksums, each block the rows lie in is checked the first time it is touched: from the rows
         just read when they hold the whole block (always, for one-row blocks), else by reading the block
@@ -378,7 +269,7 @@ class F7File:
             block = rows[c : c + step]
             dest = out[c : c + len(block)] if direct else buffer[: len(block)]
             view = memoryview(dest).cast("B")
-            for pos, row, length in zip(*_runs(block)):
+            for pos, row, length in zip(*row_runs(block)):
                 self._pread_into(view[pos * self.row_bytes : (pos + length) * self.row_bytes], row)
             if inline is None:
                 self._check_finite(dest, block)
@@ -459,7 +350,7 @@ class F7File:
             raise ValueError(f"{self!r} is closed")
         done, offset = 0, self.offset + row * self.row_bytes
         while done < len(view):
-            got = os.preadv(self._fd, [view[done : done + _MAX_IO]], offset + done)
+            got = os.preadv(self._fd, [view[done : done + MAX_IO]], offset + done)
             if got == 0:
                 raise IndexFormatError(f"{self.path} ended early (truncated while open?)")
             done += got
@@ -560,90 +451,10 @@ class F7File:
             except BufferError:
                 pass  # a view of the map is still alive: the mapping goes when it does
             self._mmap = None
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-
-    def __enter__(self) -> F7File:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        self.close()
+        super().close()
 
     def __getstate__(self) -> dict[str, Any]:
         return {"path": self.path, "checksums": self.checksums, "block_rows": self.block_rows}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(state["path"], state.get("checksums"), state.get("block_rows", 0))
-
-
-class NpyRowWriter:
-    """Writes rows of an existing ``.npy`` file (e.g. from ``create_npy``) in place with ``os.pwrite``.
-
-    Several processes may write the same file at once: each call touches only its own rows' bytes.
-    """
-
-    def __init__(self, path: str | os.PathLike) -> None:
-        self._fd: int | None = None
-        self.path = Path(path)
-        self.offset, self.shape, self.dtype = npy_layout(self.path)
-        self.row_shape = self.shape[1:]
-        self.row_bytes = int(np.prod(self.row_shape, dtype=np.int64)) * self.dtype.itemsize
-        self._fd = os.open(self.path, os.O_RDWR)
-
-    def write_at(self, start: int, values: np.ndarray) -> None:
-        """Rows ``start:start + m`` = values ``(m, *row_shape)``, in one write."""
-        values = self._check(values)
-        if start < 0 or start + len(values) > self.shape[0]:
-            raise IndexError(
-                f"rows {start}:{start + len(values)} are outside {self.path} ({self.shape[0]} rows)"
-            )
-        if values.size:
-            self._pwrite(memoryview(values).cast("B"), start)
-
-    def write_rows(self, rows: np.ndarray, values: np.ndarray) -> None:
-        """Rows ``rows`` (any order; a repeated row takes its last value, like ndarray assignment) = values."""
-        rows, values = np.asarray(rows, np.int64).ravel(), self._check(values)
-        if len(rows) != len(values):
-            raise ValueError(f"{len(rows)} rows but {len(values)} values")
-        if len(rows) and (rows.min() < 0 or rows.max() >= self.shape[0]):
-            raise IndexError(f"rows outside {self.path} ({self.shape[0]} rows)")
-        order = np.argsort(rows, kind="stable")
-        ordered = rows[order]
-        last = np.append(ordered[1:] != ordered[:-1], True) if len(rows) else np.zeros(0, bool)
-        rows, values = ordered[last], np.ascontiguousarray(values[order[last]])
-        if values.size == 0:
-            return
-        view = memoryview(values).cast("B")
-        for pos, row, length in zip(*_runs(rows)):
-            self._pwrite(view[pos * self.row_bytes : (pos + length) * self.row_bytes], row)
-
-    def _check(self, values: np.ndarray) -> np.ndarray:
-        values = np.ascontiguousarray(values, dtype=self.dtype)
-        if values.shape[1:] != self.row_shape:
-            raise ValueError(f"rows of {self.path} are {self.row_shape}, got values {values.shape}")
-        return values
-
-    def _pwrite(self, view: memoryview, row: int) -> None:
-        if self._fd is None:
-            raise ValueError(f"writer of {self.path} is closed")
-        done, offset = 0, self.offset + row * self.row_bytes
-        while done < len(view):
-            done += os.pwrite(self._fd, view[done : done + _MAX_IO], offset + done)
-
-    def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-
-    def __enter__(self) -> NpyRowWriter:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        self.close()

@@ -27,16 +27,14 @@ from deephash.data.scan import IMG_EXTENSIONS
 from deephash.models.checkpoint import load_hash_module
 from deephash.models.module import HashModule
 from deephash.retrieval.codes import hamming_distance_matrix, pack_codes
-from deephash.retrieval.search import MODES, PoolRule, euclidean_search, exact_l2, hierarchical_search
-from deephash.retrieval.store import (
-    MANIFEST,
-    IndexStore,
-    check_preprocess,
-    load_index,
-    save_index,
-    sha256_file,
-)
-from deephash.retrieval.sublinear import METHODS, build_hamming_index
+from deephash.retrieval.distances import exact_l2
+from deephash.retrieval.hierarchical import PoolRule
+from deephash.retrieval.index_reader import load_index
+from deephash.retrieval.index_writer import save_index
+from deephash.retrieval.items import IndexStore
+from deephash.retrieval.manifest import MANIFEST, check_preprocess, sha256_file
+from deephash.retrieval.modes import MODES, SEARCHES, ModeQuery
+from deephash.retrieval.sublinear import COARSE_METHODS, build_hamming_index
 from deephash.utils.checks import check_int
 from deephash.utils.errors import ConfigError, DataError, IndexFormatError
 from deephash.utils.logging import get_logger
@@ -90,8 +88,8 @@ class Searcher:
     """Encode images with a trained model and search a saved index built with the same checkpoint."""
 
     def __init__(self, module: HashModule, store: IndexStore, device: str = "cpu", coarse: str = "flat"):
-        if coarse not in METHODS:
-            raise ConfigError(f"coarse must be one of {', '.join(METHODS)}, got {coarse!r}")
+        if coarse not in COARSE_METHODS:
+            raise ConfigError(f"coarse must be one of {', '.join(COARSE_METHODS)}, got {coarse!r}")
         spec = store.manifest.get("meta", {}).get("preprocess")
         if spec is None:
             raise IndexFormatError(
@@ -191,14 +189,8 @@ class Searcher:
     def _rows(self, encoded: Encoded, k: int, mode: str, pool: PoolRule) -> list[np.ndarray]:
         """Database rows of each query's results, best first."""
         store, k_all = self.store, min(k, self.store.count)
-        if mode == "hamming":
-            return list(self._index.search(encoded.codes, k_all)[1])
-        if mode == "hamming_radius":
-            return [idx[:k] for _, idx in self._index.range_search(encoded.codes, pool.radius)]
-        if mode == "euclidean":
-            return list(euclidean_search(store.f7, encoded.f7, k_all)[1])
-        result = hierarchical_search(self._index, store.f7, encoded.codes, encoded.f7, k_all, pool)
-        return [row[row >= 0] for row in result.idx]
+        found = SEARCHES[mode](ModeQuery(self._index, store.f7, encoded.codes, encoded.f7, k_all, pool))
+        return [row[row >= 0] for row in found]
 
     def _result(
         self, query: str, mode: str, code: np.ndarray, f7: np.ndarray, idx: np.ndarray

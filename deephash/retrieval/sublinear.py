@@ -17,7 +17,7 @@ bucket holds about ``n / 2**b`` unrelated codes, so the search stays sub-linear 
 non-empty bucket costs ~80 bytes in FAISS's ``unordered_map``), so past a few million codes its cost grows
 linearly again, though with a constant far below the exhaustive scan's.
 
-Both implement the ``HammingSearch`` protocol of ``deephash.retrieval.search`` (``search``,
+Both implement the ``HammingSearch`` protocol of ``deephash.retrieval.hamming`` (``search``,
 ``range_search``, ``range_search_flat``, ``ntotal``, ``code_bytes``, ``bits``), so ``hierarchical_search``
 accepts them; its radius pool is exact whenever ``radius <= exact_radius``.
 """
@@ -32,11 +32,11 @@ import numpy as np
 
 from deephash.retrieval.codes import check_packed, code_bytes, pad_codes, padded_code_bytes, padded_queries
 from deephash.retrieval.faiss_blas import faiss
-from deephash.retrieval.search import HammingIndex, range_radius, split_ranges
+from deephash.retrieval.hamming import HammingIndex, range_radius, split_ranges
 from deephash.utils.checks import check_int
 from deephash.utils.errors import ConfigError
 
-METHODS = ("flat", "multihash", "hash")
+COARSE_METHODS = ("flat", "multihash", "hash")  # the coarse Hamming index of retrieval.coarse.method
 DEFAULT_SUBSTRING_BITS = 16
 MAX_SUBSTRING_BITS = 56  # FAISS reads a substring as one 8-byte word shifted by up to 7 bits
 MAX_PROBES = 1 << 20  # buckets probed per table per query: sum_{i <= nflip} C(b, i)
@@ -281,7 +281,9 @@ def build_hamming_index(
     for ``multihash``, ``b``, ``nflip`` for ``hash``.
     """
     if method not in _PARAMS:
-        raise ConfigError(f"unknown Hamming index method {method!r}; expected one of: {', '.join(METHODS)}")
+        raise ConfigError(
+            f"unknown Hamming index method {method!r}; expected one of: {', '.join(COARSE_METHODS)}"
+        )
     unknown = sorted(set(params) - _PARAMS[method])
     if unknown:
         raise ConfigError(

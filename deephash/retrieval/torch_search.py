@@ -1,30 +1,35 @@
 """Search on a torch device (``retrieval.device``): the coarse Hamming stage and the pool scoring of
 hierarchical search in torch, on ``cuda`` or, with the very same code, on ``cpu``.
 
-Results equal those of ``deephash.retrieval.search`` exactly:
+Results equal those of the CPU search exactly:
 
 * Hamming distances are integers (popcounts of 64-bit words); the k nearest are the k smallest keys
-  ``distance * n + index``, which are unique, so any top-k or sort returns the (distance, index) order.
-* Hierarchical search forms the same pools (``search._coarse_pools`` over :class:`TorchHammingIndex`),
-  scores each pool on the device to the same shortlist, then runs the same exact re-rank
-  (``search._refine``, a few rows per query) on the CPU, so the reported L2 distances are the CPU path's
-  to the bit.
+  ``distance * n + index``, which are unique, so any top-k or sort returns the (distance, index) order of
+  ``deephash.retrieval.hamming.HammingIndex``.
+* Hierarchical search is ``deephash.retrieval.hierarchical.hierarchical_search`` over
+  :class:`TorchHammingIndex` with the device as its pool scorer (``distances.device_pair_sqdist``): the same
+  pools, scored on the device to a shortlist of the exact top k, then the same exact re-rank
+  (``pairs.refine``, a few rows per query) on the CPU, so the reported L2 distances are the CPU path's to
+  the bit.
 """
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 import torch
 
-from deephash.retrieval import search
-from deephash.retrieval.codes import check_packed, code_bytes, padded_queries
+from deephash.retrieval import hierarchical
+from deephash.retrieval.codes import check_packed, code_bytes, packed_words, padded_queries
+from deephash.retrieval.distances import device_pair_sqdist
 from deephash.retrieval.features import F7File
+from deephash.retrieval.hamming import range_radius, split_ranges
 from deephash.utils.checks import check_int
 from deephash.utils.errors import ConfigError
 
 DEVICES = ("cpu", "cuda")  # retrieval.device: cpu runs the numpy/FAISS path, cuda this module
 _BLOCK_CELLS = 1 << 24  # query x database distance cells per block (128 MB of int64 keys)
-_PAIR_SLICE_VALUES = 1 << 24  # gathered F7 values per slice of pair products (64 MB of float32)
 _M1, _M2, _M4, _H01 = 0x5555555555555555, 0x3333333333333333, 0x0F0F0F0F0F0F0F0F, 0x0101010101010101
 
 
@@ -38,10 +43,8 @@ def torch_device(name: str) -> torch.device:
 
 
 def code_words(packed: np.ndarray, device: torch.device | str) -> torch.Tensor:
-    """(n, c) uint8 packed codes -> (n, ceil(c / 8)) int64 words on ``device`` (zero bytes add nothing)."""
-    out = np.zeros((len(packed), -(-packed.shape[1] // 8) * 8), np.uint8)
-    out[:, : packed.shape[1]] = packed
-    return torch.from_numpy(out.view(np.int64)).to(device)
+    """(n, c) uint8 packed codes -> (n, ceil(c / 8)) int64 words on ``device`` (``codes.packed_words``, copied)."""
+    return torch.tensor(packed_words(packed).view(np.int64), device=device)
 
 
 def popcount(words: torch.Tensor) -> torch.Tensor:
@@ -62,7 +65,7 @@ def hamming_distances(query_words: torch.Tensor, db_words: torch.Tensor) -> torc
 
 class TorchHammingIndex:
     """Exact Hamming search on a torch device; the ``HammingSearch`` protocol with the results of
-    ``search.HammingIndex`` (numpy in, numpy out).
+    ``hamming.HammingIndex`` (numpy in, numpy out).
 
     codes_packed: (n, ceil(bits / 8)) uint8, kept on ``device`` as int64 words.
     """
@@ -102,7 +105,7 @@ class TorchHammingIndex:
 
     def range_search_flat(self, query_packed: np.ndarray, radius: int) -> tuple[np.ndarray, ...]:
         """Like ``HammingIndex.range_search_flat``: (lims, dist int32, idx int64) by (query, distance, index)."""
-        radius, n = search.range_radius(radius, self.bits), self.ntotal
+        radius, n = range_radius(radius, self.bits), self.ntotal
         counts, keys_found = [], []
         for _, keys in self._blocks(query_packed):
             inside = keys < (radius + 1) * n
@@ -118,7 +121,7 @@ class TorchHammingIndex:
         return lims, (found // n).astype(np.int32), found % n
 
     def range_search(self, query_packed: np.ndarray, radius: int) -> list[tuple[np.ndarray, np.ndarray]]:
-        return search.split_ranges(self, query_packed, radius)
+        return split_ranges(self, query_packed, radius)
 
 
 def hierarchical_search(
@@ -127,53 +130,26 @@ def hierarchical_search(
     query_packed: np.ndarray,
     query_f7: np.ndarray,
     k: int,
-    pool: search.PoolRule | None = None,
+    pool: hierarchical.PoolRule | None = None,
     *,
     chunk_size: int = 65536,
-) -> search.HierarchicalResult:
-    """``search.hierarchical_search`` with the coarse stage and the pool scoring on ``index.device``.
+) -> hierarchical.HierarchicalResult:
+    """``hierarchical.hierarchical_search`` with the coarse stage and the pool scoring on ``index.device``.
 
     The pools' distinct F7 rows are read once per block (the sorted gather of the CPU path), moved to the
     device and scored there against their queries; the exact re-rank of each query's shortlist follows
-    on the CPU. Same arguments (``pool`` None: ``PoolRule()``) and results as ``search.hierarchical_search``.
+    on the CPU. Same arguments (``pool`` None: ``PoolRule()``) and results as the CPU search.
     """
-    return search._hierarchical(
+    return hierarchical.hierarchical_search(
         index,
         db_f7,
         query_packed,
         query_f7,
         k,
-        pool or search.PoolRule(),
-        chunk_size,
-        lambda *args: _pair_sqdist(index.device, *args),
+        pool or hierarchical.PoolRule(),
+        chunk_size=chunk_size,
+        pool_scorer=partial(device_pair_sqdist, index.device),
     )
-
-
-def _pair_sqdist(
-    device: torch.device,
-    queries: np.ndarray,
-    qnorms: np.ndarray,
-    owner: np.ndarray,
-    rows: np.ndarray,
-    inverse: np.ndarray,
-) -> np.ndarray:
-    """Fast squared distances |q|^2 - 2 q.x + |x|^2 (float32) of the pairs (queries[owner[i]],
-    rows[inverse[i]]) on ``device``, which computes the gathered pairs' products at memory speed."""
-    rows_t = torch.from_numpy(rows).to(device)
-    owner_t = torch.from_numpy(owner).to(device)
-    inverse_t = torch.from_numpy(inverse).to(device)
-    users, local = torch.unique(owner_t, return_inverse=True)
-    queries_t = torch.from_numpy(queries).to(device)[users]
-    dots = torch.empty(len(owner), dtype=torch.float32, device=device)
-    step = max(1, _PAIR_SLICE_VALUES // rows.shape[1])
-    for s in range(0, len(owner), step):
-        t = slice(s, s + step)
-        dots[t] = (rows_t[inverse_t[t]] * queries_t[local[t]]).sum(dim=1)
-    out = dots.cpu().numpy()
-    out *= -2
-    out += qnorms[owner]
-    out += np.einsum("ij,ij->i", rows, rows)[inverse]
-    return out
 
 
 __all__ = [

@@ -18,15 +18,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from deephash.evaluation.metrics import KS
+from deephash.retrieval.modes import MODES
 from deephash.tracking.sweep import BITS_KEYS, SEED_KEYS, load_jobs, swept_keys
 from deephash.tracking.wandb import sweep_name
 from deephash.utils.errors import ConfigError
 from deephash.utils.io import atomic_write_json
 
 SPEC_VERSION = 1
-# conf/retrieval/default.yaml's modes and ks (a test keeps them equal)
-MODES = ("hamming", "hamming_radius", "hierarchical", "euclidean")
-KS = (1, 10, 100, 1000)
 RADIUS_MODE = "hamming_radius"  # no ranking: precision and recall of the ball instead of mAP
 METHOD = "method"  # the config key the retrieval panels draw one line for each value of, and runs group by
 # run info every run's config has (deephash.tracking.wandb.build_wandb_logger), train and baseline runs alike

@@ -84,27 +84,3 @@ def _jsonable(obj: Any) -> Any:
     if isinstance(obj, os.PathLike):
         return os.fspath(obj)
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
-
-
-def try_lock(path: str | os.PathLike) -> tuple[int | None, str]:
-    """Try an exclusive ``flock`` on ``path`` (created if missing) without waiting.
-
-    Returns ``(fd, "")`` holding the lock, with this process's pid written into the file, or ``(None, pid)``
-    naming the live holder (``"unknown"`` if it wrote none). The kernel drops the lock when its holder dies,
-    even on kill -9, so a stale file never blocks anyone.
-    """
-    import fcntl
-
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-        os.close(fd)
-        return None, holder
-    try:  # who holds it, for a waiting process's message (informative only: a full disk may refuse it)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    except OSError:
-        pass
-    return fd, ""
