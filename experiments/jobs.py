@@ -14,6 +14,8 @@ from experiments.plan import (
     CNNH_DEEP,
     CNNH_EXPERIMENTS,
     CNNH_SHALLOW,
+    METHOD_EXPERIMENTS,
+    METHOD_MODES,
     PAPER_BITS,
     SMALL_CNN_EXPERIMENTS,
     YAHOO_BITS,
@@ -185,6 +187,45 @@ def cnnh_jobs(plan: Plan) -> list[Job]:
                 *plan.overrides,
             ]
             jobs += seeded(plan, f"{dataset}/cnnh/{method}/bits{BASELINE_BITS}", "train", overrides)
+    return jobs
+
+
+def method_run(dataset: str, method: str, bits: int, seed: int) -> str:
+    """The run name of a deep method in the methods' comparison: ``mnist/methods/dpsh/bits48/seed1``."""
+    return f"{dataset}/methods/{method}/bits{bits}/seed{seed}"
+
+
+def methods_jobs(plan: Plan) -> list[Job]:
+    """The deep methods of ``--deep-methods`` under one protocol, the paper's (smoke: digits' demo network).
+
+    Every method's 48-bit run with the first seed comes first, then the other seeds, then the other code lengths
+    (first seed), so a comparison cut short still has each method at 48 bits. A dataset without a CPU recipe
+    (:data:`METHOD_EXPERIMENTS`) is left out.
+    """
+    seeds = plan.method_seeds
+    order = [(BASELINE_BITS, seed) for seed in seeds if BASELINE_BITS in plan.method_bits]
+    order += [(bits, seeds[0]) for bits in plan.method_bits if bits != BASELINE_BITS]
+    jobs = []
+    for dataset in plan.trained:
+        if plan.smoke:
+            recipe = ["experiment=demo", f"trainer.max_epochs={plan.epochs}"]
+        elif dataset in METHOD_EXPERIMENTS:
+            recipe = [f"experiment={METHOD_EXPERIMENTS[dataset]}"]
+        else:
+            continue
+        modes = f"retrieval.modes=[{','.join(METHOD_MODES)}]"
+        for bits, seed in order:
+            for method in plan.deep_methods:
+                overrides = [
+                    *recipe,
+                    f"method={method}",
+                    f"model.net.bits={bits}",
+                    f"seed={seed}",
+                    modes,
+                    *common_overrides(plan),
+                    *plan.overrides,
+                ]
+                jobs.append(Job(method_run(dataset, method, bits, seed), "train", overrides))
     return jobs
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from deephash.cli import ArgumentParser
-from deephash.methods.registry import SHALLOW
+from deephash.methods.registry import DEEP, SHALLOW
 from deephash.utils.errors import ConfigError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -44,6 +44,15 @@ CNNH_METHODS = (*CNNH_SHALLOW, *CNNH_DEEP)
 CNNH_EXPERIMENTS = {"mnist": "mnist_cnnh"}
 # the eight curves of figure 4 beside ours (ITQ-CCA is in the table only; SDH is ours to add)
 FIGURE_METHODS = ("cnnh_plus", "cnnh", "ksh", "mlh", "bre", "sh", "itq", "lsh")
+# The deep methods compared under one protocol, the paper's MNIST one, on a CPU recipe: runs
+# <dataset>/methods/<method>/bits<k>/seed<s>, every seed of METHOD_SEEDS (or --seeds) at 48 bits, the first at
+# the other code lengths of METHOD_BITS in --bits
+DEEP_COMPARED = ("latent", "dpsh", "hashnet", "dsh", "greedyhash", "csq")
+METHOD_BITS = (12, 24, 32, 48)
+METHOD_SEEDS = (1, 2, 3)
+METHOD_EXPERIMENTS = {"mnist": "mnist_methods"}
+METHOD_MODES = ("hamming", "hierarchical")
+SMOKE_DEEP_COMPARED = ("latent", "dpsh")  # --smoke's default: two methods keep it quick
 
 
 @dataclass
@@ -62,6 +71,7 @@ class Plan:
     methods: list[str]
     features: list[str]
     cnnh_methods: list[str]
+    deep_methods: list[str]
     data_dir: Path
     weights: Path | None
     yahoo_root: Path | None
@@ -93,6 +103,18 @@ class Plan:
     def cnnh_bits(self) -> list[int]:
         """The code lengths of the CNNH table that --bits asks for (smoke: 48 only)."""
         return [BASELINE_BITS] if self.smoke else [b for b in self.bits if b in CNNH_BITS]
+
+    @property
+    def method_bits(self) -> list[int]:
+        """The code lengths of the deep methods' comparison that --bits asks for (smoke: 12 and 48)."""
+        return [12, BASELINE_BITS] if self.smoke else [b for b in self.bits if b in METHOD_BITS]
+
+    @property
+    def method_seeds(self) -> list[int]:
+        """The seeds of the deep methods' 48-bit runs: --seeds, else METHOD_SEEDS (smoke: one)."""
+        if self.seeds is not None:
+            return list(self.seeds)
+        return list(METHOD_SEEDS[:1] if self.smoke else METHOD_SEEDS)
 
 
 @dataclass
@@ -164,6 +186,16 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="METHOD",
         help="the compared methods of figures 4 and 6 under Xia et al.'s protocol, at the table's code lengths "
         f"(deep ones at 48 bits): any of {', '.join(CNNH_METHODS)} (default: all; none: no such runs)",
+    )
+    parser.add_argument(
+        "--deep-methods",
+        nargs="*",
+        choices=[name for name in DEEP if name not in CNNH_DEEP],  # CNNH: its own protocol, --cnnh-methods
+        default=None,
+        metavar="METHOD",
+        help="the deep methods compared under the paper's MNIST protocol (experiment=mnist_methods), three seeds "
+        f"at 48 bits and one at the other code lengths of {METHOD_BITS}: any of {', '.join(DEEP_COMPARED)} "
+        f"(default: all; smoke: {', '.join(SMOKE_DEEP_COMPARED)}; none: no such runs)",
     )
     parser.add_argument(
         "--features",
@@ -247,6 +279,13 @@ def make_plan(args: argparse.Namespace, argv: Sequence[str] = ()) -> Plan:
         methods=list(dict.fromkeys(args.methods)),
         features=list(dict.fromkeys(args.features)),
         cnnh_methods=list(dict.fromkeys(args.cnnh_methods)),
+        deep_methods=list(
+            dict.fromkeys(
+                args.deep_methods
+                if args.deep_methods is not None
+                else (SMOKE_DEEP_COMPARED if args.smoke else DEEP_COMPARED)
+            )
+        ),
         data_dir=data_dir.expanduser().resolve(),
         weights=args.weights.expanduser().resolve() if args.weights else None,
         yahoo_root=yahoo.expanduser().resolve() if yahoo else None,
