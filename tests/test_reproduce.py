@@ -106,8 +106,7 @@ def test_tiny_smoke_writes_every_stage(tiny_smoke: tuple[Path, int]) -> None:
         ("latent", "", "48"),
         ("lsh", "f7", "48"),
         ("lsh", "pixels", "48"),
-        ("lsh", "pixels", "48"),  # LSH under the cnnh protocol, its own setting
-    ]
+    ]  # the cnnh protocol's and the deep methods' runs have sections of their own
     assert json.loads((out / "bench" / "bench.json").read_text())["config"]["n_database"] == 2000
     # the compared methods of figures 4 and 6 under the cnnh protocol: their table and figure
     lsh = json.loads((out / "runs" / "digits" / "cnnh" / "lsh" / "bits48" / "metrics.json").read_text())
@@ -121,6 +120,43 @@ def test_tiny_smoke_writes_every_stage(tiny_smoke: tuple[Path, int]) -> None:
     assert "| KSH | - (0.872) |" in section and "not run: ksh not in --cnnh-methods" in section
     with (out / "figures" / "digits_compared_48.csv").open() as f:
         assert next(csv.reader(f)) == ["k", "ours hamming", "LSH"]
+
+
+def test_tiny_smoke_compares_the_deep_methods(tiny_smoke: tuple[Path, int]) -> None:
+    """Stage 5: each method of --deep-methods (smoke: latent and DPSH) at 12 and 48 bits, its table row read from
+    its own run, and the mAP-vs-bits figure with a line per method and mode."""
+    out, _ = tiny_smoke
+    runs = out / "runs" / "digits" / "methods"
+    metrics = {
+        (m, b): json.loads((runs / m / f"bits{b}" / "seed1" / "metrics.json").read_text())
+        for m in ("latent", "dpsh")
+        for b in (12, 48)
+    }
+    assert all(v["status"] == "completed" and v["method"] == m for (m, _), v in metrics.items())
+    assert {v["bits"] for v in metrics.values()} == {12, 48}
+    assert all(set(v["modes"]) == {"hamming", "hierarchical"} for v in metrics.values())
+    section = (
+        (out / "RESULTS.md").read_text().split("## Deep methods under one protocol")[1].split("\n## ")[0]
+    )
+    for method, label in (("latent", "latent (ours, Lin et al. 2015)"), ("dpsh", "DPSH (Li et al. 2016)")):
+        m48, m12 = metrics[(method, 48)]["modes"], metrics[(method, 12)]["modes"]
+        cells = [
+            label,
+            f"{m48['hamming']['mAP']:.4f}",
+            f"{m48['hamming']['precision@k']['1000']:.4f}",
+            f"{m48['hierarchical']['mAP']:.4f}",
+            f"{m48['hierarchical']['precision@k']['1000']:.4f}",
+            f"{m12['hamming']['mAP']:.4f}",
+        ]
+        assert "| " + " | ".join(cells) + " |" in section, (method, section)
+    assert "1 of 1 seeds at 48 bits" in section
+    compare = out / "compare" / "digits-methods"
+    assert (compare / "map_vs_bits.png").stat().st_size > 0
+    with (compare / "groups.csv").open() as f:
+        groups = {(r["method"], r["bits"], r["mode"]) for r in csv.DictReader(f)}
+    assert groups == {
+        (m, b, mode) for m in ("latent", "dpsh") for b in ("12", "48") for mode in ("hamming", "hierarchical")
+    }
 
 
 def test_tiny_smoke_results_table_is_filled(tiny_smoke: tuple[Path, int]) -> None:
