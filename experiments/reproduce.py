@@ -10,7 +10,7 @@ come from :mod:`experiments.plan` and :mod:`experiments.jobs`:
 3. :func:`~experiments.launch.run_baselines`: LSH, PCAH, ITQ, SH at 48 bits on raw pixels and on the F7
    of our 48-bit model, in ``runs/<dataset>/baselines/<method>-<features>``.
 4. :func:`~experiments.launch.run_cnnh`: the compared methods of figures 4 and 6 (LSH, SH, ITQ, BRE, MLH,
-   CCA-ITQ, KSH and SDH at 12 to 48 bits, CNNH and CNNH+ at 48) under the protocol of Xia et al. (AAAI 2014),
+   CCA-ITQ, KSH, SDH, CNNH, CNNH+ and ours at 12 to 48 bits) under the protocol of Xia et al. (AAAI 2014),
    in ``runs/<dataset>/cnnh/<method>/bits<k>``.
 5. :func:`~experiments.launch.run_methods`: the deep methods (the paper's latent layer, DPSH, HashNet, DSH,
    GreedyHash, CSQ) under one protocol, the paper's MNIST one on a CPU recipe (``experiment=mnist_methods``),

@@ -225,14 +225,17 @@ def test_with_alexnet_weights_mnist_keeps_the_paper_recipe(
 
 def test_cnnh_jobs_compose_to_xia_et_al_protocol(tmp_path: Path, monkeypatch) -> None:
     """The compared methods of figures 4 and 6: the shallow ones at the table's code lengths in --bits, the deep
-    ones at 48 bits with the MNIST CPU recipe (none for CIFAR-10), every run under data.protocol=cnnh."""
+    ones (ours included) likewise with the MNIST CPU recipe (none for CIFAR-10), 48 bits first, every run under
+    data.protocol=cnnh."""
     monkeypatch.setattr(job_lists, "_cuda", lambda: False)
     plan = plan_for("--data-root", str(tmp_path / "d"), "--bits", "12", "48", "128")
     jobs = {job.name: job for job in job_lists.cnnh_jobs(plan)}
     shallow = {"lsh", "sh", "itq", "bre", "mlh", "cca_itq", "ksh", "sdh"}
     expected = {f"{ds}/cnnh/{m}/bits{b}" for ds in ("mnist", "cifar10") for m in shallow for b in (12, 48)}
-    expected |= {f"mnist/cnnh/{m}/bits48" for m in ("cnnh", "cnnh_plus")}
+    expected |= {f"mnist/cnnh/{m}/bits{b}" for m in ("cnnh", "cnnh_plus", "latent") for b in (12, 48)}
     assert set(jobs) == expected
+    trained = [name for name, job in jobs.items() if job.entry == "train"]
+    assert trained == [f"mnist/cnnh/{m}/bits{b}" for b in (48, 12) for m in ("cnnh", "cnnh_plus", "latent")]
     lsh = compose_config("baseline", jobs["mnist/cnnh/lsh/bits12"].overrides, tmp_path / "l")
     assert (lsh.method.name, lsh.method.centre, lsh.bits, lsh.fit_samples) == ("lsh", False, 12, None)
     assert lsh.data.protocol == "cnnh" and lsh.data.train_per_class == 500 and lsh.data.n_queries == 1000
@@ -246,12 +249,16 @@ def test_cnnh_jobs_compose_to_xia_et_al_protocol(tmp_path: Path, monkeypatch) ->
         and deep.model.net.bits == 48
     )
     assert deep.data.protocol == "cnnh" and deep.data.val_size == 0 and deep.trainer.accelerator == "cpu"
+    ours = compose_config("train", jobs["mnist/cnnh/latent/bits12"].overrides, tmp_path / "o")
+    assert (ours.model.method, ours.model.net.bits, ours.data.train_per_class) == ("latent", 12, 500)
+    assert ours.data.protocol == "cnnh" and ours.trainer.max_epochs == deep.trainer.max_epochs
     only = plan_for(
         "--data-root", str(tmp_path / "d"), "--datasets", "mnist", "--cnnh-methods", "ksh", "cnnh"
     )
     assert sorted(job.name for job in job_lists.cnnh_jobs(only)) == [
         f"mnist/cnnh/{m}/bits{b}"
-        for m, b in (("cnnh", 48), ("ksh", 12), ("ksh", 24), ("ksh", 32), ("ksh", 48))
+        for m, b in (("cnnh", 12), ("cnnh", 24), ("cnnh", 32), ("cnnh", 48))
+        + (("ksh", 12), ("ksh", 24), ("ksh", 32), ("ksh", 48))
     ]
     assert job_lists.cnnh_jobs(plan_for("--cnnh-methods")) == []
 
