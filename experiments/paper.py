@@ -25,6 +25,7 @@ from experiments.plan import (
     read_json,
     read_metrics,
     read_status,
+    stage_of,
 )
 
 PAPER_RESULTS = Path(__file__).with_name("paper_results.yaml")
@@ -85,6 +86,8 @@ def planned_reason(plan: Plan, name: str) -> str:
     status = read_status(plan).get(name) or {}
     if status.get("status") == "failed":
         return f"failed: {status.get('error', 'see its run directory')}"
+    if stage_of(name) not in plan.stages:
+        return f"stage {stage_of(name)} not in --only"
     m = RUN_NAME.fullmatch(name)
     if m and m["bits"] and m["dataset"] not in ("yahoo", CIFAR10_10K50K) and int(m["bits"]) not in plan.bits:
         return f"{m['bits']} bits not in --bits"

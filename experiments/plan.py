@@ -54,6 +54,8 @@ METHOD_SEEDS = (1, 2, 3)
 METHOD_EXPERIMENTS = {"mnist": "mnist_methods"}
 METHOD_MODES = ("hamming", "hierarchical")
 SMOKE_DEEP_COMPARED = ("latent", "dpsh")  # --smoke's default: two methods keep it quick
+# the stages that run jobs, in order (--only picks some; RESULTS.md is always written)
+STAGES = ("training", "baselines", "cnnh", "methods", "yahoo", "speed")
 
 
 @dataclass
@@ -86,6 +88,7 @@ class Plan:
     command: str
     seeds: list[int] | None = None
     small_cnn: list[str] = field(default_factory=list)
+    stages: list[str] = field(default_factory=lambda: list(STAGES))
 
     @property
     def runs(self) -> Path:
@@ -240,6 +243,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="run every configuration with several seeds and report mean ± std: one number N (seeds 0 to "
         "N-1) or the seeds themselves (--seeds 1 7 42); runs go to runs/<name>/seed<s>",
     )
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        choices=STAGES,
+        default=list(STAGES),
+        metavar="STAGE",
+        help=f"run only these stages ({', '.join(STAGES)}; default: all), then write RESULTS.md, e.g. "
+        "--only methods for the deep methods' comparison alone",
+    )
     parser.add_argument("--force", action="store_true", help="delete and redo runs that already completed")
     parser.add_argument(
         "--report-only", action="store_true", help="only rebuild RESULTS.md from the runs on disk"
@@ -299,7 +311,18 @@ def make_plan(args: argparse.Namespace, argv: Sequence[str] = ()) -> Plan:
         force=args.force,
         command=" ".join(["python -m experiments.reproduce", *map(shlex.quote, argv)]),
         seeds=seeds,
+        stages=[stage for stage in STAGES if stage in args.only],
     )
+
+
+def stage_of(name: str) -> str:
+    """The stage that runs the run ``name``: ``mnist/cnnh/ksh/bits48`` -> ``cnnh``."""
+    parts = name.split("/")
+    if parts[0] == "yahoo":
+        return "yahoo"
+    if len(parts) > 1 and parts[1] in ("baselines", "cnnh", "methods"):
+        return parts[1]
+    return "training"
 
 
 def read_metrics(run_dir: Path) -> dict[str, Any]:

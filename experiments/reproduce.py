@@ -22,6 +22,9 @@ come from :mod:`experiments.plan` and :mod:`experiments.jobs`:
    against ours, the CNNH table, the deep methods' table and mAP-vs-bits figure, the precision figures with the baselines and the compared methods, the
    retrieval grids, the mAP-vs-bits sweep, the speed table and the runs' W&B links.
 
+``--only STAGE ...`` runs some stages of 2 to 7 (``training``, ``baselines``, ``cnnh``, ``methods``, ``yahoo``,
+``speed``), then writes ``RESULTS.md`` from whatever is on disk.
+
 ``--seeds N`` (or a list of seeds) runs every configuration once per seed, in ``<run>/seed<s>``, and
 reports the mean ± std over the seeds.
 
@@ -61,23 +64,28 @@ def main(argv: Sequence[str] | None = None) -> int:
             for warning in preflight(plan):
                 log.warning(warning)
             plan.out.mkdir(parents=True, exist_ok=True)
-            log.info("stage 2/8: training runs (%s)", ", ".join(plan.trained))
-            ran.update(launch.run_training(plan))
-            log.info("stage 3/8: baselines at %d bits", BASELINE_BITS)
-            ran.update(launch.run_baselines(plan))
-            log.info("stage 4/8: the compared methods of figures 4 and 6 (CNNH protocol)")
-            ran.update(launch.run_cnnh(plan))
-            log.info(
-                "stage 5/8: the deep methods under one protocol (%s)", ", ".join(plan.deep_methods) or "none"
-            )
-            ran.update(launch.run_methods(plan))
-            log.info(
-                "stage 6/8: Yahoo-style folder run%s",
-                "" if plan.yahoo_root else " (no --yahoo-root: left out)",
-            )
-            ran.update(launch.run_yahoo(plan))
-            log.info("stage 7/8: retrieval speed")
-            ran.update(launch.run_speed(plan))
+            stages = [
+                ("training", "training runs (" + ", ".join(plan.trained) + ")", launch.run_training),
+                ("baselines", f"baselines at {BASELINE_BITS} bits", launch.run_baselines),
+                ("cnnh", "the compared methods of figures 4 and 6 (CNNH protocol)", launch.run_cnnh),
+                (
+                    "methods",
+                    "the deep methods under one protocol (" + (", ".join(plan.deep_methods) or "none") + ")",
+                    launch.run_methods,
+                ),
+                (
+                    "yahoo",
+                    "Yahoo-style folder run" + ("" if plan.yahoo_root else " (no --yahoo-root: left out)"),
+                    launch.run_yahoo,
+                ),
+                ("speed", "retrieval speed", launch.run_speed),
+            ]
+            for number, (stage, title, run) in enumerate(stages, start=2):
+                if stage not in plan.stages:
+                    log.info("stage %d/8: %s: not in --only, skipped", number, stage)
+                    continue
+                log.info("stage %d/8: %s", number, title)
+                ran.update(run(plan))
         log.info("stage 8/8: RESULTS.md")
         from experiments.report import write_results  # matplotlib and FAISS: not before preflight answers
 

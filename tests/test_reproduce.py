@@ -159,6 +159,19 @@ def test_tiny_smoke_compares_the_deep_methods(tiny_smoke: tuple[Path, int]) -> N
     }
 
 
+def test_only_runs_the_stages_asked_for(tmp_path: Path) -> None:
+    """--only methods: the deep methods' runs and RESULTS.md, no other run (the paper's rows say why)."""
+    out = tmp_path / "only"
+    args = [*TINY, "--only", "methods", "--deep-methods", "dpsh", "--out", str(out)]
+    assert reproduce.main(args) == 0
+    runs = sorted(p.parent.relative_to(out / "runs").as_posix() for p in (out / "runs").rglob("metrics.json"))
+    assert runs == ["digits/methods/dpsh/bits12/seed1", "digits/methods/dpsh/bits48/seed1"]
+    assert not (out / "bench").exists()
+    rows = {row[0].strip("`"): row for row in results_table((out / "RESULTS.md").read_text())}
+    assert rows["mnist_test_error_48"][4] == "not run: stage training not in --only"
+    assert rows["mnist_lsh_precision_48"][4] == "not run: stage baselines not in --only"
+
+
 def test_tiny_smoke_results_table_is_filled(tiny_smoke: tuple[Path, int]) -> None:
     out, _ = tiny_smoke
     markdown = (out / "RESULTS.md").read_text()
