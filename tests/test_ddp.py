@@ -15,6 +15,7 @@ import torch
 from deephash.data.digits import DigitsDataModule
 from deephash.models.checkpoint import load_hash_module
 from deephash.retrieval import load_index
+from deephash.retrieval.codes import pack_codes
 
 DDP = ["trainer=ddp_cpu", "experiment=demo", "logger=none", "callbacks=none", "retrieval.modes=[hamming]"]
 
@@ -87,3 +88,27 @@ def test_ddp_resume_continues_from_last_checkpoint(ddp_run: Path, tmp_path: Path
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["epochs"] == 3 and metrics["global_step"] == steps * 3 // 2
+
+
+@pytest.mark.parametrize("method", ["dpsh", "cnnh_plus"])
+def test_other_methods_train_under_ddp_and_their_index_matches_one_process(
+    method: str, tmp_path: Path
+) -> None:
+    """A pairwise loss (DPSH: pairs within each rank's batch) and a loss with state computed before training
+    (CNNH+: stage 1's target codes, in each rank's setup) train with two processes, and the method's own head
+    encodes the distributed index: exactly the codes one process computes from the same checkpoint."""
+    run = tmp_path / "run"
+    proc = _train(*DDP, f"method={method}", "trainer.max_epochs=1", f"hydra.run.dir={run}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["status"] == "completed" and metrics["method"] == method
+    assert (run / "train_ddp_process_1.log").exists()
+    module = load_hash_module(metrics["evaluated_checkpoint"])
+    assert module.method == method
+    dm = DigitsDataModule(seed=42, n_queries=300, transform="native", batch_size=64)
+    dm.setup("predict")
+    trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False)
+    batches = trainer.predict(module, dataloaders=dm.encode_dataloader("database"))
+    codes = pack_codes(np.concatenate([b["codes"].numpy() for b in batches]))
+    index = load_index(run / "index")
+    assert index.count == 1437 and np.array_equal(np.asarray(index.codes), codes)
