@@ -230,6 +230,9 @@ def test_seeds_are_averaged_per_bit_count(tmp_path: Path) -> None:
     ax = plot_metric_vs_bits(jobs, "mAP").axes[0]
     lines = {bars.get_label(): bars.lines[0] for bars in ax.containers}  # errorbar: (data line, caps, bars)
     assert set(lines) == {"hamming", "hierarchical", "euclidean"}
+    # one setting: one colour, a line style per mode
+    assert len({line.get_color() for line in lines.values()}) == 1
+    assert len({line.get_linestyle() for line in lines.values()}) == 3
     assert lines["hamming"].get_xdata().tolist() == [16, 32, 64]
     np.testing.assert_allclose(np.asarray(lines["hamming"].get_ydata(), float), [0.75, 0.925, 0.97])
     np.testing.assert_allclose(np.asarray(lines["hierarchical"].get_ydata(), float), [0.77, 0.945, 0.99])

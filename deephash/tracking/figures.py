@@ -52,17 +52,29 @@ def plot_metric_vs_bits(jobs: Sequence[Job], metric: str = "mAP") -> Figure:
             value = metric_value(results, metric) if isinstance(results, dict) else None
             if value is not None:
                 series[(setting(job, swept), mode)][int(job.info["bits"])].append(value)
-    labels = setting_labels(list(dict.fromkeys(key for key, _ in series)))
+    keys = list(dict.fromkeys(key for key, _ in series))
+    labels = setting_labels(keys)
+    modes = list(dict.fromkeys(mode for _, mode in series))
     fig = Figure(figsize=(6.4, 4.8))
     ax = fig.add_subplot()
     several = False
+    # a colour per setting (a method, say) and a line style per mode, so each method's modes read as one family
+    palette = [f"C{i % 10}" for i in range(len(keys))]
+    styles = ["-", "--", ":", "-."]
     for (key, mode), by_bits in series.items():
         bits = sorted(by_bits)
         stats = [mean_std(by_bits[b]) for b in bits]
         several = several or any(len(by_bits[b]) > 1 for b in bits)
         label = " ".join(filter(None, [labels[key], mode]))
         ax.errorbar(
-            bits, [m for m, _ in stats], yerr=[s for _, s in stats], marker="o", capsize=3, label=label
+            bits,
+            [m for m, _ in stats],
+            yerr=[s for _, s in stats],
+            color=palette[keys.index(key)],
+            linestyle=styles[modes.index(mode) % len(styles)],
+            marker="os^D"[modes.index(mode) % 4],
+            capsize=3,
+            label=label,
         )
     all_bits = sorted({b for by_bits in series.values() for b in by_bits})
     if all_bits:
