@@ -58,26 +58,33 @@ def finish_loggers(loggers: list[pl.loggers.Logger], metrics: dict[str, Any], ru
 
 def record_failure(cfg: DictConfig, err: BaseException) -> None:
     """Mark the run failed in its metrics.json, so sweep summaries report it instead of dropping it, and close
-    an open W&B run with a failing exit code. Ctrl-C (a KeyboardInterrupt, or the SystemExit Lightning raises
-    after its graceful shutdown on one) is recorded as ``"status": "interrupted"`` with the checkpoint to
-    resume from (``"resume"``, null when none was written yet)."""
+    an open W&B run with a failing exit code. A run stopped by a signal (SIGTERM from a scheduler, Ctrl-C: see
+    ``deephash.utils.signals``) is recorded as ``"status": "interrupted"`` with the checkpoint to resume from
+    (``"resume"``, null when none was written yet) and the signal."""
+    import signal
+
     import wandb
 
-    interrupted = isinstance(err, KeyboardInterrupt) or (
-        isinstance(err, SystemExit) and err.code not in (0, None)
-    )
+    from deephash.utils.signals import interruption_status
+
+    status = interruption_status(err)
     if wandb.run is not None:
-        wandb.run.finish(exit_code=130 if interrupted else 1)
+        wandb.run.finish(exit_code=status or 1)
     try:
         output_dir = Path(cfg.paths.output_dir)
     except Exception:  # noqa: BLE001 - no run directory could be resolved: nothing to record
         return
     if not output_dir.exists():
         return
-    if interrupted:
+    if status is not None:
         last = output_dir / "checkpoints" / "last.ckpt"
         resume = str(last) if last.is_file() else None
-        record = {"status": "interrupted", "error": None, "resume": resume}
+        record = {
+            "status": "interrupted",
+            "error": None,
+            "signal": signal.Signals(status - 128).name,
+            "resume": resume,
+        }
         hint = f"resume with ckpt_path={resume}" if resume else "no checkpoint was written yet; start again"
         log.warning("run interrupted; %s", hint)
     else:

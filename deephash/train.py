@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from deephash.cli import accepts_version, check_overrides, run_hydra_task
 from deephash.config import CONFIG_PATH, validate_train_config
 from deephash.evaluation.run import evaluate_checkpoint
+from deephash.models.resume import ResumeState
 from deephash.runs import (
     anchor_data_paths,
     build_predict_trainer,
@@ -28,8 +29,9 @@ from deephash.runs import (
     record_train_failure,
     select_checkpoint,
 )
-from deephash.utils.io import atomic_write_json, atomic_write_text
+from deephash.utils.io import atomic_write_json, atomic_write_text, update_json
 from deephash.utils.logging import get_logger
+from deephash.utils.signals import Interrupted
 
 log = get_logger(__name__)
 
@@ -49,7 +51,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         cfg.model, net={"num_classes": datamodule.num_classes, "in_channels": datamodule.in_channels}
     )
     loggers = instantiate_loggers(cfg.get("logger"), cfg)
-    callbacks = instantiate_callbacks(cfg.get("callbacks"))
+    # the random streams with every checkpoint, and a checkpoint at SIGTERM or SIGINT to resume from exactly
+    resume = ResumeState(output_dir / "checkpoints" / "last.ckpt")
+    callbacks = [*instantiate_callbacks(cfg.get("callbacks")), resume]
     trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     if trainer.is_global_zero:
         datamodule.save_splits(output_dir)
@@ -70,6 +74,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     start = time.perf_counter()
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     train_seconds = time.perf_counter() - start
+    if resume.signal is not None:  # it came during the last batch: training is complete, the rest is not
+        raise Interrupted(resume.signal)
 
     best = monitored_checkpoint_callback(trainer)
     best_ckpt = best.best_model_path if best is not None else ""
@@ -86,7 +92,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         test_acc = float(acc) if acc is not None else None
 
     metrics: dict[str, Any] = {
-        "status": "completed",
+        "status": "running" if cfg.get("evaluate") else "completed",  # completed once evaluated
         "method": model.method,
         "dataset": datamodule.name,
         "backbone": model.backbone,
@@ -108,6 +114,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     if cfg.get("evaluate"):
         metrics.update(evaluate_checkpoint(cfg, ckpt, datamodule, build_predict_trainer(cfg, trainer)))
+        metrics["status"] = "completed"
+        if trainer.is_global_zero:
+            update_json(output_dir / "metrics.json", {"status": "completed"})
     if trainer.is_global_zero:
         finish_loggers(loggers, metrics, output_dir)
     return metrics

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import signal
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, ClassVar
@@ -14,6 +15,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from deephash.data.protocols import PROTOCOLS, SPLITS, make_splits
+from deephash.data.sampler import EpochSampler, resume_position
 from deephash.data.sources import Pool, Source
 from deephash.data.transforms import TRANSFORMS, ImageTransform, imagenet_transform, native_transform
 from deephash.utils.checks import check_int
@@ -25,7 +27,11 @@ log = get_logger(__name__)
 
 
 class SplitDataset(Dataset):
-    """Items ``(image (C,H,W) float, label int, pool index int)`` of one split."""
+    """Items ``(image (C,H,W) float, label int, pool index int)`` of one split.
+
+    An item is asked for by its position ``k`` in the split, or by ``(k, seed)`` (the training order of
+    :class:`~deephash.data.sampler.EpochSampler`): the random augmentation of the transform is then drawn from
+    ``seed`` alone, in a fork of torch's random state that leaves the process's own stream untouched."""
 
     def __init__(self, pool: Pool, indices: np.ndarray, transform: ImageTransform) -> None:
         self.pool = pool
@@ -35,9 +41,32 @@ class SplitDataset(Dataset):
     def __len__(self) -> int:
         return len(self.indices)
 
-    def __getitem__(self, k: int) -> tuple[torch.Tensor, int, int]:
+    def __getitem__(self, k: int | tuple[int, int]) -> tuple[torch.Tensor, int, int]:
+        k, seed = k if isinstance(k, tuple) else (k, None)
         p = int(self.indices[k])
-        return self.transform(self.pool.image(p)), int(self.pool.labels[p]), p
+        return seeded(self.transform, seed)(self.pool.image(p)), int(self.pool.labels[p]), p
+
+
+def seeded(transform: Callable[[Any], torch.Tensor], seed: int | None) -> Callable[[Any], torch.Tensor]:
+    """``transform`` drawing its randomness (torchvision's transforms draw from torch's global generator) from
+    ``seed``, without advancing the caller's stream; ``transform`` itself when ``seed`` is None."""
+    if seed is None:
+        return transform
+
+    def apply(image: Any) -> torch.Tensor:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return transform(image)
+
+    return apply
+
+
+def quiet_worker(worker_id: int) -> None:
+    """A DataLoader worker leaves SIGINT and SIGTERM to the main process: a scheduler's SIGTERM reaches every
+    process of the job, and a worker killed by it would fail the batch the main process is finishing before it
+    stops (``deephash.utils.signals``). The main process ends its workers when it stops."""
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_IGN)
 
 
 def describe_line(description: dict[str, Any]) -> str:
@@ -192,6 +221,11 @@ class RetrievalDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.dataset("train", train=True), self.batch_size, shuffle=True)
 
+    def train_sampler(self, n: int) -> EpochSampler:
+        """The training order (seeded by ``seed``), from where a resumed fit continues."""
+        epoch, batches = resume_position(self.trainer)
+        return EpochSampler(n, self.seed, epoch=epoch, skip=batches * self.batch_size)
+
     def val_dataloader(self) -> DataLoader:
         return self.encode_dataloader("val")
 
@@ -340,12 +374,14 @@ class RetrievalDataModule(pl.LightningDataModule):
         return DataLoader(
             dataset,
             batch_size=batch_size,
-            shuffle=shuffle,
+            sampler=self.train_sampler(len(dataset)) if shuffle else None,
             drop_last=False,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers,
-            generator=torch.Generator().manual_seed(self.seed) if shuffle else None,
+            # the workers' base seed, drawn from this generator rather than from the process's stream
+            generator=torch.Generator().manual_seed(self.seed),
+            worker_init_fn=quiet_worker if self.num_workers > 0 else None,
             collate_fn=getattr(dataset, "collate_fn", None),
             **ahead,
         )
