@@ -22,6 +22,7 @@ COMMANDS: dict[str, str] = {
     "eval": "deephash.benchmarks.evaluation",
     "f7": "deephash.benchmarks.f7_precision",
     "decode": "deephash.benchmarks.decode",
+    "shallow": "deephash.benchmarks.shallow_fit",
 }
 DEFAULT = "retrieval"
 USAGE = (

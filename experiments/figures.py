@@ -14,12 +14,14 @@ import numpy as np
 from deephash.evaluation.plots import read_precision_curves, write_precision_curves
 from deephash.tracking.markdown import markdown_table
 from deephash.tracking.sweep import mean_std
-from experiments.paper import planned_reason, small_cnn
-from experiments.plan import BASELINE_BITS, SMALL_CNN_LABEL, YAHOO_BITS, Plan, completed_runs
+from experiments.paper import cnnh_run, load_cnnh_table, planned_reason, small_cnn
+from experiments.plan import BASELINE_BITS, FIGURE_METHODS, SMALL_CNN_LABEL, YAHOO_BITS, Plan, completed_runs
 
 FIGURE_FORMATS = ("png", "svg", "pdf")
 # the paper's retrieval-example figures for each dataset
 GRID_FIGURES = {"mnist": "figure 3", "cifar10": "figure 5"}
+# the paper's precision figures with the compared methods
+PRECISION_FIGURES = {"mnist": "figure 4", "cifar10": "figure 6"}
 FOLDER_MODES = ("hamming", "hierarchical", "euclidean")
 
 
@@ -40,7 +42,28 @@ def precision_section(plan: Plan) -> str:
         title += f" ({SMALL_CNN_LABEL})" if small_cnn(plan, model) else ""
         parts.append(f"### {title}\n")
         parts.append(precision_block(plan, curves, f"{dataset}_precision_{BASELINE_BITS}", title))
+        parts.append(compared_block(plan, dataset, ours, model))
     return "\n".join(parts)
+
+
+def compared_block(plan: Plan, dataset: str, ours: str, model: str) -> str:
+    """The paper's figure 4 (6) complete: our 48-bit model's Hamming ranking beside the eight compared methods,
+    run under Xia et al.'s protocol (``runs/<dataset>/cnnh``), whose curves the paper reprinted."""
+    labels = {row["method"]: row["label"] for row in load_cnnh_table()["rows"] if row.get("method")}
+    figures = " and ".join(PRECISION_FIGURES[p] for p, d in plan.datasets.items() if d == dataset)
+    title = f"{dataset}, {BASELINE_BITS} bits: {figures} with the compared methods"
+    curves = [(f"{ours} hamming", model, "hamming")]
+    curves += [(labels[m], cnnh_run(dataset, m, BASELINE_BITS), "hamming") for m in FIGURE_METHODS]
+    note = (
+        "Ours under the paper's protocol (its figure's); the compared methods under Xia et al.'s "
+        "(`data.protocol=cnnh`: 100 queries per class against the other images), as the paper took their "
+        "curves from that work.\n\n"
+    )
+    return (
+        f"#### {title}\n\n"
+        + note
+        + precision_block(plan, curves, f"{dataset}_compared_{BASELINE_BITS}", title)
+    )
 
 
 def examples_section(plan: Plan) -> str:

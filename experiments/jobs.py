@@ -11,6 +11,11 @@ import yaml
 
 from experiments.plan import (
     BASELINE_BITS,
+    CNNH_DEEP,
+    CNNH_EXPERIMENTS,
+    CNNH_SHALLOW,
+    METHOD_EXPERIMENTS,
+    METHOD_MODES,
     PAPER_BITS,
     SMALL_CNN_EXPERIMENTS,
     YAHOO_BITS,
@@ -22,6 +27,19 @@ from experiments.plan import (
 
 log = logging.getLogger(__name__)
 README_10K50K_BITS = (12, 32, 48)
+# the CNNH table's runs: every mode but the Hamming ranking is left out, and mAP@5000 is added (the cut-off that
+# Lu et al.'s reprint of the table names)
+CNNH_RETRIEVAL = ["retrieval.modes=[hamming]", "retrieval.map_at=5000"]
+# the table's LSH: sign random projections of the raw features (deephash.methods.lsh)
+CNNH_OPTIONS = {"lsh": ["method.centre=false"]}
+# smoke: digits has about 180 images per class (10 queries and 50 labelled ones each), and small settings
+SMOKE_CNNH_DATA = ["data.n_queries=100", "data.train_per_class=50"]
+SMOKE_CNNH_OPTIONS = {
+    "ksh": ["method.n_anchors=100", "method.n_iter=50"],
+    "bre": ["method.n_iter=2"],
+    "mlh": ["method.n_iter=3", "method.pairs_per_iter=5000"],
+    "sdh": ["method.n_anchors=200"],
+}
 
 
 def hydra_value(value: Any) -> str:
@@ -123,6 +141,91 @@ def baseline_jobs(plan: Plan) -> list[Job]:
                 if suffix:
                     overrides.append(f"seed={suffix.removeprefix('/seed')}")
                 jobs.append(Job(f"{dataset}/baselines/{method}-{features}{suffix}", "baseline", overrides))
+    return jobs
+
+
+def cnnh_jobs(plan: Plan) -> list[Job]:
+    """The compared methods of figures 4 and 6 under Xia et al.'s protocol (``data.protocol=cnnh``), on raw pixels:
+    each shallow method of ``--cnnh-methods`` at the table's code lengths (unsupervised ones fitted on the whole
+    database, ``fit_samples=null``), and CNNH / CNNH+ at 48 bits with the dataset's CPU recipe (smoke: the demo
+    network on digits)."""
+    jobs = []
+    for dataset in plan.trained:
+        data = [f"data={dataset}", "data.protocol=cnnh", *(SMOKE_CNNH_DATA if plan.smoke else [])]
+        if plan.download and not plan.smoke:
+            data.append("data.download=true")
+        for method in (m for m in CNNH_SHALLOW if m in plan.cnnh_methods):
+            options = [
+                *CNNH_OPTIONS.get(method, []),
+                *(SMOKE_CNNH_OPTIONS.get(method, []) if plan.smoke else []),
+            ]
+            for bits in plan.cnnh_bits:
+                overrides = [
+                    f"method={method}",
+                    *data,
+                    f"bits={bits}",
+                    "fit_samples=null",
+                    f"logger={plan.logger}",
+                    f"paths.data_dir={hydra_value(plan.data_dir)}",
+                    *CNNH_RETRIEVAL,
+                    *options,
+                ]
+                jobs += seeded(plan, f"{dataset}/cnnh/{method}/bits{bits}", "baseline", overrides)
+        if BASELINE_BITS not in plan.cnnh_bits or not (plan.smoke or dataset in CNNH_EXPERIMENTS):
+            continue
+        if plan.smoke:
+            recipe = ["experiment=demo", *data[1:], f"trainer.max_epochs={plan.epochs}"]
+        else:
+            recipe = [f"experiment={CNNH_EXPERIMENTS[dataset]}", *data[2:]]
+        for method in (m for m in CNNH_DEEP if m in plan.cnnh_methods):
+            overrides = [
+                *recipe,
+                f"method={method}",
+                f"model.net.bits={BASELINE_BITS}",
+                *common_overrides(plan),
+                *CNNH_RETRIEVAL,
+                *plan.overrides,
+            ]
+            jobs += seeded(plan, f"{dataset}/cnnh/{method}/bits{BASELINE_BITS}", "train", overrides)
+    return jobs
+
+
+def method_run(dataset: str, method: str, bits: int, seed: int) -> str:
+    """The run name of a deep method in the methods' comparison: ``mnist/methods/dpsh/bits48/seed1``."""
+    return f"{dataset}/methods/{method}/bits{bits}/seed{seed}"
+
+
+def methods_jobs(plan: Plan) -> list[Job]:
+    """The deep methods of ``--deep-methods`` under one protocol, the paper's (smoke: digits' demo network).
+
+    Every method's 48-bit run with the first seed comes first, then the other seeds, then the other code lengths
+    (first seed), so a comparison cut short still has each method at 48 bits. A dataset without a CPU recipe
+    (:data:`METHOD_EXPERIMENTS`) is left out.
+    """
+    seeds = plan.method_seeds
+    order = [(BASELINE_BITS, seed) for seed in seeds if BASELINE_BITS in plan.method_bits]
+    order += [(bits, seeds[0]) for bits in plan.method_bits if bits != BASELINE_BITS]
+    jobs = []
+    for dataset in plan.trained:
+        if plan.smoke:
+            recipe = ["experiment=demo", f"trainer.max_epochs={plan.epochs}"]
+        elif dataset in METHOD_EXPERIMENTS:
+            recipe = [f"experiment={METHOD_EXPERIMENTS[dataset]}"]
+        else:
+            continue
+        modes = f"retrieval.modes=[{','.join(METHOD_MODES)}]"
+        for bits, seed in order:
+            for method in plan.deep_methods:
+                overrides = [
+                    *recipe,
+                    f"method={method}",
+                    f"model.net.bits={bits}",
+                    f"seed={seed}",
+                    modes,
+                    *common_overrides(plan),
+                    *plan.overrides,
+                ]
+                jobs.append(Job(method_run(dataset, method, bits, seed), "train", overrides))
     return jobs
 
 

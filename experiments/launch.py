@@ -15,7 +15,7 @@ import yaml
 
 from deephash.utils.errors import DeephashError
 from deephash.utils.io import atomic_write_text, update_json
-from experiments.jobs import baseline_jobs, hydra_value, training_jobs, yahoo_jobs
+from experiments.jobs import baseline_jobs, cnnh_jobs, hydra_value, methods_jobs, training_jobs, yahoo_jobs
 from experiments.plan import CONF_DIR, REPO, Job, Plan, is_complete, read_metrics
 
 log = logging.getLogger(__name__)
@@ -112,13 +112,23 @@ def run_baselines(plan: Plan) -> dict[str, dict[str, Any]]:
     return {job.name: run_job(plan, job) for job in baseline_jobs(plan)}
 
 
+def run_cnnh(plan: Plan) -> dict[str, dict[str, Any]]:
+    """Stage 4: the compared methods of figures 4 and 6 under Xia et al.'s protocol."""
+    return {job.name: run_job(plan, job) for job in cnnh_jobs(plan)}
+
+
+def run_methods(plan: Plan) -> dict[str, dict[str, Any]]:
+    """Stage 5: the deep methods under one protocol (the paper's MNIST one), several seeds."""
+    return {job.name: run_job(plan, job) for job in methods_jobs(plan)}
+
+
 def run_yahoo(plan: Plan) -> dict[str, dict[str, Any]]:
-    """Stage 4: the Yahoo-style folder run, when a folder was given."""
+    """Stage 6: the Yahoo-style folder run, when a folder was given."""
     return {job.name: run_job(plan, job) for job in yahoo_jobs(plan)}
 
 
 def run_speed(plan: Plan) -> dict[str, dict[str, Any]]:
-    """Stage 5: ``deephash.bench retrieval`` into ``bench/bench.json`` (skipped when it exists)."""
+    """Stage 7: ``deephash.bench retrieval`` into ``bench/bench.json`` (skipped when it exists)."""
     path = plan.out / "bench" / "bench.json"
     if path.is_file() and not plan.force:
         log.info("bench: %s exists, skipped", path)

@@ -15,10 +15,12 @@ from deephash.utils.errors import ConfigError
 from experiments.launch import one_line
 from experiments.plan import (
     BASELINE_BITS,
+    CNNH_DEEP,
     PAPER_DATASETS,
     SMALL_CNN_BACKBONES,
     SMALL_CNN_LABEL,
     Plan,
+    completed_runs,
     is_complete,
     read_json,
     read_metrics,
@@ -217,3 +219,95 @@ def _fmt(value: float | None, entry: dict[str, Any]) -> str:
     digits = {"percent": 2, "x": 1}.get(entry["unit"], 3)
     unit = {"percent": "%", "x": "x"}.get(entry["unit"], f" {entry['unit']}")
     return f"{value:.{digits}f}{unit}"
+
+
+def load_cnnh_table(path: Path = PAPER_RESULTS) -> dict[str, Any]:
+    """The ``cnnh_table`` of paper_results.yaml (Xia et al.'s Table 2), checked: source, metric, bits, rows of
+    label, method and a list of ``len(bits)`` values (or null) per paper dataset."""
+    table = (yaml.safe_load(path.read_text()) or {}).get("cnnh_table") or {}
+    missing = [k for k in ("source", "metric", "bits", "rows") if k not in table]
+    if missing:
+        raise ConfigError(f"{path}: cnnh_table lacks {', '.join(missing)}")
+    for row in table["rows"]:
+        for dataset in PAPER_DATASETS:
+            values = row.get(dataset)
+            if values is not None and len(values) != len(table["bits"]):
+                raise ConfigError(
+                    f"{path}: cnnh_table row {row.get('label')}: {dataset} needs {len(table['bits'])} values"
+                )
+    return table
+
+
+def cnnh_run(dataset: str, method: str, bits: int) -> str:
+    """The run name of ``method`` at ``bits`` under the CNNH protocol: ``mnist/cnnh/ksh/bits48``."""
+    return f"{dataset}/cnnh/{method}/bits{bits}"
+
+
+def cnnh_section(plan: Plan) -> str:
+    """Xia et al.'s table (the compared methods of figures 4 and 6) beside our runs under the same protocol."""
+    table = load_cnnh_table()
+    bits = [int(b) for b in table["bits"]]
+    head = (
+        f"## The compared methods of figures 4 and 6 ({table['source']})\n\n"
+        "mAP of the Hamming ranking, ours (the published value in brackets), under the protocol of Xia et al. "
+        "(`data.protocol=cnnh`: 100 queries per class, the other images the database, the supervised methods "
+        "fitted on 500 labelled images per class of it, the unsupervised ones on the whole database), on raw "
+        "pixels (the table's CIFAR-10 rows hashed 512-d GIST). LSH is `centre=false`, sign random projections "
+        "of the raw pixels. Seconds: the method's fit (`fit_seconds`), or the network's training with stage 1 "
+        "(`train_seconds`).\n"
+    )
+    parts = [head]
+    for paper, ours in plan.datasets.items():
+        rows = []
+        for row in table["rows"]:
+            method, published = row.get("method"), row.get(paper)
+            cells = []
+            for k, b in enumerate(bits):
+                mine, _, _ = _cnnh_stat(plan, ours, method, b, str(table["metric"]))
+                cells.append(mine if published is None else f"{mine} ({float(published[k]):.3f})")
+            _, mean48, runs48 = _cnnh_stat(plan, ours, method, BASELINE_BITS, str(table["metric"]))
+            at5000, _, _ = _cnnh_stat(plan, ours, method, BASELINE_BITS, "modes.hamming.mAP@5000")
+            key = "train_seconds" if method in CNNH_DEEP else "fit_seconds"
+            seconds, _, _ = _cnnh_stat(plan, ours, method, BASELINE_BITS, key, ".0f")
+            diff = "-"
+            if published is not None and mean48 is not None and BASELINE_BITS in bits:
+                diff = f"{mean48 - float(published[bits.index(BASELINE_BITS)]):+.3f}"
+            status = _cnnh_status(plan, ours, method, runs48)
+            rows.append([row["label"], *cells, diff, at5000, seconds, status])
+        header = ["method", *(f"{b} bits" for b in bits), f"{BASELINE_BITS} bits: ours - paper"]
+        header += [
+            f"mAP@5000 ({BASELINE_BITS} bits)",
+            f"seconds ({BASELINE_BITS} bits)",
+            f"run ({BASELINE_BITS} bits)",
+        ]
+        stand_in = " (stands in for MNIST/CIFAR-10)" if plan.smoke else ""
+        parts.append(f"### {ours}{stand_in}: {paper}'s rows\n")
+        parts.append(markdown_table(header, rows))
+    return "\n".join(parts)
+
+
+def _cnnh_stat(
+    plan: Plan, dataset: str, method: str | None, bits: int, key: str, spec: str = ".3f"
+) -> tuple[str, float | None, int]:
+    """(the mean of ``key`` over the completed seed runs as text, ``± std`` over several, ``-`` when none; the
+    mean; the number of completed runs)."""
+    if method is None:
+        return "-", None, 0
+    done = completed_runs(plan, cnnh_run(dataset, method, bits))
+    values = [v for v in (lookup(metrics, key) for _, metrics in done) if v is not None]
+    if not values:
+        return "-", None, len(done)
+    mean, std = mean_std(values)
+    return f"{mean:{spec}}" + (f" ± {std:{spec}}" if len(values) > 1 else ""), mean, len(done)
+
+
+def _cnnh_status(plan: Plan, dataset: str, method: str | None, completed: int) -> str:
+    """The 48-bit run's name (and seeds), or why it is missing."""
+    if method is None:
+        return "not run: no method of ours"
+    name = cnnh_run(dataset, method, BASELINE_BITS)
+    if completed:
+        return name if plan.seeds is None else f"{name}/seed* ({completed} of {len(plan.seeds)} seeds)"
+    if method not in plan.cnnh_methods:
+        return f"not run: {method} not in --cnnh-methods"
+    return f"not run: {planned_reason(plan, plan.seed_runs(name)[0])}"

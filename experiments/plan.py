@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from deephash.cli import ArgumentParser
-from deephash.methods.registry import SHALLOW
+from deephash.methods.registry import DEEP, SHALLOW
 from deephash.utils.errors import ConfigError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -34,6 +34,25 @@ SMOKE_BENCH = ("--n-database", "20000", "--n-queries", "100", "--dim", "256")
 SMALL_CNN_EXPERIMENTS = {"mnist": "mnist_cnn"}
 SMALL_CNN_BACKBONES = ("mnistcnn", "smallcnn")
 SMALL_CNN_LABEL = "small CNN, not the paper's AlexNet"
+# The compared methods of figures 4 and 6, from Xia et al. (AAAI 2014, Table 2), under their protocol
+# (data.protocol=cnnh) on raw pixels: runs <dataset>/cnnh/<method>/bits<k>, the shallow methods at the table's
+# code lengths in --bits, the deep ones (a CPU recipe per dataset) at 48 bits
+CNNH_BITS = (12, 24, 32, 48)
+CNNH_SHALLOW = ("lsh", "sh", "itq", "bre", "mlh", "cca_itq", "ksh", "sdh")
+CNNH_DEEP = ("cnnh", "cnnh_plus")
+CNNH_METHODS = (*CNNH_SHALLOW, *CNNH_DEEP)
+CNNH_EXPERIMENTS = {"mnist": "mnist_cnnh"}
+# the eight curves of figure 4 beside ours (ITQ-CCA is in the table only; SDH is ours to add)
+FIGURE_METHODS = ("cnnh_plus", "cnnh", "ksh", "mlh", "bre", "sh", "itq", "lsh")
+# The deep methods compared under one protocol, the paper's MNIST one, on a CPU recipe: runs
+# <dataset>/methods/<method>/bits<k>/seed<s>, every seed of METHOD_SEEDS (or --seeds) at 48 bits, the first at
+# the other code lengths of METHOD_BITS in --bits
+DEEP_COMPARED = ("latent", "dpsh", "hashnet", "dsh", "greedyhash", "csq")
+METHOD_BITS = (12, 24, 32, 48)
+METHOD_SEEDS = (1, 2, 3)
+METHOD_EXPERIMENTS = {"mnist": "mnist_methods"}
+METHOD_MODES = ("hamming", "hierarchical")
+SMOKE_DEEP_COMPARED = ("latent", "dpsh")  # --smoke's default: two methods keep it quick
 
 
 @dataclass
@@ -51,6 +70,8 @@ class Plan:
     epochs: int | None
     methods: list[str]
     features: list[str]
+    cnnh_methods: list[str]
+    deep_methods: list[str]
     data_dir: Path
     weights: Path | None
     yahoo_root: Path | None
@@ -77,6 +98,23 @@ class Plan:
     def trained(self) -> list[str]:
         """The datasets trained, each once."""
         return list(dict.fromkeys(self.datasets.values()))
+
+    @property
+    def cnnh_bits(self) -> list[int]:
+        """The code lengths of the CNNH table that --bits asks for (smoke: 48 only)."""
+        return [BASELINE_BITS] if self.smoke else [b for b in self.bits if b in CNNH_BITS]
+
+    @property
+    def method_bits(self) -> list[int]:
+        """The code lengths of the deep methods' comparison that --bits asks for (smoke: 12 and 48)."""
+        return [12, BASELINE_BITS] if self.smoke else [b for b in self.bits if b in METHOD_BITS]
+
+    @property
+    def method_seeds(self) -> list[int]:
+        """The seeds of the deep methods' 48-bit runs: --seeds, else METHOD_SEEDS (smoke: one)."""
+        if self.seeds is not None:
+            return list(self.seeds)
+        return list(METHOD_SEEDS[:1] if self.smoke else METHOD_SEEDS)
 
 
 @dataclass
@@ -137,8 +175,27 @@ def build_parser() -> argparse.ArgumentParser:
         "--methods",
         nargs="+",
         choices=list(SHALLOW),
-        default=list(SHALLOW),
-        help="shallow methods (baselines) at 48 bits (default: all)",
+        default=[name for name, cls in SHALLOW.items() if not cls.supervised],
+        help="shallow methods (baselines) at 48 bits under the paper's protocol (default: the unsupervised ones)",
+    )
+    parser.add_argument(
+        "--cnnh-methods",
+        nargs="*",
+        choices=CNNH_METHODS,
+        default=list(CNNH_METHODS),
+        metavar="METHOD",
+        help="the compared methods of figures 4 and 6 under Xia et al.'s protocol, at the table's code lengths "
+        f"(deep ones at 48 bits): any of {', '.join(CNNH_METHODS)} (default: all; none: no such runs)",
+    )
+    parser.add_argument(
+        "--deep-methods",
+        nargs="*",
+        choices=[name for name in DEEP if name not in CNNH_DEEP],  # CNNH: its own protocol, --cnnh-methods
+        default=None,
+        metavar="METHOD",
+        help="the deep methods compared under the paper's MNIST protocol (experiment=mnist_methods), three seeds "
+        f"at 48 bits and one at the other code lengths of {METHOD_BITS}: any of {', '.join(DEEP_COMPARED)} "
+        f"(default: all; smoke: {', '.join(SMOKE_DEEP_COMPARED)}; none: no such runs)",
     )
     parser.add_argument(
         "--features",
@@ -221,6 +278,14 @@ def make_plan(args: argparse.Namespace, argv: Sequence[str] = ()) -> Plan:
         epochs=(args.epochs or SMOKE_EPOCHS) if args.smoke else None,
         methods=list(dict.fromkeys(args.methods)),
         features=list(dict.fromkeys(args.features)),
+        cnnh_methods=list(dict.fromkeys(args.cnnh_methods)),
+        deep_methods=list(
+            dict.fromkeys(
+                args.deep_methods
+                if args.deep_methods is not None
+                else (SMOKE_DEEP_COMPARED if args.smoke else DEEP_COMPARED)
+            )
+        ),
         data_dir=data_dir.expanduser().resolve(),
         weights=args.weights.expanduser().resolve() if args.weights else None,
         yahoo_root=yahoo.expanduser().resolve() if yahoo else None,

@@ -16,8 +16,9 @@ import yaml
 from deephash.tracking.markdown import markdown_table
 from deephash.utils.errors import DeephashError
 from deephash.utils.io import atomic_write_text
+from experiments.deep_methods import methods_section
 from experiments.figures import examples_section, precision_section, stat
-from experiments.paper import paper_table, planned_reason, small_cnn
+from experiments.paper import cnnh_section, paper_table, planned_reason, small_cnn
 from experiments.plan import (
     BASELINE_BITS,
     PAPER_BITS,
@@ -69,10 +70,12 @@ def wandb_link(run_dir: Path, metrics: dict[str, Any]) -> str:
 
 
 def write_results(plan: Plan) -> Path:
-    """Stage 6: ``RESULTS.md`` with the paper-vs-ours table, figures, grids, sweep, speed and runs."""
+    """Stage 8: ``RESULTS.md`` with the paper-vs-ours table, figures, grids, sweep, speed and runs."""
     sections = [
         _header(plan),
         paper_table(plan),
+        cnnh_section(plan),
+        methods_section(plan),
         precision_section(plan),
         examples_section(plan),
         _sweep_section(plan),
@@ -157,7 +160,10 @@ def _sweep_section(plan: Plan) -> str:
         )
         if (plan.runs / dataset).is_dir():
             try:
-                files = compare_runs(plan.runs / dataset, plan.out / "compare" / dataset).files
+                # the compared methods and the deep methods have sections (and protocols) of their own
+                files = compare_runs(
+                    plan.runs / dataset, plan.out / "compare" / dataset, skip=("cnnh", "methods")
+                ).files
             except DeephashError as err:
                 parts.append(f"\n(no comparison figure: {err})\n")
                 continue

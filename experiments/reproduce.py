@@ -9,12 +9,18 @@ come from :mod:`experiments.plan` and :mod:`experiments.jobs`:
    experiment configs, plus a code-length sweep, each run in ``runs/<dataset>/bits<k>``.
 3. :func:`~experiments.launch.run_baselines`: LSH, PCAH, ITQ, SH at 48 bits on raw pixels and on the F7
    of our 48-bit model, in ``runs/<dataset>/baselines/<method>-<features>``.
-4. :func:`~experiments.launch.run_yahoo`: the Yahoo-1M-style image folder run (``--yahoo-root``), in
+4. :func:`~experiments.launch.run_cnnh`: the compared methods of figures 4 and 6 (LSH, SH, ITQ, BRE, MLH,
+   CCA-ITQ, KSH and SDH at 12 to 48 bits, CNNH and CNNH+ at 48) under the protocol of Xia et al. (AAAI 2014),
+   in ``runs/<dataset>/cnnh/<method>/bits<k>``.
+5. :func:`~experiments.launch.run_methods`: the deep methods (the paper's latent layer, DPSH, HashNet, DSH,
+   GreedyHash, CSQ) under one protocol, the paper's MNIST one on a CPU recipe (``experiment=mnist_methods``),
+   three seeds at 48 bits and one at 12, 24 and 32, in ``runs/<dataset>/methods/<method>/bits<k>/seed<s>``.
+6. :func:`~experiments.launch.run_yahoo`: the Yahoo-1M-style image folder run (``--yahoo-root``), in
    ``runs/yahoo/bits128``.
-5. :func:`~experiments.launch.run_speed`: the ``deephash.bench`` retrieval timings, in ``bench/bench.json``.
-6. :func:`~experiments.report.write_results`: ``RESULTS.md``, every entry of ``paper_results.yaml``
-   against ours, the precision figures with the baselines, the retrieval grids, the mAP-vs-bits sweep, the
-   speed table and the runs' W&B links.
+7. :func:`~experiments.launch.run_speed`: the ``deephash.bench`` retrieval timings, in ``bench/bench.json``.
+8. :func:`~experiments.report.write_results`: ``RESULTS.md``, every entry of ``paper_results.yaml``
+   against ours, the CNNH table, the deep methods' table and mAP-vs-bits figure, the precision figures with the baselines and the compared methods, the
+   retrieval grids, the mAP-vs-bits sweep, the speed table and the runs' W&B links.
 
 ``--seeds N`` (or a list of seeds) runs every configuration once per seed, in ``<run>/seed<s>``, and
 reports the mean ± std over the seeds.
@@ -55,18 +61,24 @@ def main(argv: Sequence[str] | None = None) -> int:
             for warning in preflight(plan):
                 log.warning(warning)
             plan.out.mkdir(parents=True, exist_ok=True)
-            log.info("stage 2/6: training runs (%s)", ", ".join(plan.trained))
+            log.info("stage 2/8: training runs (%s)", ", ".join(plan.trained))
             ran.update(launch.run_training(plan))
-            log.info("stage 3/6: baselines at %d bits", BASELINE_BITS)
+            log.info("stage 3/8: baselines at %d bits", BASELINE_BITS)
             ran.update(launch.run_baselines(plan))
+            log.info("stage 4/8: the compared methods of figures 4 and 6 (CNNH protocol)")
+            ran.update(launch.run_cnnh(plan))
             log.info(
-                "stage 4/6: Yahoo-style folder run%s",
+                "stage 5/8: the deep methods under one protocol (%s)", ", ".join(plan.deep_methods) or "none"
+            )
+            ran.update(launch.run_methods(plan))
+            log.info(
+                "stage 6/8: Yahoo-style folder run%s",
                 "" if plan.yahoo_root else " (no --yahoo-root: left out)",
             )
             ran.update(launch.run_yahoo(plan))
-            log.info("stage 5/6: retrieval speed")
+            log.info("stage 7/8: retrieval speed")
             ran.update(launch.run_speed(plan))
-        log.info("stage 6/6: RESULTS.md")
+        log.info("stage 8/8: RESULTS.md")
         from experiments.report import write_results  # matplotlib and FAISS: not before preflight answers
 
         path = write_results(plan)

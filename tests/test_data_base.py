@@ -41,11 +41,11 @@ def digits() -> DigitsDataModule:
         ({"seed": -3}, "data.seed must be an integer >= 0, got -3"),
         (
             {"protocol": "nope"},
-            "data.protocol must be one of paper, held_out, whole_set, cifar_1k5k, cifar_10k50k, got 'nope'",
+            "data.protocol must be one of paper, held_out, whole_set, cifar_1k5k, cifar_10k50k, cnnh, got 'nope'",
         ),
         (
             {"protocol": "cifar_1k5k"},
-            "data.protocol 'cifar_1k5k' is not available for digits; choose one of paper",
+            "data.protocol 'cifar_1k5k' is not available for digits; choose one of paper, cnnh",
         ),
         ({"transform": "caffe"}, "data.transform must be one of imagenet, native, got 'caffe'"),
         ({"val_size": 1.0}, "data.val_size must be a fraction in [0, 1) or a count >= 0"),

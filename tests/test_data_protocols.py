@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from deephash.data.protocols import SPLITS, make_splits
+from deephash.data.protocols import SPLITS, fit_splits, make_splits
 from deephash.utils.errors import ConfigError
 
 
@@ -150,6 +150,34 @@ def test_errors():
         make_splits("cifar_1k5k", TRAIN, TEST, n_queries=10, val_size=0.1, seed=0, train_per_class=40)
     with pytest.raises(
         ConfigError,
-        match="data.protocol must be one of paper, held_out, whole_set, cifar_1k5k, cifar_10k50k, got 'x'",
+        match="data.protocol must be one of paper, held_out, whole_set, cifar_1k5k, cifar_10k50k, cnnh, got 'x'",
     ):
         make_splits("x", TRAIN, TEST, n_queries=1, val_size=0.1, seed=0)
+
+
+def test_cnnh_is_the_per_class_draw_with_its_own_fit_sets():
+    """Xia et al. 2014: 100 queries per class, the other images the database, 500 labelled images per class of
+    it the training set; supervised methods fit on the labelled subset, unsupervised ones on the database."""
+    labels = np.concatenate([TRAIN, TEST])
+    s = make_splits("cnnh", TRAIN, TEST, n_queries=30, val_size=0.1, seed=0, train_per_class=12)
+    same = make_splits("cifar_1k5k", TRAIN, TEST, n_queries=30, val_size=0.1, seed=0, train_per_class=12)
+    for name in SPLITS:
+        np.testing.assert_array_equal(s[name], same[name])
+    np.testing.assert_array_equal(np.bincount(labels[s["query"]], minlength=10), np.full(10, 3))
+    labelled = np.union1d(s["train"], s["val"])
+    np.testing.assert_array_equal(np.bincount(labels[labelled], minlength=10), np.full(10, 12))
+    np.testing.assert_array_equal(s["database"], np.setdiff1d(np.arange(len(labels)), s["query"]))
+    assert fit_splits("cnnh", supervised=True) == ("train", "val")
+    assert fit_splits("cnnh", supervised=False) == ("database",)
+    for protocol in ("paper", "cifar_1k5k", "whole_set"):
+        assert fit_splits(protocol, supervised=True) == fit_splits(protocol, supervised=False) == ("train",)
+    with pytest.raises(
+        ConfigError, match="protocol cnnh needs data.n_queries divisible by the 10 classes, got 25"
+    ):
+        make_splits("cnnh", TRAIN, TEST, n_queries=25, val_size=0.1, seed=0)
+
+
+def test_cnnh_on_mnist_shaped_labels():
+    train, test = _labels(6000, seed=3), _labels(1000, seed=4)
+    s = make_splits("cnnh", train, test, n_queries=1000, val_size=0, seed=0, train_per_class=500)
+    assert (len(s["query"]), len(s["train"]), len(s["val"]), len(s["database"])) == (1000, 5000, 0, 69000)

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
 from deephash.utils.errors import ConfigError
 from experiments import jobs as job_lists
@@ -220,3 +221,80 @@ def test_with_alexnet_weights_mnist_keeps_the_paper_recipe(
     plan = plan_for("--data-root", str(tmp_path / "data"), "--datasets", "mnist")
     preflight(plan)
     assert plan.small_cnn == [] and "experiment=paper_mnist_48" in job_lists.training_jobs(plan)[0].overrides
+
+
+def test_cnnh_jobs_compose_to_xia_et_al_protocol(tmp_path: Path, monkeypatch) -> None:
+    """The compared methods of figures 4 and 6: the shallow ones at the table's code lengths in --bits, the deep
+    ones at 48 bits with the MNIST CPU recipe (none for CIFAR-10), every run under data.protocol=cnnh."""
+    monkeypatch.setattr(job_lists, "_cuda", lambda: False)
+    plan = plan_for("--data-root", str(tmp_path / "d"), "--bits", "12", "48", "128")
+    jobs = {job.name: job for job in job_lists.cnnh_jobs(plan)}
+    shallow = {"lsh", "sh", "itq", "bre", "mlh", "cca_itq", "ksh", "sdh"}
+    expected = {f"{ds}/cnnh/{m}/bits{b}" for ds in ("mnist", "cifar10") for m in shallow for b in (12, 48)}
+    expected |= {f"mnist/cnnh/{m}/bits48" for m in ("cnnh", "cnnh_plus")}
+    assert set(jobs) == expected
+    lsh = compose_config("baseline", jobs["mnist/cnnh/lsh/bits12"].overrides, tmp_path / "l")
+    assert (lsh.method.name, lsh.method.centre, lsh.bits, lsh.fit_samples) == ("lsh", False, 12, None)
+    assert lsh.data.protocol == "cnnh" and lsh.data.train_per_class == 500 and lsh.data.n_queries == 1000
+    assert list(lsh.retrieval.modes) == ["hamming"] and lsh.retrieval.map_at == 5000
+    ksh = compose_config("baseline", jobs["cifar10/cnnh/ksh/bits48"].overrides, tmp_path / "k")
+    assert ksh.method.name == "ksh" and ksh.data.root == str(tmp_path / "d" / "cifar10")
+    deep = compose_config("train", jobs["mnist/cnnh/cnnh_plus/bits48"].overrides, tmp_path / "c")
+    assert (
+        deep.model.method == "cnnh_plus"
+        and deep.model.net.backbone == "mnistcnn"
+        and deep.model.net.bits == 48
+    )
+    assert deep.data.protocol == "cnnh" and deep.data.val_size == 0 and deep.trainer.accelerator == "cpu"
+    only = plan_for(
+        "--data-root", str(tmp_path / "d"), "--datasets", "mnist", "--cnnh-methods", "ksh", "cnnh"
+    )
+    assert sorted(job.name for job in job_lists.cnnh_jobs(only)) == [
+        f"mnist/cnnh/{m}/bits{b}"
+        for m, b in (("cnnh", 48), ("ksh", 12), ("ksh", 24), ("ksh", 32), ("ksh", 48))
+    ]
+    assert job_lists.cnnh_jobs(plan_for("--cnnh-methods")) == []
+
+
+def test_methods_jobs_run_every_method_under_one_protocol(tmp_path: Path, monkeypatch) -> None:
+    """The deep methods' comparison: each method at 48 bits with every seed, first, then the other code lengths
+    with the first seed; the same recipe, modes and seed for every method; CIFAR-10 has no CPU recipe for it."""
+    monkeypatch.setattr(job_lists, "_cuda", lambda: False)
+    plan = plan_for("--data-root", str(tmp_path / "d"), "--bits", "12", "32", "48", "128")
+    jobs = job_lists.methods_jobs(plan)
+    methods = ("latent", "dpsh", "hashnet", "dsh", "greedyhash", "csq")
+    order = [(48, 1), (48, 2), (48, 3), (12, 1), (32, 1)]
+    assert [job.name for job in jobs] == [
+        f"mnist/methods/{m}/bits{b}/seed{s}" for b, s in order for m in methods
+    ]
+    by_name = {job.name: job for job in jobs}
+    configs = {
+        m: compose_config("train", by_name[f"mnist/methods/{m}/bits48/seed2"].overrides, tmp_path / m)
+        for m in methods
+    }
+    for method, cfg in configs.items():
+        assert cfg.model.method == method and cfg.model.net.bits == 48 and cfg.seed == 2
+        assert list(cfg.retrieval.modes) == ["hamming", "hierarchical"] and cfg.model.net.features == "f7"
+        assert cfg.trainer.max_epochs == 1 and cfg.trainer.accelerator == "cpu"
+        assert cfg.data.root == str(tmp_path / "d" / "mnist") and cfg.data.protocol == "paper"
+    shared = (
+        "model.net.backbone",
+        "data.batch_size",
+        "model.optimizer.lr",
+        "data.translate",
+        "model.net.dropout",
+    )
+    for key in shared:
+        assert len({str(OmegaConf.select(cfg, key)) for cfg in configs.values()}) == 1, key
+    seeded = plan_for(
+        "--datasets", "mnist", "--bits", "24", "48", "--seeds", "7", "9", "--deep-methods", "csq"
+    )
+    assert [job.name for job in job_lists.methods_jobs(seeded)] == [
+        "mnist/methods/csq/bits48/seed7",
+        "mnist/methods/csq/bits48/seed9",
+        "mnist/methods/csq/bits24/seed7",
+    ]
+    assert job_lists.methods_jobs(plan_for("--deep-methods")) == []
+    assert job_lists.methods_jobs(plan_for("--datasets", "cifar10")) == []
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--deep-methods", "cnnh"])  # CNNH runs under its own protocol

@@ -21,6 +21,7 @@ TINY = [
     "--epochs", "1",
     "--bits", "12", "48",
     "--methods", "lsh",
+    "--cnnh-methods", "lsh",
     "--logger", "none",
     "--override", "trainer.limit_train_batches=5",
     "--bench-args", "--n-database 2000 --n-queries 20 --dim 64 --repeat 1",
@@ -62,7 +63,7 @@ def test_failed_runs_exit_1_with_every_row_explained(tmp_path: Path, monkeypatch
         return {"digits/bits48": launch.record_status(plan, "digits/bits48", entry)}
 
     monkeypatch.setattr(launch, "run_training", training)
-    for stage in ("run_baselines", "run_yahoo", "run_speed"):
+    for stage in ("run_baselines", "run_cnnh", "run_yahoo", "run_speed"):
         monkeypatch.setattr(launch, stage, lambda plan: {})
     assert reproduce.main(["--smoke", "--out", str(tmp_path)]) == 1
     rows = {row[0].strip("`"): row for row in results_table((tmp_path / "RESULTS.md").read_text())}
@@ -105,8 +106,57 @@ def test_tiny_smoke_writes_every_stage(tiny_smoke: tuple[Path, int]) -> None:
         ("latent", "", "48"),
         ("lsh", "f7", "48"),
         ("lsh", "pixels", "48"),
-    ]
+    ]  # the cnnh protocol's and the deep methods' runs have sections of their own
     assert json.loads((out / "bench" / "bench.json").read_text())["config"]["n_database"] == 2000
+    # the compared methods of figures 4 and 6 under the cnnh protocol: their table and figure
+    lsh = json.loads((out / "runs" / "digits" / "cnnh" / "lsh" / "bits48" / "metrics.json").read_text())
+    assert lsh["protocol"] == "cnnh" and lsh["method_params"]["centre"] is False
+    section = (out / "RESULTS.md").read_text().split("## The compared methods of figures 4 and 6")[1]
+    section = section.split("\n## ", 1)[0]
+    assert (
+        f"| LSH | - (0.187) | - (0.209) | - (0.235) | {lsh['modes']['hamming']['mAP']:.3f} (0.243) |"
+        in section
+    )
+    assert "| KSH | - (0.872) |" in section and "not run: ksh not in --cnnh-methods" in section
+    with (out / "figures" / "digits_compared_48.csv").open() as f:
+        assert next(csv.reader(f)) == ["k", "ours hamming", "LSH"]
+
+
+def test_tiny_smoke_compares_the_deep_methods(tiny_smoke: tuple[Path, int]) -> None:
+    """Stage 5: each method of --deep-methods (smoke: latent and DPSH) at 12 and 48 bits, its table row read from
+    its own run, and the mAP-vs-bits figure with a line per method and mode."""
+    out, _ = tiny_smoke
+    runs = out / "runs" / "digits" / "methods"
+    metrics = {
+        (m, b): json.loads((runs / m / f"bits{b}" / "seed1" / "metrics.json").read_text())
+        for m in ("latent", "dpsh")
+        for b in (12, 48)
+    }
+    assert all(v["status"] == "completed" and v["method"] == m for (m, _), v in metrics.items())
+    assert {v["bits"] for v in metrics.values()} == {12, 48}
+    assert all(set(v["modes"]) == {"hamming", "hierarchical"} for v in metrics.values())
+    section = (
+        (out / "RESULTS.md").read_text().split("## Deep methods under one protocol")[1].split("\n## ")[0]
+    )
+    for method, label in (("latent", "latent (ours, Lin et al. 2015)"), ("dpsh", "DPSH (Li et al. 2016)")):
+        m48, m12 = metrics[(method, 48)]["modes"], metrics[(method, 12)]["modes"]
+        cells = [
+            label,
+            f"{m48['hamming']['mAP']:.4f}",
+            f"{m48['hamming']['precision@k']['1000']:.4f}",
+            f"{m48['hierarchical']['mAP']:.4f}",
+            f"{m48['hierarchical']['precision@k']['1000']:.4f}",
+            f"{m12['hamming']['mAP']:.4f}",
+        ]
+        assert "| " + " | ".join(cells) + " |" in section, (method, section)
+    assert "1 of 1 seeds at 48 bits" in section
+    compare = out / "compare" / "digits-methods"
+    assert (compare / "map_vs_bits.png").stat().st_size > 0
+    with (compare / "groups.csv").open() as f:
+        groups = {(r["method"], r["bits"], r["mode"]) for r in csv.DictReader(f)}
+    assert groups == {
+        (m, b, mode) for m in ("latent", "dpsh") for b in ("12", "48") for mode in ("hamming", "hierarchical")
+    }
 
 
 def test_tiny_smoke_results_table_is_filled(tiny_smoke: tuple[Path, int]) -> None:

@@ -1,7 +1,9 @@
 """Evaluate a classical hashing baseline exactly like the deep model: fit, encode, index, evaluate, report.
 
-The method is fitted on the *training* split (a seeded subsample of at most ``fit_samples`` rows), then
-encodes the query and database splits. Both are saved as indexes (``<run>/index``, ``<run>/queries``),
+The method is fitted on the protocol's fit set (:func:`deephash.data.protocols.fit_splits`: the *training*
+split, except under ``cnnh``, where a supervised method learns from the labelled subset and an unsupervised one
+from the database), a seeded subsample of at most ``fit_samples`` rows, then encodes the query and database
+splits. Both are saved as indexes (``<run>/index``, ``<run>/queries``),
 evaluated with :func:`deephash.evaluation.pipeline.evaluate_retrieval` on what was saved, and reported with
 the same files and ``metrics.json`` layout as a training run. Input representations (``features.name``):
 
@@ -29,6 +31,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from PIL import Image
 
 from deephash.baselines.features import flatten_images, pretrained_f7_module
+from deephash.data.protocols import fit_splits
 from deephash.data.transforms import to_mode
 from deephash.evaluation.run import evaluate_indexes
 from deephash.methods.registry import DEEP, SHALLOW
@@ -204,7 +207,8 @@ def run_baseline(cfg: DictConfig) -> dict[str, Any]:
     loggers = instantiate_loggers(cfg.get("logger"), cfg)
 
     work = run_dir / ".encode"
-    train, queries, database = _split_features(cfg, datamodule, module, work)
+    fit_from = fit_splits(datamodule.protocol, bool(method.supervised))
+    train, queries, database = _split_features(cfg, datamodule, module, work, fit_from)
     log.info(
         "fitting %s (%d bits) on %d x %d %s features",
         method.name,
@@ -234,6 +238,7 @@ def run_baseline(cfg: DictConfig) -> dict[str, Any]:
         **info,
         "method_params": method.params(),
         "feature_dim": int(train.f7.shape[1]),
+        "fit_splits": list(fit_from),
         "fit_samples": int(train.count),
         "fit_seconds": round(fit_seconds, 3),
         "method_file": str(run_dir / "method.npz"),
@@ -274,12 +279,13 @@ def _load_module(cfg: DictConfig, datamodule: Any) -> Any:
 
 
 def _split_features(
-    cfg: DictConfig, datamodule: Any, module: Any, work: Path
+    cfg: DictConfig, datamodule: Any, module: Any, work: Path, fit_from: tuple[str, ...] = ("train",)
 ) -> tuple[EncodedItems, EncodedItems, EncodedItems]:
-    """Training subsample, queries and database before hashing: their ``f7`` holds the input features,
-    pixels (uint8) or a network's F7 (float16)."""
+    """Fit subsample (of the union of the splits ``fit_from``), queries and database before hashing: their
+    ``f7`` holds the input features, pixels (uint8) or a network's F7 (float16)."""
     splits = datamodule.splits
-    train_index = splits["train"][fit_rows(len(splits["train"]), cfg.get("fit_samples"), int(cfg.seed))]
+    fit_pool = np.unique(np.concatenate([splits[name] for name in fit_from]))
+    train_index = fit_pool[fit_rows(len(fit_pool), cfg.get("fit_samples"), int(cfg.seed))]
     if module is None:
         size = pixel_size(datamodule, cfg.features.get("size"))
 
@@ -302,7 +308,7 @@ def _split_features(
     trainer = build_predict_trainer(cfg, None)
     queries = encode_split(module, datamodule, "query", work / "query", trainer)
     database = encode_split(module, datamodule, "database", work / "database", trainer)
-    # every protocol's database holds the training split: take its rows instead of encoding it again
+    # every protocol's database holds the fit set: take its rows instead of encoding it again
     if np.isin(train_index, database.pool_index).all():
         source = database
     else:

@@ -119,6 +119,7 @@ class RetrievalDataModule(pl.LightningDataModule):
         protocol: str = "paper",
         n_queries: int = 1000,
         val_size: float | int = 0.1,
+        train_per_class: int = 500,
         download: bool = False,
         transform: str = "imagenet",
         image_size: int = 227,
@@ -134,6 +135,7 @@ class RetrievalDataModule(pl.LightningDataModule):
         check_int(num_workers, "data.num_workers", 0)
         check_int(seed, "data.seed", 0)
         check_int(n_queries, "data.n_queries", 1)
+        check_int(train_per_class, "data.train_per_class", 1)
         check_int(image_size, "data.image_size", 1)
         check_int(resize, "data.resize", 1)
         for flag, value in (("pin_memory", pin_memory), ("persistent_workers", persistent_workers)):
@@ -173,6 +175,7 @@ class RetrievalDataModule(pl.LightningDataModule):
         self.protocol = protocol
         self.n_queries = n_queries
         self.val_size = val_size
+        self.train_per_class = train_per_class  # the labelled images per class of cifar_1k5k and cnnh
         self.download = download
         self.transform = transform
         self.image_size = image_size
@@ -196,7 +199,7 @@ class RetrievalDataModule(pl.LightningDataModule):
 
     def _split_options(self) -> dict[str, Any]:
         """Extra keyword arguments for ``make_splits``."""
-        return {}
+        return {"train_per_class": self.train_per_class}
 
     # ---- Lightning API -------------------------------------------------------------------
     def prepare_data(self) -> None:

@@ -10,7 +10,6 @@ from torchvision.datasets.utils import check_integrity
 
 from deephash.data.base import RetrievalDataModule, download_torchvision
 from deephash.data.sources import ArraySource
-from deephash.utils.checks import check_int
 from deephash.utils.errors import ConfigError, DataError
 
 FILES = tuple(name for name, _ in CIFAR10.train_list + CIFAR10.test_list) + (CIFAR10.meta["filename"],)
@@ -32,31 +31,26 @@ class CIFAR10DataModule(RetrievalDataModule):
     """50,000 train / 10,000 test 32x32 colour images in 10 classes.
 
     ``verify_checksums=False`` reads a CIFAR-10-format copy whose files are not the official release
-    (e.g. generated in tests); ``train_per_class`` is the per-class train count of ``cifar_1k5k``.
+    (e.g. generated in tests).
     """
 
     name = "cifar10"
-    protocols = ("paper", "cifar_1k5k", "cifar_10k50k")
+    protocols = ("paper", "cifar_1k5k", "cifar_10k50k", "cnnh")
     native_channels = 3
     native_size = (32, 32)
     native_mean = (0.4914, 0.4822, 0.4465)
     native_std = (0.2470, 0.2435, 0.2616)
     native_flip = True
 
-    def __init__(self, *args, verify_checksums: bool = True, train_per_class: int = 500, **kwargs) -> None:
+    def __init__(self, *args, verify_checksums: bool = True, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         if not isinstance(verify_checksums, bool):
             raise ConfigError(f"data.verify_checksums must be true or false, got {verify_checksums!r}")
-        check_int(train_per_class, "data.train_per_class", 1)
         self.verify_checksums = verify_checksums
-        self.train_per_class = train_per_class
 
     @property
     def folder(self) -> str:
         return os.path.join(self._root_dir(), CIFAR10.base_folder)
-
-    def _split_options(self) -> dict[str, int]:
-        return {"train_per_class": self.train_per_class}
 
     def _download(self) -> None:
         download_torchvision(CIFAR10, self._root_dir(), "CIFAR-10", self.folder)

@@ -17,6 +17,7 @@ class DigitsDataModule(RetrievalDataModule):
     """``load_digits`` split once into 1,437 train / 360 test images (stratified, fixed seed)."""
 
     name = "digits"
+    protocols = ("paper", "cnnh")
     native_channels = 1
     native_size = (8, 8)
     native_mean = (0.3053,)

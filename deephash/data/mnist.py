@@ -24,6 +24,7 @@ class MNISTDataModule(RetrievalDataModule):
     """60,000 train / 10,000 test 28x28 gray digits."""
 
     name = "mnist"
+    protocols = ("paper", "cnnh")
     native_channels = 1
     native_size = (28, 28)
     native_mean = (0.1307,)

@@ -11,8 +11,10 @@ from sklearn.model_selection import train_test_split
 from deephash.utils.checks import check_int
 from deephash.utils.errors import ConfigError
 
-PROTOCOLS = ("paper", "held_out", "whole_set", "cifar_1k5k", "cifar_10k50k")
+PROTOCOLS = ("paper", "held_out", "whole_set", "cifar_1k5k", "cifar_10k50k", "cnnh")
 SPLITS = ("train", "val", "test", "query", "database")
+# protocols whose training images are a labelled subset drawn per class (data.train_per_class)
+PER_CLASS_PROTOCOLS = ("cifar_1k5k", "cnnh")
 
 
 def make_splits(
@@ -37,6 +39,11 @@ def make_splits(
       train = ``train_per_class`` per class from the rest (val carved from it), database = all but
       the queries, test = query.
     * ``cifar_10k50k``: query = test = the whole test set, database = the train set (``n_queries`` unused).
+    * ``cnnh`` (Xia et al., AAAI 2014, the protocol of the compared methods in the paper's figures 4 and 6, for
+      MNIST and CIFAR-10): the same draw as ``cifar_1k5k``: query = test = ``n_queries / num_classes`` random
+      images per class of the whole pool, database = every other image, train (+ val) = the labelled subset of
+      ``train_per_class`` images per class drawn from the database. What a shallow method is fitted on differs
+      (:func:`fit_splits`): supervised methods on the labelled subset, unsupervised ones on the database.
     """
     train_labels = np.asarray(train_labels, dtype=np.int64)
     test_labels = np.asarray(test_labels, dtype=np.int64)
@@ -61,9 +68,9 @@ def make_splits(
     elif protocol == "cifar_10k50k":
         training = np.arange(n_train, dtype=np.int64)
         query, database, test = test_part, training, test_part
-    elif protocol == "cifar_1k5k":
+    elif protocol in PER_CLASS_PROTOCOLS:
         query, training = _per_class_draw(
-            np.concatenate([train_labels, test_labels]), n_queries, train_per_class, query_rng
+            protocol, np.concatenate([train_labels, test_labels]), n_queries, train_per_class, query_rng
         )
         database = np.setdiff1d(np.arange(n_pool, dtype=np.int64), query)
         test = query
@@ -76,14 +83,26 @@ def make_splits(
     return {k: np.sort(np.asarray(splits[k], dtype=np.int64)) for k in SPLITS}
 
 
+def fit_splits(protocol: str, supervised: bool) -> tuple[str, ...]:
+    """The splits a shallow method is fitted on under ``protocol`` (the baseline runner takes their union).
+
+    ``cnnh`` follows Xia et al. (AAAI 2014): a supervised method learns from the labelled subset (train and val,
+    every labelled image: a shallow method has no use for a validation split) with its labels, an unsupervised
+    one from the database. Every other protocol fits both kinds on the train split.
+    """
+    if protocol == "cnnh":
+        return ("train", "val") if supervised else ("database",)
+    return ("train",)
+
+
 def _per_class_draw(
-    labels: np.ndarray, n_queries: int, train_per_class: int, rng: np.random.Generator
+    protocol: str, labels: np.ndarray, n_queries: int, train_per_class: int, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
     """``n_queries / num_classes`` query and ``train_per_class`` train indices per class, disjoint."""
     classes = np.unique(labels)
     if n_queries % len(classes):
         raise ConfigError(
-            f"protocol cifar_1k5k needs data.n_queries divisible by the {len(classes)} classes, got {n_queries}"
+            f"protocol {protocol} needs data.n_queries divisible by the {len(classes)} classes, got {n_queries}"
         )
     check_int(train_per_class, "data.train_per_class")
     per_class = n_queries // len(classes)
@@ -92,7 +111,7 @@ def _per_class_draw(
         members = rng.permutation(np.flatnonzero(labels == c))
         if len(members) < per_class + train_per_class:
             raise ConfigError(
-                f"protocol cifar_1k5k needs {per_class} query + {train_per_class} train images of class {c}, "
+                f"protocol {protocol} needs {per_class} query + {train_per_class} train images of class {c}, "
                 f"the pool has {len(members)}"
             )
         query.append(members[:per_class])

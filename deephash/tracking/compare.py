@@ -136,15 +136,18 @@ def to_csv(columns: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> str:
 
 
 def compare_runs(
-    multirun_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None, metric: str = "mAP"
+    multirun_dir: str | os.PathLike,
+    out_dir: str | os.PathLike | None = None,
+    metric: str = "mAP",
+    skip: Sequence[str] = (),
 ) -> Comparison:
     """Write compare.md, compare.csv (one row per job), groups.csv (mean and std over seeds), the figure
     ``<metric>_vs_bits`` and ``precision_curves``, each as PNG, SVG and PDF (default ``<multirun>/compare``).
 
     files: ``markdown``, ``csv``, ``groups``, ``metric_vs_bits`` and ``precision_curves`` (the PNGs), and
-    ``<figure>.svg`` / ``<figure>.pdf`` for the vector copies.
+    ``<figure>.svg`` / ``<figure>.pdf`` for the vector copies. ``skip``: folders of ``multirun_dir`` left out.
     """
-    jobs = load_jobs(multirun_dir)
+    jobs = load_jobs(multirun_dir, skip)
     _check_metric(jobs, metric)
     out = Path(out_dir) if out_dir is not None else Path(multirun_dir) / "compare"
     columns, rows = table(jobs)

@@ -62,11 +62,14 @@ def dataset_from_target(target: str) -> str:
     return re.sub(r"DataModule$", "", cls).lower() or cls.lower()
 
 
-def find_jobs(root: str | os.PathLike) -> list[Path]:
-    """Job directories under ``root`` (``root`` itself for a single run), in natural order (2 before 10)."""
+def find_jobs(root: str | os.PathLike, skip: Sequence[str] = ()) -> list[Path]:
+    """Job directories under ``root`` (``root`` itself for a single run), in natural order (2 before 10);
+    ``skip``: folders of ``root`` left out (``methods``)."""
     jobs = []
     for dirpath, dirnames, filenames in os.walk(root):
         path = Path(dirpath)
+        if path == Path(root):
+            dirnames[:] = [d for d in dirnames if d not in skip]
         if "metrics.json" in filenames or (path / ".hydra" / "config.yaml").is_file():
             jobs.append(path)
             dirnames.clear()  # a job's own subfolders (index/, checkpoints/, wandb/) are not jobs
@@ -101,7 +104,7 @@ def load_job(path: Path, root: Path) -> Job:
     return Job(name, path, status, info, metrics=metrics, error=error, overrides=overrides)
 
 
-def load_jobs(multirun_dir: str | os.PathLike) -> list[Job]:
+def load_jobs(multirun_dir: str | os.PathLike, skip: Sequence[str] = ()) -> list[Job]:
     root = Path(multirun_dir)
     if not root.exists():
         raise ConfigError(
@@ -109,7 +112,7 @@ def load_jobs(multirun_dir: str | os.PathLike) -> list[Job]:
         )
     if not root.is_dir():
         raise ConfigError(f"{root} is not a directory: pass a sweep folder (multirun/<task>/<time>)")
-    jobs = [load_job(path, root) for path in find_jobs(root)]
+    jobs = [load_job(path, root) for path in find_jobs(root, skip)]
     if not jobs:
         raise ConfigError(
             f"no runs found in {root}: expected job folders with metrics.json or .hydra/config.yaml"
