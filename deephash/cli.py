@@ -287,7 +287,9 @@ def _sweep_job(err: BaseException | None) -> None:
     message = None
     if err is not None:
         found = user_error(err) if isinstance(err, Exception) else None
-        message = one_line(found) if found is not None else f"{type(err).__name__}: {' '.join(str(err).split())}"
+        message = (
+            one_line(found) if found is not None else f"{type(err).__name__}: {' '.join(str(err).split())}"
+        )
     SWEEP_JOBS.append((int(job.num), overrides, message))
 
 

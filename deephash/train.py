@@ -6,16 +6,17 @@ Composition only: the work lives in importable functions (``train(cfg) -> metric
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import hydra
 import pytorch_lightning as pl
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from deephash.cli import accepts_version, check_overrides, run_hydra_task
 from deephash.config import CONFIG_PATH, validate_train_config
 from deephash.evaluation.run import evaluate_checkpoint
-from deephash.models.resume import ResumeState
+from deephash.models.resume import ResumeState, fit, requeued_checkpoint
 from deephash.runs import (
     anchor_data_paths,
     build_predict_trainer,
@@ -31,7 +32,6 @@ from deephash.runs import (
 )
 from deephash.utils.io import atomic_write_json, atomic_write_text, update_json
 from deephash.utils.logging import get_logger
-from deephash.utils.signals import Interrupted
 
 log = get_logger(__name__)
 
@@ -39,6 +39,9 @@ log = get_logger(__name__)
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit, test and (``cfg.evaluate``) evaluate retrieval; returns the run's metrics (also in metrics.json)."""
     validate_train_config(cfg)
+    if not cfg.get("ckpt_path") and (requeued := requeued_checkpoint(Path(cfg.paths.output_dir))):
+        with open_dict(cfg):
+            cfg.ckpt_path = requeued  # a requeued SLURM job goes on from its checkpoint at the signal
     output_dir = claim_run_dir(cfg)  # locked; refuses a directory holding another run
     pl.seed_everything(cfg.seed, workers=True)
 
@@ -72,10 +75,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         output_dir,
     )
     start = time.perf_counter()
-    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    fit(trainer, model, datamodule, cfg.get("ckpt_path"), resume)  # a signal: Interrupted, at a checkpoint
     train_seconds = time.perf_counter() - start
-    if resume.signal is not None:  # it came during the last batch: training is complete, the rest is not
-        raise Interrupted(resume.signal)
 
     best = monitored_checkpoint_callback(trainer)
     best_ckpt = best.best_model_path if best is not None else ""

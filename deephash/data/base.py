@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from deephash.data.protocols import PROTOCOLS, SPLITS, make_splits
-from deephash.data.sampler import EpochSampler, resume_position
+from deephash.data.sampler import ResumableRandomSampler, resume_position
 from deephash.data.sources import Pool, Source
 from deephash.data.transforms import TRANSFORMS, ImageTransform, imagenet_transform, native_transform
 from deephash.utils.checks import check_int
@@ -27,11 +27,7 @@ log = get_logger(__name__)
 
 
 class SplitDataset(Dataset):
-    """Items ``(image (C,H,W) float, label int, pool index int)`` of one split.
-
-    An item is asked for by its position ``k`` in the split, or by ``(k, seed)`` (the training order of
-    :class:`~deephash.data.sampler.EpochSampler`): the random augmentation of the transform is then drawn from
-    ``seed`` alone, in a fork of torch's random state that leaves the process's own stream untouched."""
+    """Items ``(image (C,H,W) float, label int, pool index int)`` of one split."""
 
     def __init__(self, pool: Pool, indices: np.ndarray, transform: ImageTransform) -> None:
         self.pool = pool
@@ -41,24 +37,9 @@ class SplitDataset(Dataset):
     def __len__(self) -> int:
         return len(self.indices)
 
-    def __getitem__(self, k: int | tuple[int, int]) -> tuple[torch.Tensor, int, int]:
-        k, seed = k if isinstance(k, tuple) else (k, None)
+    def __getitem__(self, k: int) -> tuple[torch.Tensor, int, int]:
         p = int(self.indices[k])
-        return seeded(self.transform, seed)(self.pool.image(p)), int(self.pool.labels[p]), p
-
-
-def seeded(transform: Callable[[Any], torch.Tensor], seed: int | None) -> Callable[[Any], torch.Tensor]:
-    """``transform`` drawing its randomness (torchvision's transforms draw from torch's global generator) from
-    ``seed``, without advancing the caller's stream; ``transform`` itself when ``seed`` is None."""
-    if seed is None:
-        return transform
-
-    def apply(image: Any) -> torch.Tensor:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            return transform(image)
-
-    return apply
+        return self.transform(self.pool.image(p)), int(self.pool.labels[p]), p
 
 
 def quiet_worker(worker_id: int) -> None:
@@ -129,6 +110,8 @@ class RetrievalDataModule(pl.LightningDataModule):
         scale: float = 0.0,
     ) -> None:
         super().__init__()
+        self._order_to_load: dict[str, Any] | None = None  # a checkpoint's training order, for the next fit
+        self._train_sampler: ResumableRandomSampler | None = None
         check_int(batch_size, "data.batch_size", 1)
         if eval_batch_size is not None:
             check_int(eval_batch_size, "data.eval_batch_size", 1)
@@ -224,10 +207,22 @@ class RetrievalDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.dataset("train", train=True), self.batch_size, shuffle=True)
 
-    def train_sampler(self, n: int) -> EpochSampler:
+    def train_sampler(self, n: int) -> ResumableRandomSampler:
         """The training order (seeded by ``seed``), from where a resumed fit continues."""
-        epoch, batches = resume_position(self.trainer)
-        return EpochSampler(n, self.seed, epoch=epoch, skip=batches * self.batch_size)
+        sampler = ResumableRandomSampler(n, torch.Generator().manual_seed(self.seed), self.batch_size)
+        if self._order_to_load is not None:
+            sampler.resume(self._order_to_load, resume_position(self.trainer))
+            self._order_to_load = None
+        self._train_sampler = sampler
+        return sampler
+
+    def state_dict(self) -> dict[str, Any]:
+        """Saved with every checkpoint: the training order's position (:mod:`deephash.data.sampler`)."""
+        sampler = self._train_sampler
+        return {"train_order": sampler.state_dict()} if sampler is not None else {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._order_to_load = state_dict.get("train_order")
 
     def val_dataloader(self) -> DataLoader:
         return self.encode_dataloader("val")
@@ -377,13 +372,13 @@ class RetrievalDataModule(pl.LightningDataModule):
         return DataLoader(
             dataset,
             batch_size=batch_size,
-            sampler=self.train_sampler(len(dataset)) if shuffle else None,
+            # shuffle=True's RandomSampler, drawing from the generator below, that a resume continues
+            sampler=(sampler := self.train_sampler(len(dataset))) if shuffle else None,
             drop_last=False,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers,
-            # the workers' base seed, drawn from this generator rather than from the process's stream
-            generator=torch.Generator().manual_seed(self.seed),
+            generator=sampler.generator if shuffle else None,
             worker_init_fn=quiet_worker if self.num_workers > 0 else None,
             collate_fn=getattr(dataset, "collate_fn", None),
             **ahead,

@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from deephash.data.bad_images import BadImageLog, check_images, error_reason
-from deephash.data.base import RetrievalDataModule, SplitDataset, seeded
+from deephash.data.base import RetrievalDataModule, SplitDataset
 from deephash.data.gpu_decode import collate_encoded, decode_batch, is_encoded_batch, read_encoded
 from deephash.data.scan import (
     IMG_EXTENSIONS,  # noqa: F401  (re-exported: the extensions a folder dataset reads)
@@ -103,8 +103,7 @@ class FolderSplitDataset(SplitDataset):
         self.device_decode = device_decode
         self.collate_fn = collate_encoded if device_decode else None
 
-    def __getitem__(self, k: int | tuple[int, int]):
-        k, seed = k if isinstance(k, tuple) else (k, None)
+    def __getitem__(self, k: int):
         n = len(self.indices)
         for step in range(n):
             p = int(self.indices[(k + step) % n])
@@ -112,7 +111,7 @@ class FolderSplitDataset(SplitDataset):
                 if self.device_decode:
                     image = read_encoded(os.path.join(self.root, self.pool.sample_id(p)))
                 else:
-                    image = seeded(self.transform, seed)(self.pool.image(p))
+                    image = self.transform(self.pool.image(p))
                 return image, int(self.pool.labels[p]), p
             except DataError as err:
                 if self.on_bad_image == "error":

@@ -1,12 +1,16 @@
-"""The training order: a seeded permutation per epoch that a resumed run can pick up in the middle.
+"""The training order, resumable at any batch, drawn exactly as ``DataLoader(shuffle=True, generator=...)`` draws it.
 
-A DataLoader's ``shuffle=True`` draws each epoch's order from a generator that advances with every epoch, and a
-resumed run starts it again from its seed: the epochs after a resume see the first epoch's order again, and an
-epoch resumed in its middle starts again from its first batch. :class:`EpochSampler` derives epoch ``e``'s order
-from ``(seed, e)`` alone and skips the batches already trained. Each item also gets a seed of its own, from which
-its random augmentation is drawn (:class:`~deephash.data.base.SplitDataset`), so the augmentation does not depend
-on which DataLoader worker loads the item or on what the process drew before: the same run, interrupted and
-resumed anywhere, trains on the same batches.
+A DataLoader with ``shuffle=True`` draws each epoch's permutation from its generator, which advances with every
+epoch; a resumed process would start that generator again from its seed, and an epoch resumed in its middle
+would start again from its first batch. :class:`ResumableRandomSampler` is torch's ``RandomSampler`` (the same
+draws from the same generator, so an uninterrupted run trains on what it trained on before) that also records
+what a resume needs: the generator's state now and before the epoch's permutation.
+
+The random augmentation is drawn from torch's global stream, which the checkpoint holds
+(:mod:`deephash.models.resume`); Lightning loads a sized loader's batches one at a time, so the stream saved
+after batch ``k`` is the one batch ``k + 1`` draws from. Augmentation drawn in DataLoader workers comes from the
+workers' own streams, which start again with a resume: exact resume holds with ``num_workers: 0`` (or without
+random augmentation).
 """
 
 from __future__ import annotations
@@ -15,54 +19,48 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
-from torch.utils.data import Sampler
-
-MAX_ITEM_SEED = 2**62
+from torch.utils.data import RandomSampler
 
 
-class EpochSampler(Sampler[tuple[int, int]]):
-    """``(k, item_seed)`` for every ``k < n`` in epoch ``epoch``'s seeded order, from item ``skip`` on.
+class ResumableRandomSampler(RandomSampler):
+    """``RandomSampler(range(n), generator=generator)`` whose position :meth:`state_dict` records and
+    :meth:`resume` continues from; ``batch_size``: the loader's."""
 
-    ``set_epoch`` (Lightning calls it before each epoch) selects the epoch; an epoch iterated without one (a
-    distributed sampler wrapping this one does not pass it on) is the one after the last. The skip applies once,
-    to the epoch it was given for."""
+    def __init__(self, n: int, generator: torch.Generator, batch_size: int) -> None:
+        super().__init__(range(n), generator=generator)
+        self.batch_size = int(batch_size)
+        self._epoch_state: torch.Tensor | None = None  # the generator before this epoch's permutation
+        self._resume: tuple[torch.Tensor, int] | None = None
 
-    def __init__(self, n: int, seed: int, epoch: int = 0, skip: int = 0) -> None:
-        self.n, self.seed = int(n), int(seed)
-        self.epoch, self.skip = int(epoch), int(skip)
-        self._iterated = False  # whether the current epoch was iterated since it was set
+    def state_dict(self) -> dict[str, Any]:
+        return {"generator": self.generator.get_state(), "epoch_generator": self._epoch_state}
 
-    def __len__(self) -> int:
-        return self.n
+    def resume(self, state: dict[str, Any], batches: int | None) -> None:
+        """Continue from ``state`` (:meth:`state_dict`): within its epoch after ``batches`` trained batches, or,
+        with ``batches`` None, with the epoch after it."""
+        if batches is None or state.get("epoch_generator") is None:
+            self.generator.set_state(state["generator"])
+        else:
+            self._resume = (state["epoch_generator"], batches)
 
-    def set_epoch(self, epoch: int) -> None:
-        if epoch != self.epoch:
-            self.epoch, self.skip = int(epoch), 0
-        self._iterated = False
-
-    def order(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Epoch ``epoch``'s permutation ``(n,) int64`` and item seeds ``(n,) int64``."""
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        return torch.randperm(self.n, generator=generator), torch.randint(
-            MAX_ITEM_SEED, (self.n,), generator=generator
-        )
-
-    def __iter__(self) -> Iterator[tuple[int, int]]:
-        if self._iterated:
-            self.set_epoch(self.epoch + 1)
-        self._iterated = True
-        order, seeds = self.order(self.epoch)
-        start, self.skip = self.skip, 0
-        return iter(zip(order[start:].tolist(), seeds[start:].tolist()))
+    def __iter__(self) -> Iterator[int]:
+        resume, self._resume = self._resume, None
+        if resume is not None:  # the DataLoader drew its workers' base seed since: draw the permutation again
+            self.generator.set_state(resume[0])
+        self._epoch_state = self.generator.get_state()
+        skip = resume[1] * self.batch_size if resume is not None else 0
+        for position, k in enumerate(super().__iter__()):
+            if position >= skip:
+                yield k
 
 
-def resume_position(trainer: Any) -> tuple[int, int]:
-    """``(epoch, batches already trained in it)`` where ``trainer``'s fit continues: its loops' progress, which
-    Lightning restores from the checkpoint before it asks for the training loader; ``(0, 0)`` without a trainer.
-    A checkpoint written at the end of an epoch continues with the next one."""
+def resume_position(trainer: Any) -> int | None:
+    """The batches already trained in the epoch ``trainer``'s fit continues, or None when it starts a new
+    epoch (or without a trainer). Lightning restores its loops' progress before it asks for the training loader."""
     loop = getattr(trainer, "fit_loop", None)
     if loop is None:
-        return 0, 0
+        return None
     epochs = loop.epoch_progress.current
-    mid_epoch = epochs.started > epochs.processed
-    return int(epochs.processed), int(loop.epoch_loop.batch_progress.current.processed) if mid_epoch else 0
+    if epochs.started <= epochs.processed:
+        return None
+    return int(loop.epoch_loop.batch_progress.current.processed)

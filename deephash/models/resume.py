@@ -5,14 +5,15 @@ decides the following batches is saved here: every random stream the process dra
 generators, numpy's, Python's), restored when training starts again. The order of the training items is the
 sampler's (:mod:`deephash.data.sampler`), which reads where to continue from the restored loops.
 
-A SIGTERM or SIGINT during the fit (:mod:`deephash.utils.signals`) stops it after the current training batch, or
-after the validation under way, never inside one, and writes ``last.ckpt`` there: resuming from it trains on
-exactly what the uninterrupted run would have.
+A SIGTERM or SIGINT during the fit (:mod:`deephash.utils.signals`) stops it after the current training batch (the
+last batch of an epoch: once the epoch is validated and counted), never inside a batch or a validation, and
+writes ``last.ckpt`` there: resuming from it trains on exactly what the uninterrupted run would have.
 """
 
 from __future__ import annotations
 
 import random
+import signal
 import warnings
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ import pytorch_lightning as pl
 import torch
 
 from deephash.utils.logging import get_logger
-from deephash.utils.signals import defer_signals, resume_signals
+from deephash.utils.signals import Interrupted, defer_signals, resume_signals
 
 log = get_logger(__name__)
 
@@ -33,8 +34,12 @@ def rng_state() -> dict[str, Any]:
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
-        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss),
-                  "gauss": float(gauss)},  # fmt: skip
+        "numpy": {
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "gauss": float(gauss),
+        },
         "python": random.getstate(),
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -76,8 +81,8 @@ class ResumeState(pl.Callback):
         self._restore = state_dict.get("rng")
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        # the training order is resumable (EpochSampler) though the loader has no state_dict of its own
-        warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch")
+        # the training order is resumable (the datamodule's sampler), though the loader has no state_dict
+        warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before")
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._restore is not None:  # here, after everything a new process draws before training
@@ -100,6 +105,16 @@ class ResumeState(pl.Callback):
             self._held = True
             trainer._signal_connector.received_sigterm = False
 
+    def _release(self, trainer: pl.Trainer) -> None:
+        if self._held:
+            self._held = False
+            trainer._signal_connector.received_sigterm = True
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any, **kwargs: Any) -> None:
+        # at an epoch's last batch, stop once the epoch is validated and counted: a clean place to resume from
+        if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+            self._hold(trainer)
+
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._hold(trainer)
 
@@ -107,16 +122,20 @@ class ResumeState(pl.Callback):
         self._hold(trainer)  # Lightning would stop the validation after this batch, losing its metrics
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self._held and trainer.state.fn == "fit":
-            self._held = False
-            trainer._signal_connector.received_sigterm = True
+        if trainer.state.fn == "fit" and not trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+            self._release(trainer)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._release(trainer)  # Lightning stops after counting the epoch complete
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._stopping:  # the signal came during the last batch: training is complete, stop after it
             self._save(trainer)
         self._end()
 
-    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
         if self._stopping and type(exception).__name__ == "SIGTERMException":
             self._save(trainer)  # stopped at a batch's end: a consistent state
         self._end()
@@ -133,3 +152,39 @@ class ResumeState(pl.Callback):
             self._deferring = False
             self.signal = resume_signals()
         self._trainer = None
+
+
+def fit(
+    trainer: pl.Trainer, model: pl.LightningModule, datamodule: Any, ckpt_path: str | None, state: ResumeState
+) -> None:
+    """``trainer.fit`` with ``state`` among its callbacks; a signal during it (or during its last batch) raises
+    :class:`~deephash.utils.signals.Interrupted` once the checkpoint at the signal is written."""
+    from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+    try:
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    except SIGTERMException:
+        raise Interrupted(state.signal or signal.SIGTERM) from None
+    if state.signal is not None:  # it came during the last batch: training is complete, the rest is not
+        raise Interrupted(state.signal)
+
+
+def requeued_checkpoint(run_dir: Path) -> str | None:
+    """The checkpoint a requeued SLURM job resumes from: the one its interrupted run in ``run_dir`` recorded
+    (``metrics.json``: ``"status": "interrupted"``, ``"resume"``), when SLURM restarted this job
+    (``SLURM_RESTART_COUNT``, set on a requeue); else None. The job's command line is the same as the first
+    time, so the resume cannot come from ``ckpt_path``."""
+    import json
+    import os
+
+    if not os.environ.get("SLURM_RESTART_COUNT"):
+        return None
+    try:
+        record = json.loads((Path(run_dir) / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return None
+    resume = record.get("resume") if record.get("status") == "interrupted" else None
+    if resume and Path(resume).is_file():
+        log.warning("requeued job: resuming the interrupted run from %s", resume)
+        return str(resume)
+    return None

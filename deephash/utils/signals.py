@@ -34,7 +34,8 @@ class Interrupted(BaseException):
 
 
 _received: list[int] = []  # the signals this command received, in order
-_deferred: list[tuple[Callable[[int], None], int]] = []  # while a fit runs: how to ask it to stop, and since when
+# while a fit runs: how to ask it to stop, and how many signals had come before
+_deferred: list[tuple[Callable[[int], None], int]] = []
 
 
 def received() -> int | None:
