@@ -6,17 +6,16 @@ Composition only: the work lives in importable functions (``train(cfg) -> metric
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Any
 
 import hydra
 import pytorch_lightning as pl
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 
 from deephash.cli import accepts_version, check_overrides, run_hydra_task
 from deephash.config import CONFIG_PATH, validate_train_config
 from deephash.evaluation.run import evaluate_checkpoint
-from deephash.models.resume import ResumeState, fit, requeued_checkpoint
+from deephash.models.resume import ResumeState, fit, fit_checkpoint, resume_requeued_job
 from deephash.runs import (
     anchor_data_paths,
     build_predict_trainer,
@@ -39,10 +38,9 @@ log = get_logger(__name__)
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit, test and (``cfg.evaluate``) evaluate retrieval; returns the run's metrics (also in metrics.json)."""
     validate_train_config(cfg)
-    if not cfg.get("ckpt_path") and (requeued := requeued_checkpoint(Path(cfg.paths.output_dir))):
-        with open_dict(cfg):
-            cfg.ckpt_path = requeued  # a requeued SLURM job goes on from its checkpoint at the signal
-    output_dir = claim_run_dir(cfg)  # locked; refuses a directory holding another run
+    resume_requeued_job(cfg)  # a requeued SLURM job goes on from its checkpoint at the signal
+    # locked; refuses a directory holding another run (fine-tuning from a checkpoint is a new run)
+    output_dir = claim_run_dir(cfg, resumes=not cfg.get("finetune"))
     pl.seed_everything(cfg.seed, workers=True)
 
     datamodule: pl.LightningDataModule = hydra.utils.instantiate(cfg.data)
@@ -53,6 +51,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     model: pl.LightningModule = hydra.utils.instantiate(
         cfg.model, net={"num_classes": datamodule.num_classes, "in_channels": datamodule.in_channels}
     )
+    ckpt_path = fit_checkpoint(cfg.get("ckpt_path"), bool(cfg.get("finetune")), model, datamodule.identity())
     loggers = instantiate_loggers(cfg.get("logger"), cfg)
     # the random streams with every checkpoint, and a checkpoint at SIGTERM or SIGINT to resume from exactly
     resume = ResumeState(output_dir / "checkpoints" / "last.ckpt")
@@ -75,7 +74,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         output_dir,
     )
     start = time.perf_counter()
-    fit(trainer, model, datamodule, cfg.get("ckpt_path"), resume)  # a signal: Interrupted, at a checkpoint
+    fit(trainer, model, datamodule, ckpt_path, resume)  # a signal: Interrupted, at a checkpoint
     train_seconds = time.perf_counter() - start
 
     best = monitored_checkpoint_callback(trainer)

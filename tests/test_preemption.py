@@ -134,3 +134,61 @@ def test_a_signal_while_testing_is_interrupted_not_completed(tmp_path: Path, sig
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["status"] == "interrupted" and metrics["signal"] == signal.Signals(signum).name
     assert metrics["resume"] == str(run / "checkpoints" / "last.ckpt")
+
+
+def _trained_on_digits(train_cfg, tmp_path: Path) -> Path:
+    train(train_cfg("trainer.max_epochs=1", "trainer.limit_train_batches=2", output_dir=tmp_path / "digits"))
+    return tmp_path / "digits" / "checkpoints" / "last.ckpt"
+
+
+def test_checkpoints_record_the_data_they_were_trained_on(train_cfg, tmp_path: Path) -> None:
+    recorded = torch.load(_trained_on_digits(train_cfg, tmp_path), map_location="cpu", weights_only=True)
+    assert recorded["dataset"] == {
+        "dataset": "digits",
+        "class_names": [str(d) for d in range(10)],
+        "input": [1, 8, 8],
+    }
+
+
+def test_resume_refuses_another_datasets_checkpoint_but_finetuning_starts_from_it(
+    train_cfg, tmp_path: Path
+) -> None:
+    """A folder of 8x8 gray images in 10 classes fits the digits network's shapes exactly: only the recorded
+    class names tell the two apart. Resuming is refused in one line; finetune=true is a new run from the
+    weights, whose epochs count on this data only."""
+    from PIL import Image
+
+    from deephash.utils.errors import ConfigError
+
+    last = _trained_on_digits(train_cfg, tmp_path)
+    root = tmp_path / "photos"
+    rng = torch.Generator().manual_seed(0)
+    for c in range(10):
+        (root / f"kind{c}").mkdir(parents=True)
+        for i in range(6):
+            pixels = torch.randint(0, 256, (8, 8), generator=rng, dtype=torch.uint8).numpy()
+            Image.fromarray(pixels, "L").save(root / f"kind{c}" / f"{i}.png")
+    data = [
+        "data=folder", f"data.root={root}", "data.transform=native", "data.image_size=8", "data.n_queries=10",
+        "data.num_workers=0", "trainer.max_epochs=2", "test=false",
+    ]  # fmt: skip
+    with pytest.raises(ConfigError) as refused:
+        train(train_cfg(*data, f"ckpt_path={last}", output_dir=tmp_path / "resume"))
+    message = str(refused.value)
+    assert (
+        "\n" not in message
+        and "was trained on other data (dataset digits, not folder; 10 classes (0, 1, 2" in message
+    )
+    assert "finetune=true" in message
+    tuned = train(train_cfg(*data, f"ckpt_path={last}", "finetune=true", output_dir=tmp_path / "tuned"))
+    assert tuned["epochs"] == 2 and tuned["dataset"] == "folder"  # epochs of this data, not 1 + 2
+    from deephash.baselines.run import run_baseline
+    from tests.conftest import compose_config
+
+    baseline = compose_config(
+        "baseline", ["features=f7", f"ckpt_path={last}", "logger=none", *data[:-2]], tmp_path / "baseline"
+    )
+    with pytest.raises(
+        ConfigError, match=r"was trained on other data \(dataset digits, not folder.*pretrained_f7"
+    ):
+        run_baseline(baseline)

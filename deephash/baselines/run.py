@@ -265,9 +265,16 @@ def _feature_module(cfg: DictConfig, datamodule: Any) -> Any:
 
 
 def _load_module(cfg: DictConfig, datamodule: Any) -> Any:
-    """The checkpoint's HashModule, checked against the datamodule's input channels."""
-    from deephash.models.checkpoint import load_hash_module
+    """The checkpoint's HashModule, checked against the data it was trained on (or, for checkpoints that do not
+    record it, the datamodule's input channels)."""
+    from deephash.models.checkpoint import check_trained_on, load_hash_module
 
+    check_trained_on(
+        cfg.ckpt_path,
+        datamodule.identity(),
+        "features=f7 hashes the F7 of a model trained on this data: train one (deephash-train finetune=true "
+        f"ckpt_path={cfg.ckpt_path} fine-tunes this one), or use features=pretrained_f7",
+    )
     module = load_hash_module(Path(str(cfg.ckpt_path)).expanduser())
     want = module.in_channels
     if want != datamodule.in_channels:

@@ -50,6 +50,22 @@ def quiet_worker(worker_id: int) -> None:
         signal.signal(signum, signal.SIG_IGN)
 
 
+def same_data(recorded: dict[str, Any], current: dict[str, Any]) -> str | None:
+    """None if two :meth:`RetrievalDataModule.identity` records describe the same data, else what differs, in
+    a few words (``dataset digits, not mnist``)."""
+    differences = []
+    if recorded.get("dataset") != current["dataset"]:
+        differences.append(f"dataset {recorded.get('dataset')}, not {current['dataset']}")
+    names, ours = list(recorded.get("class_names") or []), current["class_names"]
+    if names != ours:
+        shown = ", ".join(map(str, names[:4])) + (", ..." if len(names) > 4 else "")
+        differences.append(f"{len(names)} classes ({shown}), not {len(ours)} of this data")
+    if list(recorded.get("input") or []) != list(current["input"]):
+        shape, own = ("x".join(map(str, v)) for v in (recorded.get("input") or ["?"], current["input"]))
+        differences.append(f"{shape} input, not {own}")
+    return "; ".join(differences) or None
+
+
 def describe_line(description: dict[str, Any]) -> str:
     """A datamodule's :meth:`~RetrievalDataModule.describe` as one readable line for the console:
     ``digits (paper protocol, 10 classes, 1x8x8 native): train 1293, val 144, test 360, query 300, ...``."""
@@ -286,6 +302,15 @@ class RetrievalDataModule(pl.LightningDataModule):
             "transform": self.transform,
             "input": [self.in_channels, *self.input_size],
             "sizes": sizes,
+        }
+
+    def identity(self) -> dict[str, Any]:
+        """What a checkpoint records of the data it was trained on (:func:`same_data` compares two):
+        the dataset's name, its class names in label order, and the ``[C, H, W]`` input the network sees."""
+        return {
+            "dataset": self.name,
+            "class_names": self.class_names,
+            "input": [self.in_channels, *self.input_size],
         }
 
     def save_splits(self, run_dir: str | os.PathLike) -> None:

@@ -77,6 +77,13 @@ class ResumeState(pl.Callback):
     def state_dict(self) -> dict[str, Any]:
         return {"rng": rng_state()}
 
+    def on_save_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict
+    ) -> None:
+        identity = getattr(trainer.datamodule, "identity", None)
+        if identity is not None:  # the data it was trained on, which a resume must train on too
+            checkpoint["dataset"] = identity()
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._restore = state_dict.get("rng")
 
@@ -169,22 +176,59 @@ def fit(
         raise Interrupted(state.signal)
 
 
-def requeued_checkpoint(run_dir: Path) -> str | None:
-    """The checkpoint a requeued SLURM job resumes from: the one its interrupted run in ``run_dir`` recorded
-    (``metrics.json``: ``"status": "interrupted"``, ``"resume"``), when SLURM restarted this job
-    (``SLURM_RESTART_COUNT``, set on a requeue); else None. The job's command line is the same as the first
-    time, so the resume cannot come from ``ckpt_path``."""
+def resume_requeued_job(cfg: Any) -> None:
+    """Set ``cfg.ckpt_path`` to the checkpoint a requeued SLURM job resumes from: the one its interrupted run in
+    ``cfg.paths.output_dir`` recorded (``metrics.json``: ``"status": "interrupted"``, ``"resume"``), when SLURM
+    restarted this job (``SLURM_RESTART_COUNT``, set on a requeue) and no ``ckpt_path`` was given. The job's
+    command line is the one of its first start, which cannot name the checkpoint."""
     import json
     import os
 
-    if not os.environ.get("SLURM_RESTART_COUNT"):
-        return None
+    from omegaconf import open_dict
+
+    if not os.environ.get("SLURM_RESTART_COUNT") or cfg.get("ckpt_path"):
+        return
     try:
-        record = json.loads((Path(run_dir) / "metrics.json").read_text())
+        record = json.loads((Path(cfg.paths.output_dir) / "metrics.json").read_text())
     except (OSError, ValueError):
-        return None
+        return
     resume = record.get("resume") if record.get("status") == "interrupted" else None
     if resume and Path(resume).is_file():
         log.warning("requeued job: resuming the interrupted run from %s", resume)
-        return str(resume)
-    return None
+        with open_dict(cfg):
+            cfg.ckpt_path = str(resume)
+
+
+def initialise_from(model: pl.LightningModule, ckpt_path: str | Path) -> list[str]:
+    """Fine-tuning: ``model``'s weights from the checkpoint, where their shapes agree (a classifier over other
+    classes keeps its fresh initialisation); returns the names of the weights left as they were."""
+    from deephash.models.checkpoint import read_checkpoint
+
+    saved = read_checkpoint(ckpt_path)["state_dict"]
+    own = model.state_dict()
+    taken = {k: v for k, v in saved.items() if k in own and tuple(v.shape) == tuple(own[k].shape)}
+    model.load_state_dict(taken, strict=False)
+    kept = sorted(set(own) - set(taken))
+    log.info("fine-tuning from %s: %d weights loaded, %d kept fresh", ckpt_path, len(taken), len(kept))
+    return kept
+
+
+def fit_checkpoint(
+    ckpt_path: str | None, finetune: bool, model: pl.LightningModule, identity: dict[str, Any]
+) -> str | None:
+    """The checkpoint a fit resumes from: ``ckpt_path``, once checked to be trained on the data ``identity``
+    describes (a one-line ConfigError otherwise); with ``finetune``, None: ``model`` starts from its weights
+    instead, a new run on any data."""
+    from deephash.models.checkpoint import check_trained_on
+
+    if not ckpt_path:
+        return None
+    if finetune:
+        initialise_from(model, ckpt_path)
+        return None
+    check_trained_on(
+        ckpt_path,
+        identity,
+        "resume it on that data, or pass finetune=true to start a new run from its weights",
+    )
+    return str(ckpt_path)
