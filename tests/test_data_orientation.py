@@ -93,7 +93,9 @@ def test_pixel_baselines_see_the_upright_image(folder: Path, tmp_path: Path) -> 
             _upright().save(upright_root / name / f"phone{i}.png")
     features = []
     for root in (folder, upright_root):
-        dm = FolderDataModule(root=str(root), transform="native", image_size=12, n_queries=2, test_fraction=0.25)
+        dm = FolderDataModule(
+            root=str(root), transform="native", image_size=12, n_queries=2, test_fraction=0.25
+        )
         dm.setup()
         phones = np.array([p for p in range(len(dm.pool)) if "phone" in dm.pool.sample_id(p)])
         features.append(pixel_features(dm, phones, (16, 24)).astype(np.int16))
