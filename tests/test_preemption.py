@@ -192,3 +192,33 @@ def test_resume_refuses_another_datasets_checkpoint_but_finetuning_starts_from_i
         ConfigError, match=r"was trained on other data \(dataset digits, not folder.*pretrained_f7"
     ):
         run_baseline(baseline)
+
+
+def _sweep(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
+    args = [
+        "-m", "deephash.train", "-m", "data=digits", "logger=none", "callbacks=none", "trainer.max_epochs=1",
+        "trainer.limit_train_batches=3", "evaluate=false", "test=false", f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        *overrides,
+    ]  # fmt: skip
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "WANDB_MODE": "offline"}
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env, cwd=root)
+
+
+def test_a_sweep_with_a_failed_job_ends_with_one_line_naming_it(tmp_path: Path) -> None:
+    result = _sweep(tmp_path, "model.net.dropout=0.5,7")
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: 1 of the sweep's 2 jobs failed; job 1 (") and "model.net.dropout=7" in last
+    assert "dropout probability has to be between 0 and 1" in last
+    statuses = [json.loads((tmp_path / "sweep" / n / "metrics.json").read_text())["status"] for n in "01"]
+    assert statuses == ["completed", "failed"]
+
+
+def test_a_signal_stops_the_whole_sweep_with_its_status(tmp_path: Path) -> None:
+    """Hydra's launcher would go on with the next job after a failed one; an interruption stops the sweep."""
+    result = _sweep(tmp_path, "seed=1,2", *_signal_at(1))
+    assert result.returncode == 143, result.stderr[-3000:]
+    assert json.loads((tmp_path / "sweep" / "0" / "metrics.json").read_text())["status"] == "interrupted"
+    assert not (tmp_path / "sweep" / "1").exists()
