@@ -222,3 +222,16 @@ def test_a_signal_stops_the_whole_sweep_with_its_status(tmp_path: Path) -> None:
     assert result.returncode == 143, result.stderr[-3000:]
     assert json.loads((tmp_path / "sweep" / "0" / "metrics.json").read_text())["status"] == "interrupted"
     assert not (tmp_path / "sweep" / "1").exists()
+
+
+def test_resuming_a_checkpoint_whose_shapes_do_not_fit_is_one_line(train_cfg, tmp_path: Path) -> None:
+    from deephash.utils.errors import ConfigError
+
+    last = _trained_on_digits(train_cfg, tmp_path)
+    with pytest.raises(ConfigError) as refused:
+        train(train_cfg("model.net.f7_dim=128", f"ckpt_path={last}", output_dir=tmp_path / "other"))
+    message = str(refused.value)
+    assert (
+        "\n" not in message and f"{last} does not fit this run's network (size mismatch for net." in message
+    )
+    assert "finetune=true" in message

@@ -13,6 +13,7 @@ writes ``last.ckpt`` there: resuming from it trains on exactly what the uninterr
 from __future__ import annotations
 
 import random
+import re
 import signal
 import warnings
 from pathlib import Path
@@ -22,6 +23,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 
+from deephash.utils.errors import ConfigError
 from deephash.utils.logging import get_logger
 from deephash.utils.signals import Interrupted, defer_signals, resume_signals
 
@@ -172,6 +174,14 @@ def fit(
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     except SIGTERMException:
         raise Interrupted(state.signal or signal.SIGTERM) from None
+    except RuntimeError as err:
+        misfit = re.search(r"(size mismatch for [^:]+: .*?)(?:\.\s|$)", str(err), re.S)
+        if ckpt_path is None or misfit is None:
+            raise
+        raise ConfigError(
+            f"{ckpt_path} does not fit this run's network ({' '.join(misfit.group(1).split())}); resume it with "
+            "the model settings it was trained with, or pass finetune=true to start a new run from its weights"
+        ) from None
     if state.signal is not None:  # it came during the last batch: training is complete, the rest is not
         raise Interrupted(state.signal)
 
