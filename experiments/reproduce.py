@@ -22,7 +22,7 @@ come from :mod:`experiments.plan` and :mod:`experiments.jobs`:
    against ours, the CNNH table, the deep methods' table and mAP-vs-bits figure, the precision figures with the baselines and the compared methods, the
    retrieval grids, the mAP-vs-bits sweep, the speed table and the runs' W&B links.
 
-``--seeds N`` (or a list of seeds) runs every configuration once per seed, in ``<run>/seed<s>``, and
+``--seeds S1 S2 ...`` (or ``--n-seeds N``: seeds 0 to N-1) runs every configuration once per seed, in ``<run>/seed<s>``, and
 reports the mean ± std over the seeds.
 
 A run whose metrics.json says completed is skipped and an interrupted training run resumes from its
