@@ -32,12 +32,14 @@ CPU in minutes: digits stands in for MNIST and CIFAR-10, so its numbers are not 
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from collections.abc import Sequence
 from typing import Any
 
 from deephash.utils.errors import DeephashError
+from deephash.utils.signals import handle_signals, interruption_status
 from experiments import launch
 from experiments.plan import BASELINE_BITS, build_parser, make_plan
 from experiments.preflight import preflight
@@ -47,44 +49,72 @@ log = logging.getLogger("experiments.reproduce")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the stages; 0 when every run completed, 1 when some failed, 2 on bad input or missing data."""
+    """Run the stages; 0 when every run completed, 1 when some failed, 2 on bad input or missing data, 130 or
+    143 when Ctrl-C or SIGTERM stopped it (after the run under way wrote its checkpoint)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     if not logging.getLogger().handlers:
         from rich.logging import RichHandler
 
         logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=[RichHandler(show_path=False)])
-    ran: dict[str, dict[str, Any]] = {}
+    plan = None
     try:
-        plan = make_plan(args, argv)
-        if not args.report_only:
-            for warning in preflight(plan):
-                log.warning(warning)
-            plan.out.mkdir(parents=True, exist_ok=True)
-            log.info("stage 2/8: training runs (%s)", ", ".join(plan.trained))
-            ran.update(launch.run_training(plan))
-            log.info("stage 3/8: baselines at %d bits", BASELINE_BITS)
-            ran.update(launch.run_baselines(plan))
-            log.info("stage 4/8: the compared methods of figures 4 and 6 (CNNH protocol)")
-            ran.update(launch.run_cnnh(plan))
-            log.info(
-                "stage 5/8: the deep methods under one protocol (%s)", ", ".join(plan.deep_methods) or "none"
-            )
-            ran.update(launch.run_methods(plan))
-            log.info(
-                "stage 6/8: Yahoo-style folder run%s",
-                "" if plan.yahoo_root else " (no --yahoo-root: left out)",
-            )
-            ran.update(launch.run_yahoo(plan))
-            log.info("stage 7/8: retrieval speed")
-            ran.update(launch.run_speed(plan))
-        log.info("stage 8/8: RESULTS.md")
-        from experiments.report import write_results  # matplotlib and FAISS: not before preflight answers
-
-        path = write_results(plan)
+        with handle_signals():
+            plan = make_plan(args, argv)
+            return _run(args, plan)
     except DeephashError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except BaseException as err:
+        status = interruption_status(err)
+        if status is None:
+            raise
+        print(interrupted_note(plan), file=sys.stderr)
+        return status
+
+
+def interrupted_note(plan: Any) -> str:
+    """What an interrupted reproduction says: the runs that finished (``status.json``) and how to go on."""
+    try:
+        statuses = json.loads((plan.out / "status.json").read_text()) if plan is not None else {}
+    except (OSError, ValueError):
+        statuses = {}
+    done = sorted(name for name, entry in statuses.items() if entry.get("status") == "completed")
+    finished = f"{len(done)} runs finished ({', '.join(done)})" if done else "no run finished"
+    return (
+        f"interrupted: {finished}; running the same command again resumes (completed runs are skipped, an "
+        "interrupted training continues from its checkpoints/last.ckpt)"
+    )
+
+
+def _run(args: Any, plan: Any) -> int:
+    """The stages of :func:`main` under ``plan``; returns its exit status."""
+    ran: dict[str, dict[str, Any]] = {}
+    if not args.report_only:
+        for warning in preflight(plan):
+            log.warning(warning)
+        plan.out.mkdir(parents=True, exist_ok=True)
+        log.info("stage 2/8: training runs (%s)", ", ".join(plan.trained))
+        ran.update(launch.run_training(plan))
+        log.info("stage 3/8: baselines at %d bits", BASELINE_BITS)
+        ran.update(launch.run_baselines(plan))
+        log.info("stage 4/8: the compared methods of figures 4 and 6 (CNNH protocol)")
+        ran.update(launch.run_cnnh(plan))
+        log.info(
+            "stage 5/8: the deep methods under one protocol (%s)", ", ".join(plan.deep_methods) or "none"
+        )
+        ran.update(launch.run_methods(plan))
+        log.info(
+            "stage 6/8: Yahoo-style folder run%s",
+            "" if plan.yahoo_root else " (no --yahoo-root: left out)",
+        )
+        ran.update(launch.run_yahoo(plan))
+        log.info("stage 7/8: retrieval speed")
+        ran.update(launch.run_speed(plan))
+    log.info("stage 8/8: RESULTS.md")
+    from experiments.report import write_results  # matplotlib and FAISS: not before preflight answers
+
+    path = write_results(plan)
     failed = sorted(name for name, entry in ran.items() if entry["status"] == "failed")
     print(f"results: {path}")
     if failed:
