@@ -42,12 +42,14 @@ def instantiate_loggers(cfg: DictConfig | None, run_cfg: DictConfig) -> list[pl.
 
 def finish_loggers(loggers: list[pl.loggers.Logger], metrics: dict[str, Any], run_dir: Path) -> None:
     """Log the final retrieval results (W&B summary, tables, images, artifacts) and close the runs."""
-    from deephash.tracking.wandb import finish
+    from deephash.tracking.wandb import finish, logged_group
     from deephash.tracking.wandb_results import log_artifacts, log_retrieval_results
 
-    url = wandb_url(loggers)
-    if url:
-        update_json(run_dir / "metrics.json", {"wandb_url": url})
+    url, group = wandb_url(loggers), logged_group()
+    # where the run is on W&B: the dashboard of a sweep filters by the group its runs logged
+    record = {key: value for key, value in (("wandb_url", url), ("wandb_group", group)) if value}
+    if record:
+        update_json(run_dir / "metrics.json", record)
     if metrics.get("modes"):
         log_retrieval_results(loggers, metrics, run_dir)
     log_artifacts(loggers, run_dir, metrics.get("best_checkpoint") or None, metrics.get("index_dir"))
@@ -65,9 +67,11 @@ def record_failure(cfg: DictConfig, err: BaseException) -> None:
 
     import wandb
 
+    from deephash.tracking.wandb import logged_group
     from deephash.utils.signals import interruption_status
 
     status = interruption_status(err)
+    group = logged_group()
     if wandb.run is not None:
         wandb.run.finish(exit_code=status or 1)
     try:
@@ -94,6 +98,8 @@ def record_failure(cfg: DictConfig, err: BaseException) -> None:
             "error": f"{err.__class__.__name__}: {first_line}",
             "traceback": traceback.format_exception_only(type(err), err)[-1].strip(),
         }
+    if group:
+        record["wandb_group"] = group
     try:
         update_json(output_dir / "metrics.json", record)
     except (OSError, ValueError) as write_err:  # a full disk or a corrupt file must not hide the real error
