@@ -193,6 +193,14 @@ def composition_error(config_name: str, argv: list[str], conf_dir: str) -> str |
     if any(a.startswith("-") and a not in ("-m", "--multirun") for a in argv):
         return None
     overrides = [a for a in argv if not a.startswith("-")]
+    for override in overrides:
+        key, sep, value = override.partition("=")
+        if sep and not value.isascii() and value[:1] not in ("'", '"'):
+            # Hydra's grammar reads letters beyond ASCII only in quoted values (LexerNoViableAltException)
+            return (
+                f"the override {override} has characters beyond ASCII, which Hydra reads only in a quoted "
+                f"value: pass {key}='\"{value}\"' (the outer quotes are for the shell)"
+            )
     try:
         composed = []
         for override in OverridesParser.create().parse_overrides(overrides):

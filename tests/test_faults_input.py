@@ -283,6 +283,10 @@ def test_an_override_hydra_cannot_apply_is_one_line(tmp_path) -> None:
         ("train", "+seed=3"): "Could not append to config. An item is already at 'seed'.",
         ("index", "hydra.foo=1"): "Could not override 'hydra.foo'.",
         ("baseline", "-m", "method=lsh", "bitz=16,32"): "Could not override 'bitz'.",
+        ("train", "data.root=/tmp/dàta"): (
+            "the override data.root=/tmp/dàta has characters beyond ASCII, which Hydra reads only in a quoted "
+            """value: pass data.root='"/tmp/dàta"'"""
+        ),
     }
     for (config, *argv), start in cases.items():
         problem = composition_error(config, argv, CONFIG_PATH)
@@ -293,6 +297,7 @@ def test_an_override_hydra_cannot_apply_is_one_line(tmp_path) -> None:
         ("train", ["--cfg", "job", "model.foo=1"]),
         ("eval", ["ckpt_path=a.ckpt", "retrieval.modes=[hamming,euclidean]", "data=folder", "data.root=x"]),
         ("baseline", ["-m", "method=lsh,itq", "bits=16,32"]),
+        ("train", ['data.root="/tmp/dàta"', "data=folder"]),  # quoted, as the message says
     ]:
         assert composition_error(config, argv, CONFIG_PATH) is None, argv
 
