@@ -26,7 +26,17 @@ T = TypeVar("T")
 
 # an OSError with one of these is the user's environment (a full disk, a read-only or foreign directory),
 # not a bug: one line names the file
-ENVIRONMENT_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS)
+ENVIRONMENT_ERRNOS = (
+    errno.ENOSPC,
+    errno.EDQUOT,
+    errno.EACCES,
+    errno.EPERM,
+    errno.EROFS,
+    errno.ENOTDIR,
+    errno.EEXIST,
+)
+# a path whose parent is a regular file (ENOTDIR), or a directory to make where a file is (EEXIST)
+_PATH_ERRNOS = (errno.ENOTDIR, errno.EEXIST)
 INTERRUPTED_STATUS = 130  # the shell's status for a process stopped by SIGINT (143: SIGTERM)
 
 
@@ -55,6 +65,11 @@ def one_line(err: BaseException) -> str:
     the original message, is kept."""
     if isinstance(err, OSError) and not isinstance(err, DeephashError):
         where = f" {err.filename}" if err.filename else ""
+        if err.errno in _PATH_ERRNOS:
+            return (
+                f"cannot create{where}: {err.strerror or err} (a file stands where the path needs a directory); "
+                "choose another output path"
+            )
         return f"cannot write{where}: {err.strerror or err} (free some space or choose a writable directory)"
     text = str(err)
     if "Original Traceback" in text:
@@ -161,8 +176,9 @@ def check_overrides(config_name: str) -> Callable[[Callable[[], T]], Callable[[]
                     # the error of a sweep's failed job reaches this wrapper rather than Hydra's traceback
                     os.environ["HYDRA_FULL_ERROR"] = "1"
                     return main(*args, **kwargs)
-            except Exception as err:
-                summary = sweep_failure(err)
+            except Exception as err:  # a sweep's failed job, or Hydra unable to make the run directory
+                found = user_error(err)
+                summary = sweep_failure(err) or (one_line(found) if found is not None else None)
                 if summary is None:
                     raise
                 print(f"error: {summary}", file=sys.stderr)

@@ -535,3 +535,21 @@ def test_kill_9_mid_epoch_then_resume_to_completion(tmp_path) -> None:
     assert resumed.returncode == 0, err[-3000:]
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["status"] == "completed" and metrics["epochs"] == 3
+
+
+@pytest.mark.parametrize(
+    ("command", "where"),
+    [
+        (("deephash.train", "logger=none", "hydra.run.dir={file}/run"), "{file}/run: Not a directory"),
+        (("deephash.train", "logger=none", "hydra.run.dir={file}"), "{file}: File exists"),
+        (("deephash.baseline", "logger=none", "hydra.run.dir={file}/run"), "{file}/run: Not a directory"),
+    ],
+)
+def test_an_output_path_under_a_regular_file_is_one_line(tmp_path, command, where) -> None:
+    file = tmp_path / "notes.txt"
+    file.write_text("a file, not a directory")
+    line = _one_error_line(_cli(*(part.format(file=file) for part in command)))
+    assert line == (
+        f"error: cannot create {where.format(file=file)} (a file stands where the path needs a directory); "
+        "choose another output path"
+    )
