@@ -553,3 +553,31 @@ def test_an_output_path_under_a_regular_file_is_one_line(tmp_path, command, wher
         f"error: cannot create {where.format(file=file)} (a file stands where the path needs a directory); "
         "choose another output path"
     )
+
+
+def test_names_that_are_not_utf8_are_refused_by_name_before_any_image_is_read(tmp_path) -> None:
+    """A Latin-1 class folder or file name (an old camera's, an archive's): one line naming it, from the
+    folder datamodule's scan and from the plain image folder ``deephash-index build images=`` encodes."""
+    from deephash.data.scan import scan_tree
+    from deephash.retrieval.searcher import image_files
+    from deephash.utils.errors import DataError
+
+    root = os.fsencode(tmp_path / "photos")
+    for folder in (b"cat", b"caf\xe9"):
+        os.makedirs(os.path.join(root, folder))
+        for i in range(2):
+            Image.fromarray(np.full((8, 8), 60 * i, np.uint8)).save(
+                os.fsdecode(os.path.join(root, folder, b"%d.png" % i))
+            )
+    with pytest.raises(
+        DataError, match=r"1 class folder names under .*photos are not UTF-8, first: b'caf\\xe9'"
+    ):
+        scan_tree(os.fsdecode(root))
+    os.rename(os.path.join(root, b"caf\xe9"), os.path.join(root, b"dog"))
+    os.rename(os.path.join(root, b"dog", b"1.png"), os.path.join(root, b"dog", b"\xe9t\xe9.png"))
+    for scan in (lambda: scan_tree(os.fsdecode(root)), lambda: image_files(os.fsdecode(root))):
+        with pytest.raises(
+            DataError,
+            match=r"1 file names under .*photos are not UTF-8, first: b'dog/\\xe9t\\xe9.png'; rename",
+        ):
+            scan()

@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 
 from deephash.data.query import load_query_image, query_transform
-from deephash.data.scan import IMG_EXTENSIONS
+from deephash.data.scan import IMG_EXTENSIONS, check_utf8_names
 from deephash.models.checkpoint import load_hash_module
 from deephash.models.module import HashModule
 from deephash.retrieval.codes import hamming_distance_matrix, pack_codes
@@ -273,6 +273,7 @@ def image_files(root: str | os.PathLike) -> list[str]:
     )
     if not found:
         raise DataError(f"no images ({', '.join(IMG_EXTENSIONS)}) under {root}")
+    check_utf8_names(root, found, "file names")
     return found
 
 
