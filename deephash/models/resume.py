@@ -72,7 +72,7 @@ class ResumeState(pl.Callback):
         self.signal: int | None = None
         self._restore: dict[str, Any] | None = None
         self._trainer: pl.Trainer | None = None
-        self._held = False  # a stop asked for during validation, handed to Lightning after it
+        self._held = False  # a stop asked for during validation or an epoch's last batch, handed on after it
         self._deferring = False
         self._stopping = False
 
