@@ -20,13 +20,24 @@ from typing import Any, NoReturn, TypeVar
 from omegaconf import DictConfig, OmegaConf
 
 from deephash.utils.errors import DeephashError
+from deephash.utils.signals import handle_signals, interruption_status
 
 T = TypeVar("T")
 
 # an OSError with one of these is the user's environment (a full disk, a read-only or foreign directory),
 # not a bug: one line names the file
-ENVIRONMENT_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS)
-INTERRUPTED_STATUS = 130  # the shell's status for a process stopped by SIGINT
+ENVIRONMENT_ERRNOS = (
+    errno.ENOSPC,
+    errno.EDQUOT,
+    errno.EACCES,
+    errno.EPERM,
+    errno.EROFS,
+    errno.ENOTDIR,
+    errno.EEXIST,
+)
+# a path whose parent is a regular file (ENOTDIR), or a directory to make where a file is (EEXIST)
+_PATH_ERRNOS = (errno.ENOTDIR, errno.EEXIST)
+INTERRUPTED_STATUS = 130  # the shell's status for a process stopped by SIGINT (143: SIGTERM)
 
 
 def user_error(err: BaseException) -> DeephashError | OSError | None:
@@ -54,6 +65,11 @@ def one_line(err: BaseException) -> str:
     the original message, is kept."""
     if isinstance(err, OSError) and not isinstance(err, DeephashError):
         where = f" {err.filename}" if err.filename else ""
+        if err.errno in _PATH_ERRNOS:
+            return (
+                f"cannot create{where}: {err.strerror or err} (a file stands where the path needs a directory); "
+                "choose another output path"
+            )
         return f"cannot write{where}: {err.strerror or err} (free some space or choose a writable directory)"
     text = str(err)
     if "Original Traceback" in text:
@@ -102,14 +118,15 @@ class ArgumentParser(argparse.ArgumentParser):
 
 def exit_on_user_error(fn: Callable[..., T]) -> Callable[..., T]:
     """For argparse mains: print ``error: <message>`` for a user error and exit 2, without a traceback; Ctrl-C
-    prints ``interrupted`` and exits 130, as the Hydra entry points do (cleanup in ``finally`` blocks and atomic
-    writes have run or been rolled back by then). Output piped to a reader that stops early
+    or SIGTERM prints ``interrupted`` and exits 130 or 143, as the Hydra entry points do (cleanup in ``finally``
+    blocks and atomic writes have run or been rolled back by then). Output piped to a reader that stops early
     (``deephash-search ... | head``) ends the command quietly, as it does ``cat``."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
-            result = fn(*args, **kwargs)
+            with handle_signals():
+                result = fn(*args, **kwargs)
             sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's flush at exit
             return result
         except BrokenPipeError:
@@ -117,15 +134,18 @@ def exit_on_user_error(fn: Callable[..., T]) -> Callable[..., T]:
             # fail again, and a non-zero status for a pipeline under ``set -o pipefail``
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             sys.exit(1)
-        except KeyboardInterrupt:
-            print("interrupted", file=sys.stderr)
-            sys.exit(INTERRUPTED_STATUS)
         except Exception as err:
             found = user_error(err)
             if found is None:
                 raise
             print(f"error: {one_line(found)}", file=sys.stderr)
             sys.exit(2)
+        except BaseException as err:
+            status = interruption_status(err)
+            if status is None:
+                raise
+            print("interrupted", file=sys.stderr)
+            sys.exit(status)
 
     return wrapper
 
@@ -134,7 +154,9 @@ def check_overrides(config_name: str) -> Callable[[Callable[[], T]], Callable[[]
     """For Hydra mains, applied outside ``@hydra.main(config_name=...)``: an override Hydra cannot apply (a
     missing option of a config group, ``data=foo``; a key the config lacks, ``model.lr=0.1``; a malformed
     override) is one ``error:`` line and exit status 2, instead of Hydra's multi-line report and status 1.
-    An override of a key that has moved (``model.bits``) is first renamed to its place (``model.net.bits``)."""
+    An override of a key that has moved (``model.bits``) is first renamed to its place (``model.net.bits``).
+    A multirun whose jobs failed ends with one line naming them (exit status 2), and a SIGTERM or SIGINT
+    while Hydra composes ends it like one during a job (143, 130)."""
 
     def decorate(main: Callable[[], T]) -> Callable[[], T]:
         @functools.wraps(main)
@@ -142,13 +164,31 @@ def check_overrides(config_name: str) -> Callable[[Callable[[], T]], Callable[[]
             from deephash.config import CONFIG_PATH, rewrite_moved_keys
 
             sys.argv[1:] = argv = rewrite_moved_keys(sys.argv[1:])
-            problem = unknown_group_option(argv, Path(CONFIG_PATH)) or composition_error(
-                config_name, argv, CONFIG_PATH
-            )
-            if problem:
-                print(f"error: {problem}", file=sys.stderr)
+            try:
+                with handle_signals():
+                    problem = unknown_group_option(argv, Path(CONFIG_PATH)) or composition_error(
+                        config_name, argv, CONFIG_PATH
+                    )
+                    if problem:
+                        print(f"error: {problem}", file=sys.stderr)
+                        sys.exit(2)
+                    SWEEP_JOBS.clear()
+                    # the error of a sweep's failed job reaches this wrapper rather than Hydra's traceback
+                    os.environ["HYDRA_FULL_ERROR"] = "1"
+                    return main(*args, **kwargs)
+            except Exception as err:  # a sweep's failed job, or Hydra unable to make the run directory
+                found = user_error(err)
+                summary = sweep_failure(err) or (one_line(found) if found is not None else None)
+                if summary is None:
+                    raise
+                print(f"error: {summary}", file=sys.stderr)
                 sys.exit(2)
-            return main(*args, **kwargs)
+            except BaseException as err:  # a signal while Hydra composes or between a sweep's jobs
+                status = interruption_status(err)
+                if status is None:
+                    raise
+                print("interrupted", file=sys.stderr)
+                sys.exit(status)
 
         return wrapper
 
@@ -169,6 +209,14 @@ def composition_error(config_name: str, argv: list[str], conf_dir: str) -> str |
     if any(a.startswith("-") and a not in ("-m", "--multirun") for a in argv):
         return None
     overrides = [a for a in argv if not a.startswith("-")]
+    for override in overrides:
+        key, sep, value = override.partition("=")
+        if sep and not value.isascii() and value[:1] not in ("'", '"'):
+            # Hydra's grammar reads letters beyond ASCII only in quoted values (LexerNoViableAltException)
+            return (
+                f"the override {override} has characters beyond ASCII, which Hydra reads only in a quoted "
+                f"value: pass {key}='\"{value}\"' (the outer quotes are for the shell)"
+            )
     try:
         composed = []
         for override in OverridesParser.create().parse_overrides(overrides):
@@ -251,9 +299,36 @@ def _is_multirun() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
-def _interrupted(err: BaseException) -> bool:
-    """Ctrl-C: a KeyboardInterrupt, or the ``SystemExit`` Lightning raises after its graceful shutdown on one."""
-    return isinstance(err, KeyboardInterrupt) or (isinstance(err, SystemExit) and err.code not in (0, None))
+# the jobs of a multirun that ran in this process: (job number, its overrides, None or its error on one line)
+SWEEP_JOBS: list[tuple[int, str, str | None]] = []
+
+
+def _sweep_job(err: BaseException | None) -> None:
+    from hydra.core.hydra_config import HydraConfig
+
+    job = HydraConfig.get().job
+    overrides = " ".join(HydraConfig.get().overrides.task)
+    message = None
+    if err is not None:
+        found = user_error(err) if isinstance(err, Exception) else None
+        message = (
+            one_line(found) if found is not None else f"{type(err).__name__}: {' '.join(str(err).split())}"
+        )
+    SWEEP_JOBS.append((int(job.num), overrides, message))
+
+
+def sweep_failure(err: BaseException) -> str | None:
+    """The one line that ends a multirun in which jobs failed (Hydra's sweeper raises the first failed job's
+    error once every job has run), or None if ``err`` does not end one."""
+    failed = [(num, overrides, message) for num, overrides, message in SWEEP_JOBS if message is not None]
+    if not failed:
+        return None
+    num, overrides, message = failed[0]
+    more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
+    return (
+        f"{len(failed)} of the sweep's {len(SWEEP_JOBS)} jobs failed; job {num} ({overrides or 'no overrides'}): "
+        f"{message}{more}; each job's metrics.json records how it ended"
+    )
 
 
 def run_hydra_task(
@@ -268,8 +343,9 @@ def run_hydra_task(
     (``cfg.optimized_metric``, a dotted key).
 
     On failure ``on_failure`` records it (an interrupted run as interrupted); a user error then exits 2 with
-    one line, an interrupt with status 130. In a multirun the exception propagates instead, so Hydra's
-    launcher marks only this job failed and goes on with the others.
+    one line, a SIGTERM or SIGINT with status 143 or 130 (in a multirun too: the sweep stops). In a multirun
+    another failure propagates instead, so Hydra's launcher marks only this job failed and goes on with the
+    others; :func:`check_overrides` then ends the sweep with one line.
     """
     from deephash.config import validate_config
     from deephash.runs import (
@@ -280,25 +356,31 @@ def run_hydra_task(
         write_hydra_record,
     )
 
-    try:
-        output_dir = OmegaConf.select(cfg, "paths.output_dir", throw_on_resolution_failure=False)
-        if output_dir is not None and not previous_run(Path(output_dir)):  # else after claim_run_dir
-            write_hydra_record(cfg)
-        validate_config(cfg)
-        print_config_tree(cfg)  # extras.print_config
-        result = task(cfg)
-        (report or print_summary)(result)
-        return optimized_value(result, cfg.get("optimized_metric"))
-    except BaseException as err:
-        if on_failure is not None:
-            on_failure(cfg, err)
-        if _is_multirun():
+    with handle_signals():
+        try:
+            output_dir = OmegaConf.select(cfg, "paths.output_dir", throw_on_resolution_failure=False)
+            if output_dir is not None and not previous_run(Path(output_dir)):  # else after claim_run_dir
+                write_hydra_record(cfg)
+            validate_config(cfg)
+            print_config_tree(cfg)  # extras.print_config
+            result = task(cfg)
+            (report or print_summary)(result)
+            value = optimized_value(result, cfg.get("optimized_metric"))
+        except BaseException as err:
+            if on_failure is not None:
+                on_failure(cfg, err)
+            status = interruption_status(err)
+            if status is not None:
+                print("interrupted", file=sys.stderr)
+                sys.exit(status)
+            if _is_multirun():
+                _sweep_job(err)
+                raise
+            found = user_error(err) if isinstance(err, Exception) else None
+            if found is not None:
+                print(f"error: {one_line(found)}", file=sys.stderr)
+                sys.exit(2)
             raise
-        if _interrupted(err):
-            print("interrupted", file=sys.stderr)
-            sys.exit(INTERRUPTED_STATUS)
-        found = user_error(err) if isinstance(err, Exception) else None
-        if found is not None:
-            print(f"error: {one_line(found)}", file=sys.stderr)
-            sys.exit(2)
-        raise
+    if _is_multirun():
+        _sweep_job(None)
+    return value

@@ -193,13 +193,18 @@ def validate_train_config(cfg: DictConfig) -> None:
             f"backbone {net.backbone!r} needs 3-channel ImageNet-style input; use data.transform=imagenet "
             f"(data.transform=native is for {' and '.join(NATIVE_BACKBONES)})"
         )
-    ckpt = cfg.get("ckpt_path")
+    ckpt, finetune = cfg.get("ckpt_path"), cfg.get("finetune", False)
+    if not isinstance(finetune, bool):
+        raise ConfigError(f"finetune must be true or false, got {finetune!r}")
+    if finetune and ckpt is None:
+        raise ConfigError("finetune=true needs ckpt_path=<checkpoint> (the weights the new run starts from)")
     if ckpt is not None:
         if not Path(str(ckpt)).expanduser().is_file():
             raise ConfigError(
                 f"ckpt_path not found: {ckpt} (expected a .ckpt file, e.g. <run>/checkpoints/last.ckpt)"
             )
-        check_resume(str(ckpt), model)
+        # fine-tuning takes the weights whose shapes fit; a resume needs the checkpoint's very network
+        read_checkpoint(str(ckpt)) if finetune else check_resume(str(ckpt), model)
 
 
 # optimizer and scheduler settings a typo or a sign slip would otherwise turn into a traceback after the

@@ -42,12 +42,14 @@ def instantiate_loggers(cfg: DictConfig | None, run_cfg: DictConfig) -> list[pl.
 
 def finish_loggers(loggers: list[pl.loggers.Logger], metrics: dict[str, Any], run_dir: Path) -> None:
     """Log the final retrieval results (W&B summary, tables, images, artifacts) and close the runs."""
-    from deephash.tracking.wandb import finish
+    from deephash.tracking.wandb import finish, logged_group
     from deephash.tracking.wandb_results import log_artifacts, log_retrieval_results
 
-    url = wandb_url(loggers)
-    if url:
-        update_json(run_dir / "metrics.json", {"wandb_url": url})
+    url, group = wandb_url(loggers), logged_group()
+    # where the run is on W&B: the dashboard of a sweep filters by the group its runs logged
+    record = {key: value for key, value in (("wandb_url", url), ("wandb_group", group)) if value}
+    if record:
+        update_json(run_dir / "metrics.json", record)
     if metrics.get("modes"):
         log_retrieval_results(loggers, metrics, run_dir)
     log_artifacts(loggers, run_dir, metrics.get("best_checkpoint") or None, metrics.get("index_dir"))
@@ -58,26 +60,35 @@ def finish_loggers(loggers: list[pl.loggers.Logger], metrics: dict[str, Any], ru
 
 def record_failure(cfg: DictConfig, err: BaseException) -> None:
     """Mark the run failed in its metrics.json, so sweep summaries report it instead of dropping it, and close
-    an open W&B run with a failing exit code. Ctrl-C (a KeyboardInterrupt, or the SystemExit Lightning raises
-    after its graceful shutdown on one) is recorded as ``"status": "interrupted"`` with the checkpoint to
-    resume from (``"resume"``, null when none was written yet)."""
+    an open W&B run with a failing exit code. A run stopped by a signal (SIGTERM from a scheduler, Ctrl-C: see
+    ``deephash.utils.signals``) is recorded as ``"status": "interrupted"`` with the checkpoint to resume from
+    (``"resume"``, null when none was written yet) and the signal."""
+    import signal
+
     import wandb
 
-    interrupted = isinstance(err, KeyboardInterrupt) or (
-        isinstance(err, SystemExit) and err.code not in (0, None)
-    )
+    from deephash.tracking.wandb import logged_group
+    from deephash.utils.signals import interruption_status
+
+    status = interruption_status(err)
+    group = logged_group()
     if wandb.run is not None:
-        wandb.run.finish(exit_code=130 if interrupted else 1)
+        wandb.run.finish(exit_code=status or 1)
     try:
         output_dir = Path(cfg.paths.output_dir)
     except Exception:  # noqa: BLE001 - no run directory could be resolved: nothing to record
         return
     if not output_dir.exists():
         return
-    if interrupted:
+    if status is not None:
         last = output_dir / "checkpoints" / "last.ckpt"
         resume = str(last) if last.is_file() else None
-        record = {"status": "interrupted", "error": None, "resume": resume}
+        record = {
+            "status": "interrupted",
+            "error": None,
+            "signal": signal.Signals(status - 128).name,
+            "resume": resume,
+        }
         hint = f"resume with ckpt_path={resume}" if resume else "no checkpoint was written yet; start again"
         log.warning("run interrupted; %s", hint)
     else:
@@ -87,6 +98,8 @@ def record_failure(cfg: DictConfig, err: BaseException) -> None:
             "error": f"{err.__class__.__name__}: {first_line}",
             "traceback": traceback.format_exception_only(type(err), err)[-1].strip(),
         }
+    if group:
+        record["wandb_group"] = group
     try:
         update_json(output_dir / "metrics.json", record)
     except (OSError, ValueError) as write_err:  # a full disk or a corrupt file must not hide the real error

@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from deephash.cli import accepts_version, check_overrides, run_hydra_task
 from deephash.config import CONFIG_PATH, validate_train_config
 from deephash.evaluation.run import evaluate_checkpoint
+from deephash.models.resume import ResumeState, fit, fit_checkpoint, resume_requeued_job
 from deephash.runs import (
     anchor_data_paths,
     build_predict_trainer,
@@ -28,7 +29,7 @@ from deephash.runs import (
     record_train_failure,
     select_checkpoint,
 )
-from deephash.utils.io import atomic_write_json, atomic_write_text
+from deephash.utils.io import atomic_write_json, atomic_write_text, update_json
 from deephash.utils.logging import get_logger
 
 log = get_logger(__name__)
@@ -37,7 +38,9 @@ log = get_logger(__name__)
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit, test and (``cfg.evaluate``) evaluate retrieval; returns the run's metrics (also in metrics.json)."""
     validate_train_config(cfg)
-    output_dir = claim_run_dir(cfg)  # locked; refuses a directory holding another run
+    resume_requeued_job(cfg)  # a requeued SLURM job goes on from its checkpoint at the signal
+    # locked; refuses a directory holding another run (fine-tuning from a checkpoint is a new run)
+    output_dir = claim_run_dir(cfg, resumes=not cfg.get("finetune"))
     pl.seed_everything(cfg.seed, workers=True)
 
     datamodule: pl.LightningDataModule = hydra.utils.instantiate(cfg.data)
@@ -48,8 +51,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     model: pl.LightningModule = hydra.utils.instantiate(
         cfg.model, net={"num_classes": datamodule.num_classes, "in_channels": datamodule.in_channels}
     )
+    ckpt_path = fit_checkpoint(cfg.get("ckpt_path"), bool(cfg.get("finetune")), model, datamodule.identity())
     loggers = instantiate_loggers(cfg.get("logger"), cfg)
-    callbacks = instantiate_callbacks(cfg.get("callbacks"))
+    # the random streams with every checkpoint, and a checkpoint at SIGTERM or SIGINT to resume from exactly
+    resume = ResumeState(output_dir / "checkpoints" / "last.ckpt")
+    callbacks = [*instantiate_callbacks(cfg.get("callbacks")), resume]
     trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     if trainer.is_global_zero:
         datamodule.save_splits(output_dir)
@@ -68,7 +74,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         output_dir,
     )
     start = time.perf_counter()
-    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    fit(trainer, model, datamodule, ckpt_path, resume)  # a signal: Interrupted, at a checkpoint
     train_seconds = time.perf_counter() - start
 
     best = monitored_checkpoint_callback(trainer)
@@ -86,7 +92,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         test_acc = float(acc) if acc is not None else None
 
     metrics: dict[str, Any] = {
-        "status": "completed",
+        "status": "running" if cfg.get("evaluate") else "completed",  # completed once evaluated
         "method": model.method,
         "dataset": datamodule.name,
         "backbone": model.backbone,
@@ -108,6 +114,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     if cfg.get("evaluate"):
         metrics.update(evaluate_checkpoint(cfg, ckpt, datamodule, build_predict_trainer(cfg, trainer)))
+        metrics["status"] = "completed"
+        if trainer.is_global_zero:
+            update_json(output_dir / "metrics.json", {"status": "completed"})
     if trainer.is_global_zero:
         finish_loggers(loggers, metrics, output_dir)
     return metrics

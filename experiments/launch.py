@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -44,8 +45,6 @@ def run_job(plan: Plan, job: Job) -> dict[str, Any]:
             _run_inprocess(job.entry, overrides, run_dir)
         else:
             _run_subprocess(job.entry, overrides, run_dir)
-    except KeyboardInterrupt:
-        raise
     except Exception as err:  # noqa: BLE001 - one failed run must not stop the others
         error = one_line(f"{err.__class__.__name__}: {err}")
     metrics = read_metrics(run_dir)
@@ -87,9 +86,18 @@ def _run_subprocess(entry: str, overrides: list[str], run_dir: Path) -> None:
         "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
     }
     command = [sys.executable, "-m", f"deephash.{entry}", *overrides, f"hydra.run.dir={hydra_value(run_dir)}"]
-    done = subprocess.run(command, env=env, check=False)
-    if done.returncode != 0:
-        raise RuntimeError(f"deephash.{entry} exited with status {done.returncode} (log in {run_dir})")
+    # its own session: a Ctrl-C or SIGTERM reaches it once, forwarded below, so it stops after the current batch
+    # with a checkpoint (a second signal would stop it at once), and this driver waits for that
+    with subprocess.Popen(command, env=env, start_new_session=True) as proc:
+        try:
+            returncode = proc.wait()
+        except BaseException as err:
+            signum = getattr(err, "signum", signal.SIGINT)  # deephash.utils.signals.Interrupted, or Ctrl-C
+            proc.send_signal(signum)
+            proc.wait()
+            raise
+    if returncode != 0:
+        raise RuntimeError(f"deephash.{entry} exited with status {returncode} (log in {run_dir})")
 
 
 def record_status(plan: Plan, name: str, entry: dict[str, Any]) -> dict[str, Any]:

@@ -240,8 +240,15 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         metavar="SEED",
-        help="run every configuration with several seeds and report mean ± std: one number N (seeds 0 to "
-        "N-1) or the seeds themselves (--seeds 1 7 42); runs go to runs/<name>/seed<s>",
+        help="run every configuration with these seeds and report mean ± std (--seeds 1 7 42; --seeds 7 is "
+        "seed 7 alone); runs go to runs/<name>/seed<s>",
+    )
+    parser.add_argument(
+        "--n-seeds",
+        type=int,
+        default=None,
+        metavar="N",
+        help="the same with seeds 0 to N-1",
     )
     parser.add_argument(
         "--only",
@@ -272,12 +279,14 @@ def make_plan(args: argparse.Namespace, argv: Sequence[str] = ()) -> Plan:
     if args.epochs is not None and args.epochs < 1:
         raise ConfigError(f"--epochs must be >= 1, got {args.epochs}")
     seeds = None
-    if args.seeds is not None:
-        if any(s < 0 for s in args.seeds) or args.seeds == [0]:
-            raise ConfigError(
-                f"--seeds takes a count N >= 1 or seeds >= 0, got {' '.join(map(str, args.seeds))}"
-            )
-        seeds = list(range(args.seeds[0])) if len(args.seeds) == 1 else list(dict.fromkeys(args.seeds))
+    if args.seeds is not None and args.n_seeds is not None:
+        raise ConfigError("--seeds lists the seeds and --n-seeds counts them from 0: pass one of them")
+    if args.n_seeds is not None and args.n_seeds < 1:
+        raise ConfigError(f"--n-seeds takes a count N >= 1, got {args.n_seeds}")
+    if args.seeds is not None and any(s < 0 for s in args.seeds):
+        raise ConfigError(f"--seeds takes seeds >= 0, got {' '.join(map(str, args.seeds))}")
+    if args.seeds is not None or args.n_seeds is not None:
+        seeds = list(range(args.n_seeds)) if args.n_seeds is not None else list(dict.fromkeys(args.seeds))
         if any(o.lstrip("+~").split("=", 1)[0] == "seed" for o in [*args.override, *args.yahoo_override]):
             raise ConfigError("--seeds sets each run's seed: drop --override seed=...")
     yahoo = args.yahoo_root or (Path(os.environ["YAHOO_ROOT"]) if os.environ.get("YAHOO_ROOT") else None)

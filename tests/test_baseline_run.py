@@ -141,8 +141,16 @@ def test_f7_features_of_a_checkpoint(checkpoint: Path, digits, tmp_path: Path) -
 
 
 def test_f7_checkpoint_must_match_the_input_channels(checkpoint: Path, tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="1-channel input but data gives 3-channel"):
+    with pytest.raises(ConfigError, match=r"was trained on other data \(1x8x8 input, not 3x227x227\)"):
         _run(tmp_path, "features=f7", f"ckpt_path={checkpoint}", "data.transform=imagenet")
+
+
+def test_pixel_features_are_described_as_what_they_are(tmp_path: Path, caplog) -> None:
+    """Pixels as stored, not the model input the data line describes under data.transform=imagenet."""
+    caplog.set_level("INFO", logger="deephash")
+    metrics = _run(tmp_path, "features=pixels", "data.transform=imagenet", "method=lsh")
+    assert metrics["data"]["input"] == [3, 227, 227] and metrics["features_input"] == [1, 8, 8]
+    assert "features: pixels as stored, 1x8x8 = 64-d (not the imagenet transform's 3x227x227)" in caplog.text
 
 
 @pytest.mark.parametrize(

@@ -47,3 +47,25 @@ def test_a_failed_run_is_recorded_and_the_rest_goes_on(tmp_path: Path, monkeypat
     entry = launch.run_job(plan, Job("digits/bits12", "train", []))
     assert entry["status"] == "failed" and "CUDA out of memory" in entry["error"]
     assert planned_reason(plan, "digits/bits12") == "failed: RuntimeError: CUDA out of memory"
+
+
+def test_ctrl_c_during_the_reproduction_says_what_finished_and_how_to_go_on(
+    tmp_path: Path, monkeypatch, capsys
+) -> None:
+    """Not a KeyboardInterrupt traceback out of the run under way: status 130, the runs that finished, and
+    that the same command resumes."""
+    from experiments import reproduce
+
+    def interrupted_training(plan):
+        launch.record_status(plan, "digits/bits12", {"status": "completed"})
+        launch.record_status(plan, "digits/bits48", {"status": "failed"})
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(launch, "run_training", interrupted_training)
+    monkeypatch.setattr(reproduce, "preflight", lambda plan: [])
+    assert reproduce.main(["--smoke", "--out", str(tmp_path)]) == 130
+    err = capsys.readouterr().err
+    assert err.strip() == (
+        "interrupted: 1 runs finished (digits/bits12); running the same command again resumes (completed runs "
+        "are skipped, an interrupted training continues from its checkpoints/last.ckpt)"
+    )

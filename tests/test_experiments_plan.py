@@ -110,18 +110,24 @@ def test_full_mode_jobs_compose_to_the_paper_configs(tmp_path: Path, monkeypatch
 
 def test_seeds_count_or_list(tmp_path: Path) -> None:
     assert plan_for("--smoke").seeds is None
-    assert plan_for("--smoke", "--seeds", "3").seeds == [0, 1, 2]
+    assert plan_for("--smoke", "--n-seeds", "3").seeds == [0, 1, 2]
+    assert plan_for("--smoke", "--seeds", "7").seeds == [7]  # a list, however short, is seeds
+    assert plan_for("--smoke", "--seeds", "0").seeds == [0]
     assert plan_for("--smoke", "--seeds", "7", "1", "7").seeds == [7, 1]
-    with pytest.raises(ConfigError, match="--seeds takes a count N >= 1"):
-        plan_for("--smoke", "--seeds", "0")
+    with pytest.raises(ConfigError, match="--n-seeds takes a count N >= 1, got 0"):
+        plan_for("--smoke", "--n-seeds", "0")
+    with pytest.raises(ConfigError, match="--seeds takes seeds >= 0, got 1 -2"):
+        plan_for("--smoke", "--seeds", "1", "-2")
+    with pytest.raises(ConfigError, match="pass one of them"):
+        plan_for("--smoke", "--seeds", "1", "--n-seeds", "2")
     with pytest.raises(ConfigError, match="drop --override seed"):
-        plan_for("--smoke", "--seeds", "2", "--override", "seed=3")
+        plan_for("--smoke", "--n-seeds", "2", "--override", "seed=3")
 
 
 def test_seeded_jobs_run_every_setting_per_seed(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr(job_lists, "_cuda", lambda: False)
     plan = plan_for(
-        "--data-root", str(tmp_path), "--seeds", "2", "--datasets", "mnist", "--out", str(tmp_path)
+        "--data-root", str(tmp_path), "--n-seeds", "2", "--datasets", "mnist", "--out", str(tmp_path)
     )
     jobs = job_lists.training_jobs(plan)
     assert [j.name for j in jobs][:4] == [
@@ -168,7 +174,7 @@ def test_without_alexnet_weights_mnist_trains_the_small_cnn(
     monkeypatch.setattr(job_lists, "_cuda", lambda: False)
     data = tmp_path / "data"
     write_mnist(data / "mnist")
-    argv = ("--data-root", str(data), "--out", str(tmp_path / "out"), "--seeds", "2")
+    argv = ("--data-root", str(data), "--out", str(tmp_path / "out"), "--n-seeds", "2")
     plan = plan_for(*argv, "--datasets", "mnist")
     warnings = preflight(plan)
     assert plan.small_cnn == ["mnist"]

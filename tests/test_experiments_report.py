@@ -97,7 +97,7 @@ def mnist_report(out: Path, backbone: str) -> str:
     for seed, precision in ((0, 0.99), (1, 0.97)):
         fake_run(out / "runs" / "mnist" / "bits48" / f"seed{seed}", backbone, precision)
         fake_run(out / "runs" / "mnist" / "baselines" / "itq-pixels" / f"seed{seed}", None, 0.4)
-    argv = ["--report-only", "--datasets", "mnist", "--bits", "48", "--seeds", "2", "--out", str(out)]
+    argv = ["--report-only", "--datasets", "mnist", "--bits", "48", "--n-seeds", "2", "--out", str(out)]
     argv += ["--methods", "itq", "--features", "pixels"]
     return write_results(make_plan(build_parser().parse_args(argv), argv)).read_text()
 

@@ -508,3 +508,34 @@ def test_save_refuses_a_file_or_a_folder_that_is_not_an_index(tmp_path: Path) ->
     save(empty)
     items = save(empty, seed=1)  # an existing index is rebuilt in place
     assert np.array_equal(load_index(empty).codes, items["codes_packed"])
+
+
+def test_a_reader_meeting_a_swap_reads_the_new_version_not_corruption(tmp_path, monkeypatch) -> None:
+    """``deephash-index build`` swaps a new version in while a reader holds the old manifest: the reader's
+    sha256 check of codes.npy fails, but the directory is another one now, so it reads that version whole.
+    The same mismatch in a directory nobody swapped stays "modified or corrupted"."""
+    from deephash.retrieval import index_reader
+    from deephash.utils.atomic_dir import swap_into_place
+
+    path, newer = tmp_path / "index", tmp_path / "newer"
+    save(path, seed=0)
+    new_items = save(newer, seed=1)
+    read = index_reader.read_manifest
+    swaps = []
+
+    def read_then_swap(where: Path) -> dict:
+        manifest = read(where)
+        if not swaps:  # the writer swaps right after this reader read the old manifest
+            swaps.append(swap_into_place(newer, path))
+        return manifest
+
+    monkeypatch.setattr(index_reader, "read_manifest", read_then_swap)
+    store = load_index(path)
+    assert len(swaps) == 1 and np.array_equal(store.codes, new_items["codes_packed"])
+    monkeypatch.setattr(index_reader, "read_manifest", read)
+    codes = path / "codes.npy"
+    data = bytearray(codes.read_bytes())
+    data[-1] ^= 0xFF
+    codes.write_bytes(bytes(data))
+    with pytest.raises(IndexFormatError, match="codes.npy .* was modified or corrupted"):
+        load_index(path)

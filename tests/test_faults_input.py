@@ -283,6 +283,10 @@ def test_an_override_hydra_cannot_apply_is_one_line(tmp_path) -> None:
         ("train", "+seed=3"): "Could not append to config. An item is already at 'seed'.",
         ("index", "hydra.foo=1"): "Could not override 'hydra.foo'.",
         ("baseline", "-m", "method=lsh", "bitz=16,32"): "Could not override 'bitz'.",
+        ("train", "data.root=/tmp/dàta"): (
+            "the override data.root=/tmp/dàta has characters beyond ASCII, which Hydra reads only in a quoted "
+            """value: pass data.root='"/tmp/dàta"'"""
+        ),
     }
     for (config, *argv), start in cases.items():
         problem = composition_error(config, argv, CONFIG_PATH)
@@ -293,6 +297,7 @@ def test_an_override_hydra_cannot_apply_is_one_line(tmp_path) -> None:
         ("train", ["--cfg", "job", "model.foo=1"]),
         ("eval", ["ckpt_path=a.ckpt", "retrieval.modes=[hamming,euclidean]", "data=folder", "data.root=x"]),
         ("baseline", ["-m", "method=lsh,itq", "bits=16,32"]),
+        ("train", ['data.root="/tmp/dàta"', "data=folder"]),  # quoted, as the message says
     ]:
         assert composition_error(config, argv, CONFIG_PATH) is None, argv
 
@@ -530,3 +535,49 @@ def test_kill_9_mid_epoch_then_resume_to_completion(tmp_path) -> None:
     assert resumed.returncode == 0, err[-3000:]
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["status"] == "completed" and metrics["epochs"] == 3
+
+
+@pytest.mark.parametrize(
+    ("command", "where"),
+    [
+        (("deephash.train", "logger=none", "hydra.run.dir={file}/run"), "{file}/run: Not a directory"),
+        (("deephash.train", "logger=none", "hydra.run.dir={file}"), "{file}: File exists"),
+        (("deephash.baseline", "logger=none", "hydra.run.dir={file}/run"), "{file}/run: Not a directory"),
+    ],
+)
+def test_an_output_path_under_a_regular_file_is_one_line(tmp_path, command, where) -> None:
+    file = tmp_path / "notes.txt"
+    file.write_text("a file, not a directory")
+    line = _one_error_line(_cli(*(part.format(file=file) for part in command)))
+    assert line == (
+        f"error: cannot create {where.format(file=file)} (a file stands where the path needs a directory); "
+        "choose another output path"
+    )
+
+
+def test_names_that_are_not_utf8_are_refused_by_name_before_any_image_is_read(tmp_path) -> None:
+    """A Latin-1 class folder or file name (an old camera's, an archive's): one line naming it, from the
+    folder datamodule's scan and from the plain image folder ``deephash-index build images=`` encodes."""
+    from deephash.data.scan import scan_tree
+    from deephash.retrieval.searcher import image_files
+    from deephash.utils.errors import DataError
+
+    root = os.fsencode(tmp_path / "photos")
+    for folder in (b"cat", b"caf\xe9"):
+        os.makedirs(os.path.join(root, folder))
+        for i in range(2):
+            Image.fromarray(np.full((8, 8), 60 * i, np.uint8)).save(
+                os.fsdecode(os.path.join(root, folder, b"%d.png" % i))
+            )
+    with pytest.raises(
+        DataError, match=r"1 class folder names under .*photos are not UTF-8, first: b'caf\\xe9'"
+    ):
+        scan_tree(os.fsdecode(root))
+    os.rename(os.path.join(root, b"caf\xe9"), os.path.join(root, b"dog"))
+    os.rename(os.path.join(root, b"dog", b"1.png"), os.path.join(root, b"dog", b"\xe9t\xe9.png"))
+    for scan in (lambda: scan_tree(os.fsdecode(root)), lambda: image_files(os.fsdecode(root))):
+        with pytest.raises(
+            DataError,
+            match=r"1 file names under .*photos are not UTF-8, first: b'dog/\\xe9t\\xe9.png'; rename",
+        ):
+            scan()

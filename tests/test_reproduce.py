@@ -266,7 +266,7 @@ def test_seeds_are_reported_as_mean_and_std(tmp_path: Path) -> None:
     runs = tmp_path / "runs" / "digits" / "bits48"
     for seed, acc, m in ((0, 0.90, 0.70), (1, 0.94, 0.80)):
         fake_run(runs / f"seed{seed}", seed, acc, m, ["experiment=demo", "model.bits=48"])
-    argv = ["--smoke", "--seeds", "3", "--bits", "48", "--methods", "lsh", "--features", "pixels"]
+    argv = ["--smoke", "--n-seeds", "3", "--bits", "48", "--methods", "lsh", "--features", "pixels"]
     assert reproduce.main([*argv, "--out", str(tmp_path), "--report-only"]) == 0
     markdown = (tmp_path / "RESULTS.md").read_text()
     assert "seeds 0, 1, 2" in markdown

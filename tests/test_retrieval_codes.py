@@ -115,3 +115,39 @@ def test_iter_hamming_distances_blocks_and_out() -> None:
         hamming_distance_matrix(q, db, out=np.empty((4, 94), np.int32))
     with pytest.raises(ConfigError, match="query and database codes"):
         hamming_distance_matrix(q, db[:, :2])
+
+
+@pytest.mark.parametrize("bits", [256, 300, 512])
+@pytest.mark.parametrize("popcount", ["bitwise_count", "table"])
+def test_long_codes_reach_distance_bits_in_every_hamming_path(
+    bits: int, popcount: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A code and its complement are ``bits`` apart: a count summed in 8 bits would wrap (300 -> 44, 256 and
+    512 -> 0) and rank the complement first. The index's distances, the torch kernel's and the evaluation's
+    ranking all agree with brute force there."""
+    import torch
+
+    from deephash.evaluation.hamming_metrics import hamming_retrieval_metrics
+    from deephash.retrieval.torch_search import code_words, hamming_distances
+
+    if popcount == "table":
+        monkeypatch.setattr(codes_mod, "_HAS_BITWISE_COUNT", False)
+        monkeypatch.setattr("deephash.evaluation.hamming_metrics._HAS_BITWISE_COUNT", False)
+    elif not codes_mod._HAS_BITWISE_COUNT:
+        pytest.skip("numpy < 2.0 has no bitwise_count")
+    rng = np.random.default_rng(bits)
+    q_bits = rng.random((3, bits)) < 0.5
+    db_bits = np.concatenate([~q_bits, rng.random((5, bits)) < 0.5, q_bits])  # complements first
+    expected = brute_hamming(q_bits, db_bits)
+    assert (np.diagonal(expected[:, :3]) == bits).all()
+    q, db = pack_codes(q_bits), pack_codes(db_bits)
+    np.testing.assert_array_equal(hamming_distance_matrix(q, db), expected)
+    words = hamming_distances(code_words(q, "cpu"), code_words(db, "cpu"))
+    np.testing.assert_array_equal(words.numpy(), expected)
+    # the complement is each query's only relevant item: ranked last of 11, where the wrap would put it first
+    labels = np.arange(3)
+    db_labels = np.concatenate([labels, np.full(8, 9)])
+    result = hamming_retrieval_metrics(q, db, labels, db_labels, bits, ks=(1,), map_at=11, threads=1)
+    assert result.metrics["precision@k"]["1"] == 0.0
+    assert result.metrics["mAP"] == pytest.approx(1 / 11)
+    assert torch.equal(torch.as_tensor(result.top[:, 0]), torch.as_tensor(np.arange(8, 11)))

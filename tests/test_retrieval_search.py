@@ -681,3 +681,35 @@ def test_refine_over_many_row_blocks_matches_brute_force(monkeypatch: pytest.Mon
     got_d, got_i = euclidean_search(db, queries, 20, chunk_size=64)
     np.testing.assert_array_equal(got_i, exp_i)
     np.testing.assert_array_equal(got_d, exact_l2(queries, db[got_i].astype(np.float32)))
+
+
+@pytest.mark.parametrize(
+    "min_pool,max_pool,pool_size",
+    [
+        (6, 100, 20),  # exactly min_pool codes inside the radius: the pool is those, not the 20 nearest
+        (1, 6, 6),  # exactly max_pool inside, as many as pool_size
+        (2, 6, 4),  # exactly max_pool inside, more than pool_size: found by the range search
+    ],
+)
+def test_pool_rule_keeps_a_pool_of_exactly_min_pool_or_max_pool_codes(min_pool, max_pool, pool_size) -> None:
+    """Both limits are inclusive: a radius holding exactly ``min_pool`` (or ``max_pool``) codes is the pool."""
+    rng = np.random.default_rng(5)
+    bits, n, inside = 16, 40, 6
+    db_bits = np.zeros((n, bits), bool)
+    db_bits[inside:, :8] = True  # 34 codes 8 bits away
+    db_bits[np.arange(1, inside), np.arange(1, inside)] = True  # 6 codes within distance 1 of the query
+    order = rng.permutation(n)
+    db_bits = db_bits[order]
+    q_bits = np.zeros((1, bits), bool)
+    db_f7, q_f7 = features(rng, n, 8, duplicates=False), rng.standard_normal((1, 8)).astype(np.float32)
+    res = hierarchical_search(
+        HammingIndex(pack_codes(db_bits), bits),
+        db_f7,
+        pack_codes(q_bits),
+        q_f7,
+        3,
+        PoolRule(1, min_pool, max_pool, pool_size),
+    )
+    assert res.pool_sizes[0] == inside
+    assert set(res.idx[0].tolist()) <= set(np.flatnonzero(order < inside).tolist())
+    assert (res.hamming[0] <= 1).all()

@@ -158,6 +158,21 @@ def test_bad_input_is_one_line(run, tmp_path):
         image_files(tmp_path)
     with pytest.raises(DataError, match="query image not found"):
         searcher.search(tmp_path / "missing.png")
+    for wrong in (
+        torch.zeros(3, 8, 8),
+        torch.zeros(8, 8),
+        torch.zeros(2, 1, 8, 9),
+        torch.zeros(1, 8, 8, dtype=torch.uint8),
+    ):
+        with pytest.raises(
+            ConfigError, match=r"a query tensor must be a preprocessed float image of shape 1x8x8"
+        ):
+            searcher.search(wrong)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_no_queries_give_no_results_in_every_mode(run, mode):
+    assert Searcher.from_run(run).search([], mode=mode) == []
 
 
 def test_readme_example_runs(run, photos, capsys):

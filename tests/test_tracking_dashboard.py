@@ -72,10 +72,11 @@ def test_every_dashboard_key_is_logged_by_a_real_sweep(
     runs = [parse_run(path) for job in (0, 1) for path in run_files(offline / "multirun" / "dash" / str(job))]
     assert len(runs) == 2
 
-    monkeypatch.chdir(offline)
-    assert main(["--sweep-dir", "multirun/dash", "--out", "spec.json"]) == 0
+    # from another directory, as the sweep's own path: the group the runs logged, not the path's spelling
+    monkeypatch.chdir(offline / "multirun")
+    assert main(["--sweep-dir", "dash", "--out", "../spec.json"]) == 0
     out, err = capsys.readouterr()
-    assert out.strip() == "spec.json" and "deephash-dashboard --push spec.json" in err
+    assert out.strip() == "../spec.json" and "deephash-dashboard --push ../spec.json" in err
     spec = json.loads((offline / "spec.json").read_text())
 
     # grouping: the dashboard shows exactly the sweep's group, and the swept override is a column
@@ -289,3 +290,41 @@ def test_bad_input(
     assert exit_info.value.code == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]  # argparse's own errors follow its usage
     assert message in last and last.startswith(("error: ", "deephash-dashboard: error: "))
+
+
+def _job(path: Path, group: str | None, launched: Path) -> None:
+    """A finished job folder as a run leaves it: metrics.json (with the W&B group it logged, if any) and
+    Hydra's record of the directory it was launched from."""
+    (path / ".hydra").mkdir(parents=True)
+    metrics = {"status": "completed", **({"wandb_group": group} if group else {})}
+    (path / "metrics.json").write_text(json.dumps(metrics))
+    (path / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump([f"seed={path.name}"]))
+    hydra = {"hydra": {"runtime": {"cwd": str(launched), "output_dir": str(path)}}}
+    (path / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump(hydra))
+
+
+def test_the_dashboard_group_is_the_one_the_runs_logged_from_any_directory(tmp_path, monkeypatch) -> None:
+    sweep = tmp_path / "probe" / "sweep1"
+    for job in ("0", "1"):
+        _job(sweep / job, "sweep1", launched=tmp_path / "probe")
+    monkeypatch.chdir(tmp_path)
+    assert dashboard.sweep_settings("probe/sweep1")[0] == "sweep1"  # not probe/sweep1
+    single = tmp_path / "run1"
+    (single / ".hydra").mkdir(parents=True)
+    (single / "metrics.json").write_text(json.dumps({"status": "completed", "wandb_group": "digits-demo"}))
+    assert dashboard.sweep_settings("run1")[0] == "digits-demo"  # not run1
+
+
+def test_runs_that_recorded_no_group_fall_back_to_their_launch_directory(
+    tmp_path, monkeypatch, caplog
+) -> None:
+    sweep = tmp_path / "probe" / "sweep2"
+    for job in ("0", "1"):
+        _job(sweep / job, None, launched=tmp_path / "probe")
+    monkeypatch.chdir(tmp_path)
+    assert dashboard.sweep_settings("probe/sweep2")[0] == "sweep2"
+    assert "records its W&B group; assuming sweep2" in caplog.text
+    _job(sweep / "2", "elsewhere", launched=tmp_path)
+    _job(sweep / "3", "other", launched=tmp_path)
+    with pytest.raises(ConfigError, match="logged to 2 W&B groups \\(elsewhere, other\\); pass --group G"):
+        dashboard.sweep_settings("probe/sweep2")

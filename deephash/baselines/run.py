@@ -202,6 +202,15 @@ def run_baseline(cfg: DictConfig) -> dict[str, Any]:
     if cfg.features.name == "pretrained_f7":
         info["features_backbone"] = str(cfg.features.backbone)
         info["features_weights"] = str(cfg.features.weights)
+    if cfg.features.name == "pixels":  # the data line above names the network's input, which pixels skip
+        h, w = pixel_size(datamodule, cfg.features.get("size"))
+        channels = 1 if datamodule.native_channels == 1 else 3
+        info["features_input"] = [channels, h, w]
+        log.info(
+            "features: pixels as stored, %dx%dx%d = %d-d (not the %s transform's %s)",
+            channels, h, w, channels * h * w, datamodule.transform,
+            "x".join(str(n) for n in info["data"]["input"]),
+        )  # fmt: skip
     atomic_write_json(run_dir / "metrics.json", {"status": "running", **info})  # a crash turns it "failed"
     wandb_defaults(cfg, datamodule.name)
     loggers = instantiate_loggers(cfg.get("logger"), cfg)
@@ -265,9 +274,16 @@ def _feature_module(cfg: DictConfig, datamodule: Any) -> Any:
 
 
 def _load_module(cfg: DictConfig, datamodule: Any) -> Any:
-    """The checkpoint's HashModule, checked against the datamodule's input channels."""
-    from deephash.models.checkpoint import load_hash_module
+    """The checkpoint's HashModule, checked against the data it was trained on (or, for checkpoints that do not
+    record it, the datamodule's input channels)."""
+    from deephash.models.checkpoint import check_trained_on, load_hash_module
 
+    check_trained_on(
+        cfg.ckpt_path,
+        datamodule.identity(),
+        "features=f7 hashes the F7 of a model trained on this data: train one (deephash-train finetune=true "
+        f"ckpt_path={cfg.ckpt_path} fine-tunes this one), or use features=pretrained_f7",
+    )
     module = load_hash_module(Path(str(cfg.ckpt_path)).expanduser())
     want = module.in_channels
     if want != datamodule.in_channels:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import signal
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, ClassVar
@@ -14,6 +15,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from deephash.data.protocols import PROTOCOLS, SPLITS, make_splits
+from deephash.data.sampler import ResumableRandomSampler, resume_position
 from deephash.data.sources import Pool, Source
 from deephash.data.transforms import TRANSFORMS, ImageTransform, imagenet_transform, native_transform
 from deephash.utils.checks import check_int
@@ -38,6 +40,30 @@ class SplitDataset(Dataset):
     def __getitem__(self, k: int) -> tuple[torch.Tensor, int, int]:
         p = int(self.indices[k])
         return self.transform(self.pool.image(p)), int(self.pool.labels[p]), p
+
+
+def quiet_worker(worker_id: int) -> None:
+    """A DataLoader worker leaves SIGINT and SIGTERM to the main process: a scheduler's SIGTERM reaches every
+    process of the job, and a worker killed by it would fail the batch the main process is finishing before it
+    stops (``deephash.utils.signals``). The main process ends its workers when it stops."""
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_IGN)
+
+
+def same_data(recorded: dict[str, Any], current: dict[str, Any]) -> str | None:
+    """None if two :meth:`RetrievalDataModule.identity` records describe the same data, else what differs, in
+    a few words (``dataset digits, not mnist``)."""
+    differences = []
+    if recorded.get("dataset") != current["dataset"]:
+        differences.append(f"dataset {recorded.get('dataset')}, not {current['dataset']}")
+    names, ours = list(recorded.get("class_names") or []), current["class_names"]
+    if names != ours:
+        shown = ", ".join(map(str, names[:4])) + (", ..." if len(names) > 4 else "")
+        differences.append(f"{len(names)} classes ({shown}), not {len(ours)} of this data")
+    if list(recorded.get("input") or []) != list(current["input"]):
+        shape, own = ("x".join(map(str, v)) for v in (recorded.get("input") or ["?"], current["input"]))
+        differences.append(f"{shape} input, not {own}")
+    return "; ".join(differences) or None
 
 
 def describe_line(description: dict[str, Any]) -> str:
@@ -100,6 +126,8 @@ class RetrievalDataModule(pl.LightningDataModule):
         scale: float = 0.0,
     ) -> None:
         super().__init__()
+        self._order_to_load: dict[str, Any] | None = None  # a checkpoint's training order, for the next fit
+        self._train_sampler: ResumableRandomSampler | None = None
         check_int(batch_size, "data.batch_size", 1)
         if eval_batch_size is not None:
             check_int(eval_batch_size, "data.eval_batch_size", 1)
@@ -195,6 +223,23 @@ class RetrievalDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.dataset("train", train=True), self.batch_size, shuffle=True)
 
+    def train_sampler(self, n: int) -> ResumableRandomSampler:
+        """The training order (seeded by ``seed``), from where a resumed fit continues."""
+        sampler = ResumableRandomSampler(n, torch.Generator().manual_seed(self.seed), self.batch_size)
+        if self._order_to_load is not None:
+            sampler.resume(self._order_to_load, resume_position(self.trainer))
+            self._order_to_load = None
+        self._train_sampler = sampler
+        return sampler
+
+    def state_dict(self) -> dict[str, Any]:
+        """Saved with every checkpoint: the training order's position (:mod:`deephash.data.sampler`)."""
+        sampler = self._train_sampler
+        return {"train_order": sampler.state_dict()} if sampler is not None else {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._order_to_load = state_dict.get("train_order")
+
     def val_dataloader(self) -> DataLoader:
         return self.encode_dataloader("val")
 
@@ -257,6 +302,15 @@ class RetrievalDataModule(pl.LightningDataModule):
             "transform": self.transform,
             "input": [self.in_channels, *self.input_size],
             "sizes": sizes,
+        }
+
+    def identity(self) -> dict[str, Any]:
+        """What a checkpoint records of the data it was trained on (:func:`same_data` compares two):
+        the dataset's name, its class names in label order, and the ``[C, H, W]`` input the network sees."""
+        return {
+            "dataset": self.name,
+            "class_names": self.class_names,
+            "input": [self.in_channels, *self.input_size],
         }
 
     def save_splits(self, run_dir: str | os.PathLike) -> None:
@@ -343,12 +397,14 @@ class RetrievalDataModule(pl.LightningDataModule):
         return DataLoader(
             dataset,
             batch_size=batch_size,
-            shuffle=shuffle,
+            # shuffle=True's RandomSampler, drawing from the generator below, that a resume continues
+            sampler=(sampler := self.train_sampler(len(dataset))) if shuffle else None,
             drop_last=False,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers,
-            generator=torch.Generator().manual_seed(self.seed) if shuffle else None,
+            generator=sampler.generator if shuffle else None,
+            worker_init_fn=quiet_worker if self.num_workers > 0 else None,
             collate_fn=getattr(dataset, "collate_fn", None),
             **ahead,
         )

@@ -1,9 +1,10 @@
 """Decoding on the accelerator (``data.decode_on_gpu``): workers read files, the device decodes them.
 
 A JPEG item is its encoded bytes as a numpy ``uint8`` array: numpy, so Lightning's batch transfer leaves
-it in host memory, where ``decode_jpeg(device="cuda")`` (nvJPEG) reads it. Any other format is decoded in
-the worker (``torchvision.io.decode_image``, PIL for what torchvision does not read) into a ``uint8
-(3, H, W)`` tensor, which the transfer moves to the device. The datamodule's ``on_after_batch_transfer``
+it in host memory, where ``decode_jpeg(device="cuda")`` (nvJPEG) reads it, upright as its EXIF orientation
+says. Any other format is decoded in the worker by PIL, as on the CPU path (upright, transparency on the
+background of ``transforms.to_mode``), into a ``uint8 (3, H, W)`` tensor, which the transfer moves to the
+device. The datamodule's ``on_after_batch_transfer``
 hook calls :func:`decode_batch`: one batched ``decode_jpeg`` on the labels' device, then the tensor
 transform per image. With ``device="cpu"`` the same code runs without a GPU.
 """
@@ -15,7 +16,7 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
-from torchvision.io import ImageReadMode, decode_image, decode_jpeg, read_file
+from torchvision.io import ImageReadMode, decode_jpeg, read_file
 from torchvision.transforms.functional import pil_to_tensor
 
 from deephash.data.sources import load_rgb
@@ -36,13 +37,9 @@ def read_encoded(path: str) -> EncodedImage:
         raise DataError(f"cannot read image {path}: empty file (0 bytes)")
     if bytes(data[:3].tolist()) == JPEG_MAGIC:
         return data.numpy()
-    try:
-        image = decode_image(data, mode=ImageReadMode.RGB)
-        if image.dtype == torch.uint8 and image.ndim == 3:
-            return image
-    except RuntimeError:
-        pass
-    return pil_to_tensor(load_rgb(path))  # BMP, TIFF, 16-bit PNG...; raises DataError if unreadable
+    # PNG, BMP, TIFF, 16-bit...: read as on the CPU path (upright, transparency on the background); DataError
+    # if unreadable
+    return pil_to_tensor(load_rgb(path))
 
 
 def collate_encoded(
@@ -73,7 +70,9 @@ def decode_images(
         return out, reasons
     data = [torch.from_numpy(images[k]) for k in jpegs]
     try:
-        decoded: list[torch.Tensor | None] = list(decode_jpeg(data, mode=ImageReadMode.RGB, device=device))
+        decoded: list[torch.Tensor | None] = list(
+            decode_jpeg(data, mode=ImageReadMode.RGB, device=device, apply_exif_orientation=True)
+        )
     except RuntimeError:  # one bad file fails the whole batched call: decode one by one to find it
         decoded = []
         for k, d in zip(jpegs, data):
@@ -88,12 +87,12 @@ def decode_images(
 
 def _decode_one(data: torch.Tensor, device: torch.device | str) -> tuple[torch.Tensor | None, str]:
     try:
-        return decode_jpeg(data, mode=ImageReadMode.RGB, device=device), ""
+        return decode_jpeg(data, mode=ImageReadMode.RGB, device=device, apply_exif_orientation=True), ""
     except RuntimeError as e:
         error = e
     if torch.device(device).type != "cpu":  # nvJPEG rejects some files libjpeg-turbo reads
         try:
-            return decode_jpeg(data, mode=ImageReadMode.RGB).to(device), ""
+            return decode_jpeg(data, mode=ImageReadMode.RGB, apply_exif_orientation=True).to(device), ""
         except RuntimeError as e:
             error = e
     # torchvision's messages read "decode_jpeg, <source file>:<line>, <reason>"

@@ -15,7 +15,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torchvision import transforms as T
 
-from deephash.data.transforms import ImageTransform, imagenet_transform, native_transform, to_mode
+from deephash.data.transforms import ImageTransform, imagenet_transform, native_transform, to_mode, upright
 from deephash.utils.errors import DataError
 
 
@@ -49,7 +49,8 @@ def query_transform(spec: dict[str, Any]) -> ImageTransform:
 
 
 def load_query_image(path: str | Path) -> Image.Image:
-    """Open and fully decode an image file; a clear DataError names the file otherwise.
+    """Open and fully decode an image file, upright as its EXIF orientation says (as the datamodules read their
+    images); a clear DataError names the file otherwise.
 
     An image larger than PIL's decompression-bomb limit (``Image.MAX_IMAGE_PIXELS``, about 89 megapixels) is
     refused before it is decoded: a small file can declare a size whose decoding would exhaust memory."""
@@ -66,7 +67,7 @@ def load_query_image(path: str | Path) -> Image.Image:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as img:
                 img.load()
-                return img.copy()
+                return upright(img.copy())
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         raise DataError(
             f"query image {path} is too large to decode safely ({_pixels(err)}; at most "

@@ -84,6 +84,7 @@ def scan_tree(root: str, threads: int | None = None) -> FileList:
         raise DataError(
             f"folder dataset at {root} has {len(classes)} {plural}; expected at least 2 class subfolders"
         )
+    check_utf8_names(root, classes, "class folder names")
     check_distinct_classes(root, classes)
     with ThreadPoolExecutor(threads or default_threads()) as pool:
         walks = list(pool.map(lambda c: _walk_class(root, c), classes))
@@ -101,6 +102,7 @@ def scan_tree(root: str, threads: int | None = None) -> FileList:
             dir_mtimes += [m for _, m in walk_dirs]
             rel += files
             labels += [label] * len(files)
+        check_utf8_names(root, rel, "file names")
         sizes, mtimes, errors = stat_all(pool, root, rel)
     files = _drop_unusable(rel, np.array(labels, np.int64), sizes, mtimes, errors)
     counts = np.bincount(files.labels, minlength=len(classes))
@@ -114,6 +116,26 @@ def scan_tree(root: str, threads: int | None = None) -> FileList:
     files.classes = classes
     files.dirs, files.dir_mtimes = dirs, _racy(np.array(dir_mtimes, np.int64), start)
     return files
+
+
+def check_utf8_names(root: str | os.PathLike, names: Sequence[str], what: str) -> None:
+    """DataError naming the first of ``names`` (relative to ``root``) that is not UTF-8 (a Latin-1 name from an
+    old camera or archive reaches Python as a string with surrogates), before any image is read: every record
+    of a run (lists, indexes, class names) is UTF-8."""
+    bad = [name for name in names if not _utf8(name)]
+    if bad:
+        raise DataError(
+            f"{len(bad)} {what} under {root} are not UTF-8, first: {os.fsencode(bad[0])!r}; rename them to UTF-8 "
+            f"(for Latin-1 names: convmv -f latin1 -t utf8 -r --notest {root})"
+        )
+
+
+def _utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def list_classes(root: str) -> list[str]:

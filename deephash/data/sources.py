@@ -13,7 +13,7 @@ from typing import Protocol, overload
 import numpy as np
 from PIL import Image
 
-from deephash.data.transforms import to_mode
+from deephash.data.transforms import to_mode, upright
 from deephash.utils.errors import DataError
 
 
@@ -48,13 +48,12 @@ class ArraySource:
 
 
 def load_rgb(path: str) -> Image.Image:
-    """Open an image file as RGB (gray, RGBA, palette, CMYK, 16-bit and float are converted); DataError if
-    unreadable."""
+    """Open an image file as RGB, upright as its EXIF orientation says (gray, palette, CMYK, 16-bit and float
+    are converted; transparency composited onto the background of :func:`to_mode`); DataError if unreadable."""
     try:
         with Image.open(path) as img:
-            if img.mode == "P" and "transparency" in img.info:
-                # PIL warns when palette transparency is dropped without going through RGBA first
-                img = img.convert("RGBA")
+            img.load()
+            img = upright(img)
             return to_mode(img, "RGB") if img.mode != "RGB" else img.copy()
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         raise DataError(f"cannot read image {path}: {e}") from e

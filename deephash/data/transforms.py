@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from torchvision import transforms as T
 from torchvision.transforms import v2
 
@@ -25,6 +25,28 @@ TRANSFORMS = ("imagenet", "native")
 
 ImageTransform = Callable[[Image.Image], torch.Tensor]
 TensorTransform = Callable[[torch.Tensor], torch.Tensor]
+
+
+# transparent pixels are shown on white, as an image viewer or a web page shows them; every path that turns an
+# image with an alpha channel into model input (training folders, queries, pixel baselines) goes through to_mode
+BACKGROUND = (255, 255, 255)
+ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
+
+
+def upright(img: Image.Image) -> Image.Image:
+    """``img`` as a viewer shows it: turned and flipped as its EXIF Orientation says (a phone's JPEG is often
+    stored sideways with Orientation 6), the tag then removed. Changes ``img`` in place."""
+    ImageOps.exif_transpose(img, in_place=True)
+    return img
+
+
+def on_background(img: Image.Image) -> Image.Image:
+    """``img`` composited onto :data:`BACKGROUND` if it has an alpha channel (or a transparent palette
+    entry), as RGB; otherwise ``img`` itself."""
+    if img.mode not in ALPHA_MODES and not (img.mode == "P" and "transparency" in img.info):
+        return img
+    rgba = img.convert("RGBA")
+    return Image.alpha_composite(Image.new("RGBA", rgba.size, (*BACKGROUND, 255)), rgba).convert("RGB")
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -37,7 +59,8 @@ def to_mode(img: Image.Image, mode: str) -> Image.Image:
 
     PIL's ``convert`` clips 16-bit, 32-bit and float pixels to 0..255: a 16-bit scan comes out nearly all
     white, a float image in [0, 1] nearly all black. Those modes are scaled to 8 bits first
-    (:func:`eight_bit`)."""
+    (:func:`eight_bit`). Transparency is composited onto :data:`BACKGROUND` first (:func:`on_background`)."""
+    img = on_background(img)
     if img.mode == mode:
         return img
     if img.mode == "F" or img.mode.startswith("I"):  # "I", "I;16", "I;16B", ...

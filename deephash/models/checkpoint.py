@@ -162,3 +162,17 @@ def _network_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
                 key = new + key[len(old) :]
         out[key] = value
     return out
+
+
+def check_trained_on(ckpt_path: str | Path, identity: dict[str, Any], remedy: str) -> None:
+    """A one-line ConfigError if the checkpoint was trained on other data than ``identity`` describes
+    (:meth:`~deephash.data.base.RetrievalDataModule.identity`; checkpoints record it under ``"dataset"``);
+    ``remedy`` ends the message. Checkpoints written before the record existed are not checked."""
+    from deephash.data.base import same_data
+
+    recorded = read_checkpoint(ckpt_path).get("dataset")
+    if not isinstance(recorded, dict):
+        return
+    difference = same_data(recorded, identity)
+    if difference is not None:
+        raise ConfigError(f"{ckpt_path} was trained on other data ({difference}); {remedy}")

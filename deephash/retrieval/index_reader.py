@@ -35,6 +35,8 @@ from deephash.retrieval.manifest import (
 from deephash.retrieval.npy import npy_layout
 from deephash.utils.errors import ConfigError, IndexFormatError
 
+SWAP_RETRIES = 3  # reads of an index directory that was swapped for a new version meanwhile
+
 
 def load_index(
     path: str | os.PathLike,
@@ -55,8 +57,52 @@ def load_index(
     (see ``deephash.retrieval.features``); ``f7_in_memory`` loads (and checks) it whole. ``verify`` checks the
     sha256 of codes, labels and ids (the F7 checksums and header are always checked). ``pool_index``: where
     the items sit in a datamodule's pool, when the caller knows (an index it has just built).
+
+    ``deephash-index build`` swaps a new version into ``path`` whole, but a reader may meet the manifest of one
+    version and a file of the other: a check that fails while ``path`` was swapped for another directory is
+    read again, from the new version (up to :data:`SWAP_RETRIES` times), so "modified or corrupted" means the
+    files on disk really disagree with their manifest.
     """
+    options = dict(
+        expect_bits=expect_bits,
+        expect_feature_dim=expect_feature_dim,
+        expect_checkpoint_sha256=expect_checkpoint_sha256,
+        f7_in_memory=f7_in_memory,
+        verify=verify,
+        pool_index=pool_index,
+    )
     path = Path(path)
+    version = _version(path)
+    for _ in range(SWAP_RETRIES):
+        try:
+            return _load_index(path, **options)
+        except IndexFormatError:
+            now = _version(path)
+            if now == version:  # the same directory: the files really disagree with their manifest
+                raise
+            version = now
+    return _load_index(path, **options)
+
+
+def _version(path: Path) -> tuple[int, int] | None:
+    """Which directory ``path`` names now (a swap puts another one there), or None if none."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
+
+
+def _load_index(
+    path: Path,
+    *,
+    expect_bits: int | None,
+    expect_feature_dim: int | None,
+    expect_checkpoint_sha256: str | None,
+    f7_in_memory: bool,
+    verify: bool,
+    pool_index: np.ndarray | None,
+) -> IndexStore:
     manifest = read_manifest(path)
     bits, d, n = int(manifest["bits"]), int(manifest["feature_dim"]), int(manifest["count"])
     if expect_bits is not None and bits != expect_bits:

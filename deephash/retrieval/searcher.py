@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 
 from deephash.data.query import load_query_image, query_transform
-from deephash.data.scan import IMG_EXTENSIONS
+from deephash.data.scan import IMG_EXTENSIONS, check_utf8_names
 from deephash.models.checkpoint import load_hash_module
 from deephash.models.module import HashModule
 from deephash.retrieval.codes import hamming_distance_matrix, pack_codes
@@ -103,6 +103,8 @@ class Searcher:
             )
         self.module, self.store, self.device = module.eval().to(device), store, device
         self.transform = query_transform(spec)
+        side = spec["size"] if spec["transform"] == "native" else [spec["image_size"]] * 2
+        self.input_shape = (int(spec["channels"]), *map(int, side))  # (C, H, W) of a preprocessed query
         self._index = (
             store.hamming_index if coarse == "flat" else build_hamming_index(store.codes, store.bits, coarse)
         )
@@ -172,6 +174,8 @@ class Searcher:
             raise ConfigError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
         pool = pool or PoolRule()
         images = _as_list(images)
+        if not images:  # no queries, no results, in every mode
+            return []
         encoded = self.encode(images)
         rows = self._rows(encoded, k, mode, pool)
         return [
@@ -181,6 +185,13 @@ class Searcher:
 
     def _tensor(self, image: ImageLike) -> torch.Tensor:
         if isinstance(image, torch.Tensor):
+            if tuple(image.shape) != self.input_shape or not image.is_floating_point():
+                shape = "x".join(map(str, self.input_shape))
+                raise ConfigError(
+                    f"a query tensor must be a preprocessed float image of shape {shape} (or a batch "
+                    f"n x {shape}), got {image.dtype} {'x'.join(map(str, image.shape))}; pass image files or "
+                    "PIL images to have them preprocessed"
+                )
             return image
         if isinstance(image, Image.Image):
             return self.transform(image)
@@ -262,6 +273,7 @@ def image_files(root: str | os.PathLike) -> list[str]:
     )
     if not found:
         raise DataError(f"no images ({', '.join(IMG_EXTENSIONS)}) under {root}")
+    check_utf8_names(root, found, "file names")
     return found
 
 

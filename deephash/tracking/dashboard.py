@@ -24,6 +24,9 @@ from deephash.tracking.sweep import BITS_KEYS, SEED_KEYS, load_jobs, swept_keys
 from deephash.tracking.wandb import sweep_name
 from deephash.utils.errors import ConfigError
 from deephash.utils.io import atomic_write_json
+from deephash.utils.logging import get_logger
+
+log = get_logger(__name__)
 
 SPEC_VERSION = 1
 RADIUS_MODE = "hamming_radius"  # no ranking: precision and recall of the ball instead of mAP
@@ -126,13 +129,46 @@ def line(title: str, x: str, y: Sequence[str], groupby: str | None = METHOD) -> 
 
 
 def sweep_settings(sweep_dir: str | os.PathLike) -> tuple[str, list[str]]:
-    """A local sweep folder's W&B group (as its runs named it when launched from the current directory) and
-    its swept override keys that are plain config values (``model.optimizer.lr``; a config group choice
-    such as ``data=mnist`` shows in the overrides column only)."""
+    """A local sweep folder's (or run folder's) W&B group, :func:`logged_group`, and its swept override keys
+    that are plain config values (``model.optimizer.lr``; a config group choice such as ``data=mnist`` shows
+    in the overrides column only)."""
     jobs = load_jobs(sweep_dir)
     configs = [_job_config(job.path) for job in jobs]
     swept = [key for key in swept_keys(jobs) if any(_is_value(cfg, key) for cfg in configs)]
-    return sweep_name(sweep_dir), swept
+    return logged_group(sweep_dir, jobs), swept
+
+
+def logged_group(sweep_dir: str | os.PathLike, jobs: Sequence[Any]) -> str:
+    """The W&B group the runs of a folder logged under: the one their metrics.json records (``wandb_group``),
+    whichever directory this command runs from; a ConfigError if they name several. Runs that recorded none
+    (W&B off, or killed before they wrote it) fall back to the sweep directory named from the directory the
+    sweep was launched from (its jobs' ``.hydra/hydra.yaml``), as the runs name their group, with a warning."""
+    groups = sorted({str(job.metrics["wandb_group"]) for job in jobs if job.metrics.get("wandb_group")})
+    if len(groups) > 1:
+        raise ConfigError(
+            f"the runs in {sweep_dir} logged to {len(groups)} W&B groups ({', '.join(groups)}); pass --group G"
+        )
+    if groups:
+        return groups[0]
+    launched = _launch_dir(jobs[0].path) if jobs else None
+    group = sweep_name(sweep_dir, cwd=launched)
+    log.warning(
+        "no run in %s records its W&B group; assuming %s (pass --group if its runs show elsewhere)",
+        sweep_dir,
+        group,
+    )
+    return group
+
+
+def _launch_dir(job_path: Path) -> str | None:
+    """The directory a Hydra job was launched from (``hydra.runtime.cwd``), or None."""
+    import yaml
+
+    try:
+        hydra_cfg = yaml.safe_load((job_path / ".hydra" / "hydra.yaml").read_text())
+        return str(hydra_cfg["hydra"]["runtime"]["cwd"])
+    except (OSError, yaml.YAMLError, KeyError, TypeError):
+        return None
 
 
 def spec_keys(spec: Mapping[str, Any]) -> dict[str, set[str]]:

@@ -213,6 +213,12 @@ def run_group(group: str | None, sweep_dir: str | None, dataset: str, task_name:
     return f"{dataset}-{task_name}"
 
 
+def logged_group() -> str | None:
+    """The W&B group of the run open in this process (what the dashboard of its sweep filters by), or None."""
+    run = wandb.run
+    return str(run.group) if run is not None and getattr(run, "group", None) else None
+
+
 def sweep_name(sweep_dir: str | os.PathLike, cwd: str | os.PathLike | None = None) -> str:
     """A sweep directory as its runs' group names it: relative to the directory the sweep was launched from
     (``multirun/train/2024-05-01_12-00-00``), absolute when outside it."""

@@ -1,0 +1,103 @@
+"""SIGTERM and SIGINT as interruptions of a command, whatever stage it is in.
+
+A scheduler sends SIGTERM when it preempts a job or its time limit is near; Ctrl-C sends SIGINT. Either one
+stops the command with :class:`Interrupted`, which the entry points record (``"status": "interrupted"``) and turn
+into the shell's exit status for the signal, 128 + its number: 143 for SIGTERM, 130 for SIGINT. A scheduler
+that sees a non-zero status knows the job did not finish and can requeue it.
+
+While a model trains, stopping at once would leave no consistent state to resume from: the training callback
+(:class:`deephash.models.resume.ResumeState`) calls :func:`defer_signals`, so the first signal only asks the
+fit to stop after the current batch, where a checkpoint is written; a second one stops at once.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class Interrupted(BaseException):
+    """The command was stopped by ``signum``. A BaseException, like KeyboardInterrupt: no ``except Exception``
+    on the way up may take it for an ordinary failure."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"interrupted by {signal.Signals(signum).name}")
+        self.signum = int(signum)
+
+    @property
+    def status(self) -> int:
+        return 128 + self.signum
+
+
+_received: list[int] = []  # the signals this command received, in order
+# while a fit runs: how to ask it to stop, and how many signals had come before
+_deferred: list[tuple[Callable[[int], None], int]] = []
+
+
+def received() -> int | None:
+    """The last SIGTERM or SIGINT this process received while :func:`handle_signals` was active, or None."""
+    return _received[-1] if _received else None
+
+
+def _handler(signum: int, frame: object) -> None:
+    _received.append(signum)
+    if _deferred and len(_received) == _deferred[-1][1] + 1:
+        _deferred[-1][0](signum)  # the fit stops after its current batch and writes a checkpoint there
+        return
+    raise Interrupted(signum)
+
+
+@contextmanager
+def handle_signals() -> Iterator[None]:
+    """Within the block SIGTERM and SIGINT raise :class:`Interrupted` (or, during a fit, stop it gracefully).
+    Outside the main thread, or for a signal the process ignores (a job started in the background ignores
+    SIGINT), nothing is installed."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {}
+    for signum in SIGNALS:
+        if signal.getsignal(signum) is not signal.SIG_IGN:
+            previous[signum] = signal.signal(signum, _handler)
+    _received.clear()
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def defer_signals(stop: Callable[[int], None]) -> None:
+    """From now on the first SIGTERM or SIGINT calls ``stop(signum)`` instead of raising; a second one raises."""
+    _deferred.append((stop, len(_received)))
+
+
+def resume_signals() -> int | None:
+    """End the last :func:`defer_signals`; returns the signal deferred meanwhile, if one came."""
+    if not _deferred:
+        return None
+    _, mark = _deferred.pop()
+    return _received[-1] if len(_received) > mark else None
+
+
+def interruption_status(err: BaseException) -> int | None:
+    """The exit status of a command that ended with ``err`` if a signal stopped it (143 for SIGTERM, 130 for
+    SIGINT), else None.
+
+    Besides :class:`Interrupted`: a KeyboardInterrupt (Ctrl-C where no handler of ours ran), Lightning's
+    ``SIGTERMException`` (a SystemExit whose code is None, raised at the end of a batch after a signal), and the
+    ``SystemExit(1)`` Lightning raises after its graceful shutdown on a KeyboardInterrupt (once a signal came)."""
+    if isinstance(err, Interrupted):
+        return err.status
+    if isinstance(err, KeyboardInterrupt):
+        return 128 + signal.SIGINT
+    if not isinstance(err, SystemExit):
+        return None
+    signum = received()
+    if type(err).__name__ == "SIGTERMException":
+        return 128 + (signal.SIGTERM if signum is None else signum)
+    return 128 + signum if err.code == 1 and signum is not None else None
