@@ -376,3 +376,17 @@ def test_figure_names_follow_the_metric() -> None:
     assert figure_name("mAP@1000") == "map_at_1000_vs_bits"
     assert figure_name("precision@10") == "precision_at_10_vs_bits"
     assert figure_name("queries_per_second") == "queries_per_second_vs_bits"
+
+
+def test_a_completed_run_without_results_does_not_break_the_comparison(tmp_path: Path) -> None:
+    """A run stopped while it evaluated may say completed without modes (releases before the interrupted
+    status wrote that): the comparison averages the runs that have results and still writes every file."""
+    root = tmp_path / "sweep"
+    write_job(root / "0", bits=16, seed=1, result=metrics(16, 1, 0.8))
+    unfinished = metrics(16, 2, 0.9)
+    del unfinished["modes"]
+    write_job(root / "1", bits=16, seed=2, result=unfinished, curve=False)
+    comparison = compare_runs(root, tmp_path / "out")
+    with comparison.files["groups"].open() as f:
+        hamming = [row for row in csv.DictReader(f) if row["mode"] == "hamming"]
+    assert len(hamming) == 1 and float(hamming[0]["mAP mean"]) == pytest.approx(0.8)

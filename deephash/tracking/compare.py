@@ -92,7 +92,8 @@ def group_table(jobs: Sequence[Job]) -> tuple[list[str], list[dict[str, Any]]]:
             row.update({"bits": bits, "mode": mode, "seeds": len(members)})
             for label in GROUP_METRICS:
                 values = [
-                    metric_value((j.metrics["modes"].get(mode) or {}), "/".join(paths[label]))
+                    # a run stopped while evaluating may say completed without modes (earlier releases did)
+                    metric_value(((j.metrics.get("modes") or {}).get(mode) or {}), "/".join(paths[label]))
                     for j in members
                 ]
                 values = [v for v in values if v is not None]
