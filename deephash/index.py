@@ -22,6 +22,7 @@ from deephash.cli import ArgumentParser, accepts_version, check_overrides, exit_
 from deephash.config import CONFIG_PATH
 from deephash.models.checkpoint import load_hash_module
 from deephash.retrieval.build import build_index, drop_unreadable
+from deephash.retrieval.codecs import codec_options
 from deephash.retrieval.index_lock import check_index_target
 from deephash.retrieval.index_reader import load_index, verify_index
 from deephash.retrieval.searcher import index_images
@@ -58,8 +59,9 @@ def build(cfg: DictConfig) -> dict[str, Any]:
     datamodule.prepare_data()
     datamodule.setup()
     bad_images = drop_unreadable(datamodule)
+    codec = codec_options(cfg)  # a bad spec fails before any encoding
     store = build_index(
-        module, datamodule, ckpt, index_dir, build_predict_trainer(cfg), cfg.split, bad_images
+        module, datamodule, ckpt, index_dir, build_predict_trainer(cfg), cfg.split, bad_images, codec
     )
     return {**store.manifest, "index_dir": str(index_dir)} if store is not None else {}
 
@@ -90,7 +92,7 @@ def verify(path: str) -> None:
 
 
 def _summary(manifest: dict[str, Any], path: Any) -> dict[str, Any]:
-    keys = ("count", "bits", "feature_dim", "dataset", "split", "backbone", "checkpoint", "created_at")
+    keys = "count bits feature_dim codec dataset split backbone checkpoint created_at".split()
     merged = {**manifest.get("meta", {}), **manifest}
     return {"index": str(path), **{k: merged.get(k) for k in keys}}
 

@@ -19,7 +19,7 @@ from deephash.evaluation.metrics import KS
 from deephash.evaluation.modes import EVALUATORS, EvalSetup, time_search
 from deephash.retrieval.hamming import HammingIndex, HammingSearch
 from deephash.retrieval.hierarchical import PoolRule
-from deephash.retrieval.items import EncodedItems
+from deephash.retrieval.items import EncodedItems, IndexStore
 from deephash.retrieval.modes import MODES
 from deephash.retrieval.torch_search import TorchHammingIndex, torch_device
 from deephash.utils.errors import ConfigError
@@ -76,6 +76,16 @@ def evaluate_retrieval(
         raise ConfigError(
             f"retrieval needs a non-empty database and query set, got {n} and {len(queries.labels)}"
         )
+    if isinstance(database, IndexStore) and queries.f7 is not None:
+        query_f7 = database.query_features(queries.f7)  # a PCA index compares projected features
+        if query_f7 is not queries.f7:
+            queries = EncodedItems(
+                codes=queries.codes,
+                f7=query_f7,
+                labels=queries.labels,
+                ids=queries.ids,
+                pool_index=queries.pool_index,
+            )
     dev = torch_device(device) if device != "cpu" else None
     if dev is not None and (index is None or isinstance(index, HammingIndex)):
         index = TorchHammingIndex(database.codes, bits, dev)

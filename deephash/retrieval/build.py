@@ -42,12 +42,14 @@ def build_index(
     trainer: pl.Trainer | None = None,
     split: str = "database",
     bad_images: Sequence[str] = (),
+    codec: dict[str, Any] | None = None,
 ) -> IndexStore | None:
     """Encode ``split`` and save it as an index at ``index_dir`` (atomically); returns the loaded index,
     which knows its items' pool indices.
 
     ``bad_images``: what :func:`drop_unreadable` left out of the splits (call it once, before encoding),
-    recorded in the manifest.
+    recorded in the manifest. ``codec``: ``save_index``'s codec options (``codec``, ``codec_train_rows``,
+    ``codec_seed``); None: float16 F7.
 
     The manifest records the dataset, the checkpoint (path and sha256) and the query preprocessing, so a
     search can check that a model matches the index and encode new images the same way. Under DDP every
@@ -62,7 +64,7 @@ def build_index(
         with index_lock(index_dir):
             work = staging_dir(index_dir, split)
             return _encode_and_save(
-                module, datamodule, ckpt_path, index_dir, trainer, split, bad_images, work
+                module, datamodule, ckpt_path, index_dir, trainer, split, bad_images, work, codec
             )
     # DDP: every rank writes into the same staging files, so rank 0 picks them (and takes the lock)
     rank_zero, message = trainer.is_global_zero, ""
@@ -79,7 +81,9 @@ def build_index(
     if message:
         raise ConfigError(message)
     try:
-        return _encode_and_save(module, datamodule, ckpt_path, index_dir, trainer, split, bad_images, work)
+        return _encode_and_save(
+            module, datamodule, ckpt_path, index_dir, trainer, split, bad_images, work, codec
+        )
     finally:
         if rank_zero:
             release_index_lock(index_dir)
@@ -94,6 +98,7 @@ def _encode_and_save(
     split: str,
     bad_images: Sequence[str],
     work: Path,
+    codec: dict[str, Any] | None = None,
 ) -> IndexStore | None:
     try:
         with write_errors(index_dir):
@@ -125,6 +130,7 @@ def _encode_and_save(
                 "preprocess": preprocess_spec(datamodule),
                 "bad_images": list(bad_images),  # left out of the index
             },
+            **(codec or {}),
         )
         return load_index(index_dir, expect_bits=module.bits, pool_index=encoded.pool_index)
     finally:

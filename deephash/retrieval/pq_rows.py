@@ -1,0 +1,99 @@
+"""A product-quantised database (``pq<m>``/``opq<m>`` codecs): m-byte codes ranked by the asymmetric distance.
+
+``PQRows`` is a ``ScoredRows`` (``deephash.retrieval.rows``): the pair scoring of hierarchical search, the
+exhaustive (euclidean) search and evaluation's full rankings ask it for ADC distances
+(``deephash.retrieval.distances.adc_pairs`` / ``adc_matrix``: the same bits for a pair either way), and
+indexing it gives the rows' float32 reconstructions (what ``Searcher`` reports L2 distances to). The codes
+stay in a memory map: a search touches only the 64-byte rows of its pools.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from deephash.retrieval.codecs import Codec
+from deephash.retrieval.distances import adc_matrix, adc_pairs, adc_tables
+from deephash.retrieval.topk import pad_columns, select_topk
+from deephash.utils.checks import check_int
+
+_SCAN_CELLS = 1 << 23  # query x row cells of ADC distances per block of an exhaustive scan (32 MB)
+_TABLE_QUERIES = 1024  # queries whose distance tables are built at once (1024 x m x 256 float32)
+
+
+class PQRows:
+    """(n, dim) database rows held as PQ codes ``codes`` (n, m) uint8 (an array or a memmap) of ``codec``."""
+
+    ndim = 2
+
+    def __init__(self, codes: np.ndarray, codec: Codec) -> None:
+        self.codes, self.codec = codes, codec
+        self.centroids = codec.params["centroids"]
+        self.rotation = codec.params.get("rotation")
+        self.shape = (len(codes), codec.dim)
+        self.dtype = np.dtype(np.float32)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def tables(self, queries: np.ndarray) -> np.ndarray:
+        """ADC tables (m, q, 256) of float queries (q, dim), rotated first under OPQ."""
+        x = np.ascontiguousarray(queries, np.float32)
+        if self.rotation is not None:
+            x = np.ascontiguousarray(x @ self.rotation.T)
+        return adc_tables(x, self.centroids)
+
+    def pair_sqdist(self, queries: np.ndarray, owner: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """ADC of the pairs (queries[owner[i]], row items[i]) -> (p,) float32."""
+        out = np.empty(len(items), np.float32)
+        for q0 in range(0, len(queries), _TABLE_QUERIES):
+            mine = np.flatnonzero((owner >= q0) & (owner < q0 + _TABLE_QUERIES))
+            if mine.size:
+                tables = self.tables(queries[q0 : q0 + _TABLE_QUERIES])
+                out[mine] = adc_pairs(tables, owner[mine] - q0, self.codes[items[mine]])
+        return out
+
+    def sqdist_block(
+        self, queries: np.ndarray, start: int, stop: int, tables: np.ndarray | None = None
+    ) -> np.ndarray:
+        """ADC of every query (q, dim) to rows ``start:stop`` -> (q, stop - start) float32."""
+        tables = self.tables(queries) if tables is None else tables
+        return adc_matrix(tables, np.asarray(self.codes[start:stop]))
+
+    def nearest(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Exhaustive ADC search: (l2 (q, k) float32, idx (q, k) int64) by (distance, index), inf / -1 past n."""
+        k, n = check_int(k, "k"), self.shape[0]
+        l2_parts, idx_parts = [], []
+        for q0 in range(0, len(queries), _TABLE_QUERIES):
+            block = queries[q0 : q0 + _TABLE_QUERIES]
+            tables = self.tables(block)
+            best_d = np.empty((len(block), 0), np.float32)
+            best_i = np.empty((len(block), 0), np.int64)
+            step = max(1, _SCAN_CELLS // max(1, len(block)))
+            for start in range(0, n, step):
+                dist = self.sqdist_block(block, start, min(n, start + step), tables)
+                idx = np.broadcast_to(np.arange(start, start + dist.shape[1], dtype=np.int64), dist.shape)
+                dist, idx = select_topk(dist, idx, k)
+                best_d, best_i = select_topk(np.hstack([best_d, dist]), np.hstack([best_i, idx]), k)
+            l2_parts.append(np.sqrt(best_d))
+            idx_parts.append(best_i)
+        l2 = np.vstack(l2_parts) if l2_parts else np.zeros((0, min(k, n)), np.float32)
+        idx = np.vstack(idx_parts) if idx_parts else np.zeros((0, min(k, n)), np.int64)
+        return pad_columns(l2, k, np.inf), pad_columns(idx, k, -1)
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        """The reconstructions of rows ``key`` (float32, in the queries' space)."""
+        codes = np.asarray(self.codes[key])
+        m, _, dsub = self.centroids.shape
+        flat = codes.reshape(-1, m)
+        rows = self.centroids[np.arange(m), flat].reshape(len(flat), m * dsub)  # (r, m, dsub) -> (r, dim)
+        if self.rotation is not None:
+            rows = rows @ self.rotation
+        return rows.reshape(*codes.shape[:-1], m * dsub)
+
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
+        return self[:] if dtype is None else self[:].astype(dtype)
+
+    def __repr__(self) -> str:
+        return f"PQRows({self.shape[0]} x {self.codec.spec})"
