@@ -207,8 +207,8 @@ class Searcher:
         if idx.size:
             hamming = hamming_distance_matrix(code[None], store.codes[idx])[0]
             # the distance the search ranks by: exact L2, or the codec's (PCA space, PQ's ADC)
-            query = np.asarray(store.query_features(f7[None]), np.float32)
-            l2 = np.sqrt(score_pairs(store.f7, query, np.zeros(len(idx), np.int64), idx, len(idx)))
+            row = np.asarray(store.query_features(f7[None]), np.float32)
+            l2 = np.sqrt(score_pairs(store.f7, row, np.zeros(len(idx), np.int64), idx, len(idx)))
         else:
             hamming, l2 = np.zeros(0, np.int64), np.zeros(0, np.float32)
         names = store.manifest.get("meta", {}).get("class_names")

@@ -33,6 +33,7 @@ from deephash.retrieval.items import IndexStore
 from deephash.retrieval.manifest import MANIFEST, sha256_file
 from deephash.retrieval.pairs import score_pairs
 from deephash.retrieval.topk import pad_columns, select_topk
+from deephash.utils.checks import check_int
 from deephash.utils.errors import ConfigError, IndexFormatError
 from deephash.utils.io import atomic_write_json
 
@@ -141,6 +142,13 @@ class ShardedRows:
                 out[mine] = rows
         out = np.zeros((len(flat), self.shape[1]), np.float32) if out is None else out
         return out.reshape(*np.shape(items), out.shape[1])
+
+
+def shard_rows(rows: np.ndarray, shard: Any, num_shards: Any) -> np.ndarray:
+    """The ``shard``-th of ``num_shards`` equal consecutive parts of ``rows`` (a split's items, in order)."""
+    num_shards = check_int(num_shards, "num_shards", 1)
+    shard = check_int(shard, "shard", 0, num_shards - 1)
+    return rows[shard * len(rows) // num_shards : (shard + 1) * len(rows) // num_shards]
 
 
 def shard_paths(source: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:
