@@ -42,6 +42,7 @@ from deephash.benchmarks.common import (
     work_dir,
 )
 from deephash.benchmarks.memory import Meter
+from deephash.benchmarks.sublinear import parse_setting
 from deephash.cli import exit_on_user_error
 from deephash.retrieval import (
     HammingIndex,
@@ -54,6 +55,7 @@ from deephash.retrieval import (
 from deephash.retrieval.codecs import parse_codec
 from deephash.retrieval.hierarchical import coarse_pools
 from deephash.retrieval.sublinear import build_hamming_index
+from deephash.utils.errors import ConfigError
 from deephash.utils.io import atomic_write_json
 
 QUICK = {"n_database": 20_000, "dim": 128, "n_queries": 100, "euclidean_queries": 10, "train_rows": 5000}
@@ -125,6 +127,16 @@ def build_in_subprocess(base: Path, out: Path, codec: str, args: argparse.Namesp
     return json.loads(spec_path.with_suffix(".result.json").read_text())
 
 
+def _coarse_index(codes: np.ndarray, bits: int, spec: str) -> Any:
+    """``multihash`` (its defaults) or ``multihash:[NHASHx]B:NFLIP`` over ``codes``."""
+    if spec == "multihash":
+        return build_hamming_index(codes, bits, "multihash")
+    if not spec.startswith("multihash:"):
+        raise ConfigError(f"--coarse takes flat, multihash or multihash:[NHASHx]B:NFLIP, got {spec!r}")
+    nhash, b, nflip = parse_setting(spec.split(":", 1)[1], bits)
+    return build_hamming_index(codes, bits, "multihash", nhash=nhash, b=b, nflip=nflip)
+
+
 def overlap(got: np.ndarray, exact: np.ndarray) -> float:
     """Mean fraction of each row of ``exact`` (q, k) ids (-1 for none) found in the same row of ``got``."""
     found = [
@@ -152,9 +164,7 @@ def run_synthetic(args: argparse.Namespace, root: Path) -> dict[str, Any]:
         stores[codec] = load_index(root / f"index-{codec}")
     pool, k = PoolRule(args.radius, pool_size=args.pool_size), args.k
     flat = HammingIndex(codes, args.bits)
-    coarse = {"flat": flat} | {
-        m: build_hamming_index(codes, args.bits, m) for m in args.coarse if m != "flat"
-    }
+    coarse = {"flat": flat} | {m: _coarse_index(codes, args.bits, m) for m in args.coarse if m != "flat"}
 
     def search(codec: str, index: Any) -> Any:
         store = stores[codec]
@@ -278,8 +288,13 @@ def add_codecs_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--k", type=int, default=100)
     parser.add_argument("--radius", type=int, default=2)
     parser.add_argument("--pool-size", type=int, default=1000)
-    parser.add_argument("--train-rows", type=int, default=65536, help="rows a codec is trained on")
-    parser.add_argument("--coarse", nargs="+", default=["flat", "multihash"], help="coarse Hamming stages")
+    parser.add_argument("--train-rows", type=int, default=32768, help="rows a codec is trained on")
+    parser.add_argument(
+        "--coarse",
+        nargs="+",
+        default=["flat", "multihash"],
+        help="coarse Hamming stages: flat (exact), multihash or multihash:[NHASHx]B:NFLIP (sub-linear)",
+    )
     parser.add_argument("--run", type=Path, default=None, help="a run directory: mAP per codec on its index")
     add_shared_arguments(
         parser,
