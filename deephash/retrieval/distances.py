@@ -221,11 +221,11 @@ def adc_pairs(tables: np.ndarray, owner: np.ndarray, codes: np.ndarray) -> np.nd
     owner (p,) int64; codes (p, m) uint8 -> (p,) float32, summed in sub-vector order."""
     m, q, ksub = tables.shape
     flat = tables.reshape(-1)
-    by_part = np.ascontiguousarray(np.asarray(codes).T, np.int64)
+    codes = np.asarray(codes)
     base = np.asarray(owner, np.int64) * ksub
-    out = flat[base + by_part[0]] if m else np.zeros(len(base), np.float32)
+    out = flat[base + codes[:, 0]] if m else np.zeros(len(base), np.float32)
     for j in range(1, m):
-        out += flat[base + (j * q * ksub) + by_part[j]]
+        out += flat[base + (j * q * ksub) + codes[:, j]]
     return out
 
 

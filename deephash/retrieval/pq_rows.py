@@ -20,6 +20,7 @@ from deephash.utils.checks import check_int
 
 _SCAN_CELLS = 1 << 23  # query x row cells of ADC distances per block of an exhaustive scan (32 MB)
 _TABLE_QUERIES = 1024  # queries whose distance tables are built at once (1024 x m x 256 float32)
+_PAIR_BLOCK = 1 << 16  # pairs whose codes are gathered and looked up at a time
 
 
 class PQRows:
@@ -45,13 +46,18 @@ class PQRows:
         return adc_tables(x, self.centroids)
 
     def pair_sqdist(self, queries: np.ndarray, owner: np.ndarray, items: np.ndarray) -> np.ndarray:
-        """ADC of the pairs (queries[owner[i]], row items[i]) -> (p,) float32."""
+        """ADC of the pairs (queries[owner[i]], row items[i]) -> (p,) float32. The codes are read in row order
+        (sequentially from the memory map), ``_PAIR_BLOCK`` pairs at a time."""
         out = np.empty(len(items), np.float32)
         for q0 in range(0, len(queries), _TABLE_QUERIES):
             mine = np.flatnonzero((owner >= q0) & (owner < q0 + _TABLE_QUERIES))
-            if mine.size:
-                tables = self.tables(queries[q0 : q0 + _TABLE_QUERIES])
-                out[mine] = adc_pairs(tables, owner[mine] - q0, self.codes[items[mine]])
+            if not mine.size:
+                continue
+            tables = self.tables(queries[q0 : q0 + _TABLE_QUERIES])
+            mine = mine[np.argsort(items[mine], kind="stable")]
+            for a in range(0, len(mine), _PAIR_BLOCK):
+                pairs = mine[a : a + _PAIR_BLOCK]
+                out[pairs] = adc_pairs(tables, owner[pairs] - q0, self.codes[items[pairs]])
         return out
 
     def sqdist_block(
