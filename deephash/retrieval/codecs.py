@@ -34,6 +34,7 @@ PQ_BITS = 8  # bits per sub-quantiser code: one byte, 256 centroids
 DEFAULT_TRAIN_ROWS = 32768  # 128 rows per centroid: k-means on more costs more than it gains
 OPQ_ITERATIONS = 20  # alternations of rotation and PQ (FAISS's default 50 costs minutes at 4096-d)
 DEFAULT_SEED = 0
+_ENCODE_TABLE_BYTES = 32 << 20
 
 
 @dataclass(frozen=True)
@@ -78,7 +79,13 @@ class Codec:
         x = np.ascontiguousarray(rows, np.float32)
         if "rotation" in self.params:
             x = np.ascontiguousarray(x @ self.params["rotation"].T)
-        return _product_quantizer(self.params["centroids"]).compute_codes(x)
+        pq, out = _product_quantizer(self.params["centroids"]), np.empty((len(x), self.size), np.uint8)
+        # FAISS encodes through a (rows, m, 256) float32 distance table when sub-vectors are 16-d or more: a few
+        # MB of rows at a time keep it small
+        step = max(1, _ENCODE_TABLE_BYTES // (4 * self.size << PQ_BITS))
+        for start in range(0, len(x), step):
+            out[start : start + step] = pq.compute_codes(x[start : start + step])
+        return out
 
     def manifest(self) -> dict[str, Any]:
         return {"name": self.name, "size": self.size}
