@@ -224,3 +224,25 @@ def test_a_manifest_naming_an_unknown_codec_or_the_wrong_version_is_refused(tmp_
     (path / MANIFEST).write_text(json.dumps({**manifest, "codec": {"name": "pq", "size": 8}}))
     with pytest.raises(IndexFormatError, match="the pq codec's parameters are"):
         load_index(path)
+
+
+def test_a_training_run_indexes_its_database_with_the_configured_codec(tmp_path: Path) -> None:
+    from deephash.config import validate_config
+    from deephash.train import train
+    from tests.conftest import compose_config
+
+    overrides = ["data=digits", "model=smallcnn", "model.bits=16", "trainer=cpu", "logger=none"]
+    overrides += [
+        "trainer.max_epochs=1",
+        "trainer.limit_train_batches=5",
+        "trainer.limit_val_batches=1",
+        "test=false",
+    ]
+    overrides += ["retrieval.modes=[hierarchical,euclidean]", "retrieval.codec_train_rows=600"]
+    with pytest.raises(ConfigError, match="codec must be float16, pca<d>"):
+        validate_config(compose_config("train", [*overrides, "retrieval.codec=pq"], tmp_path / "bad"))
+    metrics = train(compose_config("train", [*overrides, "retrieval.codec=pq8"], tmp_path / "run"))
+    assert load_index(tmp_path / "run" / "index").codec.spec == "pq8"
+    assert load_index(tmp_path / "run" / "queries").codec.spec == "float16"
+    for mode in ("hierarchical", "euclidean"):
+        assert 0 < metrics["modes"][mode]["mAP"] <= 1
