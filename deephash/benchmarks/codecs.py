@@ -44,6 +44,7 @@ from deephash.benchmarks.common import (
 from deephash.benchmarks.memory import Meter
 from deephash.benchmarks.sublinear import parse_setting
 from deephash.cli import exit_on_user_error
+from deephash.evaluation.pipeline import evaluate_retrieval, pool_recall
 from deephash.retrieval import (
     HammingIndex,
     PoolRule,
@@ -53,7 +54,6 @@ from deephash.retrieval import (
     save_index,
 )
 from deephash.retrieval.codecs import parse_codec
-from deephash.retrieval.hierarchical import coarse_pools
 from deephash.retrieval.sublinear import build_hamming_index
 from deephash.utils.errors import ConfigError
 from deephash.utils.io import atomic_write_json
@@ -202,27 +202,21 @@ def run_synthetic(args: argparse.Namespace, root: Path) -> dict[str, Any]:
                 overlap(euclid[codec].result[1], euclid["float16"].result[1]) if "float16" in euclid else None
             )
         rows.append(row)
-    exact_pools = coarse_pools(flat, query_codes, args.radius, *pool.limits(k))
     for method, index in coarse.items():
         if method == "flat":
             continue
-        pools = coarse_pools(index, query_codes, args.radius, *pool.limits(k))
         row = {
             "codec": "float16",
             "coarse": method,
             "hierarchical_qps": qps(args.n_queries, timed[method].wall),
         }
         row[f"recall@{k}"] = overlap(timed[method].result.idx, exact) if exact is not None else None
-        row["pool_recall"] = float(
-            np.mean([overlap(p[1][None], e[1][None]) for p, e in zip(pools, exact_pools)])
-        )
+        row["pool_recall"] = pool_recall(index, flat, query_codes, pool, k)
         rows.append(row)
     return {"rows": rows, "n_database": args.n_database, "dim": args.dim, "bits": args.bits, "k": k}
 
 
 def run_real(args: argparse.Namespace, root: Path) -> dict[str, Any]:
-    from deephash.evaluation.pipeline import evaluate_retrieval
-
     database, queries = load_index(Path(args.run) / "index"), load_index(Path(args.run) / "queries")
     pool, rows, reference = PoolRule(args.radius, pool_size=args.pool_size), [], {}
     for codec in args.codecs:
