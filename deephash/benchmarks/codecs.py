@@ -2,7 +2,7 @@
 recall@k against the exact float16 re-rank; with ``--run``, mAP per codec on a trained run's index.
 
 Synthetic data (the default): ``--n-database`` F7 rows of ``--dim`` non-negative features around ``--clusters``
-centres, codes the signs of a random projection of the centred rows (so near codes have near features, as a
+centres (varying in an ``--intrinsic-dim`` subspace, as a CNN's features mostly do, plus ``--noise``), codes the signs of a random projection of the centred rows (so near codes have near features, as a
 trained model's do), queries fresh draws from the same clusters. The float16 index is written first, streamed
 in blocks; every codec's index is then built from it by ``save_index`` in a fresh subprocess (its peak resident
 memory above the imports, as ``deephash-bench memory`` measures it). In this process, every codec answers the
@@ -65,15 +65,22 @@ _BLOCK = 16384  # synthetic rows generated and written at a time
 
 def synthetic_blocks(args: argparse.Namespace, n: int, seed: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Blocks of (codes (m, ceil(bits / 8)) uint8, f7 (m, dim) float32) of the synthetic data of the module
-    docstring; the centres and projection depend on ``args.seed`` only, the draws on ``seed``."""
+    docstring; the centres, subspace and projection depend on ``args.seed`` only, the draws on ``seed``."""
     model = np.random.default_rng(args.seed)
-    centres = model.random((args.clusters, args.dim), dtype=np.float32) * 4
+    centres = model.random((args.clusters, args.dim), dtype=np.float32) * 2
+    # most of a CNN feature's variance lies in a few directions: each item varies around its centre in a
+    # random ``intrinsic_dim``-d subspace, plus a little isotropic noise
+    basis = model.standard_normal((args.intrinsic_dim, args.dim)).astype(np.float32) / np.sqrt(
+        args.intrinsic_dim
+    )
     projection = model.standard_normal((args.dim, args.bits)).astype(np.float32)
-    mean = np.maximum(centres, 0).mean(axis=0)
+    mean = centres.mean(axis=0)
     rng = np.random.default_rng(seed)
     for start in range(0, n, _BLOCK):
         m = min(_BLOCK, n - start)
-        f7 = centres[rng.integers(0, args.clusters, m)] + rng.standard_normal((m, args.dim), dtype=np.float32)
+        f7 = centres[rng.integers(0, args.clusters, m)]
+        f7 += rng.standard_normal((m, args.intrinsic_dim), dtype=np.float32) @ basis
+        f7 += rng.standard_normal((m, args.dim), dtype=np.float32) * np.float32(args.noise)
         np.maximum(f7, 0, out=f7)  # post-ReLU activations
         yield np.packbits((f7 - mean) @ projection > 0, axis=1), f7
 
@@ -238,7 +245,18 @@ def run_real(args: argparse.Namespace, root: Path) -> dict[str, Any]:
 
 def run_codecs_bench(args: argparse.Namespace) -> dict[str, Any]:
     apply_quick(args, QUICK)
-    require_positive(args, "n_database", "dim", "bits", "n_queries", "k", "clusters", "train_rows", "repeat")
+    require_positive(
+        args,
+        "n_database",
+        "dim",
+        "bits",
+        "n_queries",
+        "k",
+        "clusters",
+        "intrinsic_dim",
+        "train_rows",
+        "repeat",
+    )
     for codec in args.codecs:
         parse_codec(codec)  # a bad spec fails before any work
     args.codecs = ["float16", *[c for c in args.codecs if c != "float16"]]  # the reference first
@@ -275,6 +293,10 @@ def add_codecs_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dim", type=int, default=512, help="F7 feature size")
     parser.add_argument("--bits", type=int, default=48)
     parser.add_argument("--clusters", type=int, default=1000)
+    parser.add_argument(
+        "--intrinsic-dim", type=int, default=32, help="the subspace items vary in around a centre"
+    )
+    parser.add_argument("--noise", type=float, default=0.05, help="isotropic noise beside the subspace")
     parser.add_argument(
         "--n-queries", type=int, default=500, help="hierarchical queries, searched in one call"
     )
