@@ -61,13 +61,14 @@ from deephash.utils.io import atomic_write_json
 QUICK = {"n_database": 20_000, "dim": 128, "n_queries": 100, "euclidean_queries": 10, "train_rows": 5000}
 MB = 1 << 20
 _BLOCK = 16384  # synthetic rows generated and written at a time
+_CENTRE_SPREAD = np.float32(2)  # centres uniform in [0, spread) in each dimension
 
 
 def synthetic_blocks(args: argparse.Namespace, n: int, seed: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Blocks of (codes (m, ceil(bits / 8)) uint8, f7 (m, dim) float32) of the synthetic data of the module
     docstring; the centres, subspace and projection depend on ``args.seed`` only, the draws on ``seed``."""
     model = np.random.default_rng(args.seed)
-    centres = model.random((args.clusters, args.dim), dtype=np.float32) * 2
+    centres = model.random((args.clusters, args.dim), dtype=np.float32) * _CENTRE_SPREAD
     # most of a CNN feature's variance lies in a few directions: each item varies around its centre in a
     # random ``intrinsic_dim``-d subspace, plus a little isotropic noise
     basis = model.standard_normal((args.intrinsic_dim, args.dim)).astype(np.float32) / np.sqrt(
