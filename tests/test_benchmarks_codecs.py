@@ -17,15 +17,19 @@ TINY += ["--euclidean-queries", "5", "--train-rows", "1500", "--repeat", "1", "-
 
 def test_synthetic_rows_and_the_float16_reference(tmp_path: Path) -> None:
     out = tmp_path / "codecs.json"
-    argv = ["codecs", *TINY, "--codecs", "pq8", "pca8", "--coarse", "flat", "multihash:4x4:1"]
+    argv = ["codecs", *TINY, "--codecs", "pq8", "pca8", "pq8:r150", "--coarse", "flat", "multihash:4x4:1"]
     assert main([*argv, "--workdir", str(tmp_path), "--out", str(out)]) == 0
     rows = {(r["codec"], r["coarse"]): r for r in json.loads(out.read_text())["rows"]}
     assert set(rows) == {
         ("float16", "flat"),
         ("pq8", "flat"),
         ("pca8", "flat"),
+        ("pq8:r150", "flat"),
         ("float16", "multihash:4x4:1"),
     }
+    # the top 150 by ADC re-ranked exactly: the top 100 of float16 wherever ADC keeps them in its top 150
+    assert rows["pq8:r150", "flat"]["recall@100"] > rows["pq8", "flat"]["recall@100"]
+    assert rows["pq8:r150", "flat"]["rows_mb"] > rows["float16", "flat"]["rows_mb"]
     assert (
         rows["float16", "flat"]["recall@100"] == 1.0
         and rows["float16", "flat"]["euclidean_recall@100"] == 1.0

@@ -246,3 +246,29 @@ def test_a_training_run_indexes_its_database_with_the_configured_codec(tmp_path:
     assert load_index(tmp_path / "run" / "queries").codec.spec == "float16"
     for mode in ("hierarchical", "euclidean"):
         assert 0 < metrics["modes"][mode]["mAP"] <= 1
+
+
+def test_pq_with_rerank_orders_its_top_r_by_exact_l2_on_the_kept_float16_rows(tmp_path: Path) -> None:
+    from deephash.retrieval.modes import SEARCHES, ModeQuery
+
+    data, r = _data(), 30
+    store = load_index(_save(tmp_path / "pq", data, "pq8", codec_rerank=r))
+    assert store.manifest["codec"] == {"name": "pq", "size": 8, "rerank": r}
+    assert verify_index(store.path)["f7_blocks"] > 0 and store.f7.exact.shape == (N, D)
+    half = data["f7"].astype(np.float16).astype(np.float64)
+    exact = ((data["queries"][:, None, :].astype(np.float64) - half[None]) ** 2).sum(-1)
+    index = HammingIndex(store.codes, BITS)
+    pools = [idx for _, idx in coarse_pools(index, data["query_codes"], POOL.radius, *POOL.limits(K))]
+    for mode, candidates in (("hierarchical", pools), ("euclidean", [np.arange(N)] * 12)):
+        got = SEARCHES[mode](ModeQuery(index, store.f7, data["query_codes"], data["queries"], K, POOL))
+        for qi, cand in enumerate(candidates):
+            adc = store.f7.pair_sqdist(data["queries"], np.full(len(cand), qi), cand)
+            top = cand[np.lexsort((cand, adc))[:r]]  # the top R by ADC, ties by index
+            want = top[np.lexsort((top, exact[qi, top]))][:K]  # re-ranked by exact L2
+            np.testing.assert_array_equal(got[qi], want)
+    with pytest.raises(ConfigError, match="codec_rerank re-ranks a PQ index"):
+        _save(tmp_path / "pca", data, "pca8", codec_rerank=r)
+    with pytest.raises(ConfigError, match="re-ranks its PQ results exactly"):
+        from deephash.retrieval.shards import load_shards
+
+        load_shards([store.path, store.path])

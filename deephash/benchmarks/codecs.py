@@ -10,6 +10,9 @@ same queries with the same coarse pools (best of ``--repeat``, codecs interleave
 busy machine. Each ``--coarse`` method other than flat (the sub-linear coarse stage,
 ``deephash.retrieval.sublinear``) is reported with the recall of its pools against the exact ones.
 
+``pq<m>:r<R>`` in ``--codecs`` is ``pq<m>`` built with ``codec_rerank=R`` (its F7 kept, each search's top R
+re-ranked exactly); the searches go through the search modes (``deephash.retrieval.modes``), as ``Searcher``'s do.
+
 ``--run RUN``: the run's ``index/`` and ``queries/`` (as ``deephash-train`` leaves them); each codec's index is
 built from the run's F7 and evaluated (hierarchical and euclidean mAP), the difference to float16 reported.
 """
@@ -48,12 +51,11 @@ from deephash.evaluation.pipeline import evaluate_retrieval, pool_recall
 from deephash.retrieval import (
     HammingIndex,
     PoolRule,
-    euclidean_search,
-    hierarchical_search,
     load_index,
     save_index,
 )
 from deephash.retrieval.codecs import parse_codec
+from deephash.retrieval.modes import SEARCHES, ModeQuery
 from deephash.retrieval.sublinear import build_hamming_index
 from deephash.utils.errors import ConfigError
 from deephash.utils.io import atomic_write_json
@@ -106,7 +108,8 @@ def _build(spec: dict[str, Any]) -> dict[str, Any]:
         ids=base.ids,
         bits=base.bits,
         meta=base.manifest.get("meta"),
-        codec=spec["codec"],
+        codec=spec["codec"].partition(":")[0],
+        codec_rerank=int(spec["codec"].partition(":r")[2] or 0),
         codec_train_rows=spec["train_rows"],
         codec_seed=spec["seed"],
     )
@@ -174,41 +177,28 @@ def run_synthetic(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     flat = HammingIndex(codes, args.bits)
     coarse = {"flat": flat} | {m: _coarse_index(codes, args.bits, m) for m in args.coarse if m != "flat"}
 
-    def search(codec: str, index: Any) -> Any:
+    def search(codec: str, index: Any, mode: str = "hierarchical", n: int = args.n_queries) -> Any:
         store = stores[codec]
-        return lambda: hierarchical_search(
-            index, store.f7, query_codes, store.query_features(queries), k, pool
-        )
+        query = ModeQuery(index, store.f7, query_codes[:n], store.query_features(queries[:n]), k, pool)
+        return lambda: SEARCHES[mode](query)
 
     timed = best_of(
         {c: search(c, flat) for c in args.codecs}
         | {m: search("float16", i) for m, i in coarse.items() if m != "flat"},
         args.repeat,
     )
-    exact = timed["float16"].result.idx if "float16" in timed else None
-    few = queries[: args.euclidean_queries]
-    euclid = (
-        best_of(
-            {
-                c: lambda c=c: euclidean_search(stores[c].f7, stores[c].query_features(few), k)
-                for c in args.codecs
-            },
-            1,
-        )
-        if len(few)
-        else {}
-    )
+    exact = timed["float16"].result
+    few = args.euclidean_queries
+    euclid = best_of({c: search(c, flat, "euclidean", few) for c in args.codecs}, 1) if few else {}
     rows = []
     for codec in args.codecs:
         row = {"codec": codec, "coarse": "flat", **_index_bytes(stores[codec].path)}
         row |= {"build_s": builds[codec]["seconds"], "build_peak_mb": builds[codec]["peak_over_baseline_mb"]}
         row["hierarchical_qps"] = qps(args.n_queries, timed[codec].wall)
-        row[f"recall@{k}"] = overlap(timed[codec].result.idx, exact) if exact is not None else None
+        row[f"recall@{k}"] = overlap(timed[codec].result, exact)
         if euclid:
-            row["euclidean_qps"] = qps(len(few), euclid[codec].wall)
-            row[f"euclidean_recall@{k}"] = (
-                overlap(euclid[codec].result[1], euclid["float16"].result[1]) if "float16" in euclid else None
-            )
+            row["euclidean_qps"] = qps(few, euclid[codec].wall)
+            row[f"euclidean_recall@{k}"] = overlap(euclid[codec].result, euclid["float16"].result)
         rows.append(row)
     for method, index in coarse.items():
         if method == "flat":
@@ -218,7 +208,7 @@ def run_synthetic(args: argparse.Namespace, root: Path) -> dict[str, Any]:
             "coarse": method,
             "hierarchical_qps": qps(args.n_queries, timed[method].wall),
         }
-        row[f"recall@{k}"] = overlap(timed[method].result.idx, exact) if exact is not None else None
+        row[f"recall@{k}"] = overlap(timed[method].result, exact)
         row["pool_recall"] = pool_recall(index, flat, query_codes, pool, k)
         rows.append(row)
     return {"rows": rows, "n_database": args.n_database, "dim": args.dim, "bits": args.bits, "k": k}
@@ -258,8 +248,13 @@ def run_codecs_bench(args: argparse.Namespace) -> dict[str, Any]:
         "train_rows",
         "repeat",
     )
-    for codec in args.codecs:
-        parse_codec(codec)  # a bad spec fails before any work
+    for codec in args.codecs:  # a bad spec fails before any work
+        spec, _, rerank = codec.partition(":r")
+        parse_codec(spec)
+        if rerank and not (rerank.isdigit() and spec.startswith(("pq", "opq"))):
+            raise ConfigError(
+                f"--codecs takes <codec> or pq<m>:r<R> (re-rank the top R exactly), got {codec!r}"
+            )
     args.codecs = ["float16", *[c for c in args.codecs if c != "float16"]]  # the reference first
     workdir = work_dir(args.workdir)
     if not args.run:  # the float16 index and every codec's
@@ -289,7 +284,12 @@ def _cell(value: Any) -> str:
 
 
 def add_codecs_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--codecs", nargs="+", default=["float16", "pca128", "pq32", "pq64", "opq64"])
+    parser.add_argument(
+        "--codecs",
+        nargs="+",
+        default=["float16", "pca128", "pq32", "pq64", "opq64"],
+        help="codecs to compare with float16; pq<m>:r<R> keeps F7 and re-ranks each search's top R exactly",
+    )
     parser.add_argument("--n-database", type=int, default=200_000)
     parser.add_argument("--dim", type=int, default=512, help="F7 feature size")
     parser.add_argument("--bits", type=int, default=48)

@@ -9,7 +9,8 @@ A codec is chosen when the index is built (``deephash-index build codec=<spec>``
   (``f7.npy``, checked block by block like F7); queries are projected the same way (``queries``).
 * ``pq<m>`` / ``opq<m>``: FAISS product quantisation, m bytes per row (``pq.npy``), 256 centroids per
   sub-quantiser, optionally after an OPQ rotation; ranked by the asymmetric distance
-  (``deephash.retrieval.pq_rows``).
+  (``deephash.retrieval.pq_rows``). With ``rerank`` R > 0 the float16 rows are kept on disk too (``f7.npy``) and
+  each search's top R by asymmetric distance are re-ranked by exact L2 (``pq_rows.exact_rerank``).
 
 Trainable codecs learn from a seeded sample of the database rows (``sample_rows``), so the same rows and seed
 give the same index.
@@ -50,6 +51,7 @@ class Codec:
     size: int
     dim: int
     params: dict[str, np.ndarray] = field(default_factory=dict, compare=False)
+    rerank: int = 0
 
     @property
     def spec(self) -> str:
@@ -87,8 +89,13 @@ class Codec:
             out[start : start + step] = pq.compute_codes(x[start : start + step])
         return out
 
+    @property
+    def keeps_f7(self) -> bool:
+        """True: the index holds float16 rows in ``f7.npy`` (every codec but PQ without ``rerank``)."""
+        return not self.quantised or self.rerank > 0
+
     def manifest(self) -> dict[str, Any]:
-        return {"name": self.name, "size": self.size}
+        return {"name": self.name, "size": self.size} | ({"rerank": self.rerank} if self.rerank else {})
 
 
 def parse_codec(spec: Any) -> tuple[str, int]:
@@ -107,11 +114,13 @@ def codec_options(settings: Any) -> dict[str, Any]:
     spec = str(settings.get("codec", "float16"))
     parse_codec(spec)
     train_rows = check_int(settings.get("codec_train_rows", DEFAULT_TRAIN_ROWS), "codec_train_rows", 1)
-    return {
-        "codec": spec,
-        "codec_train_rows": train_rows,
-        "codec_seed": int(settings.get("codec_seed", DEFAULT_SEED)),
-    }
+    rerank = check_int(settings.get("codec_rerank", 0), "codec_rerank", 0)
+    if rerank and parse_codec(spec)[0] not in ("pq", "opq"):
+        raise ConfigError(
+            f"codec_rerank re-ranks a PQ index's results exactly; codec {spec} ranks exactly already"
+        )
+    seed = int(settings.get("codec_seed", DEFAULT_SEED))
+    return {"codec": spec, "codec_train_rows": train_rows, "codec_seed": seed, "codec_rerank": rerank}
 
 
 def check_codec(spec: Any, dim: int) -> tuple[str, int]:
@@ -133,10 +142,15 @@ def sample_rows(n: int, train_rows: int, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(n, train_rows, replace=False))
 
 
-def train_codec(spec: str, sample: np.ndarray, seed: int = DEFAULT_SEED) -> Codec:
-    """A codec trained on ``sample`` (t, dim) rows of the database (nothing to train for float16)."""
+def train_codec(spec: str, sample: np.ndarray, seed: int = DEFAULT_SEED, rerank: int = 0) -> Codec:
+    """A codec trained on ``sample`` (t, dim) rows of the database (nothing to train for float16); ``rerank``:
+    see the module docstring (PQ only)."""
     dim = sample.shape[1]
     name, size = check_codec(spec, dim)
+    if rerank and name not in ("pq", "opq"):
+        raise ConfigError(
+            f"codec_rerank re-ranks a PQ index's results exactly; codec {spec} ranks exactly already"
+        )
     if name == "float16":
         return Codec(name, size, dim)
     x = np.ascontiguousarray(sample, np.float32)
@@ -161,16 +175,27 @@ def train_codec(spec: str, sample: np.ndarray, seed: int = DEFAULT_SEED) -> Code
     pq.cp.seed = seed
     pq.train(x)
     params["centroids"] = faiss.vector_to_array(pq.centroids).reshape(size, pq.ksub, pq.dsub).copy()
-    return Codec(name, size, dim, params)
+    return Codec(name, size, dim, params, rerank)
 
 
 def load_codec(entry: Any, dim: int, params: dict[str, np.ndarray], where: str) -> Codec:
     """The codec a manifest records (``entry``; None: float16) with its ``codec.npz`` arrays, checked."""
     if entry is None:
         return Codec("float16", 0, dim)
-    if not isinstance(entry, dict) or entry.keys() != {"name", "size"}:
-        raise IndexFormatError(f"{where}: codec must be an object with name and size, got {entry!r}")
-    name, size = entry["name"], entry["size"]
+    if not isinstance(entry, dict) or entry.keys() - {"rerank"} != {"name", "size"}:
+        raise IndexFormatError(
+            f"{where}: codec must be an object with name, size (and rerank), got {entry!r}"
+        )
+    name, size, rerank = entry["name"], entry["size"], entry.get("rerank", 0)
+    if (
+        not isinstance(rerank, int)
+        or isinstance(rerank, bool)
+        or rerank < 0
+        or (rerank and name not in ("pq", "opq"))
+    ):
+        raise IndexFormatError(
+            f"{where}: codec rerank must be a count >= 0 of a pq or opq codec, got {entry!r}"
+        )
     if name not in CODEC_NAMES or not isinstance(size, int) or isinstance(size, bool):
         raise IndexFormatError(f"{where}: unknown codec {entry!r} (expected one of {', '.join(CODEC_NAMES)})")
     expected = {"float16": {}, "pca": {"mean": (dim,), "components": (dim, size)}}.get(name)
@@ -183,7 +208,7 @@ def load_codec(entry: Any, dim: int, params: dict[str, np.ndarray], where: str) 
         raise IndexFormatError(
             f"{where}: the {name} codec's parameters are {got}, expected {expected} float32"
         )
-    return Codec(name, size, dim, dict(params))
+    return Codec(name, size, dim, dict(params), rerank)
 
 
 def _project(rows: np.ndarray, params: dict[str, np.ndarray]) -> np.ndarray:

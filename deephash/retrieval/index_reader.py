@@ -33,8 +33,8 @@ from deephash.retrieval.manifest import (
     PQ_CODES,
     check_manifest,
     codec_name,
-    file_keys,
     header_sha256,
+    manifest_files,
     sha256_file,
 )
 from deephash.retrieval.npy import npy_layout
@@ -101,7 +101,10 @@ def load_index(
     f7: np.ndarray | F7File | PQRows
     if codec.quantised:
         shape = (n, codec.size)
-        f7 = PQRows(_load_array(path, PQ_CODES, shape, "uint8", files[PQ_CODES]["bytes"], "mmap"), codec)
+        exact = _open_f7(path, manifest, codec.dim, False) if codec.rerank else None
+        f7 = PQRows(
+            _load_array(path, PQ_CODES, shape, "uint8", files[PQ_CODES]["bytes"], "mmap"), codec, exact
+        )
         if verify:
             _check_sha256(path, PQ_CODES, files[PQ_CODES]["sha256"])
     else:
@@ -134,10 +137,11 @@ def verify_index(path: str | os.PathLike) -> dict[str, Any]:
     and every block of its rows (checksums, NaN and inf), the labels against the class names. Returns a
     summary; raises a one-line ``IndexFormatError`` on the first problem."""
     store = load_index(path)
-    if isinstance(store.f7, F7File):
-        with store.f7 as f7:
+    rows = store.f7.exact if isinstance(store.f7, PQRows) else store.f7
+    if isinstance(rows, F7File):
+        with rows as f7:
             f7.verify_all()
-    checked = [MANIFEST, *file_keys(store.codec.name)]
+    checked = [MANIFEST, *manifest_files(store.manifest)]
     return {
         "index": str(path),
         "count": store.count,
@@ -145,7 +149,7 @@ def verify_index(path: str | os.PathLike) -> dict[str, Any]:
         "feature_dim": store.feature_dim,
         "files": len(checked),
         "bytes": sum((store.path / name).stat().st_size for name in checked),
-        "f7_blocks": len(store.f7.checksums) if isinstance(store.f7, F7File) else 0,
+        "f7_blocks": len(rows.checksums) if isinstance(rows, F7File) else 0,
     }
 
 

@@ -102,9 +102,10 @@ class IndexWriter:
         if self.codec.dim != self.feature_dim:
             raise ConfigError(f"a codec for {self.codec.dim}-d features cannot store {self.feature_dim}-d F7")
         self._rows_file = PQ_CODES if self.codec.quantised else F7
+        self._f7_width = self.codec.row_width if not self.codec.quantised else self.feature_dim
         self._done = True  # until the lock and the temporary directory are ours
         self._checkpoint_sha = checkpoint_sha256(self.meta)
-        self.block_rows = f7_block_rows(self.codec.row_width)
+        self.block_rows = f7_block_rows(self._f7_width)
         blocks = -(-self.n // self.block_rows)
         self._sums = np.zeros(blocks, np.uint32)
         self._summed = np.zeros(blocks, bool)
@@ -121,12 +122,12 @@ class IndexWriter:
             self._done = False
             try:
                 self.tmp.chmod(0o755)  # mkdtemp makes it private; the published index should not be
-                rows_dtype = np.uint8 if self.codec.quantised else np.float16
-                for name, shape, dtype in (
-                    (CODES, (self.n, self.code_bytes), np.uint8),
-                    (self._rows_file, (self.n, self.codec.row_width), rows_dtype),
-                    (LABELS, (self.n,), np.int64),
-                ):
+                files = [(CODES, (self.n, self.code_bytes), np.uint8), (LABELS, (self.n,), np.int64)]
+                if self.codec.quantised:
+                    files.append((PQ_CODES, (self.n, self.codec.size), np.uint8))
+                if self.codec.keeps_f7:
+                    files.append((F7, (self.n, self._f7_width), np.float16))
+                for name, shape, dtype in files:
                     create_npy(self.tmp / name, shape, dtype)
                     self._files[name] = NpyRowWriter(self.tmp / name)
             except BaseException:
@@ -165,15 +166,19 @@ class IndexWriter:
                 block = f7[s : s + step]
                 with np.errstate(over="ignore", invalid="ignore"):  # reported below as a one-line error
                     encoded = self.codec.encode(block)
-                    bad = non_finite_rows(block if self.codec.quantised else encoded).size
+                    half = block.astype(np.float16) if self.codec.quantised and self.codec.keeps_f7 else None
+                    half = encoded if not self.codec.quantised else half
+                    bad = non_finite_rows(block if half is None else half).size
                 release_pages(f7)
                 if bad:
                     raise ConfigError(
                         f"F7 rows {start}:{start + m} hold NaN or values beyond float16's range (65504)"
                     )
-                self._files[self._rows_file].write_at(start + s, encoded)
-                if not self.codec.quantised:
-                    self._sum_blocks(start + s, encoded)
+                if self.codec.quantised:
+                    self._files[PQ_CODES].write_at(start + s, encoded)
+                if half is not None:
+                    self._files[F7].write_at(start + s, half)
+                    self._sum_blocks(start + s, half)
             self._files[CODES].write_at(start, codes_packed)
             self._files[LABELS].write_at(start, labels)
         self._ids[start : start + m] = [str(i) for i in ids]
@@ -200,8 +205,8 @@ class IndexWriter:
             )
         with write_errors(self.path):
             self._close_files()
-            names = [CODES, self._rows_file, LABELS, IDS]
-            if not self.codec.quantised:
+            names = [*self._files, IDS]
+            if self.codec.keeps_f7:
                 self._sum_remaining_blocks()
                 np.save(self.tmp / F7_SUMS, self._sums)
                 names.append(F7_SUMS)
@@ -256,7 +261,7 @@ class IndexWriter:
         ]
         if self.codec.quantised:
             hashed.append((PQ_CODES, [self.n, self.codec.size]))  # m bytes a row: small enough to hash whole
-        else:
+        if self.codec.keeps_f7:
             hashed.append((F7_SUMS, [len(self._sums)]))
         if self.codec.params:
             hashed.append((CODEC_PARAMS, None))
@@ -264,11 +269,11 @@ class IndexWriter:
             files[name] = {"bytes": (self.tmp / name).stat().st_size, "sha256": sha256_file(self.tmp / name)}
             if shape is not None:
                 files[name]["shape"] = shape
-        if not self.codec.quantised:
+        if self.codec.keeps_f7:
             # a multi-GB feature file is checked block by block as it is read (f7.crc32.npy), not hashed whole
             files[F7] = {
                 "bytes": (self.tmp / F7).stat().st_size,
-                "shape": [self.n, self.codec.row_width],
+                "shape": [self.n, self._f7_width],
                 "header_sha256": header_sha256(self.tmp / F7),
                 "block_rows": self.block_rows,
             }
@@ -327,6 +332,7 @@ def save_index(
     codec: str = "float16",
     codec_train_rows: int = DEFAULT_TRAIN_ROWS,
     codec_seed: int = DEFAULT_SEED,
+    codec_rerank: int = 0,
 ) -> Path:
     """Save an index atomically (see the module docstring) and return its path.
 
@@ -334,7 +340,8 @@ def save_index(
     or an iterable of (m_i, d) row blocks summing to n rows (e.g. an encoder's batches); labels: (n,)
     int; ids: n strings. ``codec``: the re-rank features' codec spec (``deephash.retrieval.codecs``); one
     other than float16 is first trained on ``codec_train_rows`` rows drawn with ``codec_seed`` (``f7`` must
-    then be an array or ``F7File``), then every row is encoded as it is written.
+    then be an array or ``F7File``), then every row is encoded as it is written; ``codec_rerank`` R > 0 (PQ):
+    keep the float16 rows too and re-rank each search's top R exactly.
     """
     codes_packed = check_packed(codes_packed, bits)
     labels = np.asarray(labels)
@@ -347,7 +354,8 @@ def save_index(
         if f7.ndim != 2 or len(f7) != n:
             raise ConfigError(f"f7 must be ({n}, d) for {n} codes, got {f7.shape}")
         if check_codec(codec, f7.shape[1])[0] != "float16":
-            trained = train_codec(codec, f7[sample_rows(n, codec_train_rows, codec_seed)], codec_seed)
+            sample = f7[sample_rows(n, codec_train_rows, codec_seed)]
+            trained = train_codec(codec, sample, codec_seed, codec_rerank)
         rows = max(1, _F7_BLOCK_BYTES // max(1, 4 * f7.shape[1]))
         blocks = (f7[s : s + rows] for s in range(0, max(n, 1), rows))
     else:

@@ -55,15 +55,23 @@ def codec_name(manifest: dict[str, Any]) -> str:
     return str(codec.get("name")) if isinstance(codec, dict) else "float16"
 
 
-def file_keys(codec: str) -> dict[str, set[str]]:
-    """The files of an index under ``codec`` and the keys of each one's manifest entry."""
+def file_keys(codec: str, rerank: Any = 0) -> dict[str, set[str]]:
+    """The files of an index under ``codec`` (a PQ one with ``rerank`` keeps f7.npy too) and the keys of each
+    one's manifest entry."""
     if codec == "float16":
         return FILE_KEYS
     keys = {**FILE_KEYS, CODEC_PARAMS: {"bytes", "sha256"}}
     if codec in ("pq", "opq"):
-        del keys[F7], keys[F7_SUMS]
+        if not rerank:
+            del keys[F7], keys[F7_SUMS]
         keys[PQ_CODES] = {"bytes", "shape", "sha256"}
     return keys
+
+
+def manifest_files(manifest: dict[str, Any]) -> dict[str, set[str]]:
+    """``file_keys`` of the codec ``manifest`` records."""
+    codec = manifest.get("codec")
+    return file_keys(codec_name(manifest), codec.get("rerank", 0) if isinstance(codec, dict) else 0)
 
 
 def sha256_file(path: str | os.PathLike, block: int = 1 << 20) -> str:
@@ -107,7 +115,7 @@ def check_manifest(manifest: dict[str, Any], manifest_path: Path) -> None:
     files = manifest["files"]
     if not isinstance(files, dict):
         raise IndexFormatError(f"{manifest_path}: 'files' must be an object")
-    expected = file_keys(codec_name(manifest))
+    expected = manifest_files(manifest)
     for name, keys in expected.items():
         entry = files.get(name)
         if not isinstance(entry, dict):

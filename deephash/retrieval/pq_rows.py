@@ -3,8 +3,9 @@
 ``PQRows`` is a ``ScoredRows`` (``deephash.retrieval.rows``): the pair scoring of hierarchical search, the
 exhaustive (euclidean) search and evaluation's full rankings ask it for ADC distances
 (``deephash.retrieval.distances.adc_pairs`` / ``adc_matrix``: the same bits for a pair either way), and
-indexing it gives the rows' float32 reconstructions (what ``Searcher`` reports L2 distances to). The codes
-stay in a memory map: a search touches only the 64-byte rows of its pools.
+indexing it gives the rows' float32 reconstructions. The codes stay in a memory map: a search touches only
+the m-byte rows of its pools. An index built with ``codec_rerank`` R also keeps its float16 rows (``exact``):
+``exact_rerank`` orders each search's top R by exact L2 on them.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import numpy as np
 
 from deephash.retrieval.codecs import Codec
 from deephash.retrieval.distances import adc_matrix, adc_pairs, adc_tables
+from deephash.retrieval.features import F7File
+from deephash.retrieval.pairs import refine
 from deephash.retrieval.topk import pad_columns, select_topk
 from deephash.utils.checks import check_int
 
@@ -24,12 +27,13 @@ _PAIR_BLOCK = 1 << 16  # pairs whose codes are gathered and looked up at a time
 
 
 class PQRows:
-    """(n, dim) database rows held as PQ codes ``codes`` (n, m) uint8 (an array or a memmap) of ``codec``."""
+    """(n, dim) database rows held as PQ codes ``codes`` (n, m) uint8 (an array or a memmap) of ``codec``, and
+    the float16 rows ``exact`` when the codec re-ranks (``codec.rerank``)."""
 
     ndim = 2
 
-    def __init__(self, codes: np.ndarray, codec: Codec) -> None:
-        self.codes, self.codec = codes, codec
+    def __init__(self, codes: np.ndarray, codec: Codec, exact: F7File | None = None) -> None:
+        self.codes, self.codec, self.exact = codes, codec, exact
         self.centroids = codec.params["centroids"]
         self.rotation = codec.params.get("rotation")
         self.shape = (len(codes), codec.dim)
@@ -98,8 +102,26 @@ class PQRows:
             rows = rows @ self.rotation
         return rows.reshape(*codes.shape[:-1], m * dsub)
 
+    def widen(self, k: int) -> int:
+        """How many results a top-``k`` search asks the ADC ranking for: the top R it re-ranks, at least k."""
+        return max(k, self.codec.rerank) if self.exact is not None else k
+
     def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
         return self[:] if dtype is None else self[:].astype(dtype)
 
     def __repr__(self) -> str:
         return f"PQRows({self.shape[0]} x {self.codec.spec})"
+
+
+def exact_rerank(db_f7: Any, queries: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """Each ranking of ``idx`` (q, w) database rows (-1 for none) with its first R re-ranked by exact L2 on the
+    float16 rows a PQ index with ``codec_rerank`` R keeps, ties by index; the rest left in place. Any other
+    database: ``idx`` unchanged. queries: (q, dim) float32."""
+    if not isinstance(db_f7, PQRows) or db_f7.exact is None or not idx.size:
+        return idx
+    r = min(db_f7.codec.rerank, idx.shape[1])
+    head = idx[:, :r]
+    _, pos = refine(db_f7.exact, np.ascontiguousarray(queries, np.float32), head, r)
+    out = idx.copy()
+    out[:, : pos.shape[1]] = np.take_along_axis(head, pos, axis=1)
+    return out

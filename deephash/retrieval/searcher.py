@@ -208,7 +208,9 @@ class Searcher:
             hamming = hamming_distance_matrix(code[None], store.codes[idx])[0]
             # the distance the search ranks by: exact L2, or the codec's (PCA space, PQ's ADC)
             row = np.asarray(store.query_features(f7[None]), np.float32)
-            l2 = np.sqrt(score_pairs(store.f7, row, np.zeros(len(idx), np.int64), idx, len(idx)))
+            exact = getattr(store.f7, "exact", None)  # a PQ index that re-ranks its results: exact L2
+            rows = store.f7 if exact is None else exact
+            l2 = np.sqrt(score_pairs(rows, row, np.zeros(len(idx), np.int64), idx, len(idx)))
         else:
             hamming, l2 = np.zeros(0, np.int64), np.zeros(0, np.float32)
         names = store.manifest.get("meta", {}).get("class_names")

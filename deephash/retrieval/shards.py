@@ -229,6 +229,11 @@ def load_shards(source: str | os.PathLike | Sequence[str | os.PathLike], **expec
                 )
     if len(stores) == 1:
         return first
+    if first.codec is not None and first.codec.rerank:
+        raise ConfigError(
+            f"shard {first.path} re-ranks its PQ results exactly (codec_rerank), which shards searched as one "
+            "do not: search each shard alone, or build the shards without codec_rerank"
+        )
     hamming = ShardedHamming([s.hamming_index for s in stores])
     return IndexStore(
         codes=np.concatenate([s.codes for s in stores]),
