@@ -23,6 +23,7 @@ COMMANDS: dict[str, str] = {
     "f7": "deephash.benchmarks.f7_precision",
     "decode": "deephash.benchmarks.decode",
     "shallow": "deephash.benchmarks.shallow_fit",
+    "codecs": "deephash.benchmarks.codecs",
 }
 DEFAULT = "retrieval"
 USAGE = (

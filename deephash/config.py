@@ -19,6 +19,7 @@ from deephash.methods.registry import DEEP, SHALLOW
 from deephash.models.backbones import BACKBONES, NATIVE_BACKBONES, _looks_like_path
 from deephash.models.checkpoint import network_record, read_checkpoint
 from deephash.models.net import validate_bits
+from deephash.retrieval.codecs import codec_options
 from deephash.retrieval.modes import MODES
 from deephash.retrieval.sublinear import COARSE_METHODS
 from deephash.retrieval.torch_search import torch_device
@@ -157,6 +158,7 @@ def validate_retrieval(retrieval: DictConfig) -> None:
             f"retrieval.coarse.method must be one of {', '.join(COARSE_METHODS)}, got {method!r}"
         )
     torch_device(str(retrieval.get("device", "cpu")))  # an unknown device, or cuda on a machine without one
+    codec_options(retrieval)  # the database index's re-rank codec (float16 when absent)
 
 
 def validate_train_config(cfg: DictConfig) -> None:

@@ -4,6 +4,7 @@ deephash-index build ckpt_path=<run>/checkpoints/last.ckpt [data=...] [index_dir
 deephash-index build ckpt_path=<run>/checkpoints/last.ckpt images=<folder of photos>   (no labels)
 deephash-index info <index dir>
 deephash-index verify <index dir>   (checks every file, every F7 block; exit 0 with one OK line, or 2)
+deephash-index shards <shards.json> <shard dir> [...]   (shards built apart, searched as one index)
 """
 
 from __future__ import annotations
@@ -22,9 +23,11 @@ from deephash.cli import ArgumentParser, accepts_version, check_overrides, exit_
 from deephash.config import CONFIG_PATH
 from deephash.models.checkpoint import load_hash_module
 from deephash.retrieval.build import build_index, drop_unreadable
+from deephash.retrieval.codecs import codec_options
 from deephash.retrieval.index_lock import check_index_target
 from deephash.retrieval.index_reader import load_index, verify_index
 from deephash.retrieval.searcher import index_images
+from deephash.retrieval.shards import write_shard_list
 from deephash.runs import build_predict_trainer, checkpoint_run_dir, run_data_config, run_preprocess
 from deephash.utils.errors import ConfigError
 
@@ -35,9 +38,9 @@ def build(cfg: DictConfig) -> dict[str, Any]:
     if not ckpt.is_file():
         raise ConfigError(f"ckpt_path not found: {ckpt} (expected a .ckpt written by deephash-train)")
     run_dir = checkpoint_run_dir(ckpt)
+    where = run_dir or Path(cfg.paths.output_dir)
     if cfg.get("images"):  # a plain folder of images (someone's own photos): every image, no labels
         images = Path(str(cfg.images)).expanduser()
-        where = run_dir or Path(cfg.paths.output_dir)
         out = Path(cfg.index_dir) if cfg.get("index_dir") else where / f"index-{images.resolve().name}"
         check_index_target(out)
         spec = run_preprocess(run_dir, cfg.get("data"))
@@ -48,9 +51,7 @@ def build(cfg: DictConfig) -> dict[str, Any]:
         raise ConfigError(
             "no dataset given and the checkpoint has no training run beside it; pass data=<name>"
         )
-    index_dir = (
-        Path(cfg.index_dir) if cfg.get("index_dir") else (run_dir or Path(cfg.paths.output_dir)) / "index"
-    )
+    index_dir = Path(cfg.index_dir) if cfg.get("index_dir") else where / "index"
     check_index_target(index_dir)
     module = load_hash_module(ckpt)
     pl.seed_everything(cfg.seed, workers=True)
@@ -58,9 +59,9 @@ def build(cfg: DictConfig) -> dict[str, Any]:
     datamodule.prepare_data()
     datamodule.setup()
     bad_images = drop_unreadable(datamodule)
-    store = build_index(
-        module, datamodule, ckpt, index_dir, build_predict_trainer(cfg), cfg.split, bad_images
-    )
+    codec, shard = codec_options(cfg), (cfg.get("shard"), cfg.get("num_shards", 1))  # checked before encoding
+    trainer = build_predict_trainer(cfg)
+    store = build_index(module, datamodule, ckpt, index_dir, trainer, cfg.split, bad_images, codec, shard)
     return {**store.manifest, "index_dir": str(index_dir)} if store is not None else {}
 
 
@@ -90,7 +91,7 @@ def verify(path: str) -> None:
 
 
 def _summary(manifest: dict[str, Any], path: Any) -> dict[str, Any]:
-    keys = ("count", "bits", "feature_dim", "dataset", "split", "backbone", "checkpoint", "created_at")
+    keys = "count bits feature_dim codec dataset split backbone checkpoint created_at".split()
     merged = {**manifest.get("meta", {}), **manifest}
     return {"index": str(path), **{k: merged.get(k) for k in keys}}
 
@@ -110,16 +111,15 @@ def build_parser() -> argparse.ArgumentParser:
         "<run>/index-<folder> instead. Hydra's own flags work too: --cfg job prints the composed config.",
     )
     build_cmd.add_argument("overrides", nargs=argparse.REMAINDER, help="Hydra overrides (key=value ...)")
-    info_cmd = commands.add_parser(
-        "info", help="describe a saved index", description="Describe a saved index."
-    )
-    info_cmd.add_argument("index_dir", metavar="INDEX_DIR", help="an index directory")
-    verify_cmd = commands.add_parser(
-        "verify",
-        help="check every file of a saved index (exit 0 with one OK line, or 2 with the first problem)",
-        description="Check every file of a saved index: checksums, every F7 block, NaN/inf, labels.",
-    )
-    verify_cmd.add_argument("index_dir", metavar="INDEX_DIR", help="an index directory")
+    for name, text in (
+        ("info", "describe a saved index"),
+        ("verify", "check every file of a saved index: exit 0 with one OK line, or 2 with the problem"),
+    ):
+        sub = commands.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".")
+        sub.add_argument("index_dir", metavar="INDEX_DIR", help="an index directory")
+    sub = commands.add_parser("shards", help="list index shards in a shards.json, searched as one index")
+    sub.add_argument("listing", metavar="SHARDS_JSON", help="where to write the list (or its directory)")
+    sub.add_argument("shards", nargs="+", metavar="SHARD", help="the shards' index directories, in order")
     return parser
 
 
@@ -131,6 +131,8 @@ def main(argv: list[str] | None = None) -> None:
         _build_main()
         return
     parsed = build_parser().parse_args(args)
+    if parsed.command == "shards":  # shards built apart, one list to search them as one index
+        return print(f"wrote {exit_on_user_error(write_shard_list)(parsed.listing, parsed.shards)}")
     (verify if parsed.command == "verify" else info)(parsed.index_dir)
 
 

@@ -22,7 +22,12 @@ from deephash.retrieval.sublinear import COARSE_METHODS
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = ArgumentParser(prog="deephash-search", description=__doc__.splitlines()[0])
     p.add_argument("images", nargs="+", metavar="IMAGE", help="query image files")
-    p.add_argument("--index", required=True, help="index directory (deephash-index build / deephash-train)")
+    p.add_argument(
+        "--index",
+        required=True,
+        action="append",
+        help="index directory (deephash-index build / deephash-train) or a shards.json; repeat for each shard",
+    )
     p.add_argument("--ckpt", required=True, help="checkpoint the index was built with")
     p.add_argument("--k", type=int, default=10, help="results per query (default 10)")
     p.add_argument("--mode", choices=MODES, default="hierarchical", help="search mode (default hierarchical)")
@@ -70,7 +75,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def search(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Check the index against the checkpoint, encode the images, search, and describe each result."""
-    searcher = Searcher.from_index(args.index, args.ckpt, device=args.device, coarse=args.coarse)
+    index = args.index[0] if len(args.index) == 1 else args.index
+    searcher = Searcher.from_index(index, args.ckpt, device=args.device, coarse=args.coarse)
     pool = PoolRule(
         radius=args.radius,
         min_pool=args.min_pool,

@@ -200,3 +200,33 @@ def test_evaluate_cli_on_a_checkpoint(run: Path, tmp_path: Path) -> None:
     assert "mAP" in proc.stdout  # the summary table
     bad = _cli("deephash.evaluate", f"ckpt_path={tmp_path / 'none.ckpt'}", f"hydra.run.dir={tmp_path / 'h2'}")
     assert bad.returncode == 2 and "ckpt_path not found" in bad.stderr
+
+
+def test_index_cli_builds_shards_and_codecs_searched_like_the_whole(run: Path, tmp_path: Path) -> None:
+    ckpt = str(run / "checkpoints" / "last.ckpt")
+    shards = [tmp_path / f"shard-{k}" for k in range(2)]
+    for k, out in enumerate(shards):
+        build = ["build", f"ckpt_path={ckpt}", f"index_dir={out}", f"hydra.run.dir={tmp_path / f'h{k}'}"]
+        proc = _cli("deephash.index", *build, f"shard={k}", "num_shards=2", timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    assert [load_index(s).count for s in shards] == [718, 719]
+    proc = _cli("deephash.index", "shards", str(tmp_path / "all"), *map(str, shards))
+    assert proc.returncode == 0 and "shards.json" in proc.stdout, proc.stderr[-2000:]
+    image = tmp_path / "query.png"
+    from PIL import Image
+
+    Image.fromarray(np.full((8, 8), 128, np.uint8)).save(image)
+    whole, sharded = (
+        json.loads(_search(index, ckpt, image, "--k", "7").stdout)
+        for index in (run / "index", tmp_path / "all")
+    )
+    assert whole == sharded
+    build = ["build", f"ckpt_path={ckpt}", f"index_dir={tmp_path / 'pq'}", f"hydra.run.dir={tmp_path / 'hp'}"]
+    proc = _cli("deephash.index", *build, "codec=pq8", "codec_train_rows=500", timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    info = json.loads(_cli("deephash.index", "info", str(tmp_path / "pq")).stdout)
+    assert info["codec"] == {"name": "pq", "size": 8}
+    proc = _search(tmp_path / "pq", ckpt, image, "--k", "7", "--mode", "euclidean")
+    assert proc.returncode == 0 and len(json.loads(proc.stdout)[0]["results"]) == 7, proc.stderr[-2000:]
+    bad = _cli("deephash.index", *build, "codec=pq9x", timeout=300)
+    assert bad.returncode == 2 and "codec must be float16, pca<d>" in bad.stderr

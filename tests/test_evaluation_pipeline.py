@@ -157,6 +157,14 @@ def test_multihash_coarse_stage_gives_the_same_hierarchical_results_within_its_e
     hashed = evaluate_retrieval(db, queries, bits, index=multi, **kwargs)
     assert hashed.metrics["hierarchical"]["mAP"] == flat.metrics["hierarchical"]["mAP"]
     assert np.array_equal(hashed.top["hierarchical"], flat.top["hierarchical"])
+    # the sub-linear stage's pools against the exact ones: all found within its exact radius, not so beyond
+    assert hashed.metrics["hierarchical"]["pool_recall"] == 1.0
+    assert "pool_recall" not in flat.metrics["hierarchical"]
+    # the first 16 bits' table misses the nearest codes that differ there (the pools are the 300 nearest)
+    single = build_hamming_index(codes, bits, method="hash", b=16, nflip=0)
+    wide = dict(modes=["hierarchical"], pool=PoolRule(radius=0, min_pool=300, max_pool=n, pool_size=300))
+    report = evaluate_retrieval(db, queries, bits, index=single, **wide)
+    assert 0 < report.metrics["hierarchical"]["pool_recall"] < 1
 
 
 def test_device_path_gives_the_cpu_numbers(monkeypatch) -> None:

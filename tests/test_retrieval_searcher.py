@@ -17,6 +17,7 @@ from sklearn.datasets import load_digits
 
 import deephash
 from deephash.evaluation.run import evaluate_indexes
+from deephash.retrieval.index_writer import save_index
 from deephash.retrieval.modes import MODES
 from deephash.retrieval.searcher import Searcher, image_files, refuse_unlabelled
 from deephash.utils.errors import ConfigError, DataError
@@ -185,3 +186,49 @@ def test_readme_example_runs(run, photos, capsys):
     exec(compile(code, "README.md", "exec"), {})
     printed = capsys.readouterr().out.splitlines()
     assert len(printed) == 5 and printed[0].startswith("1 ")
+
+
+def test_shards_and_codecs_search_through_the_api_and_the_cli(run, photos, tmp_path):
+    from deephash.index import main as index_main
+    from deephash.search import main as search_main
+
+    whole = Searcher.from_run(run)
+    store, ckpt = whole.store, str(whole.store.manifest["meta"]["checkpoint"])
+    f7 = np.asarray(store.f7[:], np.float32)
+    cut = store.count // 3
+
+    def save(path, rows, codec="float16"):
+        return save_index(
+            path,
+            codes_packed=store.codes[rows],
+            f7=f7[rows],
+            labels=store.labels[rows],
+            ids=[store.ids[i] for i in range(store.count)[rows]],
+            bits=store.bits,
+            meta=store.manifest["meta"],
+            codec=codec,
+            codec_train_rows=500,
+        )
+
+    shards = [save(tmp_path / "s0", slice(0, cut)), save(tmp_path / "s1", slice(cut, None))]
+    with redirect_stdout(io.StringIO()):
+        index_main(["shards", str(tmp_path / "list"), *map(str, shards)])
+    queries = [photos / "img01.png", photos / "img05.png"]
+    for source in (shards, tmp_path / "list" / "shards.json"):
+        sharded = Searcher.from_index(source, ckpt)
+        for mode in MODES:
+            for a, b in zip(whole.search(queries, k=6, mode=mode), sharded.search(queries, k=6, mode=mode)):
+                assert a.records() == b.records()
+    out = io.StringIO()
+    with redirect_stdout(out):
+        search_main(["--index", str(shards[0]), "--index", str(shards[1]), "--ckpt", ckpt, str(queries[0])])
+    assert json.loads(out.getvalue())[0]["results"] == json.loads(
+        json.dumps(whole.search(queries[0])[0].records())
+    )
+    pq = Searcher.from_index(save(tmp_path / "pq", slice(None), "pq8"), ckpt)
+    for mode in ("hierarchical", "euclidean"):
+        result = pq.search(queries[0], k=6, mode=mode)[0]
+        assert len(result.index) == 6 and np.all(np.diff(result.l2) >= 0)
+        rebuilt = pq.store.f7[result.index]  # ADC is the distance to the PQ reconstructions
+        query = pq.encode(queries[0]).f7
+        assert np.allclose(result.l2, np.linalg.norm(rebuilt - query, axis=1), rtol=1e-3, atol=1e-3)

@@ -96,7 +96,7 @@ def _reset_peak() -> None:
         pass
 
 
-class _Meter:
+class Meter:
     """Baseline at creation (after the imports, the peak restarted there); ``result()`` adds the peak
     reached since and the elapsed time."""
 
@@ -129,7 +129,7 @@ def _op_build(spec: dict[str, Any]) -> dict[str, Any]:
     n, dim, bits, batch = spec["n_database"], spec["dim"], spec["bits"], spec["batch_rows"]
     index_dir, staging = Path(spec["index_dir"]), Path(spec["staging_dir"])
     rng = np.random.default_rng(spec["seed"])
-    meter = _Meter()
+    meter = Meter()
     # a one-process trainer as far as the writer sees it: rank 0, barriers are no-ops
     trainer = SimpleNamespace(is_global_zero=True, strategy=SimpleNamespace(barrier=lambda name=None: None))
     pool_index = np.arange(n, dtype=np.int64)
@@ -177,7 +177,7 @@ def _op_hierarchical(spec: dict[str, Any]) -> dict[str, Any]:
 
     with limit_threads(spec["threads"])[1]:
         rng = np.random.default_rng(spec["seed"] + 1)
-        meter = _Meter()
+        meter = Meter()
         store = load_index(spec["index_dir"], expect_bits=spec["bits"])
         queries = random_codes(rng, spec["n_queries"], spec["bits"])
         query_f7 = rng.random((spec["n_queries"], spec["dim"]), dtype=np.float32)
@@ -205,7 +205,7 @@ def _op_euclidean(spec: dict[str, Any]) -> dict[str, Any]:
 
     with limit_threads(spec["threads"])[1]:
         rng = np.random.default_rng(spec["seed"] + 2)
-        meter = _Meter()
+        meter = Meter()
         store = load_index(spec["index_dir"], expect_bits=spec["bits"])
         query_f7 = rng.random((spec["euclidean_queries"], spec["dim"]), dtype=np.float32)
         search_start = time.perf_counter()

@@ -37,6 +37,7 @@ from deephash.retrieval.hamming import HammingSearch
 from deephash.retrieval.hierarchical import PoolRule
 from deephash.retrieval.items import EncodedItems
 from deephash.retrieval.modes import MODES, SEARCHES, ModeQuery
+from deephash.retrieval.pq_rows import exact_rerank
 
 
 @dataclass(frozen=True)
@@ -136,7 +137,8 @@ def _hierarchical_ranking(setup: EvalSetup, queries: EncodedItems) -> np.ndarray
 
 def _euclidean_ranking(setup: EvalSetup, queries: EncodedItems) -> np.ndarray:
     """Every item by (L2 on F7, index): (b, n) database indices."""
-    return stable_ranking(euclidean_sqdist(queries.f7, setup.database.f7))
+    ranking = stable_ranking(euclidean_sqdist(queries.f7, setup.database.f7))
+    return exact_rerank(setup.database.f7, queries.f7, ranking)  # a PQ index's top R, where it keeps F7
 
 
 def _ranked(ranking: Callable[[EvalSetup, EncodedItems], np.ndarray], setup: EvalSetup) -> ModeResult:

@@ -18,8 +18,8 @@ import numpy as np
 from deephash.evaluation.metrics import KS
 from deephash.evaluation.modes import EVALUATORS, EvalSetup, time_search
 from deephash.retrieval.hamming import HammingIndex, HammingSearch
-from deephash.retrieval.hierarchical import PoolRule
-from deephash.retrieval.items import EncodedItems
+from deephash.retrieval.hierarchical import PoolRule, coarse_pools
+from deephash.retrieval.items import EncodedItems, IndexStore
 from deephash.retrieval.modes import MODES
 from deephash.retrieval.torch_search import TorchHammingIndex, torch_device
 from deephash.utils.errors import ConfigError
@@ -76,6 +76,16 @@ def evaluate_retrieval(
         raise ConfigError(
             f"retrieval needs a non-empty database and query set, got {n} and {len(queries.labels)}"
         )
+    if isinstance(database, IndexStore) and queries.f7 is not None:
+        query_f7 = database.query_features(queries.f7)  # a PCA index compares projected features
+        if query_f7 is not queries.f7:
+            queries = EncodedItems(
+                codes=queries.codes,
+                f7=query_f7,
+                labels=queries.labels,
+                ids=queries.ids,
+                pool_index=queries.pool_index,
+            )
     dev = torch_device(device) if device != "cpu" else None
     if dev is not None and (index is None or isinstance(index, HammingIndex)):
         index = TorchHammingIndex(database.codes, bits, dev)
@@ -104,7 +114,26 @@ def evaluate_retrieval(
             report.top[mode] = found.top
         if found.pr is not None:
             report.pr = found.pr
+    if "hierarchical" in modes and not isinstance(index, (HammingIndex, TorchHammingIndex)):
+        exact = HammingIndex(
+            database.codes, bits
+        )  # a sub-linear coarse stage: how much of the exact pools it finds
+        report.metrics["hierarchical"]["pool_recall"] = pool_recall(
+            index, exact, queries.codes, setup.pool, max(ks)
+        )
     return report
+
+
+def pool_recall(
+    index: HammingSearch, exact: HammingSearch, query_codes: np.ndarray, pool: PoolRule, k: int
+) -> float:
+    """Mean over queries of the share of the exact coarse pool (``exact``'s, under ``pool`` for a top-``k``
+    search) that ``index`` (a sub-linear coarse stage) puts in its pool; 1 for an empty exact pool."""
+    limits = pool.limits(k)
+    found = coarse_pools(index, query_codes, pool.radius, *limits)
+    wanted = coarse_pools(exact, query_codes, pool.radius, *limits)
+    shares = [len(np.intersect1d(f, w)) / len(w) if len(w) else 1.0 for (_, f), (_, w) in zip(found, wanted)]
+    return float(np.mean(shares)) if shares else 1.0
 
 
 def settings(retrieval: Mapping[str, Any]) -> dict[str, Any]:
@@ -128,4 +157,12 @@ def pool_rule(retrieval: Mapping[str, Any]) -> PoolRule:
     )
 
 
-__all__ = ["MODES", "RetrievalReport", "default_curve_ks", "evaluate_retrieval", "pool_rule", "settings"]
+__all__ = [
+    "MODES",
+    "RetrievalReport",
+    "default_curve_ks",
+    "evaluate_retrieval",
+    "pool_recall",
+    "pool_rule",
+    "settings",
+]

@@ -13,7 +13,7 @@ import numpy as np
 from deephash.evaluation.metrics import average_precision, average_precision_at_k, precision_curve
 from deephash.retrieval.distances import sqdist_matrix, sqnorms
 from deephash.retrieval.features import F7File
-from deephash.retrieval.rows import f7_rows, row_buffer
+from deephash.retrieval.rows import ScoredRows, f7_rows, row_buffer
 
 _BLOCK_CELLS = 1 << 24  # query x database cells per block (~16M: 64 MB of int32 distances)
 
@@ -53,7 +53,13 @@ def euclidean_sqdist(queries: np.ndarray, db_f7: np.ndarray | F7File, rows: int 
     guarantee: distances further apart than twice its float64 bound are ordered exactly), never -0.0.
 
     The database is read ``rows`` rows at a time into two reused buffers (float32, then float64), so the
-    float64 copy of the database is never made whole and no block faults in fresh pages."""
+    float64 copy of the database is never made whole and no block faults in fresh pages. A ``ScoredRows``
+    database (PQ codes) gives its own distances (ADC), widened to float64."""
+    if isinstance(db_f7, ScoredRows):
+        q32 = np.ascontiguousarray(queries, np.float32)
+        n = db_f7.shape[0]
+        blocks = [db_f7.sqdist_block(q32, s, min(n, s + rows)) for s in range(0, n, rows)]
+        return np.hstack(blocks or [np.zeros((len(q32), 0), np.float32)]).astype(np.float64) + 0.0
     q = np.asarray(queries, np.float64)
     qn = sqnorms(q)
     n = db_f7.shape[0]

@@ -24,6 +24,7 @@ from deephash.evaluation.plots import (
 )
 from deephash.models.checkpoint import load_hash_module
 from deephash.retrieval.build import build_index, drop_unreadable
+from deephash.retrieval.codecs import codec_options
 from deephash.retrieval.index_lock import check_index_target
 from deephash.retrieval.items import IndexStore
 from deephash.retrieval.searcher import refuse_unlabelled
@@ -58,7 +59,10 @@ def evaluate_checkpoint(
     queries = build_index(
         module, datamodule, ckpt_path, run_dir / "queries", predict_trainer, "query", bad_images
     )
-    database = build_index(module, datamodule, ckpt_path, index_dir, predict_trainer, "database", bad_images)
+    codec = codec_options(rcfg)  # how the database index stores its re-rank features (float16 by default)
+    database = build_index(
+        module, datamodule, ckpt_path, index_dir, predict_trainer, "database", bad_images, codec
+    )
     if database is None or queries is None:  # not global rank 0
         return {}
     metrics = {

@@ -17,6 +17,7 @@ from deephash.retrieval.index_reader import load_index
 from deephash.retrieval.index_writer import save_index, write_errors
 from deephash.retrieval.items import IndexStore
 from deephash.retrieval.manifest import sha256_file
+from deephash.retrieval.shards import shard_rows
 from deephash.utils.errors import ConfigError, DeephashError
 
 
@@ -42,12 +43,16 @@ def build_index(
     trainer: pl.Trainer | None = None,
     split: str = "database",
     bad_images: Sequence[str] = (),
+    codec: dict[str, Any] | None = None,
+    shard: tuple[int | None, int] | None = None,
 ) -> IndexStore | None:
     """Encode ``split`` and save it as an index at ``index_dir`` (atomically); returns the loaded index,
     which knows its items' pool indices.
 
     ``bad_images``: what :func:`drop_unreadable` left out of the splits (call it once, before encoding),
-    recorded in the manifest.
+    recorded in the manifest. ``codec``: ``save_index``'s codec options (``codec``, ``codec_train_rows``,
+    ``codec_seed``); None: float16 F7. ``shard``: (k, N) (k None: the whole split) indexes only the k-th of N equal consecutive parts of
+    the split (``shards.shard_rows``), so N such indexes listed in order are the split's index, sharded.
 
     The manifest records the dataset, the checkpoint (path and sha256) and the query preprocessing, so a
     search can check that a model matches the index and encode new images the same way. Under DDP every
@@ -58,11 +63,13 @@ def build_index(
     one dies).
     """
     index_dir = Path(index_dir)
+    if shard is not None and shard[0] is not None:
+        datamodule.splits[split] = shard_rows(datamodule.splits[split], *shard)
     if trainer is None or trainer.world_size == 1:
         with index_lock(index_dir):
             work = staging_dir(index_dir, split)
             return _encode_and_save(
-                module, datamodule, ckpt_path, index_dir, trainer, split, bad_images, work
+                module, datamodule, ckpt_path, index_dir, trainer, split, bad_images, work, codec
             )
     # DDP: every rank writes into the same staging files, so rank 0 picks them (and takes the lock)
     rank_zero, message = trainer.is_global_zero, ""
@@ -79,7 +86,9 @@ def build_index(
     if message:
         raise ConfigError(message)
     try:
-        return _encode_and_save(module, datamodule, ckpt_path, index_dir, trainer, split, bad_images, work)
+        return _encode_and_save(
+            module, datamodule, ckpt_path, index_dir, trainer, split, bad_images, work, codec
+        )
     finally:
         if rank_zero:
             release_index_lock(index_dir)
@@ -94,6 +103,7 @@ def _encode_and_save(
     split: str,
     bad_images: Sequence[str],
     work: Path,
+    codec: dict[str, Any] | None = None,
 ) -> IndexStore | None:
     try:
         with write_errors(index_dir):
@@ -125,6 +135,7 @@ def _encode_and_save(
                 "preprocess": preprocess_spec(datamodule),
                 "bad_images": list(bad_images),  # left out of the index
             },
+            **(codec or {}),
         )
         return load_index(index_dir, expect_bits=module.bits, pool_index=encoded.pool_index)
     finally:

@@ -13,6 +13,11 @@ The L2 distance of paper eq. 2 is the square root of the squared distance comput
   ``dtype=np.float64``) the products of float32 values are exact and the same bound holds with 2^-53 in place
   of 2^-24.
 
+A product-quantised database (``deephash.retrieval.pq_rows``) is ranked by the asymmetric distance (ADC) of
+Jegou et al. (TPAMI 2011): the squared distance of the query to each row's reconstruction, the sum over the
+m sub-vectors of a table of query-to-centroid distances (``adc_tables``), added in sub-vector order in float32
+(``adc_pairs``, ``adc_matrix``: the same bits for the same pair either way).
+
 Squared norms |x|^2 come from ``sqnorms``. No other module of deephash computes an L2 distance
 (``tests/test_architecture.py`` checks).
 """
@@ -192,3 +197,44 @@ def fast_error(query_sqnorms: np.ndarray, max_sqnorm: float, d: int) -> np.ndarr
     """(q,) float64: the bound ``e`` of the module docstring on how far a fast squared distance
     |q|^2 - 2 q.x + |x|^2 in float32 can be from the exact one, for rows of squared norm <= ``max_sqnorm``."""
     return 4 * (d + 2) * 2.0**-24 * (np.asarray(query_sqnorms, np.float64) + max_sqnorm)
+
+
+def adc_tables(queries: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """Squared distances of each query sub-vector to each centroid of its sub-quantiser.
+
+    queries: (q, m * dsub) float32; centroids: (m, ksub, dsub) float32 -> (m, q, ksub) float32, >= 0 (the
+    expansion's float32 error is far below the quantisation error these tables rank by).
+    """
+    m, ksub, dsub = centroids.shape
+    parts = np.ascontiguousarray(
+        np.asarray(queries, np.float32).reshape(len(queries), m, dsub).transpose(1, 0, 2)
+    )
+    tables = np.matmul(parts, centroids.transpose(0, 2, 1))  # (m, q, ksub) dot products
+    tables *= -2
+    tables += np.einsum("mqd,mqd->mq", parts, parts)[:, :, None]
+    tables += np.einsum("mkd,mkd->mk", centroids, centroids)[:, None, :]
+    return np.maximum(tables, 0, out=tables)
+
+
+def adc_pairs(tables: np.ndarray, owner: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """ADC of the pairs (query owner[i], row with PQ code codes[i]): tables (m, q, ksub) of ``adc_tables``;
+    owner (p,) int64; codes (p, m) uint8 -> (p,) float32, summed in sub-vector order."""
+    m, q, ksub = tables.shape
+    flat = tables.reshape(-1)
+    codes = np.asarray(codes)
+    base = np.asarray(owner, np.int64) * ksub
+    out = flat[base + codes[:, 0]] if m else np.zeros(len(base), np.float32)
+    for j in range(1, m):
+        out += flat[base + (j * q * ksub) + codes[:, j]]
+    return out
+
+
+def adc_matrix(tables: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """ADC of every query to every row: tables (m, q, ksub); codes (c, m) uint8 -> (q, c) float32, the same
+    bits as ``adc_pairs`` for each pair."""
+    m, q, _ = tables.shape
+    by_part = np.ascontiguousarray(np.asarray(codes).T)
+    out = np.take(tables[0], by_part[0], axis=1) if m else np.zeros((q, len(codes)), np.float32)
+    for j in range(1, m):
+        out += np.take(tables[j], by_part[j], axis=1)
+    return out

@@ -18,7 +18,7 @@ from deephash.retrieval.distances import fast_error, knn_sqdist, l2_distances, s
 from deephash.retrieval.faiss_blas import faiss
 from deephash.retrieval.features import F7File
 from deephash.retrieval.pairs import refine
-from deephash.retrieval.rows import check_features, f7_rows, row_buffer
+from deephash.retrieval.rows import ScoredRows, check_features, f7_rows, row_buffer
 from deephash.retrieval.topk import pad_columns, select_topk
 from deephash.utils.checks import check_int
 from deephash.utils.errors import ConfigError
@@ -41,9 +41,12 @@ def euclidean_search(
     A running shortlist is kept from fast BLAS distances, then its distances are recomputed exactly
     (``exact_l2``) and cut to k. The reference: ``exact_l2`` to every row, sorted by (distance, index).
     backend: ``faiss`` (``faiss.knn`` on each chunk into a result heap, as ``faiss.contrib.exhaustive_search``
-    does) or ``numpy`` (our own BLAS distances and partial sorts); both give the same results.
+    does) or ``numpy`` (our own BLAS distances and partial sorts); both give the same results. A ``ScoredRows``
+    database (PQ codes: ADC over every row; shards) searches itself.
     """
     queries, k = check_features(db_f7, query_f7), check_int(k, "k")
+    if isinstance(db_f7, ScoredRows):
+        return db_f7.nearest(queries, k)
     chunk_size = check_int(chunk_size, "chunk_size")
     if backend not in L2_BACKENDS:
         raise ConfigError(f"unknown L2 backend {backend!r}; expected one of: {', '.join(L2_BACKENDS)}")

@@ -14,25 +14,31 @@ from typing import Any
 
 import numpy as np
 
+from deephash.retrieval.codecs import Codec, load_codec
 from deephash.retrieval.codes import check_packed, code_bytes
 from deephash.retrieval.features import F7File
 from deephash.retrieval.index_lock import index_lock, leftovers
 from deephash.retrieval.items import IndexStore
 from deephash.retrieval.manifest import (
+    CODEC_FORMAT_VERSION,
+    CODEC_PARAMS,
     CODES,
     DTYPES,
     F7,
     F7_SUMS,
-    FILE_KEYS,
     FORMAT_VERSION,
     IDS,
     LABELS,
     MANIFEST,
+    PQ_CODES,
     check_manifest,
+    codec_name,
     header_sha256,
+    manifest_files,
     sha256_file,
 )
 from deephash.retrieval.npy import npy_layout
+from deephash.retrieval.pq_rows import PQRows
 from deephash.utils.errors import ConfigError, IndexFormatError
 
 SWAP_RETRIES = 3  # reads of an index directory that was swapped for a new version meanwhile
@@ -137,7 +143,18 @@ def _load_index(
     if verify:
         for name in (CODES, LABELS, IDS):
             _check_sha256(path, name, files[name]["sha256"])
-    f7 = _open_f7(path, manifest, f7_in_memory)
+    codec = _load_codec(path, manifest)
+    f7: np.ndarray | F7File | PQRows
+    if codec.quantised:
+        shape = (n, codec.size)
+        exact = _open_f7(path, manifest, codec.dim, False) if codec.rerank else None
+        f7 = PQRows(
+            _load_array(path, PQ_CODES, shape, "uint8", files[PQ_CODES]["bytes"], "mmap"), codec, exact
+        )
+        if verify:
+            _check_sha256(path, PQ_CODES, files[PQ_CODES]["sha256"])
+    else:
+        f7 = _open_f7(path, manifest, codec.row_width, f7_in_memory)
     ids = ids_file.read_bytes().decode("utf-8").split("\n")[:-1]
     if len(ids) != n:
         raise IndexFormatError(f"{IDS} in {path} has {len(ids)} ids but the index holds {n} items")
@@ -157,6 +174,7 @@ def _load_index(
         pool_index=pool_index,
         bits=bits,
         manifest=manifest,
+        codec=codec,
     )
 
 
@@ -165,9 +183,11 @@ def verify_index(path: str | os.PathLike) -> dict[str, Any]:
     and every block of its rows (checksums, NaN and inf), the labels against the class names. Returns a
     summary; raises a one-line ``IndexFormatError`` on the first problem."""
     store = load_index(path)
-    with store.f7 as f7:
-        f7.verify_all()
-    checked = [MANIFEST, *FILE_KEYS]
+    rows = store.f7.exact if isinstance(store.f7, PQRows) else store.f7
+    if isinstance(rows, F7File):
+        with rows as f7:
+            f7.verify_all()
+    checked = [MANIFEST, *manifest_files(store.manifest)]
     return {
         "index": str(path),
         "count": store.count,
@@ -175,7 +195,7 @@ def verify_index(path: str | os.PathLike) -> dict[str, Any]:
         "feature_dim": store.feature_dim,
         "files": len(checked),
         "bytes": sum((store.path / name).stat().st_size for name in checked),
-        "f7_blocks": len(store.f7.checksums),
+        "f7_blocks": len(rows.checksums) if isinstance(rows, F7File) else 0,
     }
 
 
@@ -207,9 +227,14 @@ def read_manifest(path: Path) -> dict[str, Any]:
             f"index {path} has format_version {version}, from an older deephash without F7 checksums; "
             "rebuild it (deephash-index build, or rerun the training or baseline that wrote it)"
         )
-    if version != FORMAT_VERSION:
+    if version not in (FORMAT_VERSION, CODEC_FORMAT_VERSION):
         raise IndexFormatError(
-            f"{manifest_path} has format_version {version!r}; this deephash reads format_version {FORMAT_VERSION}"
+            f"{manifest_path} has format_version {version!r}; this deephash reads format_version "
+            f"{FORMAT_VERSION} and {CODEC_FORMAT_VERSION}"
+        )
+    if (version == CODEC_FORMAT_VERSION) != (codec_name(manifest) != "float16"):
+        raise IndexFormatError(
+            f"{manifest_path}: format_version {version} does not go with codec {manifest.get('codec')!r}"
         )
     for key in ("bits", "code_bytes", "feature_dim", "count", "files", "checkpoint_free"):
         if key not in manifest:
@@ -219,10 +244,10 @@ def read_manifest(path: Path) -> dict[str, Any]:
 
 
 def _load_array(
-    path: Path, name: str, shape: tuple[int, ...], dtype: str, nbytes: int | None, lazy: bool
-) -> np.ndarray | F7File:
-    """Load one .npy (or open it as an ``F7File`` when ``lazy``) and check it against the manifest's
-    shape, dtype and byte size."""
+    path: Path, name: str, shape: tuple[int, ...], dtype: str, nbytes: int | None, lazy: bool | str
+) -> Any:
+    """Load one .npy (open it as an ``F7File`` when ``lazy``, as a read-only memory map when ``lazy`` is
+    ``"mmap"``) and check it against the manifest's shape, dtype and byte size."""
     file = path / name
     want = f"{_dims(shape)} {dtype}"
     if not file.is_file():
@@ -233,7 +258,13 @@ def _load_array(
             f"{name} is truncated or corrupt: expected {want} ({nbytes} bytes) but the file has {size} bytes"
         )
     try:
-        arr = None if lazy else np.load(file, allow_pickle=False)
+        arr = (
+            np.load(file, mmap_mode="r")
+            if lazy == "mmap"
+            else None
+            if lazy
+            else np.load(file, allow_pickle=False)
+        )
         got_shape, got_dtype = (arr.shape, arr.dtype) if arr is not None else npy_layout(file)[1:]
         if got_shape != shape or got_dtype != np.dtype(dtype):
             raise IndexFormatError(
@@ -259,10 +290,24 @@ def _check_sha256(path: Path, name: str, expected: str) -> None:
         )
 
 
-def _open_f7(path: Path, manifest: dict[str, Any], in_memory: bool) -> np.ndarray | F7File:
-    """f7.npy as an ``F7File`` checking each block against f7.crc32.npy on first read (``in_memory``: read
-    and checked whole)."""
-    n, d = int(manifest["count"]), int(manifest["feature_dim"])
+def _load_codec(path: Path, manifest: dict[str, Any]) -> Codec:
+    """The codec the manifest records, with its parameters from codec.npz (checked against its sha256)."""
+    params: dict[str, np.ndarray] = {}
+    entry = manifest["files"].get(CODEC_PARAMS)
+    if entry is not None:
+        file = path / CODEC_PARAMS
+        if not file.is_file() or file.stat().st_size != entry["bytes"]:
+            raise IndexFormatError(f"{CODEC_PARAMS} in {path} is missing or truncated: rebuild the index")
+        _check_sha256(path, CODEC_PARAMS, entry["sha256"])
+        with np.load(file, allow_pickle=False) as arrays:
+            params = {key: arrays[key] for key in arrays.files}
+    return load_codec(manifest.get("codec"), int(manifest["feature_dim"]), params, str(path / MANIFEST))
+
+
+def _open_f7(path: Path, manifest: dict[str, Any], d: int, in_memory: bool) -> np.ndarray | F7File:
+    """f7.npy, (n, d) float16, as an ``F7File`` checking each block against f7.crc32.npy on first read
+    (``in_memory``: read and checked whole)."""
+    n = int(manifest["count"])
     entry, sums_entry = manifest["files"][F7], manifest["files"][F7_SUMS]
     block_rows = int(entry["block_rows"])
     blocks = -(-n // block_rows)

@@ -24,10 +24,20 @@ from typing import Any
 import numpy as np
 
 from deephash.retrieval.checksums import block_checksums, non_finite_rows
+from deephash.retrieval.codecs import (
+    DEFAULT_SEED,
+    DEFAULT_TRAIN_ROWS,
+    Codec,
+    check_codec,
+    sample_rows,
+    train_codec,
+)
 from deephash.retrieval.codes import check_packed, code_bytes
 from deephash.retrieval.features import F7File
 from deephash.retrieval.index_lock import acquire_index_lock, check_index_target, release_index_lock
 from deephash.retrieval.manifest import (
+    CODEC_FORMAT_VERSION,
+    CODEC_PARAMS,
     CODES,
     DTYPES,
     F7,
@@ -36,6 +46,7 @@ from deephash.retrieval.manifest import (
     IDS,
     LABELS,
     MANIFEST,
+    PQ_CODES,
     checkpoint_sha256,
     header_sha256,
     sha256_file,
@@ -67,10 +78,19 @@ class IndexWriter:
     the index's lock (``index_lock``) from creation to commit or abort. Used as a context manager, an
     exception (or leaving without ``commit()``) removes the temporary directory. A failed write (a full
     disk, a permission) is a one-line ``IndexWriteError``, with nothing left behind.
+
+    ``codec``: how the re-rank features are stored (``deephash.retrieval.codecs``; None: float16), trained
+    already; each block of F7 is encoded as it is written.
     """
 
     def __init__(
-        self, path: str | os.PathLike, n: int, bits: int, feature_dim: int, meta: dict[str, Any] | None = None
+        self,
+        path: str | os.PathLike,
+        n: int,
+        bits: int,
+        feature_dim: int,
+        meta: dict[str, Any] | None = None,
+        codec: Codec | None = None,
     ) -> None:
         if n < 0 or feature_dim <= 0:
             raise ConfigError(f"an index needs n >= 0 items and feature_dim > 0, got n={n}, d={feature_dim}")
@@ -78,9 +98,14 @@ class IndexWriter:
         self.n, self.bits, self.feature_dim = int(n), int(bits), int(feature_dim)
         self.code_bytes = code_bytes(self.bits)
         self.meta = dict(meta or {})
+        self.codec = codec or Codec("float16", 0, self.feature_dim)
+        if self.codec.dim != self.feature_dim:
+            raise ConfigError(f"a codec for {self.codec.dim}-d features cannot store {self.feature_dim}-d F7")
+        self._rows_file = PQ_CODES if self.codec.quantised else F7
+        self._f7_width = self.codec.row_width if not self.codec.quantised else self.feature_dim
         self._done = True  # until the lock and the temporary directory are ours
         self._checkpoint_sha = checkpoint_sha256(self.meta)
-        self.block_rows = f7_block_rows(self.feature_dim)
+        self.block_rows = f7_block_rows(self._f7_width)
         blocks = -(-self.n // self.block_rows)
         self._sums = np.zeros(blocks, np.uint32)
         self._summed = np.zeros(blocks, bool)
@@ -97,11 +122,12 @@ class IndexWriter:
             self._done = False
             try:
                 self.tmp.chmod(0o755)  # mkdtemp makes it private; the published index should not be
-                for name, shape, dtype in (
-                    (CODES, (self.n, self.code_bytes), np.uint8),
-                    (F7, (self.n, self.feature_dim), np.float16),
-                    (LABELS, (self.n,), np.int64),
-                ):
+                files = [(CODES, (self.n, self.code_bytes), np.uint8), (LABELS, (self.n,), np.int64)]
+                if self.codec.quantised:
+                    files.append((PQ_CODES, (self.n, self.codec.size), np.uint8))
+                if self.codec.keeps_f7:
+                    files.append((F7, (self.n, self._f7_width), np.float16))
+                for name, shape, dtype in files:
                     create_npy(self.tmp / name, shape, dtype)
                     self._files[name] = NpyRowWriter(self.tmp / name)
             except BaseException:
@@ -115,8 +141,8 @@ class IndexWriter:
     ) -> None:
         """Write rows ``start:start + m``. codes_packed: (m, ceil(bits / 8)) uint8; f7: (m, d); labels: (m,).
 
-        F7 is converted to float16 and checked in blocks, so a large (or memory-mapped) ``f7`` is never
-        copied whole; a memmap's pages are released after each block.
+        F7 is encoded by the codec (float16 by default) and checked in blocks, so a large (or memory-mapped)
+        ``f7`` is never copied whole; a memmap's pages are released after each block.
         """
         if self._done:
             raise ConfigError(f"index {self.path} was already committed or aborted")
@@ -137,15 +163,22 @@ class IndexWriter:
         step = max(1, _F7_BLOCK_BYTES // (4 * self.feature_dim))
         with write_errors(self.path):
             for s in range(0, m, step):
-                with np.errstate(over="ignore"):  # reported below as a one-line error
-                    f7_half = f7[s : s + step].astype(np.float16)
+                block = f7[s : s + step]
+                with np.errstate(over="ignore", invalid="ignore"):  # reported below as a one-line error
+                    encoded = self.codec.encode(block)
+                    half = block.astype(np.float16) if self.codec.quantised and self.codec.keeps_f7 else None
+                    half = encoded if not self.codec.quantised else half
+                    bad = non_finite_rows(block if half is None else half).size
                 release_pages(f7)
-                if non_finite_rows(f7_half).size:
+                if bad:
                     raise ConfigError(
                         f"F7 rows {start}:{start + m} hold NaN or values beyond float16's range (65504)"
                     )
-                self._files[F7].write_at(start + s, f7_half)
-                self._sum_blocks(start + s, f7_half)
+                if self.codec.quantised:
+                    self._files[PQ_CODES].write_at(start + s, encoded)
+                if half is not None:
+                    self._files[F7].write_at(start + s, half)
+                    self._sum_blocks(start + s, half)
             self._files[CODES].write_at(start, codes_packed)
             self._files[LABELS].write_at(start, labels)
         self._ids[start : start + m] = [str(i) for i in ids]
@@ -172,10 +205,16 @@ class IndexWriter:
             )
         with write_errors(self.path):
             self._close_files()
-            self._sum_remaining_blocks()
-            np.save(self.tmp / F7_SUMS, self._sums)
+            names = [*self._files, IDS]
+            if self.codec.keeps_f7:
+                self._sum_remaining_blocks()
+                np.save(self.tmp / F7_SUMS, self._sums)
+                names.append(F7_SUMS)
+            if self.codec.params:
+                np.savez(self.tmp / CODEC_PARAMS, **self.codec.params)
+                names.append(CODEC_PARAMS)
             (self.tmp / IDS).write_bytes("".join(f"{i}\n" for i in self._ids).encode("utf-8"))
-            for name in (CODES, F7, F7_SUMS, LABELS, IDS):
+            for name in names:
                 fsync_path(self.tmp / name)
             _write_manifest(self.tmp, self._manifest())
             fsync_path(self.tmp)
@@ -215,26 +254,34 @@ class IndexWriter:
 
     def _manifest(self) -> dict[str, Any]:
         files: dict[str, dict[str, Any]] = {}
-        blocks = len(self._sums)
-        for name, shape in (
+        hashed: list[tuple[str, list[int] | None]] = [
             (CODES, [self.n, self.code_bytes]),
             (LABELS, [self.n]),
             (IDS, None),
-            (F7_SUMS, [blocks]),
-        ):
+        ]
+        if self.codec.quantised:
+            hashed.append((PQ_CODES, [self.n, self.codec.size]))  # m bytes a row: small enough to hash whole
+        if self.codec.keeps_f7:
+            hashed.append((F7_SUMS, [len(self._sums)]))
+        if self.codec.params:
+            hashed.append((CODEC_PARAMS, None))
+        for name, shape in hashed:
             files[name] = {"bytes": (self.tmp / name).stat().st_size, "sha256": sha256_file(self.tmp / name)}
             if shape is not None:
                 files[name]["shape"] = shape
-        # a multi-GB feature file is checked block by block as it is read (f7.crc32.npy), not hashed whole
-        files[F7] = {
-            "bytes": (self.tmp / F7).stat().st_size,
-            "shape": [self.n, self.feature_dim],
-            "header_sha256": header_sha256(self.tmp / F7),
-            "block_rows": self.block_rows,
-        }
+        if self.codec.keeps_f7:
+            # a multi-GB feature file is checked block by block as it is read (f7.crc32.npy), not hashed whole
+            files[F7] = {
+                "bytes": (self.tmp / F7).stat().st_size,
+                "shape": [self.n, self._f7_width],
+                "header_sha256": header_sha256(self.tmp / F7),
+                "block_rows": self.block_rows,
+            }
         checkpoint = self.meta.get("checkpoint")
+        plain = self.codec.name == "float16"
         return {
-            "format_version": FORMAT_VERSION,
+            "format_version": FORMAT_VERSION if plain else CODEC_FORMAT_VERSION,
+            "codec": self.codec.manifest(),
             "bits": self.bits,
             "code_bytes": self.code_bytes,
             "feature_dim": self.feature_dim,
@@ -282,12 +329,19 @@ def save_index(
     ids: Sequence[str],
     bits: int,
     meta: dict[str, Any] | None = None,
+    codec: str = "float16",
+    codec_train_rows: int = DEFAULT_TRAIN_ROWS,
+    codec_seed: int = DEFAULT_SEED,
+    codec_rerank: int = 0,
 ) -> Path:
     """Save an index atomically (see the module docstring) and return its path.
 
     codes_packed: (n, ceil(bits / 8)) uint8; f7: (n, d) array, memmap or ``F7File`` (copied in blocks),
     or an iterable of (m_i, d) row blocks summing to n rows (e.g. an encoder's batches); labels: (n,)
-    int; ids: n strings.
+    int; ids: n strings. ``codec``: the re-rank features' codec spec (``deephash.retrieval.codecs``); one
+    other than float16 is first trained on ``codec_train_rows`` rows drawn with ``codec_seed`` (``f7`` must
+    then be an array or ``F7File``), then every row is encoded as it is written; ``codec_rerank`` R > 0 (PQ):
+    keep the float16 rows too and re-rank each search's top R exactly.
     """
     codes_packed = check_packed(codes_packed, bits)
     labels = np.asarray(labels)
@@ -295,12 +349,20 @@ def save_index(
     if labels.shape != (n,) or len(ids) != n:
         raise ConfigError(f"{n} codes need labels ({n},) and {n} ids, got {labels.shape} and {len(ids)}")
     blocks: Iterable[np.ndarray]
+    trained: Codec | None = None
     if isinstance(f7, (np.ndarray, F7File)):
         if f7.ndim != 2 or len(f7) != n:
             raise ConfigError(f"f7 must be ({n}, d) for {n} codes, got {f7.shape}")
+        if check_codec(codec, f7.shape[1])[0] != "float16":
+            sample = f7[sample_rows(n, codec_train_rows, codec_seed)]
+            trained = train_codec(codec, sample, codec_seed, codec_rerank)
         rows = max(1, _F7_BLOCK_BYTES // max(1, 4 * f7.shape[1]))
         blocks = (f7[s : s + rows] for s in range(0, max(n, 1), rows))
     else:
+        if codec != "float16":
+            raise ConfigError(
+                f"codec {codec} is trained on a sample of the rows: pass f7 as an array or F7File"
+            )
         blocks = iter(f7)
     writer: IndexWriter | None = None
     start = 0
@@ -310,7 +372,7 @@ def save_index(
             if writer is None:
                 if block.ndim != 2:
                     raise ConfigError(f"f7 blocks must be (m, d), got {block.shape}")
-                writer = IndexWriter(path, n, bits, block.shape[1], meta)
+                writer = IndexWriter(path, n, bits, block.shape[1], meta, trained)
             stop = start + len(block)
             if stop > n:
                 raise ConfigError(f"f7 blocks hold more than the {n} rows of the codes")

@@ -8,8 +8,10 @@ from typing import Any
 
 import numpy as np
 
+from deephash.retrieval.codecs import Codec
 from deephash.retrieval.features import F7File
 from deephash.retrieval.hamming import HammingIndex
+from deephash.retrieval.pq_rows import PQRows
 
 
 @dataclass(kw_only=True)
@@ -47,18 +49,25 @@ class EncodedItems:
 @dataclass(kw_only=True)
 class IndexStore(EncodedItems):
     """A loaded index: its encoded items (f7 an ``F7File`` by default, an ndarray with
-    ``f7_in_memory=True``) with the directory, the code length and the parsed manifest.json."""
+    ``f7_in_memory=True``, a ``PQRows`` under a PQ codec) with the directory, the code length, the parsed
+    manifest.json and the re-rank codec (None: float16)."""
 
     codes: np.ndarray
-    f7: np.ndarray | F7File
+    f7: np.ndarray | F7File | PQRows
     path: Path
     bits: int
     manifest: dict[str, Any]
+    codec: Codec | None = None
     _hamming: HammingIndex | None = field(default=None, repr=False)
 
     @property
     def feature_dim(self) -> int:
-        return int(self.f7.shape[1])
+        """The width of the model's features (the queries'); a PCA index stores fewer columns."""
+        return int(self.manifest.get("feature_dim", self.f7.shape[1]))
+
+    def query_features(self, f7: np.ndarray) -> np.ndarray:
+        """Query features (q, feature_dim) in the space this index's rows are compared in (PCA: projected)."""
+        return f7 if self.codec is None else self.codec.queries(f7)
 
     @property
     def hamming_index(self) -> HammingIndex:

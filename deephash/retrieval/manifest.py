@@ -9,6 +9,11 @@ Layout of ``<path>/``::
     f7.crc32.npy    (ceil(n / block_rows),) uint32 CRC-32 of each block of ``block_rows`` F7 rows
     labels.npy      (n,) int64 class labels
     ids.txt         n item ids, one per line
+    codec.npz       the re-rank codec's parameters (``deephash.retrieval.codecs``), for any codec but float16
+    pq.npy          (n, m) uint8 PQ codes, in place of f7.npy and its checksums under a pq<m>/opq<m> codec
+
+A pca<d> index holds (n, d) float16 rows in f7.npy. The manifest's ``codec`` ({name, size}; absent: float16)
+says which; an index with a codec other than float16 has format_version 3, so an older deephash refuses it.
 
 Every file is checked: the small ones against their sha256 on load, f7.npy's header against its sha256 and
 each block of its rows against its CRC-32 when a read first touches it. A checksum missing from the manifest is
@@ -28,8 +33,10 @@ from deephash.retrieval.npy import npy_layout
 from deephash.utils.errors import ConfigError, IndexFormatError
 
 FORMAT_VERSION = 2  # 2: F7 block checksums, every file's sha256 required, checkpoint_free
+CODEC_FORMAT_VERSION = 3  # 3: a re-rank codec other than float16
 MANIFEST = "manifest.json"
 CODES, F7, F7_SUMS, LABELS, IDS = "codes.npy", "f7.npy", "f7.crc32.npy", "labels.npy", "ids.txt"
+PQ_CODES, CODEC_PARAMS = "pq.npy", "codec.npz"
 DTYPES = {"codes": "uint8", "f7": "float16", "labels": "int64"}
 # The keys of each file's manifest entry: all required, no others (a misspelt key is an error).
 FILE_KEYS = {
@@ -40,6 +47,31 @@ FILE_KEYS = {
     F7: {"bytes", "shape", "header_sha256", "block_rows"},
 }
 SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def codec_name(manifest: dict[str, Any]) -> str:
+    """The name of the codec a manifest records (float16 when it records none)."""
+    codec = manifest.get("codec")
+    return str(codec.get("name")) if isinstance(codec, dict) else "float16"
+
+
+def file_keys(codec: str, rerank: Any = 0) -> dict[str, set[str]]:
+    """The files of an index under ``codec`` (a PQ one with ``rerank`` keeps f7.npy too) and the keys of each
+    one's manifest entry."""
+    if codec == "float16":
+        return FILE_KEYS
+    keys = {**FILE_KEYS, CODEC_PARAMS: {"bytes", "sha256"}}
+    if codec in ("pq", "opq"):
+        if not rerank:
+            del keys[F7], keys[F7_SUMS]
+        keys[PQ_CODES] = {"bytes", "shape", "sha256"}
+    return keys
+
+
+def manifest_files(manifest: dict[str, Any]) -> dict[str, set[str]]:
+    """``file_keys`` of the codec ``manifest`` records."""
+    codec = manifest.get("codec")
+    return file_keys(codec_name(manifest), codec.get("rerank", 0) if isinstance(codec, dict) else 0)
 
 
 def sha256_file(path: str | os.PathLike, block: int = 1 << 20) -> str:
@@ -83,7 +115,8 @@ def check_manifest(manifest: dict[str, Any], manifest_path: Path) -> None:
     files = manifest["files"]
     if not isinstance(files, dict):
         raise IndexFormatError(f"{manifest_path}: 'files' must be an object")
-    for name, keys in FILE_KEYS.items():
+    expected = manifest_files(manifest)
+    for name, keys in expected.items():
         entry = files.get(name)
         if not isinstance(entry, dict):
             raise IndexFormatError(
@@ -102,7 +135,7 @@ def check_manifest(manifest: dict[str, Any], manifest_path: Path) -> None:
                 raise IndexFormatError(
                     f"{manifest_path}: {name} {key} must be 64 hex digits, got {entry[key]!r}"
                 )
-    block_rows = files[F7]["block_rows"]
+    block_rows = files[F7]["block_rows"] if F7 in expected else 1
     if not isinstance(block_rows, int) or isinstance(block_rows, bool) or block_rows < 1:
         raise IndexFormatError(
             f"{manifest_path}: {F7} block_rows must be a positive integer, got {block_rows!r}"

@@ -16,6 +16,7 @@ from deephash.retrieval.exhaustive import euclidean_search
 from deephash.retrieval.features import F7File
 from deephash.retrieval.hamming import HammingSearch
 from deephash.retrieval.hierarchical import PoolRule, hierarchical_search
+from deephash.retrieval.pq_rows import PQRows, exact_rerank
 from deephash.retrieval.torch_search import TorchHammingIndex
 from deephash.retrieval.torch_search import hierarchical_search as device_hierarchical_search
 
@@ -48,15 +49,23 @@ def _hamming_radius(s: ModeQuery) -> np.ndarray:
     return out
 
 
+def _wide(s: ModeQuery) -> int:
+    """Results to ask for: a PQ index that re-ranks its top R exactly needs at least R."""
+    return s.db_f7.widen(s.k) if isinstance(s.db_f7, PQRows) else s.k
+
+
 def _hierarchical(s: ModeQuery) -> np.ndarray:
     """The coarse pool re-ranked by L2 on F7, on the torch device of a ``TorchHammingIndex``."""
     search = device_hierarchical_search if isinstance(s.index, TorchHammingIndex) else hierarchical_search
-    return search(s.index, s.db_f7, s.query_packed, s.query_f7, s.k, s.pool).idx
+    pool = s.pool.resolved(s.k)  # the pools of a top-k search, however many results are re-ranked
+    idx = search(s.index, s.db_f7, s.query_packed, s.query_f7, _wide(s), pool).idx
+    return exact_rerank(s.db_f7, s.query_f7, idx)[:, : s.k]
 
 
 def _euclidean(s: ModeQuery) -> np.ndarray:
     """Every item by L2 on F7 (the codes are not used)."""
-    return euclidean_search(s.db_f7, s.query_f7, s.k)[1]
+    idx = euclidean_search(s.db_f7, s.query_f7, _wide(s))[1]
+    return exact_rerank(s.db_f7, s.query_f7, idx)[:, : s.k]
 
 
 SEARCHES: dict[str, Callable[[ModeQuery], np.ndarray]] = {

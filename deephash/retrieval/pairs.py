@@ -13,7 +13,7 @@ import torch
 from deephash.retrieval.distances import queries_by_row, sqdist_by_row
 from deephash.retrieval.features import F7File
 from deephash.retrieval.pages import read_only_tensor, release_pages
-from deephash.retrieval.rows import f7_rows, row_buffer, sorted_unique
+from deephash.retrieval.rows import ScoredRows, f7_rows, row_buffer, sorted_unique
 
 # Distinct rows whose sharing queries are listed at once, and float32 bytes of rows gathered and scored at a
 # time (about half a core's L2 cache)
@@ -52,8 +52,11 @@ def score_pairs(
     of up to ``_SCORE_BLOCK_ROWS`` (at most ``chunk_size``) distinct rows. The kernel and its float32 rows
     are those of ``pair_sqdist`` (the reference), so the distances are the same bits. Rows are visited in
     index order, never in the order of the queries sharing them, so that a memory map is read sequentially.
+    A ``ScoredRows`` database (PQ codes, shards) scores the pairs itself.
     """
     queries = np.ascontiguousarray(queries, np.float32)
+    if isinstance(db_f7, ScoredRows):
+        return db_f7.pair_sqdist(queries, np.asarray(owner, np.int64), np.asarray(items, np.int64))
     sq = np.empty(len(items), np.float32)
     if not len(items):
         return sq

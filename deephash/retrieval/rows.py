@@ -1,5 +1,8 @@
 """Database F7 rows read as float32, whatever holds them: an ndarray, a memmap or an ``F7File``.
 
+A database held otherwise (product-quantised codes, several shards) is a ``ScoredRows``: it scores pairs and
+searches exhaustively itself, and indexing it gives float32 rows (its reconstructions).
+
 Every search reads database F7 through ``f7_rows`` (or, scoring pairs from float16 rows, the gather of
 ``deephash.retrieval.pairs``), which copies the rows asked for to float32 and never leaves more than those
 rows resident: a memmap's pages are released after each block (``deephash.retrieval.pages``).
@@ -10,12 +13,29 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
 from deephash.retrieval.features import F7File
 from deephash.retrieval.pages import release_pages, widen
 from deephash.utils.errors import ConfigError, IndexFormatError
+
+
+@runtime_checkable
+class ScoredRows(Protocol):
+    """(n, d) database rows that compute their own distances to float32 queries (q, d): ``pair_sqdist`` of the
+    pairs (queries[owner[i]], row items[i]) -> (p,) float32; ``nearest`` the exhaustive top k -> (l2 (q, k)
+    float32, idx (q, k) int64) by (distance, index), inf / -1 padded; ``sqdist_block`` the distances to rows
+    ``start:stop`` -> (q, stop - start) float32, the same bits as ``pair_sqdist`` for each pair."""
+
+    shape: tuple[int, int]
+
+    def pair_sqdist(self, queries: np.ndarray, owner: np.ndarray, items: np.ndarray) -> np.ndarray: ...
+
+    def nearest(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]: ...
+
+    def sqdist_block(self, queries: np.ndarray, start: int, stop: int) -> np.ndarray: ...
 
 
 def f7_rows(

@@ -27,13 +27,14 @@ from deephash.data.scan import IMG_EXTENSIONS, check_utf8_names
 from deephash.models.checkpoint import load_hash_module
 from deephash.models.module import HashModule
 from deephash.retrieval.codes import hamming_distance_matrix, pack_codes
-from deephash.retrieval.distances import exact_l2
 from deephash.retrieval.hierarchical import PoolRule
 from deephash.retrieval.index_reader import load_index
 from deephash.retrieval.index_writer import save_index
 from deephash.retrieval.items import IndexStore
 from deephash.retrieval.manifest import MANIFEST, check_preprocess, sha256_file
 from deephash.retrieval.modes import MODES, SEARCHES, ModeQuery
+from deephash.retrieval.pairs import score_pairs
+from deephash.retrieval.shards import load_shards
 from deephash.retrieval.sublinear import COARSE_METHODS, build_hamming_index
 from deephash.utils.checks import check_int
 from deephash.utils.errors import ConfigError, DataError, IndexFormatError
@@ -111,11 +112,16 @@ class Searcher:
 
     @classmethod
     def from_index(
-        cls, index_dir: str | os.PathLike, ckpt: str | os.PathLike, device: str = "cpu", coarse: str = "flat"
+        cls,
+        index_dir: str | os.PathLike | Sequence[str | os.PathLike],
+        ckpt: str | os.PathLike,
+        device: str = "cpu",
+        coarse: str = "flat",
     ) -> Searcher:
-        """An index directory and the checkpoint it was built with (checked by its sha256)."""
+        """An index directory (or the shards of one: a list of directories, or a ``shards.json``) and the
+        checkpoint it was built with (checked by its sha256)."""
         module = load_hash_module(ckpt, map_location=device)
-        store = load_index(
+        store = load_shards(
             index_dir,
             expect_bits=module.bits,
             expect_feature_dim=module.feature_dim,
@@ -200,7 +206,8 @@ class Searcher:
     def _rows(self, encoded: Encoded, k: int, mode: str, pool: PoolRule) -> list[np.ndarray]:
         """Database rows of each query's results, best first."""
         store, k_all = self.store, min(k, self.store.count)
-        found = SEARCHES[mode](ModeQuery(self._index, store.f7, encoded.codes, encoded.f7, k_all, pool))
+        query_f7 = store.query_features(encoded.f7)
+        found = SEARCHES[mode](ModeQuery(self._index, store.f7, encoded.codes, query_f7, k_all, pool))
         return [row[row >= 0] for row in found]
 
     def _result(
@@ -210,7 +217,11 @@ class Searcher:
         idx = np.asarray(idx, dtype=np.int64)
         if idx.size:
             hamming = hamming_distance_matrix(code[None], store.codes[idx])[0]
-            l2 = exact_l2(f7[None].astype(np.float32), np.asarray(store.f7[idx], np.float32)[None])[0]
+            # the distance the search ranks by: exact L2, or the codec's (PCA space, PQ's ADC)
+            row = np.asarray(store.query_features(f7[None]), np.float32)
+            exact = getattr(store.f7, "exact", None)  # a PQ index that re-ranks its results: exact L2
+            rows = store.f7 if exact is None else exact
+            l2 = np.sqrt(score_pairs(rows, row, np.zeros(len(idx), np.int64), idx, len(idx)))
         else:
             hamming, l2 = np.zeros(0, np.int64), np.zeros(0, np.float32)
         names = store.manifest.get("meta", {}).get("class_names")

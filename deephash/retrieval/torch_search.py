@@ -25,6 +25,7 @@ from deephash.retrieval.codes import check_packed, code_bytes, packed_words, pad
 from deephash.retrieval.distances import device_pair_sqdist
 from deephash.retrieval.features import F7File
 from deephash.retrieval.hamming import range_radius, split_ranges
+from deephash.retrieval.rows import ScoredRows
 from deephash.utils.checks import check_int
 from deephash.utils.errors import ConfigError
 
@@ -138,7 +139,8 @@ def hierarchical_search(
 
     The pools' distinct F7 rows are read once per block (the sorted gather of the CPU path), moved to the
     device and scored there against their queries; the exact re-rank of each query's shortlist follows
-    on the CPU. Same arguments (``pool`` None: ``PoolRule()``) and results as the CPU search.
+    on the CPU. Same arguments (``pool`` None: ``PoolRule()``) and results as the CPU search. A ``ScoredRows``
+    database (PQ codes, shards) scores its pools itself, on the CPU.
     """
     return hierarchical.hierarchical_search(
         index,
@@ -148,7 +150,7 @@ def hierarchical_search(
         k,
         pool or hierarchical.PoolRule(),
         chunk_size=chunk_size,
-        pool_scorer=partial(device_pair_sqdist, index.device),
+        pool_scorer=None if isinstance(db_f7, ScoredRows) else partial(device_pair_sqdist, index.device),
     )
 
 

@@ -1,0 +1,338 @@
+"""Re-rank feature codecs side by side: index size, build time and peak memory, hierarchical queries/s and
+recall@k against the exact float16 re-rank; with ``--run``, mAP per codec on a trained run's index.
+
+Synthetic data (the default): ``--n-database`` F7 rows of ``--dim`` non-negative features around ``--clusters``
+centres (varying in an ``--intrinsic-dim`` subspace, as a CNN's features mostly do, plus ``--noise``), codes the signs of a random projection of the centred rows (so near codes have near features, as a
+trained model's do), queries fresh draws from the same clusters. The float16 index is written first, streamed
+in blocks; every codec's index is then built from it by ``save_index`` in a fresh subprocess (its peak resident
+memory above the imports, as ``deephash-bench memory`` measures it). In this process, every codec answers the
+same queries with the same coarse pools (best of ``--repeat``, codecs interleaved), so the ratios hold on a
+busy machine. Each ``--coarse`` method other than flat (the sub-linear coarse stage,
+``deephash.retrieval.sublinear``) is reported with the recall of its pools against the exact ones.
+
+``pq<m>:r<R>`` in ``--codecs`` is ``pq<m>`` built with ``codec_rerank=R`` (its F7 kept, each search's top R
+re-ranked exactly); the searches go through the search modes (``deephash.retrieval.modes``), as ``Searcher``'s do.
+
+``--run RUN``: the run's ``index/`` and ``queries/`` (as ``deephash-train`` leaves them); each codec's index is
+built from the run's F7 and evaluated (hierarchical and euclidean mAP), the difference to float16 reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from deephash.benchmarks.common import (
+    add_shared_arguments,
+    apply_quick,
+    best_of,
+    check_disk,
+    finish,
+    limit_threads,
+    qps,
+    require_positive,
+    results_table,
+    run_benchmark,
+    work_dir,
+)
+from deephash.benchmarks.memory import Meter
+from deephash.benchmarks.sublinear import parse_setting
+from deephash.cli import exit_on_user_error
+from deephash.evaluation.pipeline import evaluate_retrieval, pool_recall
+from deephash.retrieval import (
+    HammingIndex,
+    PoolRule,
+    load_index,
+    save_index,
+)
+from deephash.retrieval.codecs import parse_codec
+from deephash.retrieval.modes import SEARCHES, ModeQuery
+from deephash.retrieval.sublinear import build_hamming_index
+from deephash.utils.errors import ConfigError
+from deephash.utils.io import atomic_write_json
+
+QUICK = {"n_database": 20_000, "dim": 128, "n_queries": 100, "euclidean_queries": 10, "train_rows": 5000}
+MB = 1 << 20
+_BLOCK = 16384  # synthetic rows generated and written at a time
+_CENTRE_SPREAD = np.float32(2)  # centres uniform in [0, spread) in each dimension
+
+
+def synthetic_blocks(args: argparse.Namespace, n: int, seed: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Blocks of (codes (m, ceil(bits / 8)) uint8, f7 (m, dim) float32) of the synthetic data of the module
+    docstring; the centres, subspace and projection depend on ``args.seed`` only, the draws on ``seed``."""
+    model = np.random.default_rng(args.seed)
+    centres = model.random((args.clusters, args.dim), dtype=np.float32) * _CENTRE_SPREAD
+    # most of a CNN feature's variance lies in a few directions: each item varies around its centre in a
+    # random ``intrinsic_dim``-d subspace, plus a little isotropic noise
+    basis = model.standard_normal((args.intrinsic_dim, args.dim)).astype(np.float32) / np.sqrt(
+        args.intrinsic_dim
+    )
+    projection = model.standard_normal((args.dim, args.bits)).astype(np.float32)
+    mean = centres.mean(axis=0)
+    rng = np.random.default_rng(seed)
+    for start in range(0, n, _BLOCK):
+        m = min(_BLOCK, n - start)
+        f7 = centres[rng.integers(0, args.clusters, m)]
+        f7 += rng.standard_normal((m, args.intrinsic_dim), dtype=np.float32) @ basis
+        f7 += rng.standard_normal((m, args.dim), dtype=np.float32) * np.float32(args.noise)
+        np.maximum(f7, 0, out=f7)  # post-ReLU activations
+        yield np.packbits((f7 - mean) @ projection > 0, axis=1), f7
+
+
+def _index_bytes(path: Path) -> dict[str, float]:
+    rows = [p for p in path.iterdir() if p.name in ("f7.npy", "pq.npy")]
+    return {
+        "disk_mb": sum(p.stat().st_size for p in path.iterdir()) / MB,
+        "rows_mb": sum(p.stat().st_size for p in rows) / MB,
+    }
+
+
+def _build(spec: dict[str, Any]) -> dict[str, Any]:
+    """Subprocess side: the codec's index built from the float16 one (its F7 read in blocks)."""
+    base = load_index(spec["base"], verify=False)
+    meter = Meter()
+    save_index(
+        spec["out"],
+        codes_packed=base.codes,
+        f7=base.f7,
+        labels=base.labels,
+        ids=base.ids,
+        bits=base.bits,
+        meta=base.manifest.get("meta"),
+        codec=spec["codec"].partition(":")[0],
+        codec_rerank=int(spec["codec"].partition(":r")[2] or 0),
+        codec_train_rows=spec["train_rows"],
+        codec_seed=spec["seed"],
+    )
+    return meter.result()
+
+
+def build_in_subprocess(base: Path, out: Path, codec: str, args: argparse.Namespace) -> dict[str, Any]:
+    spec_path = out.parent / f"{out.name}.json"
+    atomic_write_json(
+        spec_path,
+        {
+            "base": str(base),
+            "out": str(out),
+            "codec": codec,
+            "train_rows": args.train_rows,
+            "seed": args.seed,
+        },
+    )
+    cmd = [sys.executable, "-m", "deephash.benchmarks.codecs", "--worker", str(spec_path)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
+        raise RuntimeError(
+            f"building the {codec} index failed with status {proc.returncode}: " + " | ".join(tail)
+        )
+    return json.loads(spec_path.with_suffix(".result.json").read_text())
+
+
+def _coarse_index(codes: np.ndarray, bits: int, spec: str) -> Any:
+    """``multihash`` (its defaults) or ``multihash:[NHASHx]B:NFLIP`` over ``codes``."""
+    if spec == "multihash":
+        return build_hamming_index(codes, bits, "multihash")
+    if not spec.startswith("multihash:"):
+        raise ConfigError(f"--coarse takes flat, multihash or multihash:[NHASHx]B:NFLIP, got {spec!r}")
+    nhash, b, nflip = parse_setting(spec.split(":", 1)[1], bits)
+    return build_hamming_index(codes, bits, "multihash", nhash=nhash, b=b, nflip=nflip)
+
+
+def overlap(got: np.ndarray, exact: np.ndarray) -> float:
+    """Mean fraction of each row of ``exact`` (q, k) ids (-1 for none) found in the same row of ``got``."""
+    found = [
+        len(np.intersect1d(g[g >= 0], e[e >= 0])) / max(1, int((e >= 0).sum())) for g, e in zip(got, exact)
+    ]
+    return float(np.mean(found)) if found else 1.0
+
+
+def run_synthetic(args: argparse.Namespace, root: Path) -> dict[str, Any]:
+    base = root / "float16"
+    codes = np.concatenate([c for c, _ in synthetic_blocks(args, args.n_database, args.seed + 1)])
+    save_index(
+        base,
+        codes_packed=codes,
+        f7=(f7 for _, f7 in synthetic_blocks(args, args.n_database, args.seed + 1)),
+        labels=np.zeros(args.n_database, np.int64),
+        ids=[str(i) for i in range(args.n_database)],
+        bits=args.bits,
+        meta={"dataset": "synthetic"},
+    )
+    query_codes, queries = next(synthetic_blocks(args, args.n_queries, args.seed + 2))
+    stores, builds = {}, {}
+    for codec in args.codecs:
+        builds[codec] = build_in_subprocess(base, root / f"index-{codec}", codec, args)
+        stores[codec] = load_index(root / f"index-{codec}")
+    pool, k = PoolRule(args.radius, pool_size=args.pool_size), args.k
+    flat = HammingIndex(codes, args.bits)
+    coarse = {"flat": flat} | {m: _coarse_index(codes, args.bits, m) for m in args.coarse if m != "flat"}
+
+    def search(codec: str, index: Any, mode: str = "hierarchical", n: int = args.n_queries) -> Any:
+        store = stores[codec]
+        query = ModeQuery(index, store.f7, query_codes[:n], store.query_features(queries[:n]), k, pool)
+        return lambda: SEARCHES[mode](query)
+
+    timed = best_of(
+        {c: search(c, flat) for c in args.codecs}
+        | {m: search("float16", i) for m, i in coarse.items() if m != "flat"},
+        args.repeat,
+    )
+    exact = timed["float16"].result
+    few = args.euclidean_queries
+    euclid = best_of({c: search(c, flat, "euclidean", few) for c in args.codecs}, 1) if few else {}
+    rows = []
+    for codec in args.codecs:
+        row = {"codec": codec, "coarse": "flat", **_index_bytes(stores[codec].path)}
+        row |= {"build_s": builds[codec]["seconds"], "build_peak_mb": builds[codec]["peak_over_baseline_mb"]}
+        row["hierarchical_qps"] = qps(args.n_queries, timed[codec].wall)
+        row[f"recall@{k}"] = overlap(timed[codec].result, exact)
+        if euclid:
+            row["euclidean_qps"] = qps(few, euclid[codec].wall)
+            row[f"euclidean_recall@{k}"] = overlap(euclid[codec].result, euclid["float16"].result)
+        rows.append(row)
+    for method, index in coarse.items():
+        if method == "flat":
+            continue
+        row = {
+            "codec": "float16",
+            "coarse": method,
+            "hierarchical_qps": qps(args.n_queries, timed[method].wall),
+        }
+        row[f"recall@{k}"] = overlap(timed[method].result, exact)
+        row["pool_recall"] = pool_recall(index, flat, query_codes, pool, k)
+        rows.append(row)
+    return {"rows": rows, "n_database": args.n_database, "dim": args.dim, "bits": args.bits, "k": k}
+
+
+def run_real(args: argparse.Namespace, root: Path) -> dict[str, Any]:
+    database, queries = load_index(Path(args.run) / "index"), load_index(Path(args.run) / "queries")
+    pool, rows, reference = PoolRule(args.radius, pool_size=args.pool_size), [], {}
+    for codec in args.codecs:
+        build = build_in_subprocess(database.path, root / f"index-{codec}", codec, args)
+        store = load_index(root / f"index-{codec}")
+        report = evaluate_retrieval(
+            store, queries, store.bits, modes=("hierarchical", "euclidean"), ks=(args.k,), pool=pool
+        )
+        row = {"codec": codec, "coarse": "flat", **_index_bytes(store.path), "build_s": build["seconds"]}
+        for mode in ("hierarchical", "euclidean"):
+            row[f"{mode}_mAP"] = report.metrics[mode]["mAP"]
+            row[f"{mode}_qps"] = report.metrics[mode]["queries_per_second"]
+            reference.setdefault(mode, row[f"{mode}_mAP"] if codec == "float16" else None)
+            if reference[mode] is not None:
+                row[f"{mode}_mAP_delta"] = row[f"{mode}_mAP"] - reference[mode]
+        rows.append(row)
+    return {"rows": rows, "run": str(args.run), "n_database": database.count, "n_queries": queries.count}
+
+
+def run_codecs_bench(args: argparse.Namespace) -> dict[str, Any]:
+    apply_quick(args, QUICK)
+    require_positive(
+        args,
+        "n_database",
+        "dim",
+        "bits",
+        "n_queries",
+        "k",
+        "clusters",
+        "intrinsic_dim",
+        "train_rows",
+        "repeat",
+    )
+    for codec in args.codecs:  # a bad spec fails before any work
+        spec, _, rerank = codec.partition(":r")
+        parse_codec(spec)
+        if rerank and not (rerank.isdigit() and spec.startswith(("pq", "opq"))):
+            raise ConfigError(
+                f"--codecs takes <codec> or pq<m>:r<R> (re-rank the top R exactly), got {codec!r}"
+            )
+    args.codecs = ["float16", *[c for c in args.codecs if c != "float16"]]  # the reference first
+    workdir = work_dir(args.workdir)
+    if not args.run:  # the float16 index and every codec's
+        check_disk(workdir, args.n_database, args.dim * 2 * len(args.codecs), "the indexes")
+    with (
+        limit_threads(args.threads)[1],
+        tempfile.TemporaryDirectory(dir=workdir, prefix="deephash-codecs-") as root,
+    ):
+        start = time.perf_counter()
+        results = run_real(args, Path(root)) if args.run else run_synthetic(args, Path(root))
+        results["seconds"] = time.perf_counter() - start
+    columns = list(dict.fromkeys(key for row in results["rows"] for key in row))  # first seen first
+    source = f"run {args.run}" if args.run else f"synthetic, {args.dim}-d, {args.bits} bits"
+    title = f"codecs ({source}: {results['n_database']:,} items)"
+    table = results_table(title, columns, left=("codec", "coarse"))
+    for row in results["rows"]:
+        table.add_row(*[_cell(row.get(c)) for c in columns])
+    return finish(results, table, args.out, width=160)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:,.4f}" if abs(value) < 10 else f"{value:,.0f}"
+    return str(value)
+
+
+def add_codecs_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--codecs",
+        nargs="+",
+        default=["float16", "pca128", "pq32", "pq64", "opq64"],
+        help="codecs to compare with float16; pq<m>:r<R> keeps F7 and re-ranks each search's top R exactly",
+    )
+    parser.add_argument("--n-database", type=int, default=200_000)
+    parser.add_argument("--dim", type=int, default=512, help="F7 feature size")
+    parser.add_argument("--bits", type=int, default=48)
+    parser.add_argument("--clusters", type=int, default=1000)
+    parser.add_argument(
+        "--intrinsic-dim", type=int, default=32, help="the subspace items vary in around a centre"
+    )
+    parser.add_argument("--noise", type=float, default=0.05, help="isotropic noise beside the subspace")
+    parser.add_argument(
+        "--n-queries", type=int, default=500, help="hierarchical queries, searched in one call"
+    )
+    parser.add_argument("--euclidean-queries", type=int, default=20)
+    parser.add_argument("--k", type=int, default=100)
+    parser.add_argument("--radius", type=int, default=2)
+    parser.add_argument("--pool-size", type=int, default=1000)
+    parser.add_argument("--train-rows", type=int, default=32768, help="rows a codec is trained on")
+    parser.add_argument(
+        "--coarse",
+        nargs="+",
+        default=["flat", "multihash"],
+        help="coarse Hamming stages: flat (exact), multihash or multihash:[NHASHx]B:NFLIP (sub-linear)",
+    )
+    parser.add_argument("--run", type=Path, default=None, help="a run directory: mAP per codec on its index")
+    add_shared_arguments(
+        parser,
+        out=Path("codecs.json"),
+        quick=QUICK,
+        repeat=2,
+        threads="FAISS/BLAS threads",
+        workdir="the indexes go",
+    )
+
+
+@exit_on_user_error
+def main(argv: Sequence[str] | None = None) -> int:
+    """``deephash-bench codecs``; ``--worker SPEC`` is the subprocess side of one build."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--worker"]:
+        spec_path = Path(argv[1])
+        atomic_write_json(spec_path.with_suffix(".result.json"), _build(json.loads(spec_path.read_text())))
+        return 0
+    return run_benchmark("codecs", __doc__, add_codecs_arguments, run_codecs_bench, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
