@@ -443,7 +443,10 @@ def test_read_encoded_keeps_jpeg_bytes_and_decodes_the_rest(smooth_tree):
         image = read_encoded(str(smooth_tree / "cat" / name))
         assert isinstance(image, torch.Tensor) and image.shape == (3, *size) and image.dtype == torch.uint8
         with Image.open(smooth_tree / "cat" / name) as raw:
-            np.testing.assert_array_equal(image.permute(1, 2, 0).numpy(), np.asarray(raw.convert("RGB")))
+            # as a viewer shows it: transparency composited onto the white background, as on the CPU path
+            white = Image.new("RGBA", raw.size, (255, 255, 255, 255))
+            expected = Image.alpha_composite(white, raw.convert("RGBA")).convert("RGB")
+            np.testing.assert_array_equal(image.permute(1, 2, 0).numpy(), np.asarray(expected))
 
 
 @pytest.mark.parametrize("transform", ["imagenet", "native"])
