@@ -15,6 +15,7 @@ TINY = ["--n-database", "3000", "--dim", "32", "--bits", "16", "--clusters", "20
 TINY += ["--euclidean-queries", "5", "--train-rows", "1500", "--repeat", "1", "--threads", "1"]
 
 
+@pytest.mark.slow
 def test_synthetic_rows_and_the_float16_reference(tmp_path: Path) -> None:
     out = tmp_path / "codecs.json"
     argv = ["codecs", *TINY, "--codecs", "pq8", "pca8", "pq8:r150", "--coarse", "flat", "multihash:4x4:1"]

@@ -11,6 +11,7 @@ import pytest
 from deephash.benchmarks.memory import main
 
 
+@pytest.mark.slow
 def test_memory_bench_reports_bounded_peaks(tmp_path: Path) -> None:
     """100k x 1024 float16 (195 MB): every operation's peak stays under half the feature file."""
     out = tmp_path / "memory.json"

@@ -80,6 +80,7 @@ def test_distributed_encoding_equals_single_process_encoding(ddp_run: Path, tmp_
     assert ddp_index.ids == one.ids
 
 
+@pytest.mark.slow
 def test_ddp_resume_continues_from_last_checkpoint(ddp_run: Path, tmp_path: Path) -> None:
     last = ddp_run / "checkpoints" / "last.ckpt"
     steps = torch.load(last, map_location="cpu", weights_only=True)["global_step"]
@@ -90,6 +91,7 @@ def test_ddp_resume_continues_from_last_checkpoint(ddp_run: Path, tmp_path: Path
     assert metrics["epochs"] == 3 and metrics["global_step"] == steps * 3 // 2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["dpsh", "cnnh_plus"])
 def test_other_methods_train_under_ddp_and_their_index_matches_one_process(
     method: str, tmp_path: Path

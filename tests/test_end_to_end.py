@@ -163,6 +163,7 @@ def test_corrupt_index_is_a_clear_error(run: Path, tmp_path: Path) -> None:
     assert "codes.npy" in proc.stderr and "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_index_cli_builds_and_describes(run: Path, tmp_path: Path) -> None:
     ckpt = str(run / "checkpoints" / "last.ckpt")
     out = tmp_path / "rebuilt"
@@ -182,6 +183,7 @@ def test_index_cli_builds_and_describes(run: Path, tmp_path: Path) -> None:
     assert _cli("deephash.index", "info", str(tmp_path / "missing")).returncode == 2
 
 
+@pytest.mark.slow
 def test_evaluate_cli_on_a_checkpoint(run: Path, tmp_path: Path) -> None:
     ckpt = run / "checkpoints" / "last.ckpt"
     out = tmp_path / "eval"
@@ -202,6 +204,7 @@ def test_evaluate_cli_on_a_checkpoint(run: Path, tmp_path: Path) -> None:
     assert bad.returncode == 2 and "ckpt_path not found" in bad.stderr
 
 
+@pytest.mark.slow
 def test_index_cli_builds_shards_and_codecs_searched_like_the_whole(run: Path, tmp_path: Path) -> None:
     ckpt = str(run / "checkpoints" / "last.ckpt")
     shards = [tmp_path / f"shard-{k}" for k in range(2)]

@@ -450,6 +450,7 @@ def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 240) -> None:
         time.sleep(0.1)
 
 
+@pytest.mark.slow
 def test_output_into_a_pipe_closed_early_ends_quietly(trained, tmp_path) -> None:
     """``deephash-search ... | head`` and ``deephash-index info ... | head``: the reader is gone before the
     output is written; the command stops without a BrokenPipeError traceback or an "Exception ignored"

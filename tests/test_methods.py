@@ -107,6 +107,7 @@ def test_worked_example_codes_follow_its_sign_rule(example: Path) -> None:
     assert 0.2 < ones < 0.8
 
 
+@pytest.mark.slow
 def test_worked_example_searches_in_a_fresh_process(example: Path, tmp_path: Path) -> None:
     """deephash-search loads the method's checkpoint by importing the head's module the checkpoint records;
     without that module importable it refuses the checkpoint in one line."""

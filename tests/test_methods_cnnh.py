@@ -89,7 +89,7 @@ def test_cnnh_plus_classifies_from_f7_beside_the_hash_outputs():
     assert ((out.latent > 0) & (out.latent < 1)).all()
 
 
-@pytest.mark.parametrize("method", ["cnnh", "cnnh_plus"])
+@pytest.mark.parametrize("method", ["cnnh", pytest.param("cnnh_plus", marks=pytest.mark.slow)])
 def test_each_trains_through_deephash_train_under_the_cnnh_protocol(method: str, tmp_path: Path) -> None:
     from deephash.train import train
 

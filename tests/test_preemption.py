@@ -59,8 +59,10 @@ def uninterrupted(tmp_path_factory) -> dict:
 
 @pytest.mark.parametrize(
     "step, trained",
-    [(BATCHES + 7, BATCHES + 8), (2 * BATCHES - 1, 2 * BATCHES)],
-    ids=["mid-epoch", "last-batch-of-an-epoch"],
+    [
+        pytest.param(BATCHES + 7, BATCHES + 8, id="mid-epoch"),
+        pytest.param(2 * BATCHES - 1, 2 * BATCHES, id="last-batch-of-an-epoch", marks=pytest.mark.slow),
+    ],
 )
 def test_resume_after_a_signal_ends_exactly_as_the_uninterrupted_run(
     train_cfg, tmp_path: Path, uninterrupted: dict, step: int, trained: int
@@ -90,6 +92,7 @@ def _cli(run: Path, *overrides: str, env: dict | None = None) -> subprocess.Comp
     return subprocess.run([sys.executable, *args], capture_output=True, text=True, env=full_env, cwd=root)
 
 
+@pytest.mark.slow
 def test_sigterm_in_training_is_interrupted_143_and_the_requeued_job_resumes(tmp_path: Path) -> None:
     """A scheduler's SIGTERM: status 143 (not 0), "interrupted" with the checkpoint written at the signal; SLURM
     starts the requeued job with the same command line, and it goes on from that checkpoint to the end."""
@@ -111,6 +114,7 @@ def test_sigterm_in_training_is_interrupted_143_and_the_requeued_job_resumes(tmp
     assert metrics["global_step"] == 2 * BATCHES
 
 
+@pytest.mark.slow
 def test_a_run_not_requeued_refuses_the_interrupted_directory_without_ckpt_path(tmp_path: Path) -> None:
     run = tmp_path / "run"
     assert _cli(run, *_signal_at(3)).returncode == 143
@@ -118,7 +122,7 @@ def test_a_run_not_requeued_refuses_the_interrupted_directory_without_ckpt_path(
     assert again.returncode == 2 and "pass ckpt_path=<checkpoint> to resume it" in again.stderr
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("signum", [signal.SIGTERM, pytest.param(signal.SIGINT, marks=pytest.mark.slow)])
 def test_a_signal_while_testing_is_interrupted_not_completed(tmp_path: Path, signum: int) -> None:
     """Training is complete but the test (and the evaluation after it) is not: the run is interrupted, to be
     resumed from its last checkpoint, never "completed" with blank results."""
@@ -205,6 +209,7 @@ def _sweep(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env, cwd=root)
 
 
+@pytest.mark.slow
 def test_a_sweep_with_a_failed_job_ends_with_one_line_naming_it(tmp_path: Path) -> None:
     result = _sweep(tmp_path, "model.net.dropout=0.5,7")
     assert result.returncode == 2, result.stderr[-3000:]
@@ -235,3 +240,46 @@ def test_resuming_a_checkpoint_whose_shapes_do_not_fit_is_one_line(train_cfg, tm
         "\n" not in message and f"{last} does not fit this run's network (size mismatch for net." in message
     )
     assert "finetune=true" in message
+
+
+# ---- DataLoader workers: deaf to a scheduler's SIGTERM, not to their parent's -------------------------------
+
+HOLDS_ITS_WORKERS = """
+from deephash.data.digits import DigitsDataModule
+dm = DigitsDataModule(transform="native", n_queries=60, batch_size=64, seed=1, num_workers=1,
+                      persistent_workers=True)
+dm.setup()
+loader = dm.train_dataloader()
+next(iter(loader))  # persistent: the loader keeps its worker until the process exits
+print("fetched", flush=True)
+"""
+
+
+def test_a_process_holding_persistent_workers_exits(tmp_path: Path) -> None:
+    """At exit ``multiprocessing`` ends the workers a process still holds with SIGTERM, then waits for them: a
+    worker that ignored its parent's SIGTERM kept the process (a test session, a notebook's kernel, an
+    in-process launcher) waiting forever."""
+    done = subprocess.run(
+        [sys.executable, "-c", HOLDS_ITS_WORKERS], capture_output=True, text=True, timeout=120, cwd=tmp_path
+    )
+    assert done.returncode == 0 and "fetched" in done.stdout, done.stderr
+
+
+def test_a_worker_ignores_a_sigterm_from_outside() -> None:
+    """A scheduler's SIGTERM (sent here by another process, as scancel's is) reaches the workers too: they go on
+    loading until the main process stops. (Their parent's SIGTERM ending them is the test above.)"""
+    import time
+
+    from deephash.data.digits import DigitsDataModule
+
+    dm = DigitsDataModule(transform="native", n_queries=60, batch_size=64, seed=1, num_workers=1)
+    dm.setup()
+    batches = iter(dm.train_dataloader())
+    next(batches)
+    worker = batches._workers[0]  # noqa: SLF001 - the process under test
+    for _ in range(3):
+        subprocess.run(["kill", "-TERM", str(worker.pid)], check=True)
+        time.sleep(0.5)
+        assert worker.is_alive()
+        next(batches)
+    del batches  # the loader's own shutdown

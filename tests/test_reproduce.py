@@ -63,7 +63,7 @@ def test_failed_runs_exit_1_with_every_row_explained(tmp_path: Path, monkeypatch
         return {"digits/bits48": launch.record_status(plan, "digits/bits48", entry)}
 
     monkeypatch.setattr(launch, "run_training", training)
-    for stage in ("run_baselines", "run_cnnh", "run_yahoo", "run_speed"):
+    for stage in ("run_baselines", "run_cnnh", "run_methods", "run_yahoo", "run_speed"):
         monkeypatch.setattr(launch, stage, lambda plan: {})
     assert reproduce.main(["--smoke", "--out", str(tmp_path)]) == 1
     rows = {row[0].strip("`"): row for row in results_table((tmp_path / "RESULTS.md").read_text())}
@@ -85,6 +85,7 @@ def tiny_smoke(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int]:
     return out, reproduce.main([*TINY, "--out", str(out)])
 
 
+@pytest.mark.slow
 def test_tiny_smoke_writes_every_stage(tiny_smoke: tuple[Path, int]) -> None:
     out, code = tiny_smoke
     assert code == 0
@@ -122,6 +123,7 @@ def test_tiny_smoke_writes_every_stage(tiny_smoke: tuple[Path, int]) -> None:
         assert next(csv.reader(f)) == ["k", "ours hamming", "LSH"]
 
 
+@pytest.mark.slow
 def test_tiny_smoke_compares_the_deep_methods(tiny_smoke: tuple[Path, int]) -> None:
     """Stage 5: each method of --deep-methods (smoke: latent and DPSH) at 12 and 48 bits, its table row read from
     its own run, and the mAP-vs-bits figure with a line per method and mode."""
@@ -172,6 +174,7 @@ def test_only_runs_the_stages_asked_for(tmp_path: Path) -> None:
     assert rows["mnist_lsh_precision_48"][4] == "not run: stage baselines not in --only"
 
 
+@pytest.mark.slow
 def test_tiny_smoke_results_table_is_filled(tiny_smoke: tuple[Path, int]) -> None:
     out, _ = tiny_smoke
     markdown = (out / "RESULTS.md").read_text()
@@ -210,6 +213,7 @@ def test_tiny_smoke_results_table_is_filled(tiny_smoke: tuple[Path, int]) -> Non
     assert by_id["yahoo_test_acc_128"][4].startswith("not run: no --yahoo-root")
 
 
+@pytest.mark.slow
 def test_tiny_smoke_rerun_skips_completed_runs(tiny_smoke: tuple[Path, int]) -> None:
     out, _ = tiny_smoke
     before = (out / "runs" / "digits" / "bits48" / "metrics.json").stat().st_mtime_ns

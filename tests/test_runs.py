@@ -17,6 +17,7 @@ def _manifest_checkpoint(index_dir: Path) -> str:
     return json.loads((index_dir / "manifest.json").read_text())["meta"]["checkpoint"]
 
 
+@pytest.mark.slow
 def test_last_selection_without_val_evaluates_the_final_iteration(train_cfg, tmp_path: Path) -> None:
     """The authors' protocol: every training image trained on, the final weights tested and indexed."""
     run = tmp_path / "run"
@@ -38,6 +39,7 @@ def test_last_selection_without_val_evaluates_the_final_iteration(train_cfg, tmp
     assert np.array_equal(splits["train"], splits["database"])  # the paper protocol: database = training set
 
 
+@pytest.mark.slow
 def test_last_selection_ignores_a_better_validation_checkpoint(train_cfg, tmp_path: Path) -> None:
     run = tmp_path / "run"
     metrics = train(train_cfg("checkpoint_selection=last", "trainer.max_epochs=3"))
@@ -46,6 +48,7 @@ def test_last_selection_ignores_a_better_validation_checkpoint(train_cfg, tmp_pa
     assert metrics["selection"] == "last"
 
 
+@pytest.mark.slow
 def test_best_val_is_the_default_and_falls_back_to_last_without_val(train_cfg, tmp_path: Path) -> None:
     metrics = train(train_cfg())
     assert metrics["selection"] == "best_val"

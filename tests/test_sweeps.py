@@ -37,6 +37,7 @@ def _compose_with_hydra(*overrides: str):
         return compose("train", overrides=list(overrides), return_hydra_config=True)
 
 
+@pytest.mark.slow
 def test_bit_sweep_gives_one_wandb_run_per_job_in_one_group_and_a_comparison(tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
     proc = _train(
@@ -80,6 +81,7 @@ def test_bit_sweep_gives_one_wandb_run_per_job_in_one_group_and_a_comparison(tmp
     assert (sweep / "compare" / "map_vs_bits.png").stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_a_failed_sweep_job_is_reported_not_dropped(tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
     proc = _train("-m", "model.bits=12,0", "logger=none", *FAST, f"hydra.sweep.dir={sweep}")

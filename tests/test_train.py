@@ -23,6 +23,7 @@ def _metrics(run: Path) -> dict:
     return json.loads((run / "metrics.json").read_text())
 
 
+@pytest.mark.slow
 def test_digits_default_run_reaches_098(train_cfg, tmp_path: Path) -> None:
     cfg = train_cfg(
         "experiment=demo", "logger=none", "callbacks=none", "evaluate=false", "trainer.max_epochs=15"
@@ -105,6 +106,7 @@ def test_run_data_config_anchors_relative_paths_at_the_launch_directory(tmp_path
     assert run_data_config(run).list_file == str(tmp_path / "launch" / "train.txt")
 
 
+@pytest.mark.slow
 def test_resume_from_last_checkpoint_continues(train_cfg, tmp_path: Path) -> None:
     first = train(train_cfg("trainer.max_epochs=1", output_dir=tmp_path / "a"))
     last = tmp_path / "a" / "checkpoints" / "last.ckpt"
@@ -116,6 +118,7 @@ def test_resume_from_last_checkpoint_continues(train_cfg, tmp_path: Path) -> Non
     assert resumed["global_step"] == 3 * step_after_one
 
 
+@pytest.mark.slow
 def test_a_resume_with_the_csv_logger_continues_its_metrics_csv(train_cfg, tmp_path: Path) -> None:
     """Lightning's CSV writer deletes the metrics.csv it finds; a resumed run must keep the epochs before
     its checkpoint, and drop the rows the interrupted run logged after it (they are logged again)."""
@@ -143,6 +146,7 @@ def test_a_resume_with_the_csv_logger_continues_its_metrics_csv(train_cfg, tmp_p
     assert len([row for row in rows if row["test/acc"]]) == 1  # the earlier run's test row was re-logged
 
 
+@pytest.mark.slow
 def test_last_checkpoint_is_the_final_epoch_even_when_the_score_stops_improving(
     train_cfg, tmp_path: Path
 ) -> None:
@@ -226,6 +230,7 @@ def test_unknown_dataset_lists_choices(tmp_path: Path) -> None:
         assert choice in proc.stderr
 
 
+@pytest.mark.slow
 def test_multirun_over_bits_with_basic_launcher(tmp_path: Path) -> None:
     proc = subprocess.run(
         [
