@@ -76,6 +76,7 @@ def example(tmp_path_factory) -> Path:
     return run
 
 
+@pytest.mark.slow
 def test_worked_example_trains_indexes_and_retrieves(example: Path) -> None:
     import json
 

@@ -221,6 +221,7 @@ def test_a_sweep_with_a_failed_job_ends_with_one_line_naming_it(tmp_path: Path) 
     assert statuses == ["completed", "failed"]
 
 
+@pytest.mark.slow
 def test_a_signal_stops_the_whole_sweep_with_its_status(tmp_path: Path) -> None:
     """Hydra's launcher would go on with the next job after a failed one; an interruption stops the sweep."""
     result = _sweep(tmp_path, "seed=1,2", *_signal_at(1))

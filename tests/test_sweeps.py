@@ -96,6 +96,7 @@ def test_a_failed_sweep_job_is_reported_not_dropped(tmp_path: Path) -> None:
     assert "failed" in (sweep / "compare" / "compare.md").read_text()
 
 
+@pytest.mark.slow
 def test_a_method_sweep_compares_and_charts_one_line_per_method_and_code_length(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
