@@ -279,7 +279,8 @@ def test_a_worker_ignores_a_sigterm_from_outside() -> None:
     next(batches)
     worker = batches._workers[0]  # noqa: SLF001 - the process under test
     for _ in range(3):
-        subprocess.run(["kill", "-TERM", str(worker.pid)], check=True)
+        kill = f"import os, signal; os.kill({worker.pid}, signal.SIGTERM)"
+        subprocess.run([sys.executable, "-c", kill], check=True)
         time.sleep(0.5)
         assert worker.is_alive()
         next(batches)

@@ -3,12 +3,7 @@
 from __future__ import annotations
 
 import io
-import multiprocessing
-import multiprocessing.context
 import os
-import signal
-import sys
-import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, ClassVar
@@ -26,6 +21,7 @@ from deephash.utils.checks import check_int
 from deephash.utils.errors import ConfigError, DataError
 from deephash.utils.io import atomic_write_bytes, atomic_write_json
 from deephash.utils.logging import get_logger
+from deephash.utils.signals import quiet_worker, worker_context
 
 log = get_logger(__name__)
 
@@ -44,66 +40,6 @@ class SplitDataset(Dataset):
     def __getitem__(self, k: int) -> tuple[torch.Tensor, int, int]:
         p = int(self.indices[k])
         return self.transform(self.pool.image(p)), int(self.pool.labels[p]), p
-
-
-def quiet_worker(worker_id: int) -> None:
-    """A DataLoader worker leaves SIGINT and SIGTERM from outside to the main process: a scheduler's SIGTERM
-    reaches every process of the job, and a worker killed by it would fail the batch the main process is
-    finishing before it stops (``deephash.utils.signals``).
-
-    A SIGTERM from the worker's own parent still ends it: that is how the DataLoader stops a worker that does
-    not leave in time, and how ``multiprocessing`` ends the workers a process still holds when it exits (its exit
-    waits for them; ignored, the SIGTERM would leave it waiting forever). Python's handlers do not say who sent
-    a signal, so a thread takes SIGTERM with ``sigwaitinfo``, which does. That needs SIGTERM blocked in every
-    thread of the worker, those started before this function too: the worker is forked with it blocked
-    (:func:`worker_context`). Elsewhere (another start method, macOS, Windows) SIGTERM keeps its default action."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if not (_SIGWAIT and SIGTERM in signal.pthread_sigmask(signal.SIG_BLOCK, set())):
-        return  # not forked by worker_context(): SIGTERM keeps its default action
-    parent = os.getppid()
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the handler the worker inherited from its parent
-    threading.Thread(
-        target=_end_on_parents_sigterm, args=(parent,), name="deephash-sigterm", daemon=True
-    ).start()
-
-
-def _end_on_parents_sigterm(parent: int) -> None:
-    while signal.sigwaitinfo({SIGTERM}).si_pid != parent:
-        pass  # from outside: ignored, the main process stops the job
-    # the parent's: die of it as an unhandled SIGTERM would (pending until this thread unblocks it)
-    os.kill(os.getpid(), SIGTERM)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {SIGTERM})
-    os._exit(128 + SIGTERM)  # not reached
-
-
-SIGTERM = signal.SIGTERM
-_SIGWAIT = hasattr(signal, "sigwaitinfo") and hasattr(signal, "pthread_sigmask")
-
-
-class _ForkWithSigtermBlocked(multiprocessing.context.ForkProcess):
-    """A forked process whose threads all start with SIGTERM blocked (the mask of the thread that forks it is
-    the child's); the parent's own mask is restored at once, a SIGTERM that came meanwhile delivered then."""
-
-    def start(self) -> None:
-        previous = signal.pthread_sigmask(signal.SIG_BLOCK, {SIGTERM})
-        try:
-            super().start()
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
-
-
-class _WorkerContext(multiprocessing.context.ForkContext):
-    Process = _ForkWithSigtermBlocked  # type: ignore[assignment]
-
-
-def worker_context() -> multiprocessing.context.BaseContext | None:
-    """The DataLoader's ``multiprocessing_context``: forked workers that :func:`quiet_worker` can make deaf to
-    SIGTERM from outside; None (torch's default) where workers are not forked or ``sigwaitinfo`` is missing."""
-    if not _SIGWAIT or multiprocessing.get_start_method(allow_none=True) not in (None, "fork"):
-        return None
-    if "fork" not in multiprocessing.get_all_start_methods() or sys.platform != "linux":
-        return None
-    return _WorkerContext()
 
 
 def same_data(recorded: dict[str, Any], current: dict[str, Any]) -> str | None:

@@ -12,7 +12,11 @@ fit to stop after the current batch, where a checkpoint is written; a second one
 
 from __future__ import annotations
 
+import multiprocessing
+import multiprocessing.context
+import os
 import signal
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -101,3 +105,63 @@ def interruption_status(err: BaseException) -> int | None:
     if type(err).__name__ == "SIGTERMException":
         return 128 + (signal.SIGTERM if signum is None else signum)
     return 128 + signum if err.code == 1 and signum is not None else None
+
+
+# ---- DataLoader workers: deaf to a scheduler's SIGTERM, not to their parent's ----------------------------------
+
+
+def quiet_worker(worker_id: int) -> None:
+    """A DataLoader worker leaves SIGINT and SIGTERM from outside to the main process: a scheduler's SIGTERM
+    reaches every process of the job, and a worker killed by it would fail the batch the main process is
+    finishing before it stops (``deephash.utils.signals``).
+
+    A SIGTERM from the worker's own parent still ends it: that is how the DataLoader stops a worker that does
+    not leave in time, and how ``multiprocessing`` ends the workers a process still holds when it exits (its exit
+    waits for them; ignored, the SIGTERM would leave it waiting forever). Python's handlers do not say who sent
+    a signal, so a thread takes SIGTERM with ``sigwaitinfo``, which does. That needs SIGTERM blocked in every
+    thread of the worker, those started before this function too: the worker is forked with it blocked
+    (:func:`worker_context`). Elsewhere (another start method, macOS, Windows) SIGTERM keeps its default action."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if not (_SIGWAIT and signal.SIGTERM in signal.pthread_sigmask(signal.SIG_BLOCK, set())):
+        return  # not forked by worker_context(): SIGTERM keeps its default action
+    parent = os.getppid()
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the handler the worker inherited from its parent
+    threading.Thread(
+        target=_end_on_parents_sigterm, args=(parent,), name="deephash-sigterm", daemon=True
+    ).start()
+
+
+def _end_on_parents_sigterm(parent: int) -> None:
+    while signal.sigwaitinfo({signal.SIGTERM}).si_pid != parent:
+        pass  # from outside: ignored, the main process stops the job
+    # the parent's: die of it as an unhandled SIGTERM would (pending until this thread unblocks it)
+    os.kill(os.getpid(), signal.SIGTERM)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+    os._exit(128 + signal.SIGTERM)  # not reached
+
+
+_SIGWAIT = hasattr(signal, "sigwaitinfo") and hasattr(signal, "pthread_sigmask")
+
+
+class _ForkWithSigtermBlocked(multiprocessing.context.ForkProcess):
+    """A forked process whose threads all start with SIGTERM blocked (the mask of the thread that forks it is
+    the child's); the parent's own mask is restored at once, a SIGTERM that came meanwhile delivered then."""
+
+    def start(self) -> None:
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+        try:
+            super().start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+class _WorkerContext(multiprocessing.context.ForkContext):
+    Process = _ForkWithSigtermBlocked  # type: ignore[assignment]
+
+
+def worker_context() -> multiprocessing.context.BaseContext | None:
+    """The DataLoader's ``multiprocessing_context``: forked workers that :func:`quiet_worker` can make deaf to
+    SIGTERM from outside; None (torch's default) where workers are not forked or ``sigwaitinfo`` is missing."""
+    if sys.platform != "linux" or multiprocessing.get_start_method(allow_none=True) not in (None, "fork"):
+        return None
+    return _WorkerContext()
