@@ -1,14 +1,20 @@
 """Re-rank feature codecs side by side: index size, build time and peak memory, hierarchical queries/s and
 recall@k against the exact float16 re-rank; with ``--run``, mAP per codec on a trained run's index.
 
-Synthetic data (the default): ``--n-database`` F7 rows of ``--dim`` non-negative features around ``--clusters``
-centres (varying in an ``--intrinsic-dim`` subspace, as a CNN's features mostly do, plus ``--noise``), codes the signs of a random projection of the centred rows (so near codes have near features, as a
-trained model's do), queries fresh draws from the same clusters. The float16 index is written first, streamed
-in blocks; every codec's index is then built from it by ``save_index`` in a fresh subprocess (its peak resident
-memory above the imports, as ``deephash-bench memory`` measures it). In this process, every codec answers the
-same queries with the same coarse pools (best of ``--repeat``, codecs interleaved), so the ratios hold on a
-busy machine. Each ``--coarse`` method other than flat (the sub-linear coarse stage,
-``deephash.retrieval.sublinear``) is reported with the recall of its pools against the exact ones.
+Synthetic data (the default, ``deephash.benchmarks.synthetic_f7``): ``--n-database`` F7 rows of ``--dim``
+non-negative features around ``--clusters`` centres (varying in an ``--intrinsic-dim`` subspace, plus
+``--noise``), codes the signs of a random projection of the centred rows, queries fresh draws from the same
+clusters. The float16 index is written first, streamed in blocks; every codec's index is then built from it by
+``save_index`` in a fresh subprocess (its peak resident memory above the imports, as ``deephash-bench memory``
+measures it). With ``--stream`` there is no float16 index (10M x 4096-d would be 82 GB): each codec's index is
+built from the rows as they are drawn (its codec trained on the first ``--train-rows``, the drawing time not
+counted, its memory counted), and the exact reference re-ranks the exact pools on their rows drawn again.
+
+In this process, every codec answers the same queries with the same coarse pools (best of ``--repeat``,
+codecs interleaved), so the ratios hold on a busy machine; ``--cold`` evicts each index's files from the page
+cache before every timed search. Each ``--coarse`` method other than flat (the sub-linear coarse stage,
+``deephash.retrieval.sublinear``) is reported with the recall of its pools against the exact ones, and the
+recall of its results against the exact reference.
 
 ``pq<m>:r<R>`` in ``--codecs`` is ``pq<m>`` built with ``codec_rerank=R`` (its F7 kept, each search's top R
 re-ranked exactly); the searches go through the search modes (``deephash.retrieval.modes``), as ``Searcher``'s do.
@@ -21,11 +27,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +54,7 @@ from deephash.benchmarks.common import (
 )
 from deephash.benchmarks.memory import Meter
 from deephash.benchmarks.sublinear import parse_setting
+from deephash.benchmarks.synthetic_f7 import SyntheticF7, data_from, exact_reference, stream_index
 from deephash.cli import exit_on_user_error
 from deephash.evaluation.pipeline import evaluate_retrieval, pool_recall
 from deephash.retrieval import (
@@ -55,37 +64,15 @@ from deephash.retrieval import (
     save_index,
 )
 from deephash.retrieval.codecs import parse_codec
+from deephash.retrieval.features import F7File
 from deephash.retrieval.modes import SEARCHES, ModeQuery
+from deephash.retrieval.pages import release_pages
 from deephash.retrieval.sublinear import build_hamming_index
 from deephash.utils.errors import ConfigError
 from deephash.utils.io import atomic_write_json
 
 QUICK = {"n_database": 20_000, "dim": 128, "n_queries": 100, "euclidean_queries": 10, "train_rows": 5000}
 MB = 1 << 20
-_BLOCK = 16384  # synthetic rows generated and written at a time
-_CENTRE_SPREAD = np.float32(2)  # centres uniform in [0, spread) in each dimension
-
-
-def synthetic_blocks(args: argparse.Namespace, n: int, seed: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Blocks of (codes (m, ceil(bits / 8)) uint8, f7 (m, dim) float32) of the synthetic data of the module
-    docstring; the centres, subspace and projection depend on ``args.seed`` only, the draws on ``seed``."""
-    model = np.random.default_rng(args.seed)
-    centres = model.random((args.clusters, args.dim), dtype=np.float32) * _CENTRE_SPREAD
-    # most of a CNN feature's variance lies in a few directions: each item varies around its centre in a
-    # random ``intrinsic_dim``-d subspace, plus a little isotropic noise
-    basis = model.standard_normal((args.intrinsic_dim, args.dim)).astype(np.float32) / np.sqrt(
-        args.intrinsic_dim
-    )
-    projection = model.standard_normal((args.dim, args.bits)).astype(np.float32)
-    mean = centres.mean(axis=0)
-    rng = np.random.default_rng(seed)
-    for start in range(0, n, _BLOCK):
-        m = min(_BLOCK, n - start)
-        f7 = centres[rng.integers(0, args.clusters, m)]
-        f7 += rng.standard_normal((m, args.intrinsic_dim), dtype=np.float32) @ basis
-        f7 += rng.standard_normal((m, args.dim), dtype=np.float32) * np.float32(args.noise)
-        np.maximum(f7, 0, out=f7)  # post-ReLU activations
-        yield np.packbits((f7 - mean) @ projection > 0, axis=1), f7
 
 
 def _index_bytes(path: Path) -> dict[str, float]:
@@ -97,7 +84,24 @@ def _index_bytes(path: Path) -> dict[str, float]:
 
 
 def _build(spec: dict[str, Any]) -> dict[str, Any]:
-    """Subprocess side: the codec's index built from the float16 one (its F7 read in blocks)."""
+    """Subprocess side: the codec's index built from the float16 one (its F7 read in blocks), or with
+    ``stream`` from the synthetic rows drawn afresh (the time spent drawing them not counted)."""
+    codec, _, rerank = spec["codec"].partition(":r")
+    if spec.get("stream"):
+        data = SyntheticF7(**spec["stream"]["data"])
+        meter = Meter()
+        drawing = stream_index(
+            data,
+            Path(spec["out"]),
+            spec["stream"]["n"],
+            spec["stream"]["stream"],
+            codec,
+            spec["train_rows"],
+            spec["seed"],
+            int(rerank or 0),
+        )
+        result = meter.result()
+        return result | {"seconds": result["seconds"] - drawing, "drawing_s": drawing}
     base = load_index(spec["base"], verify=False)
     meter = Meter()
     save_index(
@@ -108,26 +112,28 @@ def _build(spec: dict[str, Any]) -> dict[str, Any]:
         ids=base.ids,
         bits=base.bits,
         meta=base.manifest.get("meta"),
-        codec=spec["codec"].partition(":")[0],
-        codec_rerank=int(spec["codec"].partition(":r")[2] or 0),
+        codec=codec,
+        codec_rerank=int(rerank or 0),
         codec_train_rows=spec["train_rows"],
         codec_seed=spec["seed"],
     )
     return meter.result()
 
 
-def build_in_subprocess(base: Path, out: Path, codec: str, args: argparse.Namespace) -> dict[str, Any]:
+def build_in_subprocess(base: Path | None, out: Path, codec: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Build ``codec``'s index at ``out`` in a fresh process, from the float16 index ``base`` (None: from
+    the synthetic stream) -> the build's seconds and peak memory."""
     spec_path = out.parent / f"{out.name}.json"
-    atomic_write_json(
-        spec_path,
-        {
-            "base": str(base),
-            "out": str(out),
-            "codec": codec,
-            "train_rows": args.train_rows,
-            "seed": args.seed,
-        },
-    )
+    spec: dict[str, Any] = {
+        "base": None if base is None else str(base),
+        "out": str(out),
+        "codec": codec,
+        "train_rows": args.train_rows,
+        "seed": args.seed,
+    }
+    if base is None:
+        spec["stream"] = {"data": asdict(data_from(args)), "n": args.n_database, "stream": args.seed + 1}
+    atomic_write_json(spec_path, spec)
     cmd = [sys.executable, "-m", "deephash.benchmarks.codecs", "--worker", str(spec_path)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -139,13 +145,38 @@ def build_in_subprocess(base: Path, out: Path, codec: str, args: argparse.Namesp
 
 
 def _coarse_index(codes: np.ndarray, bits: int, spec: str) -> Any:
-    """``multihash`` (its defaults) or ``multihash:[NHASHx]B:NFLIP`` over ``codes``."""
-    if spec == "multihash":
-        return build_hamming_index(codes, bits, "multihash")
-    if not spec.startswith("multihash:"):
-        raise ConfigError(f"--coarse takes flat, multihash or multihash:[NHASHx]B:NFLIP, got {spec!r}")
-    nhash, b, nflip = parse_setting(spec.split(":", 1)[1], bits)
-    return build_hamming_index(codes, bits, "multihash", nhash=nhash, b=b, nflip=nflip)
+    """``multihash``/``ivf`` (their defaults), ``multihash:[NHASHx]B:NFLIP`` or ``ivf:NLIST:NPROBE`` over
+    ``codes``."""
+    method, _, setting = spec.partition(":")
+    if method in ("multihash", "ivf") and not setting:
+        return build_hamming_index(codes, bits, method)
+    if method == "multihash":
+        nhash, b, nflip = parse_setting(setting, bits)
+        return build_hamming_index(codes, bits, "multihash", nhash=nhash, b=b, nflip=nflip)
+    nlist, _, nprobe = setting.partition(":")
+    if method != "ivf" or not (nlist.isdigit() and nprobe.isdigit()):
+        raise ConfigError(
+            f"--coarse takes flat, multihash, multihash:[NHASHx]B:NFLIP, ivf or ivf:NLIST:NPROBE, got {spec!r}"
+        )
+    return build_hamming_index(codes, bits, "ivf", nlist=int(nlist), nprobe=int(nprobe), seed=0)
+
+
+def drop_cached(store: Any) -> None:
+    """Evict the files of ``store``'s index from the page cache (its maps released first), so the next
+    search reads its rows from disk: ``posix_fadvise(DONTNEED)``, which needs no privileges but drops only
+    clean pages no process maps."""
+    rows = store.f7
+    for arr in (getattr(rows, "codes", None), rows):
+        release_pages(arr)
+    for f7 in (rows, getattr(rows, "exact", None)):
+        if isinstance(f7, F7File):
+            f7.release()
+    for path in Path(store.path).iterdir():
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
 
 
 def overlap(got: np.ndarray, exact: np.ndarray) -> float:
@@ -157,22 +188,19 @@ def overlap(got: np.ndarray, exact: np.ndarray) -> float:
 
 
 def run_synthetic(args: argparse.Namespace, root: Path) -> dict[str, Any]:
-    base = root / "float16"
-    codes = np.concatenate([c for c, _ in synthetic_blocks(args, args.n_database, args.seed + 1)])
-    save_index(
-        base,
-        codes_packed=codes,
-        f7=(f7 for _, f7 in synthetic_blocks(args, args.n_database, args.seed + 1)),
-        labels=np.zeros(args.n_database, np.int64),
-        ids=[str(i) for i in range(args.n_database)],
-        bits=args.bits,
-        meta={"dataset": "synthetic"},
-    )
-    query_codes, queries = next(synthetic_blocks(args, args.n_queries, args.seed + 2))
+    data, n = data_from(args), args.n_database
+    query_codes, queries = data.rows(args.seed + 2, args.n_queries, args.n_queries)
+    base = None
+    if not args.stream:  # every codec built from a float16 index of the rows, itself the reference
+        base = root / "float16"
+        drawing = stream_index(data, base, n, args.seed + 1, "float16", 1, args.seed)
+        print(f"float16 reference index written ({drawing:.0f} s drawing the rows)", file=sys.stderr)
     stores, builds = {}, {}
     for codec in args.codecs:
         builds[codec] = build_in_subprocess(base, root / f"index-{codec}", codec, args)
         stores[codec] = load_index(root / f"index-{codec}")
+        print(f"{codec} index built in {builds[codec]['seconds']:.0f} s", file=sys.stderr)
+    codes = stores[args.codecs[0]].codes
     pool, k = PoolRule(args.radius, pool_size=args.pool_size), args.k
     flat = HammingIndex(codes, args.bits)
     coarse = {"flat": flat} | {m: _coarse_index(codes, args.bits, m) for m in args.coarse if m != "flat"}
@@ -182,13 +210,16 @@ def run_synthetic(args: argparse.Namespace, root: Path) -> dict[str, Any]:
         query = ModeQuery(index, store.f7, query_codes[:n], store.query_features(queries[:n]), k, pool)
         return lambda: SEARCHES[mode](query)
 
-    timed = best_of(
-        {c: search(c, flat) for c in args.codecs}
-        | {m: search("float16", i) for m, i in coarse.items() if m != "flat"},
-        args.repeat,
-    )
-    exact = timed["float16"].result
-    few = args.euclidean_queries
+    cold = (lambda name: drop_cached(stores[name.partition("@")[0]])) if args.cold else None
+    reference = args.codecs[0]  # float16, unless --stream without it
+    runs = {c: search(c, flat) for c in args.codecs}
+    runs |= {f"{reference}@{m}": search(reference, i) for m, i in coarse.items() if m != "flat"}
+    timed = best_of(runs, args.repeat, before=cold)
+    if args.stream:
+        exact = exact_reference(data, args.seed + 1, codes, query_codes, queries, k, pool)
+    else:
+        exact = timed["float16"].result
+    few = args.euclidean_queries if "float16" in args.codecs else 0
     euclid = best_of({c: search(c, flat, "euclidean", few) for c in args.codecs}, 1) if few else {}
     rows = []
     for codec in args.codecs:
@@ -203,15 +234,20 @@ def run_synthetic(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     for method, index in coarse.items():
         if method == "flat":
             continue
-        row = {
-            "codec": "float16",
-            "coarse": method,
-            "hierarchical_qps": qps(args.n_queries, timed[method].wall),
-        }
-        row[f"recall@{k}"] = overlap(timed[method].result, exact)
+        timing = timed[f"{reference}@{method}"]
+        row = {"codec": reference, "coarse": method, "hierarchical_qps": qps(args.n_queries, timing.wall)}
+        row[f"recall@{k}"] = overlap(timing.result, exact)
         row["pool_recall"] = pool_recall(index, flat, query_codes, pool, k)
         rows.append(row)
-    return {"rows": rows, "n_database": args.n_database, "dim": args.dim, "bits": args.bits, "k": k}
+    return {
+        "rows": rows,
+        "n_database": n,
+        "dim": args.dim,
+        "bits": args.bits,
+        "k": k,
+        "cold": args.cold,
+        "reference": "float16 rows drawn again" if args.stream else "float16 index",
+    }
 
 
 def run_real(args: argparse.Namespace, root: Path) -> dict[str, Any]:
@@ -255,10 +291,12 @@ def run_codecs_bench(args: argparse.Namespace) -> dict[str, Any]:
             raise ConfigError(
                 f"--codecs takes <codec> or pq<m>:r<R> (re-rank the top R exactly), got {codec!r}"
             )
-    args.codecs = ["float16", *[c for c in args.codecs if c != "float16"]]  # the reference first
+    if not args.stream or "float16" in args.codecs:  # the reference first
+        args.codecs = ["float16", *[c for c in args.codecs if c != "float16"]]
     workdir = work_dir(args.workdir)
-    if not args.run:  # the float16 index and every codec's
-        check_disk(workdir, args.n_database, args.dim * 2 * len(args.codecs), "the indexes")
+    if not args.run:  # every index, and without --stream a float16 one the codecs are built from
+        per_row = sum(_row_bytes(c, args.dim, args.bits) for c in args.codecs)
+        check_disk(workdir, args.n_database, per_row + (0 if args.stream else 2 * args.dim), "the indexes")
     with (
         limit_threads(args.threads)[1],
         tempfile.TemporaryDirectory(dir=workdir, prefix="deephash-codecs-") as root,
@@ -273,6 +311,13 @@ def run_codecs_bench(args: argparse.Namespace) -> dict[str, Any]:
     for row in results["rows"]:
         table.add_row(*[_cell(row.get(c)) for c in columns])
     return finish(results, table, args.out, width=160)
+
+
+def _row_bytes(spec: str, dim: int, bits: int) -> int:
+    """Bytes a row of ``spec``'s index takes on disk (codes, label, id, re-rank features), roughly."""
+    name, size = parse_codec(spec.partition(":r")[0])
+    rows = {"float16": 2 * dim, "pca": 2 * size}.get(name, size) + (2 * dim if ":r" in spec else 0)
+    return rows + -(-bits // 8) + 8 + 9
 
 
 def _cell(value: Any) -> str:
@@ -310,9 +355,21 @@ def add_codecs_arguments(parser: argparse.ArgumentParser) -> None:
         "--coarse",
         nargs="+",
         default=["flat", "multihash"],
-        help="coarse Hamming stages: flat (exact), multihash or multihash:[NHASHx]B:NFLIP (sub-linear)",
+        help="coarse Hamming stages: flat (exact), or sub-linear: multihash, multihash:[NHASHx]B:NFLIP, ivf, "
+        "ivf:NLIST:NPROBE",
     )
     parser.add_argument("--run", type=Path, default=None, help="a run directory: mAP per codec on its index")
+    parser.add_argument(
+        "--stream",
+        action="store_true",
+        help="no float16 index: each codec's index built from the synthetic rows as they are drawn, and the "
+        "exact reference re-ranked on the pools' rows drawn again (for sizes whose float16 copy does not fit)",
+    )
+    parser.add_argument(
+        "--cold",
+        action="store_true",
+        help="evict each index's files from the page cache (posix_fadvise) before every timed search",
+    )
     add_shared_arguments(
         parser,
         out=Path("codecs.json"),

@@ -38,14 +38,19 @@ class Best:
     result: Any
 
 
-def best_of(fns: Mapping[str, Callable[[], Any]], repeat: int) -> dict[str, Best]:
+def best_of(
+    fns: Mapping[str, Callable[[], Any]], repeat: int, before: Callable[[str], None] | None = None
+) -> dict[str, Best]:
     """Each function timed ``repeat`` times, the functions interleaved round by round so drift (clocks,
-    caches, other work) hits them alike. CPU time is the steadier comparison on a shared machine."""
+    caches, other work) hits them alike. CPU time is the steadier comparison on a shared machine.
+    ``before(name)``, untimed, runs before each timing (say, to evict a file from the page cache)."""
     wall = {name: float("inf") for name in fns}
     cpu = dict(wall)
     last: dict[str, Any] = {}
     for _ in range(repeat):
         for name, fn in fns.items():
+            if before is not None:
+                before(name)
             start, start_cpu = time.perf_counter(), time.process_time()
             last[name] = fn()
             wall[name] = min(wall[name], time.perf_counter() - start)

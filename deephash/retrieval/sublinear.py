@@ -10,6 +10,10 @@ always a candidate (``exact_radius``): a ``range_search`` with ``radius <= exact
 k-NN returns the k best candidates by (distance, index), so it is approximate: an item beyond
 ``exact_radius`` is only found when one of its substrings happens to be close enough.
 ``BinaryHashIndex`` (``faiss.IndexBinaryHash``) is the single-table case, exact up to ``nflip``.
+``IVFIndex`` (``faiss.IndexBinaryIVF``) instead partitions the codes into ``nlist`` cells by binary k-means
+and scans the ``nprobe`` cells nearest a query: its cost is ``nprobe / nlist`` of the exhaustive scan's,
+whatever the code length, and its recall is measured, not guaranteed (only identical codes share a cell
+for sure: ``exact_radius`` 0).
 
 Cost: a query reads ``nhash * sum_{i <= nflip} C(b, i)`` buckets; beyond its true near neighbours each
 bucket holds about ``n / 2**b`` unrelated codes, so the search stays sub-linear while ``b`` grows like
@@ -30,15 +34,17 @@ from typing import Any
 
 import numpy as np
 
+from deephash.retrieval.codecs import sample_rows
 from deephash.retrieval.codes import check_packed, code_bytes, pad_codes, padded_code_bytes, padded_queries
 from deephash.retrieval.faiss_blas import faiss
 from deephash.retrieval.hamming import HammingIndex, range_radius, split_ranges
 from deephash.utils.checks import check_int
 from deephash.utils.errors import ConfigError
 
-COARSE_METHODS = ("flat", "multihash", "hash")  # the coarse Hamming index of retrieval.coarse.method
+COARSE_METHODS = ("flat", "multihash", "hash", "ivf")  # the coarse Hamming index of retrieval.coarse.method
 DEFAULT_SUBSTRING_BITS = 16
 MAX_SUBSTRING_BITS = 56  # FAISS reads a substring as one 8-byte word shifted by up to 7 bits
+MAX_IVF_LISTS = 4096  # default cell count cap: k-means on 64 codes a cell stays seconds at 10M codes
 MAX_PROBES = 1 << 20  # buckets probed per table per query: sum_{i <= nflip} C(b, i)
 _RESULT_BUDGET = 1 << 22  # candidates per k-NN query batch (~200 MB of temporaries)
 # The first batch measures the shortlist size. It is small because a skewed table (say, a constant code
@@ -269,16 +275,103 @@ class BinaryHashIndex(MultiHashIndex):
         return self.ntotal * (self.padded_bytes + 8) + buckets * 2 * _BUCKET_OVERHEAD
 
 
-_PARAMS = {"flat": {"pad"}, "multihash": {"nhash", "b", "nflip", "pad"}, "hash": {"b", "nflip", "pad"}}
+class IVFIndex(MultiHashIndex):
+    """Inverted lists over binary k-means cells, wrapping ``faiss.IndexBinaryIVF``.
+
+    codes_packed: (n, ceil(bits / 8)) uint8. ``nlist`` cells (default: the power of two nearest sqrt(n),
+    at most 4096) are trained on ``train_rows`` codes (default 64 per cell) drawn with ``seed``; a query
+    scans the codes of its ``nprobe`` nearest cells (default nlist / 32, at least 1), its shortlist.
+    ``nprobe`` may be changed after building. Results are ordered as ``MultiHashIndex``'s: by (distance,
+    index) over the shortlist, ties going to the lower index.
+    """
+
+    method = "ivf"
+
+    def __init__(
+        self,
+        codes_packed: np.ndarray,
+        bits: int,
+        *,
+        nlist: int | None = None,
+        nprobe: int | None = None,
+        train_rows: int | None = None,
+        seed: int = 0,
+        pad: bool = True,
+    ) -> None:
+        self.bits = check_int(bits, "bits", 1)
+        self.codes = check_packed(codes_packed, self.bits, "database codes")
+        self.code_bytes = code_bytes(self.bits)
+        self.padded_bytes = padded_code_bytes(self.code_bytes) if pad else self.code_bytes
+        n = len(self.codes)
+        default = min(MAX_IVF_LISTS, 1 << max(0, round(np.log2(max(n, 1)) / 2)))
+        self.nlist = check_int(default if nlist is None else nlist, "nlist", 1, max(1, n))
+        self._quantizer = faiss.IndexBinaryFlat(8 * self.padded_bytes)  # owned here: FAISS keeps a pointer
+        self.faiss_index = faiss.IndexBinaryIVF(self._quantizer, 8 * self.padded_bytes, self.nlist)
+        self.faiss_index.cp.seed = check_int(seed, "seed", 0)
+        layout = faiss_layout(pad_codes(self.codes, self.padded_bytes))
+        rows = check_int(64 * self.nlist if train_rows is None else train_rows, "train_rows", self.nlist)
+        if n:
+            self.faiss_index.train(layout[sample_rows(n, rows, seed)])
+            self.faiss_index.add(layout)
+        self.nprobe = max(1, self.nlist // 32) if nprobe is None else nprobe
+
+    @property
+    def nprobe(self) -> int:
+        return int(self.faiss_index.nprobe)
+
+    @nprobe.setter
+    def nprobe(self, value: int) -> None:
+        self.faiss_index.nprobe = check_int(value, "nprobe", 1, self.nlist)
+
+    @property
+    def exact_radius(self) -> int:
+        """Identical codes fall in the same cell; beyond distance 0 nothing is guaranteed."""
+        return 0
+
+    def memory_bytes(self) -> int:
+        """Resident size: each code and its int64 id in its list, plus the cell centroids."""
+        return self.ntotal * (self.padded_bytes + 8) + self.nlist * self.padded_bytes
+
+    def search(self, query_packed: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The k best codes of each query's shortlist by (distance, index); -1 slots past the shortlist.
+
+        FAISS's k-NN gives the k-th distance D of each query but keeps an arbitrary subset of the codes tied
+        at D; a range search to D (queries grouped by D) then returns all of them, cut here by (distance,
+        index). The range pass scans the same cells again, so a search costs about two scans.
+        """
+        queries, k = self._queries(query_packed), check_int(k, "k", 1)
+        dist_out = np.full((len(queries), k), -1, np.int32)
+        idx_out = np.full((len(queries), k), -1, np.int64)
+        if not len(queries) or not self.ntotal:
+            return dist_out, idx_out
+        layout = faiss_layout(queries)
+        dist, idx = self.faiss_index.search(layout, k)
+        # fewer than k candidates: the whole shortlist (every distance is at most bits)
+        kth = np.where(idx[:, -1] >= 0, dist[:, -1], self.bits).astype(np.int64)
+        n = max(self.ntotal, 1)
+        for radius in np.unique(kth):
+            rows = np.flatnonzero(kth == radius)
+            lims, d, i = self._range_faiss(queries[rows], int(radius))
+            owner, rank, key = _top_keys(lims, d.astype(np.int64) * n + i, k)
+            dist_out[rows[owner], rank], idx_out[rows[owner], rank] = key // n, key % n
+        return dist_out, idx_out
+
+
+_PARAMS = {
+    "flat": {"pad"},
+    "multihash": {"nhash", "b", "nflip", "pad"},
+    "hash": {"b", "nflip", "pad"},
+    "ivf": {"nlist", "nprobe", "train_rows", "seed", "pad"},
+}
 
 
 def build_hamming_index(
     codes_packed: np.ndarray, bits: int, method: str = "flat", **params: Any
-) -> HammingIndex | MultiHashIndex:
+) -> HammingIndex | MultiHashIndex | IVFIndex:
     """A Hamming index over packed codes: exhaustive ``flat`` (exact), ``multihash`` or ``hash`` (sub-linear).
 
     codes_packed: (n, ceil(bits / 8)) uint8; params: ``pad`` for every method, ``nhash``, ``b``, ``nflip``
-    for ``multihash``, ``b``, ``nflip`` for ``hash``.
+    for ``multihash``, ``b``, ``nflip`` for ``hash``, ``nlist``, ``nprobe``, ``train_rows``, ``seed`` for ``ivf``.
     """
     if method not in _PARAMS:
         raise ConfigError(
@@ -293,4 +386,6 @@ def build_hamming_index(
         return HammingIndex(codes_packed, bits, **params)
     if method == "hash":
         return BinaryHashIndex(codes_packed, bits, **params)
+    if method == "ivf":
+        return IVFIndex(codes_packed, bits, **params)
     return MultiHashIndex(codes_packed, bits, **params)
