@@ -49,7 +49,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default="flat",
         help=(
             "coarse Hamming index: flat (exact, default), multihash (FAISS multi-index hashing, sub-linear, for "
-            "many millions) or hash (its single table on the first b bits)"
+            "many millions), hash (its single table on the first b bits) or ivf (FAISS binary IVF, sub-linear, "
+            "approximate)"
         ),
     )
     p.add_argument("--device", default="cpu", help="torch device for encoding the queries (default cpu)")
