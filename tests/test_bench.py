@@ -16,6 +16,7 @@ from deephash import bench
 
 PACKAGE = Path(deephash.__file__).parent
 BENCHMARKS = sorted(p.stem for p in (PACKAGE / "benchmarks").glob("*.py") if p.stem != "__init__")
+HELPERS = {"common", "synthetic_f7"}  # shared by the benchmarks, no command of their own
 
 
 def _imports(path: Path) -> set[str]:
@@ -32,8 +33,10 @@ def _imports(path: Path) -> set[str]:
 
 def test_every_benchmark_module_is_a_subcommand() -> None:
     assert sorted(bench.COMMANDS.values()) == sorted(
-        f"deephash.benchmarks.{m}" for m in BENCHMARKS if m != "common"
+        f"deephash.benchmarks.{m}" for m in BENCHMARKS if m not in HELPERS
     )
+    for helper in HELPERS:  # a helper grown into a benchmark would need its command
+        assert "def main(" not in (PACKAGE / "benchmarks" / f"{helper}.py").read_text()
 
 
 @pytest.mark.parametrize("module", BENCHMARKS)
