@@ -18,7 +18,7 @@ from deephash.retrieval import (
     load_index,
     save_index,
 )
-from deephash.retrieval.codecs import check_codec, parse_codec, sample_rows
+from deephash.retrieval.codecs import check_codec, nearest_centroids, parse_codec, sample_rows
 from deephash.retrieval.hierarchical import coarse_pools
 from deephash.retrieval.index_reader import verify_index
 from deephash.retrieval.manifest import MANIFEST, sha256_file
@@ -272,3 +272,24 @@ def test_pq_with_rerank_orders_its_top_r_by_exact_l2_on_the_kept_float16_rows(tm
         from deephash.retrieval.shards import load_shards
 
         load_shards([store.path, store.path])
+
+
+@pytest.mark.parametrize(("m", "dsub"), [(4, 2), (8, 16), (3, 64)])
+def test_pq_codes_are_each_sub_vectors_nearest_centroid(m: int, dsub: int) -> None:
+    import faiss
+
+    rng = np.random.default_rng(m)
+    x = (rng.random((3000, m * dsub), dtype=np.float32) * 4).astype(np.float32)
+    centroids = rng.random((m, 256, dsub), dtype=np.float32) * 4
+    got = nearest_centroids(x, centroids)
+    assert got.shape == (3000, m) and got.dtype == np.uint8
+    # float64 brute force: the code is the nearest centroid, up to float32 rounding of near-equal distances
+    sub = x.reshape(3000, m, 1, dsub).astype(np.float64)
+    dist = ((sub - centroids[None].astype(np.float64)) ** 2).sum(-1)  # (n, m, 256)
+    best = dist.min(axis=2)
+    mine = np.take_along_axis(dist, got[..., None].astype(np.int64), axis=2)[..., 0]
+    assert np.all(mine - best <= 1e-5 * np.maximum(best, 1))
+    assert (got == dist.argmin(axis=2)).mean() > 0.999
+    pq = faiss.ProductQuantizer(m * dsub, m, 8)  # FAISS's own encoder agrees
+    faiss.copy_array_to_vector(centroids.ravel(), pq.centroids)
+    assert (pq.compute_codes(x) == got).mean() > 0.999
