@@ -77,17 +77,23 @@ def _check_against(l2: np.ndarray, idx: np.ndarray, ref: np.ndarray, candidates:
         np.testing.assert_allclose(ref[qi, idx[qi]], d[order], rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("spec", ["pq8", "opq8"])
+@pytest.mark.parametrize("spec", ["pq8", "opq8", "pca16pq8"])
 def test_pq_search_is_adc_over_the_pool_and_over_every_row(tmp_path: Path, spec: str) -> None:
     data = _data()
     store = load_index(_save(tmp_path / spec, data, spec))
     assert (
         store.codec.spec == spec
-        and tuple(store.manifest["codec"].values()) == parse_codec(spec)
+        and tuple(store.manifest["codec"].values())[:2] == parse_codec(spec)
         and not any((tmp_path / spec / name).exists() for name in ("f7.npy", "f7.crc32.npy"))
     )
-    rows = _reconstructions(tmp_path / spec)
-    ref = ((data["queries"][:, None, :].astype(np.float64) - rows[None]) ** 2).sum(-1)
+    rows, queries = _reconstructions(tmp_path / spec), data["queries"].astype(np.float64)
+    if spec.startswith("pca"):  # PCA first: distances between the projections on the 16 principal directions
+        with np.load(tmp_path / spec / "codec.npz") as params:
+            directions = params["rotation"].astype(np.float64)  # (16, D), orthonormal rows
+        assert directions.shape == (16, D) and store.manifest["codec"]["reduced"] == 16
+        np.testing.assert_allclose(directions @ directions.T, np.eye(16), atol=1e-5)
+        rows, queries = rows @ directions.T, queries @ directions.T
+    ref = ((queries[:, None, :] - rows[None]) ** 2).sum(-1)
     index = HammingIndex(store.codes, BITS)
     found = hierarchical_search(index, store.f7, data["query_codes"], data["queries"], K, POOL)
     pools = coarse_pools(index, data["query_codes"], *[POOL.radius, *POOL.limits(K)])
@@ -171,6 +177,9 @@ def test_training_is_seeded(tmp_path: Path) -> None:
         ("lsq8", "codec must be float16, pca<d>"),
         ("pq5", "do not split into 5 equal sub-vectors"),
         ("pca64", "cannot keep 64 principal directions of 32-d"),
+        ("pca64pq8", "cannot keep 64 principal directions of 32-d"),
+        ("pca12pq5", "12-d features do not split into 5 equal sub-vectors"),
+        ("pca0pq4", "codec must be float16, pca<d>"),
     ],
 )
 def test_bad_codec_specs_are_one_line_errors(tmp_path: Path, spec: str, message: str) -> None:
@@ -223,6 +232,15 @@ def test_a_manifest_naming_an_unknown_codec_or_the_wrong_version_is_refused(tmp_
         load_index(path)
     (path / MANIFEST).write_text(json.dumps({**manifest, "codec": {"name": "pq", "size": 8}}))
     with pytest.raises(IndexFormatError, match="the pq codec's parameters are"):
+        load_index(path)
+    for entry in ({"name": "pcapq", "size": 4}, {"name": "pq", "size": 4, "reduced": 16}):
+        (path / MANIFEST).write_text(json.dumps({**manifest, "codec": entry}))
+        with pytest.raises(IndexFormatError, match="codec reduced must be the PCA width of a pcapq codec"):
+            load_index(path)
+    (path / MANIFEST).write_text(
+        json.dumps({**manifest, "codec": {"name": "pcapq", "size": 4, "reduced": 16}})
+    )
+    with pytest.raises(IndexFormatError, match=r"the pcapq codec's parameters are .*'rotation': \(16, 32\)"):
         load_index(path)
 
 

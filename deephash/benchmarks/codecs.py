@@ -65,6 +65,7 @@ from deephash.retrieval import (
 )
 from deephash.retrieval.codecs import parse_codec
 from deephash.retrieval.features import F7File
+from deephash.retrieval.manifest import QUANTISED
 from deephash.retrieval.modes import SEARCHES, ModeQuery
 from deephash.retrieval.pages import release_pages
 from deephash.retrieval.sublinear import build_hamming_index
@@ -291,9 +292,9 @@ def run_codecs_bench(args: argparse.Namespace) -> dict[str, Any]:
     for codec in args.codecs:  # a bad spec fails before any work
         spec, _, rerank = codec.partition(":r")
         parse_codec(spec)
-        if rerank and not (rerank.isdigit() and spec.startswith(("pq", "opq"))):
+        if rerank and not (rerank.isdigit() and parse_codec(spec)[0] in QUANTISED):
             raise ConfigError(
-                f"--codecs takes <codec> or pq<m>:r<R> (re-rank the top R exactly), got {codec!r}"
+                f"--codecs takes <codec> or <PQ codec>:r<R> (re-rank the top R exactly), got {codec!r}"
             )
     if not args.stream or "float16" in args.codecs:  # the reference first
         args.codecs = ["float16", *[c for c in args.codecs if c != "float16"]]

@@ -10,7 +10,7 @@ Layout of ``<path>/``::
     labels.npy      (n,) int64 class labels
     ids.txt         n item ids, one per line
     codec.npz       the re-rank codec's parameters (``deephash.retrieval.codecs``), for any codec but float16
-    pq.npy          (n, m) uint8 PQ codes, in place of f7.npy and its checksums under a pq<m>/opq<m> codec
+    pq.npy          (n, m) uint8 PQ codes, in place of f7.npy and its checksums under a pq<m>/opq<m>/pca<d>pq<m> codec
 
 A pca<d> index holds (n, d) float16 rows in f7.npy. The manifest's ``codec`` ({name, size}; absent: float16)
 says which; an index with a codec other than float16 has format_version 3, so an older deephash refuses it.
@@ -37,6 +37,7 @@ CODEC_FORMAT_VERSION = 3  # 3: a re-rank codec other than float16
 MANIFEST = "manifest.json"
 CODES, F7, F7_SUMS, LABELS, IDS = "codes.npy", "f7.npy", "f7.crc32.npy", "labels.npy", "ids.txt"
 PQ_CODES, CODEC_PARAMS = "pq.npy", "codec.npz"
+QUANTISED = ("pq", "opq", "pcapq")  # codecs whose rows are PQ codes (pq.npy)
 DTYPES = {"codes": "uint8", "f7": "float16", "labels": "int64"}
 # The keys of each file's manifest entry: all required, no others (a misspelt key is an error).
 FILE_KEYS = {
@@ -61,7 +62,7 @@ def file_keys(codec: str, rerank: Any = 0) -> dict[str, set[str]]:
     if codec == "float16":
         return FILE_KEYS
     keys = {**FILE_KEYS, CODEC_PARAMS: {"bytes", "sha256"}}
-    if codec in ("pq", "opq"):
+    if codec in QUANTISED:
         if not rerank:
             del keys[F7], keys[F7_SUMS]
         keys[PQ_CODES] = {"bytes", "shape", "sha256"}
