@@ -12,11 +12,11 @@ counted, its memory counted), and the exact reference re-ranks the exact pools o
 
 In this process, every codec answers the same queries with the same coarse pools (best of ``--repeat``,
 codecs interleaved), so the ratios hold on a busy machine; ``--cold`` times them again, each after its index's
-files were evicted from the page cache (``cold_qps``). Each ``--coarse`` method other than flat (the sub-linear coarse stage,
-``deephash.retrieval.sublinear``) is reported with the recall of its pools against the exact ones, and the
-recall of its results against the exact reference.
+files were evicted from the page cache (``cold_qps``). Each ``--coarse`` method other than flat (the sub-linear
+coarse stage, ``deephash.retrieval.sublinear``) is reported with the recall of its pools against the exact
+ones, and the recall of its results against the exact reference.
 
-``pq<m>:r<R>`` in ``--codecs`` is ``pq<m>`` built with ``codec_rerank=R`` (its F7 kept, each search's top R
+``pq<m>:r<R>`` in ``--codecs`` (any PQ codec) is ``pq<m>`` built with ``codec_rerank=R`` (its F7 kept, each search's top R
 re-ranked exactly); the searches go through the search modes (``deephash.retrieval.modes``), as ``Searcher``'s do.
 
 ``--run RUN``: the run's ``index/`` and ``queries/`` (as ``deephash-train`` leaves them); each codec's index is
