@@ -16,8 +16,9 @@ files were evicted from the page cache (``cold_qps``). Each ``--coarse`` method 
 coarse stage, ``deephash.retrieval.sublinear``) is reported with the recall of its pools against the exact
 ones, and the recall of its results against the exact reference.
 
-``pq<m>:r<R>`` in ``--codecs`` (any PQ codec) is ``pq<m>`` built with ``codec_rerank=R`` (its F7 kept, each search's top R
-re-ranked exactly); the searches go through the search modes (``deephash.retrieval.modes``), as ``Searcher``'s do.
+``<pq codec>:r<R>`` in ``--codecs`` (``pq64:r1000``) is that codec built with ``codec_rerank=R`` (its F7 kept,
+each search's top R re-ranked exactly); the searches go through the search modes
+(``deephash.retrieval.modes``), as ``Searcher``'s do.
 
 ``--run RUN``: the run's ``index/`` and ``queries/`` (as ``deephash-train`` leaves them); each codec's index is
 built from the run's F7 and evaluated (hierarchical and euclidean mAP), the difference to float16 reported.
