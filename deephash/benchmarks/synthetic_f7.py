@@ -81,8 +81,11 @@ class SyntheticF7:
     def rows(self, stream: int, n: int, m: int) -> tuple[np.ndarray, np.ndarray]:
         """The first ``m`` rows of a stream of ``n`` (codes, f7 float32): queries, or a codec's training rows
         (the rows are independent draws, so the first m are a random sample)."""
-        parts = [(c, f) for _, _, c, f in self.blocks(stream, n, np.arange(-(-min(m, n) // BLOCK)))]
-        return np.concatenate([c for c, _ in parts])[:m], np.concatenate([f for _, f in parts])[:m]
+        m = min(m, n)
+        codes, f7 = np.empty((m, -(-self.bits // 8)), np.uint8), np.empty((m, self.dim), np.float32)
+        for start, _, c, f in self.blocks(stream, n, np.arange(-(-m // BLOCK))):
+            codes[start : start + len(c)], f7[start : start + len(f)] = c[: m - start], f[: m - start]
+        return codes, f7
 
 
 def stream_index(
@@ -90,11 +93,13 @@ def stream_index(
 ) -> float:
     """Build the ``codec`` index of a stream of ``n`` rows at ``out``, the codec trained on its first
     ``train_rows`` rows; returns the seconds spent drawing the rows (to subtract from the build's)."""
-    drawn = time.perf_counter()
-    sample = data.rows(stream, n, train_rows)[1]
-    drawing = time.perf_counter() - drawn
-    trained = train_codec(codec, sample, seed, rerank) if codec != "float16" else None
-    del sample
+    trained, drawing = None, 0.0
+    if codec != "float16":
+        drawn = time.perf_counter()
+        sample = data.rows(stream, n, train_rows)[1]
+        drawing = time.perf_counter() - drawn
+        trained = train_codec(codec, sample, seed, rerank)
+        del sample
     with IndexWriter(out, n, data.bits, data.dim, {"dataset": "synthetic"}, trained) as writer:
         blocks = data.blocks(stream, n)
         while True:
