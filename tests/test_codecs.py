@@ -18,7 +18,8 @@ from deephash.retrieval import (
     load_index,
     save_index,
 )
-from deephash.retrieval.codecs import check_codec, nearest_centroids, parse_codec, sample_rows
+from deephash.retrieval.codecs import check_codec, parse_codec, sample_rows
+from deephash.retrieval.distances import nearest_centroids
 from deephash.retrieval.hierarchical import coarse_pools
 from deephash.retrieval.index_reader import verify_index
 from deephash.retrieval.manifest import MANIFEST, sha256_file

@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import torch
 
 from deephash.methods.pca import principal_components
+from deephash.retrieval.distances import nearest_centroids
 from deephash.retrieval.faiss_blas import faiss
 from deephash.retrieval.manifest import QUANTISED
 from deephash.utils.checks import check_int
@@ -39,7 +39,6 @@ PQ_BITS = 8  # bits per sub-quantiser code: one byte, 256 centroids
 DEFAULT_TRAIN_ROWS = 32768  # 128 rows per centroid: k-means on more costs more than it gains
 OPQ_ITERATIONS = 20  # alternations of rotation and PQ (FAISS's default 50 costs minutes at 4096-d)
 DEFAULT_SEED = 0
-_ENCODE_TABLE_BYTES = 32 << 20
 
 
 @dataclass(frozen=True)
@@ -246,24 +245,3 @@ def load_codec(entry: Any, dim: int, params: dict[str, np.ndarray], where: str) 
 def _project(rows: np.ndarray, params: dict[str, np.ndarray]) -> np.ndarray:
     """(m, dim) -> (m, size) float32: centred, on the principal directions."""
     return (np.asarray(rows, np.float32) - params["mean"]) @ params["components"]
-
-
-def nearest_centroids(x: np.ndarray, centroids: np.ndarray) -> np.ndarray:
-    """PQ codes: x (n, m * dsub) float32, centroids (m, 256, dsub) -> (n, m) uint8, each sub-vector's nearest
-    centroid (``ProductQuantizer.compute_codes``, up to the rounding of near-equal distances).
-
-    Hand-written: FAISS's ``compute_codes`` fills its (n, m, 256) table one (n, dsub) x (dsub, 256) product per
-    sub-quantiser into a strided layout, 1,000 rows/s for pq64 at 4096-d on 2 cores; one batched product per
-    block of rows (``torch.baddbmm``: |c|^2 - 2 x.c, |x|^2 being the same for every centroid) is 5x that. A
-    block's table is bounded to ``_ENCODE_TABLE_BYTES``.
-    """
-    m, ksub, dsub = centroids.shape
-    weights = torch.from_numpy(np.ascontiguousarray(centroids.transpose(0, 2, 1)))  # (m, dsub, 256)
-    norms = torch.from_numpy(np.einsum("mkd,mkd->mk", centroids, centroids))[:, None, :]  # (m, 1, 256)
-    out = np.empty((len(x), m), np.uint8)
-    step = max(1, _ENCODE_TABLE_BYTES // (4 * m * ksub))
-    for start in range(0, len(x), step):
-        block = torch.from_numpy(x[start : start + step]).view(-1, m, dsub).transpose(0, 1)  # (m, b, dsub)
-        table = torch.baddbmm(norms, block, weights, alpha=-2)  # (m, b, 256)
-        out[start : start + step] = table.argmin(dim=2).T.numpy()
-    return out

@@ -32,6 +32,7 @@ import torch
 from deephash.retrieval.faiss_blas import faiss
 
 _PAIR_SLICE_VALUES = 1 << 24  # gathered F7 values per slice of device pair products (64 MB of float32)
+_CENTROID_TABLE_BYTES = 32 << 20  # float32 distance table of a block of rows to every PQ centroid
 
 
 def sqnorms(x: np.ndarray) -> np.ndarray:
@@ -237,4 +238,25 @@ def adc_matrix(tables: np.ndarray, codes: np.ndarray) -> np.ndarray:
     out = np.take(tables[0], by_part[0], axis=1) if m else np.zeros((q, len(codes)), np.float32)
     for j in range(1, m):
         out += np.take(tables[j], by_part[j], axis=1)
+    return out
+
+
+def nearest_centroids(x: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """PQ codes: x (n, m * dsub) float32, centroids (m, 256, dsub) -> (n, m) uint8, each sub-vector's nearest
+    centroid (``ProductQuantizer.compute_codes``, up to the rounding of near-equal distances).
+
+    Hand-written: FAISS's ``compute_codes`` fills its (n, m, 256) table one (n, dsub) x (dsub, 256) product per
+    sub-quantiser into a strided layout, 1,000 rows/s for pq64 at 4096-d on 2 cores; one batched product per
+    block of rows (``torch.baddbmm``: |c|^2 - 2 x.c, |x|^2 being the same for every centroid) is 5x that. A
+    block's table is bounded to ``_CENTROID_TABLE_BYTES``.
+    """
+    m, ksub, dsub = centroids.shape
+    weights = torch.from_numpy(np.ascontiguousarray(centroids.transpose(0, 2, 1)))  # (m, dsub, 256)
+    norms = torch.from_numpy(np.einsum("mkd,mkd->mk", centroids, centroids))[:, None, :]  # (m, 1, 256)
+    out = np.empty((len(x), m), np.uint8)
+    step = max(1, _CENTROID_TABLE_BYTES // (4 * m * ksub))
+    for start in range(0, len(x), step):
+        block = torch.from_numpy(x[start : start + step]).view(-1, m, dsub).transpose(0, 1)  # (m, b, dsub)
+        table = torch.baddbmm(norms, block, weights, alpha=-2)  # (m, b, 256)
+        out[start : start + step] = table.argmin(dim=2).T.numpy()
     return out
