@@ -126,14 +126,18 @@ class MultiHashIndex:
         nflip: int = 1,
         pad: bool = True,
     ) -> None:
-        self.bits = check_int(bits, "bits", 1)
-        self.codes = check_packed(codes_packed, self.bits, "database codes")
-        self.code_bytes = code_bytes(self.bits)
-        self.padded_bytes = padded_code_bytes(self.code_bytes) if pad else self.code_bytes
+        self._hold_codes(codes_packed, bits, pad)
         self.b, self.nhash = self._substrings(nhash, b)
         self.faiss_index = self._new_faiss_index()
         self.nflip = nflip
         self.faiss_index.add(faiss_layout(pad_codes(self.codes, self.padded_bytes)))
+
+    def _hold_codes(self, codes_packed: np.ndarray, bits: int, pad: bool) -> None:
+        """Validate and keep the database codes, and the code width FAISS sees (padded to 8-byte words)."""
+        self.bits = check_int(bits, "bits", 1)
+        self.codes = check_packed(codes_packed, self.bits, "database codes")
+        self.code_bytes = code_bytes(self.bits)
+        self.padded_bytes = padded_code_bytes(self.code_bytes) if pad else self.code_bytes
 
     def _substrings(self, nhash: int | None, b: int | None) -> tuple[int, int]:
         """Validated (b, nhash) with the defaults filled in."""
@@ -298,10 +302,7 @@ class IVFIndex(MultiHashIndex):
         seed: int = 0,
         pad: bool = True,
     ) -> None:
-        self.bits = check_int(bits, "bits", 1)
-        self.codes = check_packed(codes_packed, self.bits, "database codes")
-        self.code_bytes = code_bytes(self.bits)
-        self.padded_bytes = padded_code_bytes(self.code_bytes) if pad else self.code_bytes
+        self._hold_codes(codes_packed, bits, pad)
         n = len(self.codes)
         default = min(MAX_IVF_LISTS, 1 << max(0, round(np.log2(max(n, 1)) / 2)))
         self.nlist = check_int(default if nlist is None else nlist, "nlist", 1, max(1, n))
