@@ -21,7 +21,7 @@ from deephash.models.checkpoint import network_record, read_checkpoint
 from deephash.models.net import validate_bits
 from deephash.retrieval.codecs import codec_options
 from deephash.retrieval.modes import MODES
-from deephash.retrieval.sublinear import COARSE_METHODS
+from deephash.retrieval.sublinear import COARSE_METHODS, check_coarse_params
 from deephash.retrieval.torch_search import torch_device
 from deephash.utils.checks import check_int, check_number
 from deephash.utils.errors import ConfigError
@@ -157,6 +157,10 @@ def validate_retrieval(retrieval: DictConfig) -> None:
         raise ConfigError(
             f"retrieval.coarse.method must be one of {', '.join(COARSE_METHODS)}, got {method!r}"
         )
+    try:
+        check_coarse_params(method, coarse.get("params") or {})
+    except ConfigError as err:
+        raise ConfigError(f"retrieval.coarse.params: {err}") from None
     torch_device(str(retrieval.get("device", "cpu")))  # an unknown device, or cuda on a machine without one
     codec_options(retrieval)  # the database index's re-rank codec (float16 when absent)
 

@@ -108,6 +108,10 @@ def _one_error_line(proc: subprocess.CompletedProcess) -> str:
         ("retrieval.min_pool=0", r"retrieval.min_pool must be an integer >= 1, got 0"),
         ("retrieval.pool_size=20000", r"min_pool <= pool_size <= max_pool, got 100, 20000, 10000"),
         ("retrieval.coarse.method=foo", r"retrieval.coarse.method must be one of flat, multihash, hash"),
+        (
+            "retrieval.coarse.method=ivf ++retrieval.coarse.params={nflip:1}",
+            r"retrieval.coarse.params: ivf index takes nlist, nprobe, pad, seed, train_rows; got unknown nflip",
+        ),
         ("data.n_queries=0", r"data.n_queries must be an integer >= 1, got 0"),
         ("data.val_size=2.5", r"data.val_size must be a fraction in \[0, 1\) or a count >= 0"),
         ("data.protocol=foo", r"data.protocol must be one of paper, "),  # raised in the constructor

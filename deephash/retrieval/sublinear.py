@@ -358,12 +358,21 @@ class IVFIndex(MultiHashIndex):
         return dist_out, idx_out
 
 
-_PARAMS = {
+COARSE_PARAMS = {  # the params each coarse method takes (retrieval.coarse.params)
     "flat": {"pad"},
     "multihash": {"nhash", "b", "nflip", "pad"},
     "hash": {"b", "nflip", "pad"},
     "ivf": {"nlist", "nprobe", "train_rows", "seed", "pad"},
 }
+
+
+def check_coarse_params(method: str, params: Any) -> None:
+    """One-line ConfigError for a param ``method``'s index does not take (values are checked on building)."""
+    unknown = sorted(set(params) - COARSE_PARAMS[method])
+    if unknown:
+        raise ConfigError(
+            f"{method} index takes {', '.join(sorted(COARSE_PARAMS[method]))}; got unknown {', '.join(unknown)}"
+        )
 
 
 def build_hamming_index(
@@ -374,15 +383,11 @@ def build_hamming_index(
     codes_packed: (n, ceil(bits / 8)) uint8; params: ``pad`` for every method, ``nhash``, ``b``, ``nflip``
     for ``multihash``, ``b``, ``nflip`` for ``hash``, ``nlist``, ``nprobe``, ``train_rows``, ``seed`` for ``ivf``.
     """
-    if method not in _PARAMS:
+    if method not in COARSE_PARAMS:
         raise ConfigError(
             f"unknown Hamming index method {method!r}; expected one of: {', '.join(COARSE_METHODS)}"
         )
-    unknown = sorted(set(params) - _PARAMS[method])
-    if unknown:
-        raise ConfigError(
-            f"{method} index takes {', '.join(sorted(_PARAMS[method]))}; got unknown {', '.join(unknown)}"
-        )
+    check_coarse_params(method, params)
     if method == "flat":
         return HammingIndex(codes_packed, bits, **params)
     if method == "hash":
